@@ -1,0 +1,128 @@
+"""Configuration of the machine and of meta-training, validated at construction.
+
+Both are plain dataclasses so that a run's configuration can be written to (and compared against)
+`config.json` in its workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict
+
+from alfi_tf.normalization import OBSERVATION_TRANSFORMS
+
+BOUND_TYPES = ("tanh", "clip")
+LOSSES = ("nll", "mse", "l1")
+TIME_WEIGHTS = ("exp", "constant", "last", "observed_improvement")
+
+
+def _require_positive(owner: Any, *names: str) -> None:
+  for name in names:
+    value = getattr(owner, name)
+    if value <= 0:
+      raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _require_choice(owner: Any, name: str, choices: tuple) -> None:
+  value = getattr(owner, name)
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MachineConfig:
+  """Architecture and per-step simulation budget of the inference machine (spec §2).
+
+  Attributes:
+    simulator: registered simulator name.
+    num_steps: `T`, the unrolled horizon used for training (inference may run longer).
+    num_samples: `M`, parameter samples drawn from `q(theta | psi_t)` per step.
+    num_simulated_obs: `N`, observations simulated for each parameter sample.
+    encoder_hidden, encoder_out: the set encoder `f` (tanh output, mean pooling).
+    aggregator_hidden, aggregator_out: the per-sample network `g` (mean over samples).
+    updater_hidden: MLP before the LSTM cell; lstm_units: LSTM state size.
+    bound, bound_type: `Delta psi` is bounded to `[-bound, bound]` by `bound * tanh` or a hard clip.
+    initial_scale: `sigma_0` of the proposal, in standardised units.
+    observation_transform: elementwise transform of observations before standardisation.
+  """
+
+  simulator: str = "poisson"
+  num_steps: int = 15
+  num_samples: int = 20
+  num_simulated_obs: int = 20
+  encoder_hidden: int = 50
+  encoder_out: int = 40
+  aggregator_hidden: int = 50
+  aggregator_out: int = 50
+  updater_hidden: int = 50
+  lstm_units: int = 40
+  bound: float = 0.25
+  bound_type: str = "tanh"
+  initial_scale: float = 0.1
+  observation_transform: str = "none"
+
+  def __post_init__(self):
+    _require_positive(self, "num_steps", "num_samples", "num_simulated_obs", "encoder_hidden",
+                      "encoder_out", "aggregator_hidden", "aggregator_out", "updater_hidden",
+                      "lstm_units", "bound", "initial_scale")
+    if self.num_samples < 2:
+      raise ValueError(f"num_samples must be at least 2 (scores are standardised across samples), "
+                       f"got {self.num_samples}")
+    _require_choice(self, "bound_type", BOUND_TYPES)
+    _require_choice(self, "observation_transform", OBSERVATION_TRANSFORMS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Meta-training settings (spec §3).
+
+  Attributes:
+    num_problems: `K`, size of the fixed meta-training set.
+    num_obs: `n`, observations per problem.
+    epochs, batch_size, learning_rate: Adam over the meta-training set.
+    loss: per-step loss `l(theta*, psi_t)`: Gaussian NLL, squared or absolute error of the mean.
+    time_weights, beta: weighting of the per-step losses over `t = 1..T`.
+    grad_clip_norm: global gradient-norm clipping (0 disables it).
+    num_validation_problems: held-out problems (separate seed) for periodic validation.
+    validate_every: validation period in training steps.
+    checkpoint_every: checkpoint period in training steps.
+    seed: the run's seed; data, initial weights and every simulation derive from it.
+  """
+
+  num_problems: int = 10000
+  num_obs: int = 500
+  epochs: int = 100
+  batch_size: int = 32
+  learning_rate: float = 1e-3
+  final_learning_rate_fraction: float = 1.0
+  loss: str = "nll"
+  time_weights: str = "exp"
+  beta: float = 3.0
+  grad_clip_norm: float = 1.0
+  num_validation_problems: int = 256
+  validate_every: int = 500
+  checkpoint_every: int = 500
+  seed: int = 0
+
+  def __post_init__(self):
+    _require_positive(self, "num_problems", "num_obs", "epochs", "batch_size", "learning_rate",
+                      "num_validation_problems", "validate_every", "checkpoint_every")
+    if not 0.0 < self.final_learning_rate_fraction <= 1.0:
+      raise ValueError("final_learning_rate_fraction must be in (0, 1], got "
+                       f"{self.final_learning_rate_fraction}")
+    if self.grad_clip_norm < 0:
+      raise ValueError(f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
+    _require_choice(self, "loss", LOSSES)
+    _require_choice(self, "time_weights", TIME_WEIGHTS)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return max(1, self.num_problems // self.batch_size)
+
+  @property
+  def total_steps(self) -> int:
+    return self.epochs * self.steps_per_epoch
+
+
+def to_dict(config: Any) -> Dict[str, Any]:
+  return dataclasses.asdict(config)

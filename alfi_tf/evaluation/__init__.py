@@ -1,0 +1,1 @@
+"""Evaluation against exact references: metrics, figures, reports."""

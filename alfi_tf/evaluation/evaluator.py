@@ -1,0 +1,205 @@
+"""Evaluation of a trained workdir on held-out problems: metrics.json, figures and a table."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from alfi_tf import data as data_lib
+from alfi_tf.evaluation import metrics, plots
+from alfi_tf.evaluation.references import reference_estimates
+from alfi_tf.inference import Inferrer
+from alfi_tf.training import load_machine
+from alfi_tf.workdir import Workdir, write_json_atomically
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+  """What to evaluate.
+
+  Attributes:
+    num_problems: held-out problems (drawn from the run's test seed stream, or `seed`).
+    num_steps: horizon `T` at test time (0: the larger of 15 and the training horizon).
+    seed: seed of the held-out problems (None: the run's seed, test stream); inference uses seed+1.
+    robustness_problems, robustness_starts: problems re-run from many random starts `psi_0`.
+    predictive_problems: problems shown in the posterior-predictive histograms.
+    grid_points: grid points per parameter of the exact posterior (None: default).
+    batch_size: problems per inference call.
+  """
+
+  num_problems: int = 500
+  num_steps: int = 0
+  seed: Optional[int] = None
+  robustness_problems: int = 20
+  robustness_starts: int = 20
+  predictive_problems: int = 4
+  grid_points: Optional[int] = None
+  batch_size: int = 256
+
+  def __post_init__(self):
+    for name in ("num_problems", "robustness_problems", "robustness_starts", "predictive_problems",
+                 "batch_size"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    if self.num_steps < 0:
+      raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
+    if self.grid_points is not None and self.grid_points < 3:
+      raise ValueError(f"grid_points must be at least 3, got {self.grid_points}")
+
+
+def _per_parameter(names: List[str], values: np.ndarray) -> Dict[str, float]:
+  return {name: float(value) for name, value in zip(names, np.ravel(values))}
+
+
+def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dict[str, Any]:
+  """Evaluates the latest checkpoint of `workdir`; writes `metrics.json` and PNGs into it.
+
+  Returns:
+    The metrics dictionary (also in `DIR/metrics.json`).
+  """
+  run = Workdir(workdir)
+  machine_config, train_config = run.read_config()
+  machine = load_machine(workdir)
+  simulator = machine.simulator
+  names = list(simulator.parameter_names)
+  num_steps = config.num_steps or max(15, machine_config.num_steps)
+  seed = train_config.seed if config.seed is None else config.seed
+  test = data_lib.generate_problems(simulator, config.num_problems, train_config.num_obs, seed,
+                                    data_lib.TEST_STREAM)
+  inferrer = Inferrer(machine, num_steps=num_steps, batch_size=config.batch_size)
+  result = inferrer(test.observations, seed=seed + 1)
+  final_mean, final_std = result.mean[:, -1], result.std[:, -1]
+
+  rmse_steps = metrics.rmse_per_step(result.mean, test.theta)
+  references = reference_estimates(simulator, test.observations, config.grid_points)
+  prior_mean = np.broadcast_to(np.asarray(simulator.prior.mean(), np.float32), test.theta.shape)
+  reference_rmse = {"prior_mean": metrics.rmse(prior_mean, test.theta)}
+  for key in ("mle", "posterior_mean"):
+    if key in references:
+      reference_rmse[key] = metrics.rmse(references[key], test.theta)
+
+  alfi_rmse = rmse_steps[-1]
+  report: Dict[str, Any] = {
+      "simulator": simulator.name,
+      "num_problems": config.num_problems,
+      "num_obs": train_config.num_obs,
+      "num_steps": num_steps,
+      "training_horizon": machine_config.num_steps,
+      "simulations_per_inference": num_steps * machine_config.num_samples
+                                   * machine_config.num_simulated_obs,
+      "rmse": _per_parameter(names, alfi_rmse),
+      "rmse_per_step": {name: rmse_steps[:, i].tolist() for i, name in enumerate(names)},
+      "references": {key: _per_parameter(names, value) for key, value in reference_rmse.items()},
+      "ratios": {f"to_{key}": _per_parameter(names, alfi_rmse / value)
+                 for key, value in reference_rmse.items()},
+      "coverage": {level: _per_parameter(names, value) for level, value in
+                   metrics.interval_coverage(final_mean, final_std, test.theta).items()},
+      "nll": _per_parameter(names, metrics.gaussian_nll(final_mean, final_std, test.theta)),
+  }
+  if "posterior_std" in references:
+    # A Gaussian with the exact posterior's moments: the calibration a perfect machine would reach.
+    report["posterior_nll"] = _per_parameter(names, metrics.gaussian_nll(
+        references["posterior_mean"], references["posterior_std"], test.theta))
+    report["posterior_coverage"] = {level: _per_parameter(names, value) for level, value in
+                                    metrics.interval_coverage(references["posterior_mean"],
+                                                              references["posterior_std"],
+                                                              test.theta).items()}
+  derived_true = simulator.derived_parameters(tf.constant(test.theta))
+  if derived_true:
+    derived_alfi = simulator.derived_parameters(tf.constant(final_mean))
+    report["derived_rmse"] = {}
+    for name, truth in derived_true.items():
+      truth = truth.numpy()
+      entry = {"alfi": float(metrics.rmse(derived_alfi[name].numpy(), truth))}
+      for key in ("posterior_mean", "mle"):
+        if f"derived/{name}/{key}" in references:
+          entry[key] = float(metrics.rmse(references[f"derived/{name}/{key}"], truth))
+      report["derived_rmse"][name] = entry
+
+  report["robustness"] = _robustness(inferrer, test, seed, config, names, run)
+  report["predictive"] = _predictive(machine, test, final_mean, seed, config, run)
+  plots.plot_rmse_per_step(run.file("rmse_per_step.png"), names, rmse_steps, reference_rmse,
+                           machine_config.num_steps)
+  errors = {"ALFI": final_mean - test.theta}
+  for key, label in (("mle", "MLE"), ("posterior_mean", "posterior mean")):
+    if key in references:
+      errors[label] = references[key] - test.theta
+  plots.plot_error_boxes(run.file("error_boxplots.png"), names, errors)
+  write_json_atomically(run.file("metrics.json"), report)
+  return report
+
+
+def _robustness(inferrer: Inferrer, test: data_lib.Problems, seed: int, config: EvaluationConfig,
+                names: List[str], run: Workdir) -> Dict[str, Any]:
+  """Re-runs the first problems from many random starts: how much does `mu_T` depend on `psi_0`?"""
+  count, starts = min(config.robustness_problems, len(test.theta)), config.robustness_starts
+  observations = np.repeat(test.observations[:count], starts, axis=0)
+  result = inferrer(observations, seed=seed + 2)
+  d = test.theta.shape[1]
+  means = result.mean.reshape(count, starts, -1, d)
+  initial = result.initial_mean.reshape(count, starts, d)
+  spread = means[:, :, -1].std(axis=1).mean(axis=0)
+  rmse_all = metrics.rmse(means[:, :, -1].reshape(-1, d), np.repeat(test.theta[:count], starts, 0))
+  shown = min(4, count)
+  plots.plot_robustness(run.file("robustness.png"), names, initial[:shown], means[:shown],
+                        test.theta[:shown])
+  return {"problems": count, "starts": starts,
+          "mean_std_over_starts": _per_parameter(names, spread),
+          "rmse_over_starts": _per_parameter(names, rmse_all)}
+
+
+def _predictive(machine, test: data_lib.Problems, final_mean: np.ndarray, seed: int,
+                config: EvaluationConfig, run: Workdir) -> Dict[str, Any]:
+  """Observations simulated at `mu_T` against the real ones; KS against the KS at the truth."""
+  simulator = machine.simulator
+  num_obs = test.observations.shape[1]
+  estimate = np.asarray(final_mean, np.float32)
+  if simulator.parameter_bounds is not None:
+    estimate = np.clip(estimate, *simulator.parameter_bounds)
+  base = tf.constant([seed + 3, 0], tf.int32)
+  at_estimate = simulator.simulate(tf.constant(estimate), num_obs,
+                                   tf.random.experimental.stateless_fold_in(base, 0)).numpy()
+  at_truth = simulator.simulate(tf.constant(test.theta), num_obs,
+                                tf.random.experimental.stateless_fold_in(base, 1)).numpy()
+
+  def mean_ks(simulated: np.ndarray) -> float:
+    return float(np.mean([metrics.ks_statistic(real[:, dim], sim[:, dim])
+                          for real, sim in zip(test.observations, simulated)
+                          for dim in range(real.shape[-1])]))
+
+  shown = min(config.predictive_problems, len(test.theta))
+  titles = [", ".join(f"{n}={v:.3g}" for n, v in zip(simulator.parameter_names, theta))
+            for theta in test.theta[:shown]]
+  plots.plot_predictive(run.file("predictive_histograms.png"), test.observations[:shown],
+                        at_estimate[:shown], titles)
+  return {"mean_ks_at_estimate": mean_ks(at_estimate), "mean_ks_at_truth": mean_ks(at_truth)}
+
+
+def format_table(report: Dict[str, Any]) -> str:
+  """A short plain-text table of the main figures."""
+  names = list(report["rmse"])
+  refs = report["references"]
+  header = (f"{'parameter':<16}{'RMSE(mu_T)':>12}{'MLE':>10}{'post.mean':>11}{'prior':>9}"
+            f"{'/MLE':>7}{'/Bayes':>8}{'cov68':>7}{'cov95':>7}")
+  lines = [f"{report['simulator']}: {report['num_problems']} held-out problems, "
+           f"n={report['num_obs']}, T={report['num_steps']} (trained at "
+           f"T={report['training_horizon']})", header]
+
+  def cell(section: Dict[str, Any], key: str, name: str, width: int, digits: int = 4) -> str:
+    value = section.get(key, {}).get(name)
+    return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+  for name in names:
+    lines.append(f"{name:<16}{report['rmse'][name]:>12.4f}" + cell(refs, "mle", name, 10)
+                 + cell(refs, "posterior_mean", name, 11) + cell(refs, "prior_mean", name, 9)
+                 + cell(report["ratios"], "to_mle", name, 7, 2)
+                 + cell(report["ratios"], "to_posterior_mean", name, 8, 2)
+                 + cell(report["coverage"], "0.68", name, 7, 2)
+                 + cell(report["coverage"], "0.95", name, 7, 2))
+  for name, entry in report.get("derived_rmse", {}).items():
+    lines.append(f"{name:<16}{entry['alfi']:>12.4f}{entry.get('mle', float('nan')):>10.4f}"
+                 f"{entry.get('posterior_mean', float('nan')):>11.4f}")
+  return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""Accuracy, calibration and predictive metrics of the machine's proposals (spec §5)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Dict, Sequence
+
+import numpy as np
+
+
+def rmse(estimates: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """Root mean squared error over the first (problem) axis: `[K, ...]` vs `[K, ...]` -> `[...]`."""
+  return np.sqrt(np.mean(np.square(np.asarray(estimates) - np.asarray(truth)), axis=0))
+
+
+def rmse_per_step(means: np.ndarray, theta: np.ndarray) -> np.ndarray:
+  """RMSE of `means [K, T, d]` against `theta [K, d]` at every step: `[T, d]`."""
+  return rmse(means, np.asarray(theta)[:, np.newaxis])
+
+
+def interval_coverage(mean: np.ndarray, std: np.ndarray, theta: np.ndarray,
+                      levels: Sequence[float] = (0.68, 0.95)) -> Dict[str, np.ndarray]:
+  """Fraction of problems whose `theta` lies in the central interval of `N(mean, std^2)`.
+
+  Args:
+    mean, std, theta: `[K, d]`.
+    levels: nominal coverages.
+
+  Returns:
+    `{"0.68": [d], ...}` empirical coverage per parameter.
+  """
+  z = np.abs(np.asarray(theta) - mean) / np.maximum(std, 1e-12)
+  return {f"{level:.2f}": np.mean(z <= statistics.NormalDist().inv_cdf(0.5 + level / 2), axis=0)
+          for level in levels}
+
+
+def gaussian_nll(mean: np.ndarray, std: np.ndarray, theta: np.ndarray) -> np.ndarray:
+  """Mean negative log-density of `theta` under `N(mean, std^2)` per parameter: `[d]`."""
+  std = np.maximum(std, 1e-12)
+  z = (np.asarray(theta) - mean) / std
+  return np.mean(0.5 * z * z + np.log(std) + 0.5 * np.log(2.0 * np.pi), axis=0)
+
+
+def ks_statistic(sample_a: np.ndarray, sample_b: np.ndarray) -> float:
+  """Two-sample Kolmogorov-Smirnov statistic `sup |F_a - F_b|` of two 1-D samples."""
+  a, b = np.sort(np.ravel(sample_a)), np.sort(np.ravel(sample_b))
+  points = np.concatenate([a, b])
+  cdf_a = np.searchsorted(a, points, side="right") / a.size
+  cdf_b = np.searchsorted(b, points, side="right") / b.size
+  return float(np.max(np.abs(cdf_a - cdf_b)))

@@ -1,0 +1,110 @@
+"""Evaluation figures, written as PNG files (matplotlib's Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+_REFERENCE_STYLES = {"mle": ("MLE", "tab:orange", "--"),
+                     "posterior_mean": ("exact posterior mean", "tab:green", ":"),
+                     "prior_mean": ("prior mean", "tab:gray", "-.")}
+
+
+def _save(figure: plt.Figure, path: str) -> None:
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def _axes_row(count: int, width: float = 4.2, height: float = 3.4):
+  figure, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+  return figure, axes[0]
+
+
+def plot_rmse_per_step(path: str, names: Sequence[str], rmse_steps: np.ndarray,
+                       references: Dict[str, np.ndarray], training_horizon: int) -> None:
+  """RMSE of `mu_t` per parameter against `t = 1..T`, with the references as horizontal lines.
+
+  Args:
+    rmse_steps: `[T, d]`.
+    references: reference name -> RMSE `[d]`.
+  """
+  figure, axes = _axes_row(len(names))
+  steps = np.arange(1, rmse_steps.shape[0] + 1)
+  for index, (axis, name) in enumerate(zip(axes, names)):
+    axis.plot(steps, rmse_steps[:, index], "o-", color="tab:blue", label="ALFI")
+    for key, values in references.items():
+      label, color, style = _REFERENCE_STYLES[key]
+      axis.axhline(values[index], color=color, linestyle=style, label=label)
+    axis.axvline(training_horizon, color="k", alpha=0.3, label="training horizon")
+    axis.set_yscale("log")
+    axis.set_xlabel("step t")
+    axis.set_ylabel(f"RMSE of {name}")
+    axis.set_title(name)
+  axes[0].legend(fontsize=8)
+  _save(figure, path)
+
+
+def plot_error_boxes(path: str, names: Sequence[str], errors: Dict[str, np.ndarray]) -> None:
+  """Box plots of estimation errors per parameter for each estimator (`errors[label] [K, d]`)."""
+  figure, axes = _axes_row(len(names))
+  labels = list(errors)
+  for index, (axis, name) in enumerate(zip(axes, names)):
+    axis.boxplot([errors[label][:, index] for label in labels], showfliers=False)
+    axis.set_xticks(range(1, len(labels) + 1), labels, rotation=20)
+    axis.axhline(0.0, color="k", alpha=0.3)
+    axis.set_ylabel(f"estimate - true {name}")
+  _save(figure, path)
+
+
+def plot_predictive(path: str, real: np.ndarray, simulated: np.ndarray,
+                    titles: Sequence[str], dimension_names: Optional[Sequence[str]] = None) -> None:
+  """Histograms of real observations against observations simulated at `mu_T`.
+
+  Args:
+    real, simulated: `[P, n, d_x]` for P problems; the first few observation dimensions are shown.
+  """
+  dims = min(real.shape[-1], 3)
+  figure, axes = plt.subplots(dims, real.shape[0], figsize=(3.6 * real.shape[0], 2.8 * dims),
+                              squeeze=False)
+  for problem in range(real.shape[0]):
+    for dim in range(dims):
+      axis = axes[dim, problem]
+      values = np.concatenate([real[problem, :, dim], simulated[problem, :, dim]])
+      bins = np.histogram_bin_edges(values, bins=30)
+      axis.hist(real[problem, :, dim], bins=bins, alpha=0.5, density=True, label="observed")
+      axis.hist(simulated[problem, :, dim], bins=bins, alpha=0.5, density=True,
+                label="simulated at mu_T")
+      if dim == 0:
+        axis.set_title(titles[problem], fontsize=8)
+      if dimension_names:
+        axis.set_xlabel(dimension_names[dim])
+  axes[0, 0].legend(fontsize=7)
+  _save(figure, path)
+
+
+def plot_robustness(path: str, names: Sequence[str], initial: np.ndarray, means: np.ndarray,
+                    theta: np.ndarray) -> None:
+  """Trajectories of `mu_t` from many starts for a few problems.
+
+  Args:
+    initial: `[P, S, d]` starts `mu_0`; means: `[P, S, T, d]`; theta: `[P, d]` truths.
+  """
+  figure, axes = _axes_row(len(names))
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for index, (axis, name) in enumerate(zip(axes, names)):
+    for problem in range(means.shape[0]):
+      color = colors[problem % len(colors)]
+      path_values = np.concatenate([initial[problem, :, np.newaxis, index],
+                                    means[problem, :, :, index]], axis=1)
+      axis.plot(np.arange(path_values.shape[1]), path_values.T, color=color, alpha=0.35, lw=0.8)
+      axis.axhline(theta[problem, index], color=color, linestyle="--")
+    axis.set_xlabel("step t")
+    axis.set_ylabel(name)
+    axis.set_title(f"{name}: {means.shape[1]} random starts per problem", fontsize=9)
+  _save(figure, path)

@@ -1,0 +1,83 @@
+"""Running a (trained) machine on observed data, in raw parameter units."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from alfi_tf.machine import InferenceMachine
+from alfi_tf.validation import check_observations
+
+
+class InferenceResult(NamedTuple):
+  """The machine's answer for `K` problems, in raw parameter units.
+
+  Attributes:
+    mean: `[K, T, d]`, `mu_1 .. mu_T`; the estimate is `mean[:, -1]`.
+    std: `[K, T, d]`, `sigma_1 .. sigma_T`.
+    initial_mean: `[K, d]`, the start `mu_0`.
+  """
+
+  mean: np.ndarray
+  std: np.ndarray
+  initial_mean: np.ndarray
+
+
+class Inferrer:
+  """Runs `machine` over many problems in batches with one compiled graph per input shape.
+
+  Args:
+    machine: the (trained) machine.
+    num_steps: horizon `T`; may exceed the training horizon.
+    batch_size: problems per call.
+    jit_compile: compile the unrolled loop with XLA (TF-native simulators only).
+  """
+
+  def __init__(self, machine: InferenceMachine, num_steps: Optional[int] = None,
+               batch_size: int = 256, jit_compile: bool = False):
+    self.machine = machine
+    self.num_steps = num_steps or machine.config.num_steps
+    self.batch_size = batch_size
+    self._run = tf.function(self._run_batch, jit_compile=jit_compile, reduce_retracing=True)
+
+  def _run_batch(self, observations: tf.Tensor, seed: tf.Tensor, initial_mean: tf.Tensor):
+    trajectory = self.machine(observations, seed=seed, num_steps=self.num_steps,
+                              initial_mean=initial_mean)
+    mean, std = self.machine.to_raw(trajectory.psi)
+    mu0, _ = self.machine.to_raw(trajectory.initial_psi)
+    return mean, std, mu0
+
+  def __call__(self, observations: np.ndarray, seed: int,
+               initial_mean: Optional[np.ndarray] = None) -> InferenceResult:
+    """Infers parameters for `observations [K, n, d_x]` (raw).
+
+    Args:
+      observations: `K` observation sets of `n` observations each.
+      seed: integer seed; batch `i` uses the stream `fold_in([seed, 0], i)`.
+      initial_mean: optional `[K, d]` raw starts; default draws from the prior.
+    """
+    simulator = self.machine.simulator
+    observations = check_observations(observations, simulator.observation_dim)
+    if initial_mean is not None:
+      initial_mean = np.asarray(initial_mean, np.float32)
+      if initial_mean.shape != (observations.shape[0], simulator.parameter_dim):
+        raise ValueError(f"initial_mean must have shape {(observations.shape[0], simulator.parameter_dim)}, "
+                         f"got {initial_mean.shape}")
+    outputs = []
+    base_seed = tf.constant([seed, 0], tf.int32)
+    for index, start in enumerate(range(0, observations.shape[0], self.batch_size)):
+      chunk = slice(start, start + self.batch_size)
+      # Starts are always passed explicitly, so one graph serves both prior draws and user starts.
+      batch_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+      start_mean = (initial_mean[chunk] if initial_mean is not None else
+                    self._prior_draw(observations[chunk].shape[0], batch_seed))
+      outputs.append(self._run(tf.constant(observations[chunk]), batch_seed,
+                               tf.constant(start_mean)))
+    mean, std, mu0 = (np.concatenate([o[i].numpy() for o in outputs]) for i in range(3))
+    return InferenceResult(mean=mean, std=std, initial_mean=mu0)
+
+  def _prior_draw(self, count: int, seed: tf.Tensor) -> np.ndarray:
+    prior_seed = tf.random.experimental.stateless_fold_in(seed, 7919)
+    return self.machine.simulator.prior.sample(count, seed=prior_seed).numpy().astype(np.float32)

@@ -1,0 +1,71 @@
+"""Per-step losses `l(theta*, psi_t)` and their weighting over time (spec §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from alfi_tf import proposal
+
+
+def step_losses(theta: tf.Tensor, psi: tf.Tensor, kind: str) -> tf.Tensor:
+  """Loss of each step of each problem.
+
+  Args:
+    theta: `[batch, d]` true parameters, standardised.
+    psi: `[batch, T, 2d]` trajectory, standardised.
+    kind: `nll` (`-log q(theta* | psi_t)`), `mse` or `l1` (of the mean `mu_t`, summed over d).
+
+  Returns:
+    `[batch, T]`.
+  """
+  target = theta[:, tf.newaxis]
+  if kind == "nll":
+    return -proposal.log_prob(target, psi)
+  mean, _ = proposal.split_psi(psi)
+  if kind == "mse":
+    return tf.reduce_sum(tf.square(mean - target), axis=-1)
+  if kind == "l1":
+    return tf.reduce_sum(tf.abs(mean - target), axis=-1)
+  raise ValueError(f"unknown loss {kind!r}")
+
+
+def time_weights(kind: str, num_steps: int, beta: float = 3.0) -> np.ndarray:
+  """Fixed weights `w_t`, `t = 1..T`, summing to 1.
+
+  `exp`: the ramp `(e^{beta s} - 1) / (e^beta - 1)` over `s = linspace(0, 1, T)`, normalised;
+  `constant`: `1/T`; `last`: only the final step. (`observed_improvement` depends on the losses and
+  is handled by `weighted_loss`.)
+  """
+  if kind == "exp":
+    if num_steps == 1:
+      return np.ones(1, np.float32)
+    ramp = np.expm1(beta * np.linspace(0.0, 1.0, num_steps)) / np.expm1(beta)
+    return (ramp / ramp.sum()).astype(np.float32)
+  if kind in ("constant", "observed_improvement"):
+    return np.full(num_steps, 1.0 / num_steps, np.float32)
+  if kind == "last":
+    weights = np.zeros(num_steps, np.float32)
+    weights[-1] = 1.0
+    return weights
+  raise ValueError(f"unknown time weights {kind!r}")
+
+
+def weighted_loss(losses: tf.Tensor, kind: str, beta: float = 3.0,
+                  initial_losses: tf.Tensor = None) -> tf.Tensor:
+  """Combines per-step losses `[batch, T]` into one scalar (mean over the batch).
+
+  `observed_improvement` sums `l_t - min_{i<t} l_i` over `t = 1..T`, where the running minimum
+  includes `initial_losses` (the loss at `psi_0`, `[batch]`): a step is only rewarded for beating the
+  best proposal seen so far.
+  """
+  num_steps = losses.shape[1]
+  if kind == "observed_improvement":
+    if initial_losses is None:
+      raise ValueError("observed_improvement weights need the losses at psi_0")
+    history = tf.concat([initial_losses[:, tf.newaxis], losses[:, :-1]], axis=1)
+    best_so_far = tf.scan(tf.minimum, tf.transpose(history))            # [T, batch]
+    improvement = losses - tf.transpose(best_so_far)
+    return tf.reduce_mean(tf.reduce_sum(improvement, axis=1))
+  weights = tf.constant(time_weights(kind, num_steps, beta))
+  return tf.reduce_mean(tf.reduce_sum(losses * weights, axis=1))

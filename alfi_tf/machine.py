@@ -1,0 +1,153 @@
+"""The recurrent inference machine (spec §2): the whole T-step loop unrolled in one graph."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from alfi_tf import proposal
+from alfi_tf.config import MachineConfig
+from alfi_tf.networks import SampleAggregator, SetEncoder, Updater
+from alfi_tf.normalization import Standardizer, transform_observations
+from alfi_tf.simulators import Simulator
+
+
+class Trajectory(NamedTuple):
+  """Proposal parameters after each step, in standardised parameter space.
+
+  Attributes:
+    initial_psi: `[batch, 2d]`, `psi_0`.
+    psi: `[batch, T, 2d]`, `psi_1 .. psi_T`.
+  """
+
+  initial_psi: tf.Tensor
+  psi: tf.Tensor
+
+
+class InferenceMachine(keras.Model):
+  """Meta-learned inference: proposes, simulates, compares, updates `psi`, T times.
+
+  The standardisation statistics of parameters and observations are weights of the model (set them
+  with `adapt`), so they are saved and restored with it.
+
+  Example:
+    >>> simulator = get_simulator("poisson")
+    >>> machine = InferenceMachine(simulator, MachineConfig(simulator="poisson"))
+    >>> machine.adapt(theta_train, observations_train)
+    >>> trajectory = machine(observations, seed=tf.constant([1, 2]))
+  """
+
+  def __init__(self, simulator: Simulator, config: MachineConfig, name: str = "alfi_machine"):
+    super().__init__(name=name)
+    if config.simulator != simulator.name:
+      raise ValueError(f"config.simulator is {config.simulator!r} but the simulator is "
+                       f"{simulator.name!r}")
+    self.simulator = simulator
+    self.config = config
+    d = simulator.parameter_dim
+    self.theta_standardizer = Standardizer(d, name="theta_standardizer")
+    self.observation_standardizer = Standardizer(simulator.observation_dim,
+                                                 name="observation_standardizer")
+    self.encoder = SetEncoder(config.encoder_hidden, config.encoder_out)
+    self.aggregator = SampleAggregator(config.aggregator_hidden, config.aggregator_out)
+    self.updater = Updater(config.updater_hidden, config.lstm_units, 2 * d, config.bound,
+                           config.bound_type)
+    bounds = simulator.parameter_bounds
+    self._bounds = None if bounds is None else tuple(tf.constant(b, tf.float32) for b in bounds)
+    self._build_weights()
+    self.built = True
+
+  def _build_weights(self) -> None:
+    """Creates every weight now, so checkpoints can be restored before the first call."""
+    d, dx, cfg = self.simulator.parameter_dim, self.simulator.observation_dim, self.config
+    self.encoder(tf.zeros([1, 1, dx]))
+    self.aggregator(tf.zeros([1, 1, 2 * cfg.encoder_out + 3 * d]))
+    self.updater(tf.zeros([1, cfg.aggregator_out + 2 * d]), self.updater.initial_state(1))
+
+  def adapt(self, theta: np.ndarray, observations: np.ndarray) -> None:
+    """Sets the standardisation statistics from the meta-training set.
+
+    Args:
+      theta: `[K, d]` true parameters of the meta-training problems.
+      observations: `[K, n, d_x]` their observations (raw; the input transform is applied here).
+    """
+    self.theta_standardizer.adapt_to(theta)
+    transformed = transform_observations(tf.constant(observations, tf.float32),
+                                         self.config.observation_transform)
+    self.observation_standardizer.adapt_to(transformed.numpy())
+
+  def standardize_observations(self, observations: tf.Tensor) -> tf.Tensor:
+    """Raw observations `[..., d_x]` -> the encoder's input scale."""
+    return self.observation_standardizer.forward(
+        transform_observations(observations, self.config.observation_transform))
+
+  def initial_psi(self, batch_size: int, seed: tf.Tensor,
+                  initial_mean: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """`psi_0`: mean drawn from the prior (or `initial_mean [batch, d]`, raw units), log sigma_init."""
+    if initial_mean is None:
+      initial_mean = tf.cast(self.simulator.prior.sample(batch_size, seed=seed), tf.float32)
+    mean = self.theta_standardizer.forward(initial_mean)
+    log_scale = tf.fill(tf.shape(mean), math.log(self.config.initial_scale))
+    return proposal.join_psi(mean, log_scale)
+
+  def _simulate(self, theta_standardized: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Runs the simulator on `[batch, M, d]` standardised samples -> `[batch, M, N, d_x]` raw obs."""
+    batch, num_samples = tf.shape(theta_standardized)[0], theta_standardized.shape[1]
+    theta = tf.reshape(self.theta_standardizer.inverse(theta_standardized),
+                       [-1, self.simulator.parameter_dim])
+    if self._bounds is not None:
+      # Gaussian proposals may leave the prior's support, where a simulator can be undefined.
+      theta = tf.clip_by_value(theta, self._bounds[0], self._bounds[1])
+    simulated = self.simulator.simulate(theta, self.config.num_simulated_obs, seed)
+    return tf.reshape(simulated, tf.stack([batch, num_samples, self.config.num_simulated_obs,
+                                           self.simulator.observation_dim]))
+
+  def call(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
+           initial_mean: Optional[tf.Tensor] = None) -> Trajectory:
+    """Runs the machine on a batch of problems.
+
+    Args:
+      observations: `[batch, n, d_x]` raw observations (n may differ from training).
+      seed: int32 `[2]` stateless seed (initial means, proposals and simulations derive from it).
+      num_steps: horizon `T` (a Python int), default `config.num_steps`.
+      initial_mean: optional `[batch, d]` raw start `mu_0`; default a draw from the prior.
+
+    Returns:
+      The `Trajectory` of `psi`, standardised.
+    """
+    num_steps = num_steps or self.config.num_steps
+    observations = tf.convert_to_tensor(observations, tf.float32)
+    batch = tf.shape(observations)[0]
+    init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    psi = self.initial_psi(batch, init_seed, initial_mean)
+    initial_psi = psi
+    real_encoding = self.encoder(self.standardize_observations(observations))   # [batch, E]
+    state = self.updater.initial_state(batch)
+    step_seeds = tf.random.experimental.stateless_split(loop_seed, 2 * num_steps)
+    num_samples = self.config.num_samples
+    trajectory = []
+    for t in range(num_steps):
+      theta = proposal.sample(psi, num_samples, step_seeds[2 * t])             # [batch, M, d]
+      simulated = self._simulate(theta, step_seeds[2 * t + 1])                 # [batch, M, N, d_x]
+      simulated_encoding = self.encoder(self.standardize_observations(simulated))  # [batch, M, E]
+      # Scores are random features of the samples; like the samples they carry no gradient.
+      scores = proposal.standardize_over_samples(
+          tf.stop_gradient(proposal.score(theta, psi)))                        # [batch, M, 2d]
+      features = tf.concat([
+          tf.broadcast_to(real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
+          simulated_encoding, theta, scores], axis=-1)
+      context = self.aggregator(features)                                      # [batch, C]
+      delta, state = self.updater(tf.concat([context, psi], axis=-1), state)
+      psi = psi + delta
+      trajectory.append(psi)
+    return Trajectory(initial_psi=initial_psi, psi=tf.stack(trajectory, axis=1))
+
+  def to_raw(self, psi: tf.Tensor):
+    """Standardised `psi [..., 2d]` -> `(mean, std)` in raw parameter units, each `[..., d]`."""
+    mean, log_scale = proposal.split_psi(psi)
+    return (self.theta_standardizer.inverse(mean),
+            tf.exp(log_scale) * self.theta_standardizer.std)

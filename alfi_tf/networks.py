@@ -1,0 +1,82 @@
+"""The three learned parts of the machine: set encoder `f`, sample aggregator `g` and the updater."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import keras
+import tensorflow as tf
+
+
+def _mlp(hidden: int, out: int, output_activation: Optional[str], name: str) -> keras.Sequential:
+  return keras.Sequential([
+      keras.layers.Dense(hidden, activation="relu", name="hidden"),
+      keras.layers.Dense(out, activation=output_activation, name="out"),
+  ], name=name)
+
+
+class SetEncoder(keras.layers.Layer):
+  """`f`: a per-observation MLP followed by mean pooling over the set.
+
+  Maps `[..., n, d_x]` to `[..., out]`. The per-observation MLP runs on a flattened `[-1, d_x]` matrix
+  so that every set in the (possibly large) batch goes through one matmul per layer.
+  """
+
+  def __init__(self, hidden: int, out: int, name: str = "set_encoder"):
+    super().__init__(name=name)
+    self.out = out
+    self.net = _mlp(hidden, out, "tanh", name="per_observation")
+
+  def call(self, observations: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(observations)
+    flat = tf.reshape(observations, [-1, observations.shape[-1]])
+    encoded = tf.reshape(self.net(flat), tf.concat([shape[:-1], [self.out]], axis=0))
+    return tf.reduce_mean(encoded, axis=-2)
+
+
+class SampleAggregator(keras.layers.Layer):
+  """`g`: maps each sample's features `[batch, M, k]` to a vector, then averages over the M samples."""
+
+  def __init__(self, hidden: int, out: int, name: str = "sample_aggregator"):
+    super().__init__(name=name)
+    self.net = _mlp(hidden, out, None, name="per_sample")
+
+  def call(self, features: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(self.net(features), axis=1)
+
+
+class Updater(keras.layers.Layer):
+  """Input MLP -> Keras `LSTMCell` -> output layer -> bounded `Delta psi`.
+
+  The output layer starts at zero so that an untrained machine leaves `psi` where it is, instead of
+  taking random bounded steps away from its start.
+  """
+
+  def __init__(self, hidden: int, lstm_units: int, psi_size: int, bound: float, bound_type: str,
+               name: str = "updater"):
+    super().__init__(name=name)
+    self.bound = bound
+    self.bound_type = bound_type
+    self.lstm_units = lstm_units
+    self.input_net = keras.layers.Dense(hidden, activation="relu", name="input")
+    self.cell = keras.layers.LSTMCell(lstm_units, name="lstm_cell")
+    self.output_net = keras.Sequential([
+        keras.layers.Dense(hidden, activation="relu", name="hidden"),
+        keras.layers.Dense(psi_size, kernel_initializer="zeros", name="delta"),
+    ], name="output")
+
+  def initial_state(self, batch_size: tf.Tensor) -> List[tf.Tensor]:
+    """`h_0 = c_0 = 0`, each `[batch, lstm_units]`."""
+    zeros = tf.zeros(tf.stack([batch_size, self.lstm_units]))
+    return [zeros, zeros]
+
+  def call(self, inputs: tf.Tensor,
+           state: List[tf.Tensor]) -> Tuple[tf.Tensor, List[tf.Tensor]]:
+    """`[batch, k]` inputs and the LSTM state -> (`Delta psi [batch, 2d]`, new state)."""
+    hidden, new_state = self.cell(self.input_net(inputs), state)
+    raw = self.output_net(hidden)
+    if self.bound_type == "tanh":
+      delta = self.bound * tf.tanh(raw / self.bound)
+    else:
+      delta = tf.clip_by_value(raw, -self.bound, self.bound)
+    return delta, list(new_state)

@@ -1,0 +1,64 @@
+"""Standardisation of parameters and observations, with statistics stored in the model.
+
+The statistics come from the meta-training set and are then used everywhere (validation, test,
+inference, export), so a trained machine always sees inputs on the scale it was trained on.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+OBSERVATION_TRANSFORMS = ("none", "log1p", "asinh")
+
+
+def transform_observations(observations: tf.Tensor, kind: str) -> tf.Tensor:
+  """Applies an elementwise input transform before standardisation.
+
+  `log1p` suits counts spanning orders of magnitude (Poisson): `mean(log1p(x))` varies smoothly with
+  the log-rate over the whole prior range, where raw counts would saturate a tanh encoder.
+  `asinh` is the signed analogue.
+  """
+  if kind == "none":
+    return observations
+  if kind == "log1p":
+    return tf.math.log1p(tf.maximum(observations, 0.0))
+  if kind == "asinh":
+    return tf.math.asinh(observations)
+  raise ValueError(f"observation_transform must be one of {OBSERVATION_TRANSFORMS}, got {kind!r}")
+
+
+class Standardizer(keras.layers.Layer):
+  """`z = (x - mean) / std` per feature, with the statistics as non-trainable weights.
+
+  Being weights, the statistics travel with checkpoints and SavedModel exports.
+  """
+
+  def __init__(self, size: int, name: Optional[str] = None):
+    super().__init__(name=name)
+    self.size = size
+    self.mean = self.add_weight(shape=(size,), initializer="zeros", trainable=False, name="mean")
+    self.std = self.add_weight(shape=(size,), initializer="ones", trainable=False, name="std")
+
+  def adapt_to(self, data: np.ndarray) -> None:
+    """Sets the statistics from `data [..., size]` (constant features get std 1)."""
+    flat = np.asarray(data, np.float64).reshape(-1, self.size)
+    if not np.all(np.isfinite(flat)):
+      raise ValueError(f"{self.name}: cannot compute statistics from non-finite data")
+    std = flat.std(axis=0)
+    self.mean.assign(flat.mean(axis=0).astype(np.float32))
+    self.std.assign(np.where(std > 1e-8, std, 1.0).astype(np.float32))
+
+  def forward(self, x: tf.Tensor) -> tf.Tensor:
+    """Raw -> standardised."""
+    return (x - self.mean) / self.std
+
+  def inverse(self, z: tf.Tensor) -> tf.Tensor:
+    """Standardised -> raw."""
+    return z * self.std + self.mean
+
+  def call(self, x: tf.Tensor) -> tf.Tensor:
+    return self.forward(x)

@@ -1,0 +1,171 @@
+"""The simulator interface that ALFI infers the parameters of.
+
+A simulator draws i.i.d. observations `x ~ p(x | theta)` for a batch of parameter vectors. Users bring
+their own by subclassing one of two bases:
+
+* `Simulator` for simulators written with TensorFlow / TFP ops. They stay inside the graph, so the whole
+  unrolled inference loop compiles into one `tf.function` (and can be exported to a SavedModel).
+* `NumpySimulator` for black-box numpy code. `simulate_numpy` is bridged into TensorFlow with
+  `tf.numpy_function`, with the output shape and dtype declared, so it also runs inside the unrolled loop.
+
+All randomness is driven by *stateless* seeds (int32 tensors of shape `[2]`), so a simulation is a pure
+function of `(theta, num_obs, seed)`: runs are reproducible and training can resume bit for bit.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+
+def box_prior(low: Sequence[float], high: Sequence[float]) -> tfd.Distribution:
+  """A uniform prior on the box `[low, high]`, with event shape `[d]`."""
+  return tfd.Independent(
+      tfd.Uniform(low=tf.constant(low, tf.float32), high=tf.constant(high, tf.float32)),
+      reinterpreted_batch_ndims=1)
+
+
+class Simulator(abc.ABC):
+  """A stochastic simulator `x ~ p(x | theta)` with a prior `p(theta)`.
+
+  Subclasses define `name`, `parameter_names`, `observation_dim`, `prior` and `simulate`. Where the
+  likelihood is tractable they may also implement `log_likelihood` and `maximum_likelihood`, which the
+  evaluation uses as exact references (grid posterior, MLE).
+
+  Shapes: `theta` is `[batch, d]` with `d = len(parameter_names)`; observations are
+  `[batch, num_obs, observation_dim]`. Everything is float32.
+  """
+
+  #: Registry name, used by `--simulator=NAME`.
+  name: str = ""
+
+  @property
+  @abc.abstractmethod
+  def parameter_names(self) -> Tuple[str, ...]:
+    """Names of the `d` parameters, in the order of the last axis of `theta`."""
+
+  @property
+  @abc.abstractmethod
+  def observation_dim(self) -> int:
+    """`d_x`, the size of one observation."""
+
+  @property
+  @abc.abstractmethod
+  def prior(self) -> tfd.Distribution:
+    """A TFP distribution over `theta` with event shape `[d]`."""
+
+  @property
+  def parameter_dim(self) -> int:
+    """`d`, the number of parameters."""
+    return len(self.parameter_names)
+
+  @property
+  def parameter_bounds(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """`(low, high)` of the prior's support when it is a box, else None.
+
+    Proposals are Gaussian and can land outside the prior's support; the machine clips parameter
+    samples into these bounds before calling `simulate`, so a simulator is only ever run where it is
+    defined. Box priors built with `box_prior` are detected automatically.
+    """
+    prior = self.prior
+    if isinstance(prior, tfd.Independent) and isinstance(prior.distribution, tfd.Uniform):
+      return (np.asarray(prior.distribution.low, np.float32),
+              np.asarray(prior.distribution.high, np.float32))
+    return None
+
+  @abc.abstractmethod
+  def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor) -> tf.Tensor:
+    """Draws `num_obs` i.i.d. observations for each parameter vector.
+
+    Args:
+      theta: `[batch, d]` float32 parameters, in raw (unstandardised) units.
+      num_obs: number of observations per parameter vector (a Python int).
+      seed: int32 `[2]` stateless seed; the same seed gives the same observations.
+
+    Returns:
+      `[batch, num_obs, observation_dim]` float32 observations.
+    """
+
+  def log_likelihood(self, theta: tf.Tensor, observations: tf.Tensor) -> tf.Tensor:
+    """Total log-likelihood of each observation set under each candidate parameter.
+
+    Args:
+      theta: `[batch, k, d]` candidate parameters for each of `batch` problems.
+      observations: `[batch, n, observation_dim]`.
+
+    Returns:
+      `[batch, k]`: `sum_i log p(x_i | theta)`.
+    """
+    raise NotImplementedError(f"simulator {self.name!r} has no tractable likelihood")
+
+  def maximum_likelihood(self, observations: tf.Tensor) -> tf.Tensor:
+    """The maximum-likelihood (or the spec's reference) estimate, `[batch, d]`."""
+    raise NotImplementedError(f"simulator {self.name!r} has no reference estimator")
+
+  def derived_parameters(self, theta: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Identifiable functions of `theta [batch, d]` worth reporting errors for, each `[batch]`.
+
+    For example the Weinberg data depend on its two parameters only through the asymmetry `A`.
+    """
+    del theta
+    return {}
+
+  @property
+  def has_likelihood(self) -> bool:
+    """Whether `log_likelihood` is implemented (enables the exact grid posterior)."""
+    return type(self).log_likelihood is not Simulator.log_likelihood
+
+  @property
+  def has_reference_estimator(self) -> bool:
+    """Whether `maximum_likelihood` is implemented."""
+    return type(self).maximum_likelihood is not Simulator.maximum_likelihood
+
+  def sample_problems(self, num_problems: int, num_obs: int,
+                      seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Draws `theta* ~ prior` and `X ~ p(x | theta*)^num_obs`.
+
+    Returns:
+      `(theta [num_problems, d], observations [num_problems, num_obs, d_x])`.
+    """
+    prior_seed, sim_seed = tfp.random.split_seed(seed, n=2)
+    theta = tf.cast(self.prior.sample(num_problems, seed=prior_seed), tf.float32)
+    return theta, self.simulate(theta, num_obs, sim_seed)
+
+
+class NumpySimulator(Simulator):
+  """A simulator written in numpy, bridged into TensorFlow with `tf.numpy_function`.
+
+  Implement `simulate_numpy`; `simulate` then works in eager mode and inside `tf.function` (the
+  unrolled inference loop). The numpy code receives a `numpy.random.Generator` seeded from the
+  stateless TF seed, so it is exactly as reproducible as a TF-native simulator.
+  """
+
+  @abc.abstractmethod
+  def simulate_numpy(self, theta: np.ndarray, num_obs: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Draws observations; `theta` is `[batch, d]` float64, returns `[batch, num_obs, d_x]`."""
+
+  def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor) -> tf.Tensor:
+    theta = tf.convert_to_tensor(theta, tf.float32)
+    num_obs = int(num_obs)
+    expected_dim = self.observation_dim
+
+    def _bridge(theta_np: np.ndarray, seed_np: np.ndarray) -> np.ndarray:
+      rng = np.random.default_rng(np.asarray(seed_np, np.int64).view(np.uint64))
+      out = np.asarray(self.simulate_numpy(theta_np.astype(np.float64), num_obs, rng))
+      want = (theta_np.shape[0], num_obs, expected_dim)
+      if out.shape != want:
+        raise ValueError(f"{type(self).__name__}.simulate_numpy returned shape {out.shape}, "
+                         f"expected {want}")
+      return out.astype(np.float32)
+
+    out = tf.numpy_function(_bridge, [theta, tf.convert_to_tensor(seed, tf.int32)], tf.float32,
+                            stateful=False, name=f"{self.name or 'numpy'}_simulator")
+    out.set_shape([theta.shape[0], num_obs, expected_dim])
+    return out

@@ -1,0 +1,94 @@
+"""A run's directory: its configuration, checkpoints and summaries, all written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Dict, Tuple
+
+from alfi_tf.config import MachineConfig, TrainConfig, to_dict
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "training_summary.json"
+
+
+def write_json_atomically(path: str, payload: Any) -> None:
+  """Writes JSON to a temporary file in the same directory, then renames it over `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(handle, "w") as stream:
+      json.dump(payload, stream, indent=2, sort_keys=True)
+      stream.write("\n")
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
+class Workdir:
+  """Layout of a run directory.
+
+  `config.json` (machine + training configuration), `checkpoints/` (`tf.train.CheckpointManager`),
+  `training_summary.json`, and the evaluation outputs (`metrics.json`, `*.png`).
+  """
+
+  def __init__(self, path: str):
+    if not path:
+      raise ValueError("a workdir path is required")
+    self.path = path
+
+  @property
+  def checkpoints(self) -> str:
+    return os.path.join(self.path, "checkpoints")
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  def claim(self, machine_config: MachineConfig, train_config: TrainConfig) -> None:
+    """Records the configuration of a new run, or checks that an existing run has the same one.
+
+    Raises:
+      ValueError: the workdir belongs to a run with a different configuration (names each setting
+        that differs), so resuming into it would mix two experiments.
+    """
+    wanted = {"machine": to_dict(machine_config), "train": to_dict(train_config)}
+    config_path = self.file(CONFIG_FILE)
+    if os.path.exists(config_path):
+      with open(config_path) as stream:
+        existing = json.load(stream)
+      differences = [
+          f"{section}.{key}: workdir has {existing.get(section, {}).get(key)!r}, "
+          f"requested {value!r}"
+          for section, values in wanted.items() for key, value in values.items()
+          if existing.get(section, {}).get(key) != value]
+      if differences:
+        raise ValueError(f"workdir {self.path} holds a run with a different configuration; use a "
+                         "new --workdir or the same settings. Differences:\n  "
+                         + "\n  ".join(differences))
+      return
+    if os.path.isdir(self.path) and os.listdir(self.path):
+      raise ValueError(f"workdir {self.path} exists, is not empty and has no {CONFIG_FILE}: "
+                       "refusing to write a run into it")
+    write_json_atomically(config_path, wanted)
+
+  def read_config(self) -> Tuple[MachineConfig, TrainConfig]:
+    config_path = self.file(CONFIG_FILE)
+    if not os.path.exists(config_path):
+      raise FileNotFoundError(f"{config_path} not found: {self.path} is not a training workdir")
+    with open(config_path) as stream:
+      raw = json.load(stream)
+    return MachineConfig(**raw["machine"]), TrainConfig(**raw["train"])
+
+  def read_summary(self) -> Dict[str, Any]:
+    path = self.file(SUMMARY_FILE)
+    if not os.path.exists(path):
+      return {}
+    with open(path) as stream:
+      return json.load(stream)
+
+  def write_summary(self, summary: Dict[str, Any]) -> None:
+    write_json_atomically(self.file(SUMMARY_FILE), summary)

@@ -1,0 +1,41 @@
+"""absl flags generated from the configuration dataclasses, so flags and configs never drift apart."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Dict, Type
+
+from absl import flags
+
+
+def define_flags_for(config_class: Type[Any], overrides: Dict[str, str] = None) -> None:
+  """Defines one flag per field of `config_class`, with the field's default and type.
+
+  Args:
+    config_class: a dataclass whose fields are int, float, str, bool or Optional[int].
+    overrides: optional help strings per field.
+  """
+  hints = typing.get_type_hints(config_class)
+  for field in dataclasses.fields(config_class):
+    hint = hints[field.name]
+    help_text = (overrides or {}).get(field.name, f"{config_class.__name__}.{field.name}")
+    if hint is bool:
+      flags.DEFINE_bool(field.name, field.default, help_text)
+    elif hint is int:
+      flags.DEFINE_integer(field.name, field.default, help_text)
+    elif hint is float:
+      flags.DEFINE_float(field.name, field.default, help_text)
+    elif hint is str:
+      flags.DEFINE_string(field.name, field.default, help_text)
+    elif hint == typing.Optional[int]:
+      flags.DEFINE_integer(field.name, field.default, help_text)
+    else:
+      raise TypeError(f"unsupported config field type {hint} for {field.name}")
+
+
+def config_from_flags(config_class: Type[Any]) -> Any:
+  """Builds `config_class` from the parsed flags; its own validation names any bad value."""
+  values = {field.name: getattr(flags.FLAGS, field.name)
+            for field in dataclasses.fields(config_class)}
+  return config_class(**values)

@@ -1,0 +1,40 @@
+"""alfi-tf: likelihood-free inference with a meta-learned recurrent machine, in TensorFlow/Keras."""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "alfi_tf", "__init__.py")) as stream:
+  VERSION = re.search(r'__version__ = "([^"]+)"', stream.read()).group(1)
+
+setup(
+    name="alfi-tf",
+    version=VERSION,
+    description="Recurrent machines for likelihood-free inference (ALFI) in TensorFlow / Keras 3",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["alfi_tf", "alfi_tf.*", "experiments"]),
+    package_data={"experiments": ["configs/*.cfg"]},
+    python_requires=">=3.9,<3.13",
+    # TF 2.18 is the release TFP 0.25 was built and tested against; TFP 0.25 imports tf-keras
+    # (hence the [tf] extra), while our own models use Keras 3.
+    install_requires=[
+        "tensorflow>=2.18,<2.19",
+        "tensorflow-probability[tf]==0.25.0",
+        "tf-keras>=2.18,<2.19",
+        "keras>=3.5,<3.16",
+        "numpy>=1.26,<2.1",
+        "absl-py>=2.1,<3",
+        "matplotlib>=3.8,<4",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "scipy>=1.11,<2"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Physics",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
