@@ -13,20 +13,27 @@ CONFIG_FILE = "config.json"
 SUMMARY_FILE = "training_summary.json"
 
 
-def write_json_atomically(path: str, payload: Any) -> None:
-  """Writes JSON to a temporary file in the same directory, then renames it over `path`."""
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` to a temporary file in the same directory, then renames it over `path`.
+
+  A reader (or a killed writer) never sees a half-written file.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   try:
     with os.fdopen(handle, "w") as stream:
-      json.dump(payload, stream, indent=2, sort_keys=True)
-      stream.write("\n")
+      stream.write(text)
     os.replace(temporary, path)
   except BaseException:
     if os.path.exists(temporary):
       os.remove(temporary)
     raise
+
+
+def write_json_atomically(path: str, payload: Any) -> None:
+  """`write_text_atomically` for a JSON document."""
+  write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 class Workdir:

@@ -110,8 +110,9 @@ def reference_estimates(simulator: Simulator, observations: np.ndarray,
                         grid_points: Optional[int] = None) -> Dict[str, np.ndarray]:
   """Every reference estimator available for `simulator`, each `[K, d]`.
 
-  Keys: `mle` (closed form or the spec's reference estimator), `posterior_mean` and `grid_mle` (grid
-  posterior), `posterior_std`, and `derived/<name>/posterior_mean|mle` for derived parameters.
+  Keys: `mle` (the simulator's closed form or reference estimator, else the grid mode),
+  `posterior_mean` and `posterior_std` (grid posterior), and `derived/<name>/posterior_mean|mle` for
+  derived parameters.
   """
   references: Dict[str, np.ndarray] = {}
   if simulator.has_reference_estimator:

@@ -100,7 +100,8 @@ class Simulator(abc.ABC):
       observations: `[batch, n, observation_dim]`.
 
     Returns:
-      `[batch, k]`: `sum_i log p(x_i | theta)`.
+      `[batch, k]`: `sum_i log p(x_i | theta)`, float32 or (where float32 rounding would matter)
+      float64.
     """
     raise NotImplementedError(f"simulator {self.name!r} has no tractable likelihood")
 

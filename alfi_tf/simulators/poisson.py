@@ -42,10 +42,12 @@ class PoissonSimulator(Simulator):
     return tf.transpose(counts)[..., tf.newaxis]
 
   def log_likelihood(self, theta: tf.Tensor, observations: tf.Tensor) -> tf.Tensor:
-    observations = tf.convert_to_tensor(observations, tf.float32)
-    log_rate = tf.convert_to_tensor(theta, tf.float32)[..., 0]               # [batch, k]
+    # float64: at high rates the terms reach ~1e6, where float32 rounding (~0.1) would flatten the
+    # top of the likelihood that the grid posterior resolves.
+    observations = tf.cast(observations, tf.float64)
+    log_rate = tf.cast(theta, tf.float64)[..., 0]                           # [batch, k]
     total = tf.reduce_sum(observations[..., 0], axis=1, keepdims=True)      # [batch, 1]
-    count = tf.cast(tf.shape(observations)[1], tf.float32)
+    count = tf.cast(tf.shape(observations)[1], tf.float64)
     log_factorials = tf.reduce_sum(tf.math.lgamma(observations[..., 0] + 1.0), axis=1, keepdims=True)
     return total * log_rate - count * tf.exp(log_rate) - log_factorials
 

@@ -1,0 +1,418 @@
+"""Tests of the inference machine and what surrounds it: standardisation, configuration, input
+validation and the batched `Inferrer`.
+
+Machines are tiny (a few units per layer, M=4, N=8, T=3) so every test runs in seconds. An untrained
+machine's output layer is zero, so it never moves `psi`; tests that need real updates give that layer
+large random weights (`_activate`), which also makes the bound on `Delta psi` bite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alfi_tf import losses
+from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.inference import Inferrer
+from alfi_tf.machine import InferenceMachine, Trajectory
+from alfi_tf.normalization import Standardizer, transform_observations
+from alfi_tf.simulators import get_simulator
+from alfi_tf.validation import check_observations
+
+NUM_PROBLEMS = 5
+NUM_OBS = 16
+TINY = dict(num_steps=3, num_samples=4, num_simulated_obs=8, encoder_hidden=8, encoder_out=6,
+            aggregator_hidden=8, aggregator_out=6, updater_hidden=8, lstm_units=5)
+
+
+def _seed(a: int, b: int = 0) -> tf.Tensor:
+  return tf.constant([a, b], tf.int32)
+
+
+def _problems(name: str, num_problems: int = NUM_PROBLEMS, num_obs: int = NUM_OBS, seed: int = 1):
+  theta, observations = get_simulator(name).sample_problems(num_problems, num_obs, _seed(seed))
+  return theta.numpy(), observations.numpy()
+
+
+def _machine(name: str = "poisson", **overrides) -> InferenceMachine:
+  """A tiny machine with deterministic weights, adapted to a few problems."""
+  keras.utils.set_random_seed(0)
+  simulator = get_simulator(name)
+  machine = InferenceMachine(simulator, MachineConfig(simulator=name, **{**TINY, **overrides}))
+  machine.adapt(*_problems(name, num_problems=32, seed=100))
+  return machine
+
+
+def _activate(machine: InferenceMachine, scale: float = 0.5, seed: int = 0) -> None:
+  """Gives the (zero-initialised) output layer random weights (large ones make steps hit the bound)."""
+  rng = np.random.default_rng(seed)
+  layer = machine.updater.output_net.layers[-1]
+  layer.kernel.assign(scale * rng.normal(size=layer.kernel.shape).astype(np.float32))
+  layer.bias.assign(scale * rng.normal(size=layer.bias.shape).astype(np.float32))
+
+
+def _steps(trajectory: Trajectory) -> np.ndarray:
+  """`|psi_t - psi_{t-1}|` for t = 1..T: `[batch, T, 2d]`."""
+  psi = np.concatenate([trajectory.initial_psi.numpy()[:, np.newaxis], trajectory.psi.numpy()], 1)
+  return np.abs(np.diff(psi, axis=1))
+
+
+# --- Standardisation. ---
+
+def test_standardizer_statistics_and_round_trip():
+  rng = np.random.default_rng(0)
+  data = rng.normal([3.0, -20.0, 0.0], [0.5, 4.0, 1e-3], size=(10, 7, 3))
+  standardizer = Standardizer(3, name="s")
+  standardizer.adapt_to(data)
+  flat = data.reshape(-1, 3)
+  np.testing.assert_allclose(standardizer.mean.numpy(), flat.mean(axis=0), rtol=1e-6)
+  np.testing.assert_allclose(standardizer.std.numpy(), flat.std(axis=0), rtol=1e-6)
+  forward = standardizer.forward(tf.constant(data, tf.float32))
+  flat_forward = forward.numpy().reshape(-1, 3)
+  np.testing.assert_allclose(flat_forward.mean(axis=0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(flat_forward.std(axis=0), 1.0, rtol=1e-4)
+  np.testing.assert_array_equal(standardizer(tf.constant(data, tf.float32)).numpy(),
+                                forward.numpy())
+  np.testing.assert_allclose(standardizer.inverse(forward).numpy(), data, rtol=1e-5, atol=1e-5)
+
+
+def test_standardizer_constant_feature_gets_unit_std():
+  data = np.stack([np.full(6, 4.0), np.arange(6.0)], axis=-1)
+  standardizer = Standardizer(2, name="s")
+  standardizer.adapt_to(data)
+  np.testing.assert_allclose(standardizer.mean.numpy(), [4.0, 2.5])
+  np.testing.assert_allclose(standardizer.std.numpy(), [1.0, np.std(np.arange(6.0))], rtol=1e-6)
+  np.testing.assert_array_equal(standardizer.forward(tf.constant(data, tf.float32)).numpy()[:, 0],
+                                0.0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_standardizer_rejects_non_finite_data(bad):
+  data = np.ones((4, 2))
+  data[2, 1] = bad
+  with pytest.raises(ValueError, match="non-finite"):
+    Standardizer(2, name="s").adapt_to(data)
+
+
+OBSERVATIONS = np.array([[-2.0, -0.5, 0.0, 0.5, 3.0, 1e4]], np.float32)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("none", OBSERVATIONS),
+    ("log1p", np.log1p(np.maximum(OBSERVATIONS, 0.0))),   # negative counts are clamped to 0
+    ("asinh", np.arcsinh(OBSERVATIONS)),
+])
+def test_transform_observations(kind, expected):
+  actual = transform_observations(tf.constant(OBSERVATIONS), kind).numpy()
+  np.testing.assert_allclose(actual, expected, rtol=1e-6)
+
+
+def test_transform_observations_unknown_kind_raises():
+  with pytest.raises(ValueError, match="observation_transform must be one of"):
+    transform_observations(tf.constant(OBSERVATIONS), "sqrt")
+
+
+# --- Configuration. ---
+
+@pytest.mark.parametrize("config_class, field, value", [
+    (MachineConfig, "num_steps", 0),
+    (MachineConfig, "num_samples", 1),
+    (MachineConfig, "num_samples", 0),
+    (MachineConfig, "num_simulated_obs", 0),
+    (MachineConfig, "encoder_hidden", -1),
+    (MachineConfig, "encoder_out", 0),
+    (MachineConfig, "aggregator_out", 0),
+    (MachineConfig, "lstm_units", 0),
+    (MachineConfig, "bound", 0.0),
+    (MachineConfig, "initial_scale", -0.1),
+    (MachineConfig, "bound_type", "sigmoid"),
+    (MachineConfig, "observation_transform", "log"),
+    (TrainConfig, "num_problems", 0),
+    (TrainConfig, "num_obs", -5),
+    (TrainConfig, "epochs", 0),
+    (TrainConfig, "batch_size", 0),
+    (TrainConfig, "learning_rate", 0.0),
+    (TrainConfig, "validate_every", 0),
+    (TrainConfig, "final_learning_rate_fraction", 0.0),
+    (TrainConfig, "final_learning_rate_fraction", 1.5),
+    (TrainConfig, "grad_clip_norm", -1.0),
+    (TrainConfig, "loss", "huber"),
+    (TrainConfig, "time_weights", "linear"),
+])
+def test_config_validation_names_the_field(config_class, field, value):
+  with pytest.raises(ValueError, match=field):
+    config_class(**{field: value})
+
+
+def test_default_configs_are_valid():
+  assert MachineConfig().num_steps == 15 and TrainConfig().loss == "nll"
+  TrainConfig(grad_clip_norm=0.0, final_learning_rate_fraction=1.0)   # the allowed edges
+
+
+# --- The machine. ---
+
+@pytest.mark.parametrize("name", ["poisson", "weinberg"])
+def test_trajectory_shapes(name):
+  machine = _machine(name)
+  _, observations = _problems(name)
+  trajectory = machine(observations, seed=_seed(3))
+  d = machine.simulator.parameter_dim
+  assert isinstance(trajectory, Trajectory)
+  assert trajectory.initial_psi.shape == (NUM_PROBLEMS, 2 * d)
+  assert trajectory.psi.shape == (NUM_PROBLEMS, 3, 2 * d)
+  assert np.all(np.isfinite(trajectory.psi.numpy()))
+
+
+def test_num_steps_override():
+  machine = _machine()
+  _activate(machine)
+  _, observations = _problems("poisson")
+  trajectory = machine(observations, seed=_seed(3), num_steps=7)
+  assert trajectory.psi.shape == (NUM_PROBLEMS, 7, 2)
+  # All seven steps are taken: each moves psi.
+  assert np.all(_steps(trajectory).max(axis=-1) > 0)
+
+
+def test_trajectory_is_a_function_of_the_seed():
+  machine = _machine()
+  _activate(machine)
+  _, observations = _problems("poisson")
+  start = np.full((NUM_PROBLEMS, 1), 2.0, np.float32)
+  first = machine(observations, seed=_seed(3), initial_mean=start).psi.numpy()
+  np.testing.assert_array_equal(
+      first, machine(observations, seed=_seed(3), initial_mean=start).psi.numpy())
+  # With the start fixed, only the proposals and simulations differ between the seeds.
+  assert not np.allclose(
+      first, machine(observations, seed=_seed(4), initial_mean=start).psi.numpy())
+
+
+@pytest.mark.parametrize("bound_type", ["tanh", "clip"])
+@pytest.mark.parametrize("name", ["poisson", "weinberg"])
+def test_steps_are_bounded(name, bound_type):
+  bound = 0.2
+  machine = _machine(name, bound=bound, bound_type=bound_type)
+  _activate(machine, scale=20.0)
+  _, observations = _problems(name)
+  steps = _steps(machine(observations, seed=_seed(3)))
+  assert np.all(steps <= bound * (1.0 + 1e-5)), steps.max()
+  # The bound is active: the raw outputs are far beyond it.
+  assert steps.max() > 0.9 * bound
+  if bound_type == "clip":
+    assert np.any(np.isclose(steps, bound, rtol=1e-5))
+
+
+def test_untrained_machine_leaves_psi_unchanged():
+  machine = _machine()
+  _, observations = _problems("poisson")
+  trajectory = machine(observations, seed=_seed(3))
+  for t in range(3):
+    np.testing.assert_array_equal(trajectory.psi.numpy()[:, t], trajectory.initial_psi.numpy())
+
+
+def test_initial_psi_in_standardised_units():
+  machine = _machine(initial_scale=0.3)
+  _, observations = _problems("poisson")
+  start = np.array([[0.5], [1.0], [2.0], [4.0], [6.5]], np.float32)
+  initial_psi = machine(observations, seed=_seed(3), initial_mean=start).initial_psi.numpy()
+  mean, std = machine.theta_standardizer.mean.numpy(), machine.theta_standardizer.std.numpy()
+  np.testing.assert_allclose(initial_psi[:, :1], (start - mean) / std, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(initial_psi[:, 1:], math.log(0.3), rtol=1e-6)
+
+
+def test_default_initial_mean_is_a_prior_draw():
+  machine = _machine("weinberg")
+  _, observations = _problems("weinberg")
+  raw_mean, raw_std = machine.to_raw(machine(observations, seed=_seed(3)).initial_psi)
+  low, high = machine.simulator.parameter_bounds
+  assert np.all((low - 1e-4 <= raw_mean.numpy()) & (raw_mean.numpy() <= high + 1e-4))
+  np.testing.assert_allclose(raw_std.numpy(),
+                             np.broadcast_to(0.1 * machine.theta_standardizer.std.numpy(),
+                                             raw_std.shape), rtol=1e-6)
+
+
+def test_to_raw_inverts_the_standardisation():
+  machine = _machine("weinberg")
+  mean, std = machine.theta_standardizer.mean.numpy(), machine.theta_standardizer.std.numpy()
+  psi = np.array([[0.5, -1.0, math.log(0.2), 0.3], [0.0, 2.0, 0.0, -1.0]], np.float32)
+  raw_mean, raw_std = machine.to_raw(tf.constant(psi))
+  np.testing.assert_allclose(raw_mean.numpy(), psi[:, :2] * std + mean, rtol=1e-6)
+  np.testing.assert_allclose(raw_std.numpy(), np.exp(psi[:, 2:]) * std, rtol=1e-6)
+  # Works on trajectories too: `[batch, T, 2d] -> [batch, T, d]`.
+  assert machine.to_raw(tf.constant(psi[:, np.newaxis].repeat(3, 1)))[0].shape == (2, 3, 2)
+
+
+def test_tf_function_matches_eager():
+  machine = _machine()
+  _activate(machine)
+  _, observations = _problems("poisson")
+  observations = tf.constant(observations)
+  eager = machine(observations, seed=_seed(3))
+  graph = tf.function(lambda x, seed: machine(x, seed=seed))(observations, _seed(3))
+  np.testing.assert_allclose(graph.initial_psi.numpy(), eager.initial_psi.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(graph.psi.numpy(), eager.psi.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_every_trainable_variable():
+  machine = _machine()
+  _activate(machine)
+  theta, observations = _problems("poisson")
+  theta = machine.theta_standardizer.forward(theta)
+  with tf.GradientTape() as tape:
+    trajectory = machine(observations, seed=_seed(3))
+    loss = losses.weighted_loss(losses.step_losses(theta, trajectory.psi, "nll"), "exp")
+  variables = machine.trainable_variables
+  gradients = tape.gradient(loss, variables)
+  assert len(variables) == 17
+  for variable, gradient in zip(variables, gradients):
+    assert gradient is not None, variable.path
+    assert np.all(np.isfinite(gradient.numpy())), variable.path
+  by_part = {}
+  for variable, gradient in zip(variables, gradients):
+    part = variable.path.split("/")[0]
+    by_part[part] = by_part.get(part, 0.0) + float(tf.reduce_sum(tf.abs(gradient)))
+  assert set(by_part) == {"set_encoder", "sample_aggregator", "updater"}
+  assert all(total > 0 for total in by_part.values()), by_part
+  # The statistics are weights, but not trainable ones.
+  assert not any("standardizer" in v.path for v in variables)
+
+
+def test_simulator_mismatch_raises():
+  with pytest.raises(ValueError, match="config.simulator is 'weinberg'"):
+    InferenceMachine(get_simulator("poisson"), MachineConfig(simulator="weinberg"))
+
+
+@pytest.mark.parametrize("transform", ["none", "log1p"])
+def test_adapt_sets_statistics_from_the_data(transform):
+  keras.utils.set_random_seed(0)
+  machine = InferenceMachine(get_simulator("poisson"),
+                             MachineConfig(simulator="poisson", observation_transform=transform,
+                                           **TINY))
+  theta, observations = _problems("poisson", num_problems=20)
+  machine.adapt(theta, observations)
+  np.testing.assert_allclose(machine.theta_standardizer.mean.numpy(), theta.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(machine.theta_standardizer.std.numpy(), theta.std(0), rtol=1e-5)
+  x = observations.astype(np.float64).reshape(-1, 1)
+  x = np.log1p(x) if transform == "log1p" else x
+  np.testing.assert_allclose(machine.observation_standardizer.mean.numpy(), x.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(machine.observation_standardizer.std.numpy(), x.std(0), rtol=1e-5)
+  # The machine's input is then standardised.
+  encoded = machine.standardize_observations(tf.constant(observations)).numpy().reshape(-1)
+  assert abs(encoded.mean()) < 1e-4 and abs(encoded.std() - 1.0) < 1e-4
+
+
+def test_numpy_simulator_inside_the_unrolled_graph():
+  machine = _machine("lotka_volterra", num_steps=2, num_samples=3, num_simulated_obs=4)
+  _activate(machine)
+  _, observations = _problems("lotka_volterra", num_problems=3, num_obs=5)
+  run = tf.function(lambda x, seed: machine(x, seed=seed))
+  trajectory = run(tf.constant(observations), _seed(3))
+  assert trajectory.psi.shape == (3, 2, 8)
+  assert np.all(np.isfinite(trajectory.psi.numpy()))
+  np.testing.assert_array_equal(trajectory.psi.numpy(),
+                                run(tf.constant(observations), _seed(3)).psi.numpy())
+  assert np.all(_steps(trajectory) > 0)
+
+
+# --- Input validation. ---
+
+def _with(value, index=(1, 2, 0)):
+  array = np.zeros((2, 4, 1), np.float32)
+  array[index] = value
+  return array
+
+
+@pytest.mark.parametrize("observations, message", [
+    (np.zeros((4, 1)), r"shape \[num_problems, num_obs, 1\], got shape \(4, 1\)"),
+    (np.zeros((2, 4, 1, 1)), r"got shape \(2, 4, 1, 1\)"),
+    (np.zeros((2, 4, 3)), r"1 values per observation \(last axis\), got shape \(2, 4, 3\)"),
+    (np.zeros((0, 4, 1)), r"empty: shape \(0, 4, 1\)"),
+    (np.zeros((2, 0, 1)), r"empty: shape \(2, 0, 1\)"),
+    (_with(np.nan), r"1 NaN/inf value\(s\), the first at \[1, 2, 0\] = nan"),
+    (_with(np.inf, (0, 3, 0)), r"the first at \[0, 3, 0\] = inf"),
+    (np.array([[["a"]]]), "must be numeric, got dtype <U1"),
+    (np.array([[[None]]]), "must be numeric, got dtype object"),
+], ids=["rank2", "rank4", "d_x", "no_problems", "no_observations", "nan", "inf", "str", "object"])
+def test_check_observations_rejects(observations, message):
+  with pytest.raises(ValueError, match="^observations .*" + message):
+    check_observations(observations, 1)
+
+
+def test_check_observations_counts_non_finite_values():
+  observations = _with(np.nan)
+  observations[0, 0, 0] = -np.inf
+  with pytest.raises(ValueError, match=r"2 NaN/inf value\(s\), the first at \[0, 0, 0\] = -inf"):
+    check_observations(observations, 1, name="test set")
+
+
+@pytest.mark.parametrize("observations", [
+    np.arange(6, dtype=np.int64).reshape(1, 3, 2),
+    np.arange(6, dtype=np.float64).reshape(1, 3, 2),
+    [[[0, 1], [2, 3], [4, 5]]],
+])
+def test_check_observations_accepts_numeric_input(observations):
+  checked = check_observations(observations, 2)
+  assert checked.dtype == np.float32
+  np.testing.assert_array_equal(checked, np.arange(6).reshape(1, 3, 2))
+
+
+# --- The Inferrer. ---
+
+@pytest.fixture(scope="module")
+def inferrer():
+  return Inferrer(_machine(), num_steps=4, batch_size=2)
+
+
+def test_inferrer_shapes_and_determinism(inferrer):
+  _, observations = _problems("poisson")
+  result = inferrer(observations, seed=5)
+  assert result.mean.shape == result.std.shape == (NUM_PROBLEMS, 4, 1)
+  assert result.initial_mean.shape == (NUM_PROBLEMS, 1)
+  again = inferrer(observations, seed=5)
+  for actual, expected in zip(again, result):
+    np.testing.assert_array_equal(actual, expected)
+  # Prior draws of the start: inside the prior's box, different for another seed.
+  assert np.all((0.2 - 1e-5 <= result.initial_mean) & (result.initial_mean <= 7.0 + 1e-5))
+  assert not np.allclose(inferrer(observations, seed=6).initial_mean, result.initial_mean)
+
+
+def test_inferrer_respects_initial_mean(inferrer):
+  _, observations = _problems("poisson")
+  start = np.array([[0.5], [1.5], [3.0], [4.5], [6.0]], np.float32)
+  result = inferrer(observations, seed=5, initial_mean=start)
+  np.testing.assert_allclose(result.initial_mean, start, rtol=1e-5)
+  # Untrained: every step stays at the start, with sigma_0 = 0.1 standardised units.
+  np.testing.assert_allclose(result.mean, np.repeat(start[:, np.newaxis], 4, axis=1), rtol=1e-5)
+  np.testing.assert_allclose(
+      result.std, 0.1 * inferrer.machine.theta_standardizer.std.numpy() * np.ones((5, 4, 1)),
+      rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(5,), (4, 1), (5, 2)])
+def test_inferrer_rejects_bad_initial_mean(inferrer, shape):
+  _, observations = _problems("poisson")
+  with pytest.raises(ValueError, match=r"initial_mean must have shape \(5, 1\)"):
+    inferrer(observations, seed=5, initial_mean=np.zeros(shape))
+
+
+def test_inferrer_validates_observations(inferrer):
+  with pytest.raises(ValueError, match="observations must have 1 values per observation"):
+    inferrer(np.zeros((2, 4, 3)), seed=5)
+
+
+def test_inferrer_matches_the_machine_for_one_batch():
+  machine = _machine()
+  _activate(machine)
+  _, observations = _problems("poisson")
+  start = np.full((NUM_PROBLEMS, 1), 2.0, np.float32)
+  result = Inferrer(machine, batch_size=NUM_PROBLEMS)(observations, seed=5, initial_mean=start)
+  # One batch, index 0: the seed is fold_in([seed, 0], 0).
+  seed = tf.random.experimental.stateless_fold_in(tf.constant([5, 0], tf.int32), 0)
+  mean, std = machine.to_raw(machine(observations, seed=seed, initial_mean=start).psi)
+  np.testing.assert_allclose(result.mean, mean.numpy(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(result.std, std.numpy(), rtol=1e-5, atol=1e-5)
+  assert result.mean.shape == (NUM_PROBLEMS, 3, 1)
