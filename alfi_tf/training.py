@@ -21,7 +21,11 @@ from alfi_tf.workdir import Workdir
 
 
 class TrainingResult(NamedTuple):
-  """Summary of a finished run, also written to `DIR/training_summary.json`."""
+  """Summary of a finished run, also written to `DIR/training_summary.json`.
+
+  `train_seconds` is the wall time of the optimisation steps (with validation and checkpoints),
+  summed over resumed sessions; data generation is reported separately as `data_seconds`.
+  """
 
   steps: int
   final_loss: float
@@ -53,6 +57,8 @@ class Trainer:
     self.workdir.claim(machine_config, train_config)
     self.log_every = log_every
     self.simulator = get_simulator(machine_config.simulator)
+    # Initial weights derive from the run's seed too (Keras initialisers draw from the global seed).
+    keras.utils.set_random_seed(train_config.seed)
     self.machine = InferenceMachine(self.simulator, machine_config)
     schedule = keras.optimizers.schedules.CosineDecay(
         train_config.learning_rate, decay_steps=train_config.total_steps,
@@ -111,8 +117,13 @@ class Trainer:
     rmse = rmse_per_step(result.mean, problems.theta)[-1]
     return dict(zip(self.simulator.parameter_names, map(float, rmse)))
 
-  def train(self) -> TrainingResult:
-    """Runs (or resumes) meta-training to `train_config.total_steps`."""
+  def train(self, stop_at_step: Optional[int] = None) -> TrainingResult:
+    """Runs (or resumes) meta-training to `train_config.total_steps`.
+
+    Args:
+      stop_at_step: stop (with a checkpoint) once this step is reached, e.g. to time-box a session;
+        running `train()` again later continues exactly where it stopped.
+    """
     cfg = self.train_config
     data_start = time.time()
     train_problems = data_lib.generate_problems(
@@ -120,8 +131,9 @@ class Trainer:
     validation_problems = data_lib.generate_problems(
         self.simulator, cfg.num_validation_problems, cfg.num_obs, cfg.seed,
         data_lib.VALIDATION_STREAM)
+    data_seconds = time.time() - data_start
     logging.info("generated %d training and %d validation problems in %.1fs", cfg.num_problems,
-                 cfg.num_validation_problems, time.time() - data_start)
+                 cfg.num_validation_problems, data_seconds)
 
     previous_seconds = 0.0
     if self.manager.latest_checkpoint:
@@ -135,31 +147,32 @@ class Trainer:
     observations_all = tf.constant(train_problems.observations)
     inferrer = Inferrer(self.machine, batch_size=cfg.num_validation_problems)
     total = cfg.total_steps
+    stop = min(total, stop_at_step) if stop_at_step is not None else total
     start_time, start_step = time.time(), self.step
     loss = float("nan")
     validation: Dict[str, float] = {}
-    while self.step < total:
+    while self.step < stop:
       loss = float(self._train_step(theta_all, observations_all))
       step = self.step
       if not np.isfinite(loss):
         raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning "
                                  "rate or the update bound")
-      if step % self.log_every == 0 or step == total:
+      if step % self.log_every == 0 or step == stop:
         elapsed = time.time() - start_time
         rate = (step - start_step) / max(elapsed, 1e-9)
         logging.info("step %d/%d loss %.4f  %.1f steps/s  ETA %.0fs", step, total, loss, rate,
                      (total - step) / max(rate, 1e-9))
-      if step % cfg.validate_every == 0 or step == total:
+      if step % cfg.validate_every == 0 or step == stop:
         validation = self._validate(inferrer, validation_problems)
         logging.info("step %d validation RMSE(mu_T): %s", step,
                      ", ".join(f"{k}={v:.4f}" for k, v in validation.items()))
-      if step % cfg.checkpoint_every == 0 or step == total:
+      if step % cfg.checkpoint_every == 0 or step == stop:
         self.manager.save(checkpoint_number=step)
-        self.workdir.write_summary({"steps": step,
+        self.workdir.write_summary({"steps": step, "data_seconds": data_seconds,
                                     "train_seconds": previous_seconds + time.time() - start_time})
     train_seconds = previous_seconds + time.time() - start_time
     result = TrainingResult(self.step, loss, validation, train_seconds)
-    self.workdir.write_summary(result._asdict())
+    self.workdir.write_summary({**result._asdict(), "data_seconds": data_seconds})
     return result
 
 

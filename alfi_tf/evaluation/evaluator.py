@@ -97,6 +97,10 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
                  for key, value in reference_rmse.items()},
       "coverage": {level: _per_parameter(names, value) for level, value in
                    metrics.interval_coverage(final_mean, final_std, test.theta).items()},
+      "coverage_per_step": {
+          level: {name: values[:, i].tolist() for i, name in enumerate(names)}
+          for level, values in metrics.interval_coverage(
+              result.mean, result.std, test.theta[:, np.newaxis]).items()},
       "nll": _per_parameter(names, metrics.gaussian_nll(final_mean, final_std, test.theta)),
   }
   if "posterior_std" in references:

@@ -23,11 +23,12 @@ def interval_coverage(mean: np.ndarray, std: np.ndarray, theta: np.ndarray,
   """Fraction of problems whose `theta` lies in the central interval of `N(mean, std^2)`.
 
   Args:
-    mean, std, theta: `[K, d]`.
+    mean, std: `[K, ..., d]` (e.g. `[K, T, d]` for every step of a trajectory).
+    theta: `[K, d]`, or broadcastable to `mean`.
     levels: nominal coverages.
 
   Returns:
-    `{"0.68": [d], ...}` empirical coverage per parameter.
+    `{"0.68": [..., d], ...}` empirical coverage (averaged over the K problems).
   """
   z = np.abs(np.asarray(theta) - mean) / np.maximum(std, 1e-12)
   return {f"{level:.2f}": np.mean(z <= statistics.NormalDist().inv_cdf(0.5 + level / 2), axis=0)

@@ -1,0 +1,113 @@
+"""The absl binaries, run as a user would: end to end on tiny flags, and on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = [
+    "--num_problems=48", "--num_obs=40", "--epochs=2", "--batch_size=16", "--num_steps=2",
+    "--num_samples=4", "--num_simulated_obs=8", "--encoder_hidden=8", "--encoder_out=4",
+    "--aggregator_hidden=8", "--aggregator_out=4", "--updater_hidden=8", "--lstm_units=4",
+    "--num_validation_problems=8", "--validate_every=3", "--checkpoint_every=3",
+]
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("runs") / "weinberg")
+  result = run("experiments.train", "--flagfile=experiments/configs/weinberg.cfg", *TINY_FLAGS,
+               f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "trained 6 steps" in result.stdout
+  return workdir
+
+
+def test_train_writes_config_and_checkpoints(trained_workdir):
+  config = json.load(open(os.path.join(trained_workdir, "config.json")))
+  assert config["machine"]["simulator"] == "weinberg"
+  assert config["train"]["num_problems"] == 48
+  assert os.path.exists(os.path.join(trained_workdir, "checkpoints", "checkpoint"))
+
+
+def test_rerunning_train_resumes_without_retraining(trained_workdir):
+  result = run("experiments.train", "--flagfile=experiments/configs/weinberg.cfg", *TINY_FLAGS,
+               f"--workdir={trained_workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "trained 6 steps" in result.stdout
+
+
+def test_evaluate_end_to_end(trained_workdir):
+  result = run("experiments.evaluate", f"--workdir={trained_workdir}", "--num_problems=12",
+               "--num_steps=3", "--robustness_problems=2", "--robustness_starts=3",
+               "--predictive_problems=2", "--grid_points=21")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "beam_energy" in result.stdout and "asymmetry" in result.stdout
+  metrics = json.load(open(os.path.join(trained_workdir, "metrics.json")))
+  assert len(metrics["rmse_per_step"]["fermi_constant"]) == 3
+  assert set(metrics["references"]) == {"prior_mean", "mle", "posterior_mean"}
+  assert set(metrics["coverage"]) == {"0.68", "0.95"}
+  assert metrics["robustness"]["starts"] == 3
+  for figure in ("rmse_per_step.png", "error_boxplots.png", "predictive_histograms.png",
+                 "robustness.png"):
+    assert os.path.getsize(os.path.join(trained_workdir, figure)) > 1000, figure
+
+
+def test_report_renders_results_table(trained_workdir, tmp_path):
+  run("experiments.evaluate", f"--workdir={trained_workdir}", "--num_problems=8",
+      "--robustness_problems=1", "--robustness_starts=2", "--grid_points=11")
+  output = tmp_path / "results.md"
+  output.write_text("# Results\n\nProse that must survive.\n")
+  result = run("experiments.report", f"--runs={os.path.dirname(trained_workdir)}",
+               f"--output={output}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  text = output.read_text()
+  assert "Prose that must survive." in text
+  assert "| weinberg |" in text and "asymmetry (derived)" in text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--simulator=poison"], "unknown --simulator='poison'; valid names are: gaussian, "
+                             "linear_regression, lotka_volterra, multi_distribution, poisson, "
+                             "weinberg"),
+    (["--num_steps=0"], "num_steps must be positive, got 0"),
+    (["--batch_size=-4"], "batch_size must be positive, got -4"),
+    (["--num_samples=1"], "num_samples must be at least 2"),
+    (["--loss=hinge"], "loss must be one of"),
+    (["--bound=0"], "bound must be positive"),
+])
+def test_train_rejects_bad_flags(tmp_path, flags, message):
+  workdir = tmp_path / "run"
+  result = run("experiments.train", "--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS,
+               *flags, f"--workdir={workdir}")
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not workdir.exists(), "nothing may be written for a rejected configuration"
+
+
+def test_train_refuses_workdir_of_other_run(trained_workdir):
+  result = run("experiments.train", "--flagfile=experiments/configs/weinberg.cfg", *TINY_FLAGS,
+               "--num_samples=6", f"--workdir={trained_workdir}")
+  assert result.returncode != 0
+  assert "machine.num_samples: workdir has 4, requested 6" in result.stderr
+
+
+def test_evaluate_rejects_non_workdir(tmp_path):
+  result = run("experiments.evaluate", f"--workdir={tmp_path}")
+  assert result.returncode != 0
+  assert "is not a training workdir" in result.stderr
+
+
+def test_evaluate_rejects_bad_flags(trained_workdir):
+  result = run("experiments.evaluate", f"--workdir={trained_workdir}", "--num_problems=0")
+  assert result.returncode != 0
+  assert "num_problems must be positive, got 0" in result.stderr

@@ -1,0 +1,91 @@
+"""Meta-training: the loss goes down, checkpoints resume exactly, workdirs are guarded."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alfi_tf import data as data_lib
+from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.training import Trainer, load_machine
+
+TINY_MACHINE = MachineConfig(simulator="poisson", num_steps=3, num_samples=4, num_simulated_obs=8,
+                             encoder_hidden=16, encoder_out=8, aggregator_hidden=16,
+                             aggregator_out=8, updater_hidden=16, lstm_units=8, bound=1.0,
+                             observation_transform="log1p")
+TINY_TRAIN = TrainConfig(num_problems=64, num_obs=50, epochs=20, batch_size=16,
+                         learning_rate=3e-3, num_validation_problems=16, validate_every=40,
+                         checkpoint_every=20, seed=3)
+
+
+def _weights(trainer: Trainer):
+  return [v.numpy() for v in trainer.machine.trainable_variables]
+
+
+def _fixed_batch_loss(trainer: Trainer, problems: data_lib.Problems) -> float:
+  return float(trainer._loss(tf.constant(problems.theta), tf.constant(problems.observations),
+                             tf.constant([5, 6])))
+
+
+def test_training_reduces_the_loss(tmp_path):
+  trainer = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"), log_every=1000)
+  problems = data_lib.generate_problems(trainer.simulator, 64, 50, seed=11, stream=0)
+  trainer.machine.adapt(problems.theta, problems.observations)
+  before = _fixed_batch_loss(trainer, problems)
+  result = trainer.train()
+  after = _fixed_batch_loss(trainer, problems)
+  assert result.steps == TINY_TRAIN.total_steps == 80
+  # A untrained machine does not move psi_0 (a prior draw): the loss must drop substantially.
+  assert after < before - 1.0, (before, after)
+  summary = json.load(open(tmp_path / "run" / "training_summary.json"))
+  assert summary["steps"] == 80 and summary["train_seconds"] > 0
+  assert set(summary["validation_rmse"]) == {"log_rate"}
+
+
+def test_resumed_training_matches_uninterrupted(tmp_path):
+  straight = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "straight"), log_every=1000)
+  straight.train(stop_at_step=40)
+
+  first = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "resumed"), log_every=1000)
+  first.train(stop_at_step=20)
+  assert first.step == 20
+  # A fresh process-like restart: new objects, same workdir.
+  second = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "resumed"), log_every=1000)
+  second.train(stop_at_step=40)
+  assert second.step == 40
+  for a, b in zip(_weights(straight), _weights(second)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_workdir_with_other_configuration_is_refused(tmp_path):
+  Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"))
+  other = TrainConfig(**{**TINY_TRAIN.__dict__, "learning_rate": 1e-4, "batch_size": 8})
+  with pytest.raises(ValueError, match=r"train\.batch_size: workdir has 16, requested 8") as info:
+    Trainer(TINY_MACHINE, other, str(tmp_path / "run"))
+  assert "train.learning_rate" in str(info.value)
+
+
+def test_non_empty_foreign_directory_is_refused(tmp_path):
+  (tmp_path / "notes.txt").write_text("not a run")
+  with pytest.raises(ValueError, match="has no config.json"):
+    Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path))
+
+
+def test_load_machine_restores_weights_and_statistics(tmp_path):
+  trainer = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"), log_every=1000)
+  trainer.train(stop_at_step=20)
+  machine = load_machine(str(tmp_path / "run"))
+  for a, b in zip(trainer.machine.weights, machine.weights):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(machine.theta_standardizer.std[0]) != 1.0
+
+
+def test_load_machine_without_checkpoint_explains(tmp_path):
+  Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"))
+  with pytest.raises(FileNotFoundError, match="train first"):
+    load_machine(str(tmp_path / "run"))
+  with pytest.raises(FileNotFoundError, match="not a training workdir"):
+    load_machine(str(tmp_path / "missing"))
+  assert not os.path.exists(tmp_path / "missing")
