@@ -15,8 +15,10 @@ import pytest
 import tensorflow as tf
 from scipy import integrate, stats
 
-from alfi_tf.simulators import (LinearRegressionSimulator, Simulator, available_simulators,
-                                get_simulator)
+import alfi_tf.simulators
+from alfi_tf.simulators import (LinearRegressionSimulator, NumpySimulator, Simulator,
+                                available_simulators, box_prior, get_simulator,
+                                register_simulator)
 from alfi_tf.simulators.lotka_volterra import solve_log_populations
 from alfi_tf.simulators.multi_distribution import MIXING_MATRIX
 from alfi_tf.simulators.weinberg import WeinbergSimulator, normaliser
@@ -134,6 +136,105 @@ def test_maximum_likelihood_maximises_log_likelihood(name, theta):
   candidates = estimate[:, np.newaxis, :] + steps
   log_likelihood = simulator.log_likelihood(candidates.astype(np.float32), observations).numpy()
   assert np.all(log_likelihood[:, :1] > log_likelihood[:, 1:])
+
+
+# --- The base constructor, and a user-defined simulator. ---
+
+class _MinimalSimulator(Simulator):
+  """Passes its arguments straight to `Simulator.__init__`, to test its validation."""
+
+  def simulate(self, theta, num_obs, seed):
+    raise NotImplementedError
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(parameter_names=[]), "parameter_names"),
+    (dict(parameter_names="ab"), "parameter_names"),
+    (dict(parameter_names=["a", ""]), "parameter_names"),
+    (dict(parameter_names=["a", 1]), "parameter_names"),
+    (dict(parameter_names=["a", "a"]), "parameter_names"),
+    (dict(observation_dim=0), "observation_dim"),
+    (dict(observation_dim=-2), "observation_dim"),
+    (dict(observation_dim=1.5), "observation_dim"),
+    (dict(observation_dim=True), "observation_dim"),
+    (dict(prior=box_prior([0.0], [1.0])), "prior"),
+    (dict(prior=box_prior([0.0] * 3, [1.0] * 3)), "prior"),
+    (dict(prior=tf.constant([0.0, 1.0])), "prior"),
+], ids=["no_names", "string_names", "empty_name", "non_string_name", "duplicate_names",
+        "zero_dim", "negative_dim", "float_dim", "bool_dim", "prior_too_small", "prior_too_big",
+        "prior_not_a_distribution"])
+def test_constructor_rejects_bad_arguments(kwargs, argument):
+  arguments = dict(parameter_names=["a", "b"], observation_dim=3,
+                   prior=box_prior([0.0, 0.0], [1.0, 1.0]))
+  arguments.update(kwargs)
+  with pytest.raises(ValueError, match=argument):
+    _MinimalSimulator(**arguments)
+
+
+def test_constructor_names_the_duplicates():
+  with pytest.raises(ValueError, match="unique.*beta"):
+    _MinimalSimulator(parameter_names=["alpha", "beta", "beta"], observation_dim=1,
+                      prior=box_prior([0.0] * 3, [1.0] * 3))
+
+
+def test_constructor_stores_its_arguments():
+  prior = box_prior([0.0, -1.0], [1.0, 1.0])
+  simulator = _MinimalSimulator(parameter_names=["a", "b"], observation_dim=np.int64(4), prior=prior)
+  assert simulator.parameter_names == ("a", "b") and isinstance(simulator.parameter_names, tuple)
+  assert simulator.observation_dim == 4 and type(simulator.observation_dim) is int
+  assert simulator.prior is prior and simulator.parameter_dim == 2
+  with pytest.raises(AttributeError):
+    simulator.observation_dim = 5
+
+
+class ExponentialDecaySimulator(NumpySimulator):
+  """Decay times of a particle with lifetime `exp(log_lifetime)`, written as a user would."""
+
+  name = "test_exponential_decay"
+
+  def __init__(self):
+    super().__init__(parameter_names=["log_lifetime"], observation_dim=1,
+                     prior=box_prior([-1.0], [2.0]))
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    return rng.exponential(np.exp(theta)[:, None, :], size=(len(theta), num_obs, 1))
+
+
+@pytest.fixture
+def registered_decay():
+  """Registers `ExponentialDecaySimulator`, and removes it again after the test."""
+  register_simulator(ExponentialDecaySimulator)
+  yield ExponentialDecaySimulator.name
+  del alfi_tf.simulators._REGISTRY[ExponentialDecaySimulator.name]
+
+
+def test_user_defined_numpy_simulator_end_to_end(registered_decay):
+  simulator = get_simulator(registered_decay)
+  assert isinstance(simulator, ExponentialDecaySimulator)
+  assert registered_decay in available_simulators()
+  assert simulator.parameter_names == ("log_lifetime",) and simulator.observation_dim == 1
+  np.testing.assert_array_equal(simulator.parameter_bounds[0], [-1.0])
+  np.testing.assert_array_equal(simulator.parameter_bounds[1], [2.0])
+  theta = simulator.prior.sample(4, seed=_seed(8))
+  observations = simulator.simulate(theta, 5_000, _seed(9))
+  assert observations.dtype == tf.float32 and observations.shape == (4, 5_000, 1)
+  np.testing.assert_array_equal(observations.numpy(),
+                                simulator.simulate(theta, 5_000, _seed(9)).numpy())
+  assert not np.array_equal(observations.numpy(),
+                            simulator.simulate(theta, 5_000, _seed(10)).numpy())
+  assert np.all(observations.numpy() >= 0.0)
+  # Exponential with mean (and standard deviation) exp(log_lifetime).
+  lifetime = np.exp(theta.numpy()[:, 0])
+  _assert_within_standard_errors(observations.numpy()[..., 0].mean(axis=1), lifetime,
+                                 lifetime / np.sqrt(5_000))
+  # Also inside a tf.function, as in the unrolled inference loop.
+  simulate = tf.function(lambda theta, seed: simulator.simulate(theta, 5, seed))
+  np.testing.assert_array_equal(simulate(theta, _seed(9)).numpy(),
+                                simulator.simulate(theta, 5, _seed(9)).numpy())
+
+
+def test_registry_is_restored_after_the_user_simulator():
+  assert available_simulators() == sorted(ALL_NAMES)
 
 
 # --- Poisson. ---

@@ -34,9 +34,10 @@ def box_prior(low: Sequence[float], high: Sequence[float]) -> tfd.Distribution:
 class Simulator(abc.ABC):
   """A stochastic simulator `x ~ p(x | theta)` with a prior `p(theta)`.
 
-  Subclasses define `name`, `parameter_names`, `observation_dim`, `prior` and `simulate`. Where the
-  likelihood is tractable they may also implement `log_likelihood` and `maximum_likelihood`, which the
-  evaluation uses as exact references (grid posterior, MLE).
+  Subclasses set the class attribute `name`, call `super().__init__(...)` with their
+  `parameter_names`, `observation_dim` and `prior`, and implement `simulate`. Where the likelihood is
+  tractable they may also implement `log_likelihood` and `maximum_likelihood`, which the evaluation
+  uses as exact references (grid posterior, MLE).
 
   Shapes: `theta` is `[batch, d]` with `d = len(parameter_names)`; observations are
   `[batch, num_obs, observation_dim]`. Everything is float32.
@@ -45,20 +46,57 @@ class Simulator(abc.ABC):
   #: Registry name, used by `--simulator=NAME`.
   name: str = ""
 
+  def __init__(self, parameter_names: Sequence[str], observation_dim: int,
+               prior: tfd.Distribution):
+    """Validates and stores what every simulator declares.
+
+    Args:
+      parameter_names: names of the `d` parameters, non-empty and unique.
+      observation_dim: `d_x`, a positive int.
+      prior: a TFP distribution over `theta` with event shape `[d]`.
+
+    Raises:
+      ValueError: if an argument is malformed or the prior's event shape is not `[d]`.
+    """
+    if isinstance(parameter_names, str):
+      raise ValueError(f"parameter_names must be a sequence of strings, not the string "
+                       f"{parameter_names!r}")
+    names = tuple(parameter_names)
+    if not names:
+      raise ValueError("parameter_names must not be empty")
+    for parameter_name in names:
+      if not isinstance(parameter_name, str) or not parameter_name:
+        raise ValueError(f"parameter_names must be non-empty strings, got {parameter_name!r}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+      raise ValueError(f"parameter_names must be unique; repeated: {', '.join(duplicates)}")
+    if (isinstance(observation_dim, (bool, np.bool_))
+        or not isinstance(observation_dim, (int, np.integer)) or observation_dim < 1):
+      raise ValueError(f"observation_dim must be a positive int, got {observation_dim!r}")
+    if not isinstance(prior, tfd.Distribution):
+      raise ValueError(f"prior must be a tfp.distributions.Distribution, got {type(prior).__name__}")
+    event_shape = tf.TensorShape(prior.event_shape)
+    if event_shape != tf.TensorShape([len(names)]):
+      raise ValueError(f"prior event shape must be [{len(names)}] (one entry per name in "
+                       f"parameter_names), got {event_shape}")
+    self._parameter_names = names
+    self._observation_dim = int(observation_dim)
+    self._prior = prior
+
   @property
-  @abc.abstractmethod
   def parameter_names(self) -> Tuple[str, ...]:
     """Names of the `d` parameters, in the order of the last axis of `theta`."""
+    return self._parameter_names
 
   @property
-  @abc.abstractmethod
   def observation_dim(self) -> int:
     """`d_x`, the size of one observation."""
+    return self._observation_dim
 
   @property
-  @abc.abstractmethod
   def prior(self) -> tfd.Distribution:
     """A TFP distribution over `theta` with event shape `[d]`."""
+    return self._prior
 
   @property
   def parameter_dim(self) -> int:

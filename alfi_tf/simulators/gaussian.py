@@ -9,11 +9,8 @@ import math
 from typing import Tuple
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from alfi_tf.simulators.base import Simulator, box_prior
-
-tfd = tfp.distributions
 
 _LOG_TWO_PI = math.log(2.0 * math.pi)
 
@@ -36,19 +33,8 @@ class GaussianSimulator(Simulator):
   name = "gaussian"
 
   def __init__(self):
-    self._prior = box_prior([-10.0, -2.0], [10.0, 1.5])
-
-  @property
-  def parameter_names(self) -> Tuple[str, ...]:
-    return ("mean", "log_scale")
-
-  @property
-  def observation_dim(self) -> int:
-    return 1
-
-  @property
-  def prior(self) -> tfd.Distribution:
-    return self._prior
+    super().__init__(parameter_names=("mean", "log_scale"), observation_dim=1,
+                     prior=box_prior([-10.0, -2.0], [10.0, 1.5]))
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor) -> tf.Tensor:
     theta = tf.convert_to_tensor(theta, tf.float32)

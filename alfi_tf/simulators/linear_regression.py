@@ -12,15 +12,13 @@ so least squares gives the MLE, and the exact posterior mean is cheap (`posterio
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from alfi_tf.simulators.base import Simulator, box_prior
-
-tfd = tfp.distributions
 
 NOISE_STD = 0.1
 # float32(pi/2) rounds *up*, past the pole, where tan is about -2.3e7: a proposal clipped to the top of
@@ -70,25 +68,15 @@ class LinearRegressionSimulator(Simulator):
     if num_covariates < 1:
       raise ValueError(f"num_covariates must be at least 1, got {num_covariates}")
     self._num_covariates = num_covariates
-    self._prior = box_prior([0.0] * num_covariates + [-1.0],
-                            [math.pi / 2] * num_covariates + [1.0])
+    super().__init__(
+        parameter_names=tuple(f"angle_{k}" for k in range(1, num_covariates + 1)) + ("offset",),
+        observation_dim=num_covariates + 2,
+        prior=box_prior([0.0] * num_covariates + [-1.0], [math.pi / 2] * num_covariates + [1.0]))
 
   @property
   def num_covariates(self) -> int:
     """`p`, the number of slopes."""
     return self._num_covariates
-
-  @property
-  def parameter_names(self) -> Tuple[str, ...]:
-    return tuple(f"angle_{k}" for k in range(1, self._num_covariates + 1)) + ("offset",)
-
-  @property
-  def observation_dim(self) -> int:
-    return self._num_covariates + 2
-
-  @property
-  def prior(self) -> tfd.Distribution:
-    return self._prior
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor) -> tf.Tensor:
     theta = tf.convert_to_tensor(theta, tf.float32)

@@ -11,14 +11,9 @@ It stands for a black-box simulator: the inference only ever calls it, so it def
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
-import tensorflow_probability as tfp
 
 from alfi_tf.simulators.base import NumpySimulator, box_prior
-
-tfd = tfp.distributions
 
 INITIAL_POPULATIONS = (1.0, 0.5)
 OBSERVATION_TIMES = tuple(float(t) for t in range(1, 11))
@@ -77,19 +72,9 @@ class LotkaVolterraSimulator(NumpySimulator):
 
   def __init__(self):
     log_half, log_two = float(np.log(0.5)), float(np.log(2.0))
-    self._prior = box_prior([log_half] * 4, [log_two] * 4)
-
-  @property
-  def parameter_names(self) -> Tuple[str, ...]:
-    return ("log_alpha", "log_beta", "log_gamma", "log_delta")
-
-  @property
-  def observation_dim(self) -> int:
-    return 2 * len(OBSERVATION_TIMES)
-
-  @property
-  def prior(self) -> tfd.Distribution:
-    return self._prior
+    super().__init__(parameter_names=("log_alpha", "log_beta", "log_gamma", "log_delta"),
+                     observation_dim=2 * len(OBSERVATION_TIMES),
+                     prior=box_prior([log_half] * 4, [log_two] * 4))
 
   def simulate_numpy(self, theta: np.ndarray, num_obs: int,
                      rng: np.random.Generator) -> np.ndarray:

@@ -8,8 +8,6 @@ observation is `x = R z` with the fixed symmetric 5x5 matrix `R` (`MIXING_MATRIX
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -41,24 +39,13 @@ class MultiDistributionSimulator(Simulator):
   name = "multi_distribution"
 
   def __init__(self):
-    self._prior = box_prior([-3.0] * 3, [3.0] * 3)
+    super().__init__(parameter_names=("z0_mean", "z1_log_scale_x3", "z3_upper_bound"),
+                     observation_dim=5, prior=box_prior([-3.0] * 3, [3.0] * 3))
     # Inverted once in float64, so the estimator's unmixing is as exact as float32 data allow.
     self._unmixing_matrix = np.linalg.inv(MIXING_MATRIX)
     self._bimodal = tfd.MixtureSameFamily(
         mixture_distribution=tfd.Categorical(probs=[0.5, 0.5]),
         components_distribution=tfd.Normal(loc=[-2.0, 2.0], scale=[1.0, 0.5]))
-
-  @property
-  def parameter_names(self) -> Tuple[str, ...]:
-    return ("z0_mean", "z1_log_scale_x3", "z3_upper_bound")
-
-  @property
-  def observation_dim(self) -> int:
-    return 5
-
-  @property
-  def prior(self) -> tfd.Distribution:
-    return self._prior
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor) -> tf.Tensor:
     theta = tf.convert_to_tensor(theta, tf.float32)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -22,19 +20,8 @@ class PoissonSimulator(Simulator):
   name = "poisson"
 
   def __init__(self, low: float = 0.2, high: float = 7.0):
-    self._prior = box_prior([low], [high])
-
-  @property
-  def parameter_names(self) -> Tuple[str, ...]:
-    return ("log_rate",)
-
-  @property
-  def observation_dim(self) -> int:
-    return 1
-
-  @property
-  def prior(self) -> tfd.Distribution:
-    return self._prior
+    super().__init__(parameter_names=("log_rate",), observation_dim=1,
+                     prior=box_prior([low], [high]))
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor) -> tf.Tensor:
     theta = tf.convert_to_tensor(theta, tf.float32)

@@ -13,11 +13,8 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from alfi_tf.simulators.base import Simulator, box_prior
-
-tfd = tfp.distributions
 
 Z_MASS = 90.0
 # Bisection halves [-1, 1] this many times: 2^-30 is far below float32 resolution near 1.
@@ -59,19 +56,8 @@ class WeinbergSimulator(Simulator):
   name = "weinberg"
 
   def __init__(self):
-    self._prior = box_prior([40.0, 0.5], [50.0, 1.5])
-
-  @property
-  def parameter_names(self) -> Tuple[str, ...]:
-    return ("beam_energy", "fermi_constant")
-
-  @property
-  def observation_dim(self) -> int:
-    return 1
-
-  @property
-  def prior(self) -> tfd.Distribution:
-    return self._prior
+    super().__init__(parameter_names=("beam_energy", "fermi_constant"), observation_dim=1,
+                     prior=box_prior([40.0, 0.5], [50.0, 1.5]))
 
   @staticmethod
   def asymmetry(theta: tf.Tensor) -> tf.Tensor:
