@@ -87,6 +87,9 @@ class TrainConfig:
     validate_every: validation period in training steps.
     checkpoint_every: checkpoint period in training steps.
     seed: the run's seed; data, initial weights and every simulation derive from it.
+    online: draw a fresh batch of problems from the prior at every step instead of cycling over the
+      fixed meta-training set (which then only provides the standardisation statistics and the
+      length of an epoch). Removes any overfitting to the K training problems.
   """
 
   num_problems: int = 10000
@@ -103,6 +106,7 @@ class TrainConfig:
   validate_every: int = 500
   checkpoint_every: int = 500
   seed: int = 0
+  online: bool = False
 
   def __post_init__(self):
     _require_positive(self, "num_problems", "num_obs", "epochs", "batch_size", "learning_rate",

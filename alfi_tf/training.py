@@ -93,18 +93,23 @@ class Trainer:
     epoch = step // cfg.steps_per_epoch
     position = step % cfg.steps_per_epoch
     epoch_seed = tf.random.experimental.stateless_fold_in(
-        data_lib.stream_seed(cfg.seed, data_lib.TRAIN_STREAM), tf.cast(epoch, tf.int32))
+        data_lib.stream_seed(cfg.seed, data_lib.TRAIN_STREAM), epoch)
     order = tf.random.experimental.stateless_shuffle(tf.range(cfg.num_problems), seed=epoch_seed)
     return order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
 
   def _step(self, theta_all: tf.Tensor, observations_all: tf.Tensor) -> tf.Tensor:
-    step = self.optimizer.iterations
-    indices = self._batch_indices(step)
-    theta = tf.gather(theta_all, indices)
-    observations = tf.gather(observations_all, indices)
+    cfg = self.train_config
+    step = tf.cast(self.optimizer.iterations, tf.int32)
     # Simulations of step s use their own seed stream: reproducible and independent of the batching.
-    seed = tf.random.experimental.stateless_fold_in(
-        tf.constant([self.train_config.seed, 1], tf.int32), tf.cast(step, tf.int32))
+    seed, problem_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(tf.constant([cfg.seed, 1], tf.int32), step), 2))
+    if cfg.online:
+      theta, observations = self.simulator.sample_problems(cfg.batch_size, cfg.num_obs,
+                                                           problem_seed)
+    else:
+      indices = self._batch_indices(step)
+      theta = tf.gather(theta_all, indices)
+      observations = tf.gather(observations_all, indices)
     variables = self.machine.trainable_variables
     with tf.GradientTape() as tape:
       loss = self._loss(theta, observations, seed)

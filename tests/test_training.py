@@ -29,8 +29,10 @@ def _fixed_batch_loss(trainer: Trainer, problems: data_lib.Problems) -> float:
                              tf.constant([5, 6])))
 
 
-def test_training_reduces_the_loss(tmp_path):
-  trainer = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"), log_every=1000)
+@pytest.mark.parametrize("online", [False, True])
+def test_training_reduces_the_loss(tmp_path, online):
+  config = TrainConfig(**{**TINY_TRAIN.__dict__, "online": online})
+  trainer = Trainer(TINY_MACHINE, config, str(tmp_path / "run"), log_every=1000)
   problems = data_lib.generate_problems(trainer.simulator, 64, 50, seed=11, stream=0)
   trainer.machine.adapt(problems.theta, problems.observations)
   before = _fixed_batch_loss(trainer, problems)
@@ -44,15 +46,17 @@ def test_training_reduces_the_loss(tmp_path):
   assert set(summary["validation_rmse"]) == {"log_rate"}
 
 
-def test_resumed_training_matches_uninterrupted(tmp_path):
-  straight = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "straight"), log_every=1000)
+@pytest.mark.parametrize("online", [False, True])
+def test_resumed_training_matches_uninterrupted(tmp_path, online):
+  config = TrainConfig(**{**TINY_TRAIN.__dict__, "online": online})
+  straight = Trainer(TINY_MACHINE, config, str(tmp_path / "straight"), log_every=1000)
   straight.train(stop_at_step=40)
 
-  first = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "resumed"), log_every=1000)
+  first = Trainer(TINY_MACHINE, config, str(tmp_path / "resumed"), log_every=1000)
   first.train(stop_at_step=20)
   assert first.step == 20
   # A fresh process-like restart: new objects, same workdir.
-  second = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "resumed"), log_every=1000)
+  second = Trainer(TINY_MACHINE, config, str(tmp_path / "resumed"), log_every=1000)
   second.train(stop_at_step=40)
   assert second.step == 40
   for a, b in zip(_weights(straight), _weights(second)):

@@ -111,14 +111,18 @@ def reference_estimates(simulator: Simulator, observations: np.ndarray,
   """Every reference estimator available for `simulator`, each `[K, d]`.
 
   Keys: `mle` (the simulator's closed form or reference estimator, else the grid mode),
-  `posterior_mean` and `posterior_std` (grid posterior), and `derived/<name>/posterior_mean|mle` for
+  `posterior_mean` (the simulator's exact `posterior_mean`, else the grid posterior's),
+  `posterior_std` (grid posterior), and `derived/<name>/posterior_mean|mle` for
   derived parameters.
   """
   references: Dict[str, np.ndarray] = {}
   if simulator.has_reference_estimator:
     references["mle"] = simulator.maximum_likelihood(
         tf.constant(observations, tf.float32)).numpy()
-  if supports_grid_posterior(simulator):
+  if simulator.has_posterior_mean:
+    references["posterior_mean"] = simulator.posterior_mean(
+        tf.constant(observations, tf.float32), tf.constant([0, 1], tf.int32)).numpy()
+  elif supports_grid_posterior(simulator):
     posterior = GridPosteriorEvaluator(simulator, grid_points).posterior(observations)
     references["posterior_mean"] = posterior.mean
     references["posterior_std"] = posterior.std

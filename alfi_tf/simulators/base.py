@@ -160,10 +160,23 @@ class Simulator(abc.ABC):
     """Whether `log_likelihood` is implemented (enables the exact grid posterior)."""
     return type(self).log_likelihood is not Simulator.log_likelihood
 
+  def posterior_mean(self, observations: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """The exact Bayes posterior mean `[batch, d]`, where it has a closed form or an exact sampler.
+
+    Simulators with a likelihood, a box prior and `d <= 2` need not implement it: the evaluation
+    integrates their posterior on a grid.
+    """
+    raise NotImplementedError(f"simulator {self.name!r} has no exact posterior mean")
+
   @property
   def has_reference_estimator(self) -> bool:
     """Whether `maximum_likelihood` is implemented."""
     return type(self).maximum_likelihood is not Simulator.maximum_likelihood
+
+  @property
+  def has_posterior_mean(self) -> bool:
+    """Whether `posterior_mean` is implemented."""
+    return type(self).posterior_mean is not Simulator.posterior_mean
 
   def sample_problems(self, num_problems: int, num_obs: int,
                       seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
