@@ -55,7 +55,8 @@ class Inferrer:
 
     Args:
       observations: `K` observation sets of `n` observations each.
-      seed: integer seed; batch `i` uses the stream `fold_in([seed, 0], i)`.
+      seed: integer seed; batch `i` splits `fold_in([seed, 0], i)` into the seed of its prior-drawn
+        starts and the seed of the machine's run.
       initial_mean: optional `[K, d]` raw starts; default draws from the prior.
     """
     simulator = self.machine.simulator
@@ -63,21 +64,21 @@ class Inferrer:
     if initial_mean is not None:
       initial_mean = np.asarray(initial_mean, np.float32)
       if initial_mean.shape != (observations.shape[0], simulator.parameter_dim):
-        raise ValueError(f"initial_mean must have shape {(observations.shape[0], simulator.parameter_dim)}, "
-                         f"got {initial_mean.shape}")
+        raise ValueError(f"initial_mean must have shape "
+                         f"{(observations.shape[0], simulator.parameter_dim)}, got {initial_mean.shape}")
     outputs = []
     base_seed = tf.constant([seed, 0], tf.int32)
     for index, start in enumerate(range(0, observations.shape[0], self.batch_size)):
       chunk = slice(start, start + self.batch_size)
+      start_seed, run_seed = tf.unstack(tf.random.experimental.stateless_split(
+          tf.random.experimental.stateless_fold_in(base_seed, index), 2))
       # Starts are always passed explicitly, so one graph serves both prior draws and user starts.
-      batch_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
       start_mean = (initial_mean[chunk] if initial_mean is not None else
-                    self._prior_draw(observations[chunk].shape[0], batch_seed))
-      outputs.append(self._run(tf.constant(observations[chunk]), batch_seed,
+                    self._prior_draw(observations[chunk].shape[0], start_seed))
+      outputs.append(self._run(tf.constant(observations[chunk]), run_seed,
                                tf.constant(start_mean)))
     mean, std, mu0 = (np.concatenate([o[i].numpy() for o in outputs]) for i in range(3))
     return InferenceResult(mean=mean, std=std, initial_mean=mu0)
 
   def _prior_draw(self, count: int, seed: tf.Tensor) -> np.ndarray:
-    prior_seed = tf.random.experimental.stateless_fold_in(seed, 7919)
-    return self.machine.simulator.prior.sample(count, seed=prior_seed).numpy().astype(np.float32)
+    return self.machine.simulator.prior.sample(count, seed=seed).numpy().astype(np.float32)

@@ -410,8 +410,9 @@ def test_inferrer_matches_the_machine_for_one_batch():
   _, observations = _problems("poisson")
   start = np.full((NUM_PROBLEMS, 1), 2.0, np.float32)
   result = Inferrer(machine, batch_size=NUM_PROBLEMS)(observations, seed=5, initial_mean=start)
-  # One batch, index 0: the seed is fold_in([seed, 0], 0).
-  seed = tf.random.experimental.stateless_fold_in(tf.constant([5, 0], tf.int32), 0)
+  # One batch, index 0: fold_in([seed, 0], 0) split into the start's and the run's seeds.
+  _, seed = tf.unstack(tf.random.experimental.stateless_split(
+      tf.random.experimental.stateless_fold_in(tf.constant([5, 0], tf.int32), 0), 2))
   mean, std = machine.to_raw(machine(observations, seed=seed, initial_mean=start).psi)
   np.testing.assert_allclose(result.mean, mean.numpy(), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(result.std, std.numpy(), rtol=1e-5, atol=1e-5)
