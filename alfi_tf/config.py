@@ -39,6 +39,7 @@ class MachineConfig:
     num_samples: `M`, parameter samples drawn from `q(theta | psi_t)` per step.
     num_simulated_obs: `N`, observations simulated for each parameter sample.
     encoder_hidden, encoder_out: the set encoder `f` (tanh output, mean pooling).
+    moment_features: append each set's per-dimension mean and log std to its encoding.
     aggregator_hidden, aggregator_out: the per-sample network `g` (mean over samples).
     updater_hidden: MLP before the LSTM cell; lstm_units: LSTM state size.
     bound, bound_type: `Delta psi` is bounded to `[-bound, bound]` by `bound * tanh` or a hard clip.
@@ -52,6 +53,7 @@ class MachineConfig:
   num_simulated_obs: int = 20
   encoder_hidden: int = 50
   encoder_out: int = 40
+  moment_features: bool = False
   aggregator_hidden: int = 50
   aggregator_out: int = 50
   updater_hidden: int = 50

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import keras
 import numpy as np
@@ -26,6 +26,21 @@ class Trajectory(NamedTuple):
 
   initial_psi: tf.Tensor
   psi: tf.Tensor
+
+
+class LoopState(NamedTuple):
+  """What the machine carries from one step to the next.
+
+  Attributes:
+    psi: `[batch, 2d]` current proposal parameters (standardised).
+    lstm_h, lstm_c: `[batch, lstm_units]` the LSTM cell's state.
+    real_encoding: `[batch, E]` the set encoding of the observed data (computed once).
+  """
+
+  psi: tf.Tensor
+  lstm_h: tf.Tensor
+  lstm_c: tf.Tensor
+  real_encoding: tf.Tensor
 
 
 class InferenceMachine(keras.Model):
@@ -52,7 +67,8 @@ class InferenceMachine(keras.Model):
     self.theta_standardizer = Standardizer(d, name="theta_standardizer")
     self.observation_standardizer = Standardizer(simulator.observation_dim,
                                                  name="observation_standardizer")
-    self.encoder = SetEncoder(config.encoder_hidden, config.encoder_out)
+    self.encoder = SetEncoder(config.encoder_hidden, config.encoder_out, config.moment_features,
+                              simulator.observation_dim)
     self.aggregator = SampleAggregator(config.aggregator_hidden, config.aggregator_out)
     self.updater = Updater(config.updater_hidden, config.lstm_units, 2 * d, config.bound,
                            config.bound_type)
@@ -65,7 +81,7 @@ class InferenceMachine(keras.Model):
     """Creates every weight now, so checkpoints can be restored before the first call."""
     d, dx, cfg = self.simulator.parameter_dim, self.simulator.observation_dim, self.config
     self.encoder(tf.zeros([1, 1, dx]))
-    self.aggregator(tf.zeros([1, 1, 2 * cfg.encoder_out + 3 * d]))
+    self.aggregator(tf.zeros([1, 1, 2 * self.encoder.size + 3 * d]))
     self.updater(tf.zeros([1, cfg.aggregator_out + 2 * d]), self.updater.initial_state(1))
 
   def adapt(self, theta: np.ndarray, observations: np.ndarray) -> None:
@@ -94,21 +110,84 @@ class InferenceMachine(keras.Model):
     log_scale = tf.fill(tf.shape(mean), math.log(self.config.initial_scale))
     return proposal.join_psi(mean, log_scale)
 
+  def simulation_parameters(self, theta_standardized: tf.Tensor) -> tf.Tensor:
+    """Standardised samples `[batch, M, d]` -> the raw parameters to simulate, `[batch, M, d]`.
+
+    Gaussian proposals may leave the prior's support, where a simulator can be undefined, so the
+    samples are clipped into the prior's box (when it has one) before simulation.
+    """
+    theta = self.theta_standardizer.inverse(theta_standardized)
+    if self._bounds is not None:
+      theta = tf.clip_by_value(theta, self._bounds[0], self._bounds[1])
+    return theta
+
   def _simulate(self, theta_standardized: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Runs the simulator on `[batch, M, d]` standardised samples -> `[batch, M, N, d_x]` raw obs."""
     batch, num_samples = tf.shape(theta_standardized)[0], theta_standardized.shape[1]
-    theta = tf.reshape(self.theta_standardizer.inverse(theta_standardized),
+    theta = tf.reshape(self.simulation_parameters(theta_standardized),
                        [-1, self.simulator.parameter_dim])
-    if self._bounds is not None:
-      # Gaussian proposals may leave the prior's support, where a simulator can be undefined.
-      theta = tf.clip_by_value(theta, self._bounds[0], self._bounds[1])
     simulated = self.simulator.simulate(theta, self.config.num_simulated_obs, seed)
     return tf.reshape(simulated, tf.stack([batch, num_samples, self.config.num_simulated_obs,
                                            self.simulator.observation_dim]))
 
+  # The loop is exposed in three pieces (begin, propose, update) so that it can also be driven from
+  # outside the graph, one simulator call at a time (ask/tell with an external simulator); `call`
+  # strings them together with the simulator inline.
+
+  def begin(self, observations: tf.Tensor, seed: tf.Tensor,
+            initial_mean: Optional[tf.Tensor] = None) -> Tuple[LoopState, tf.Tensor]:
+    """Encodes the observations and sets up `psi_0` and `h_0`.
+
+    Args:
+      observations: `[batch, n, d_x]` raw observations.
+      seed: int32 `[2]`; the start (when drawn) and every later step derive from it.
+      initial_mean: optional `[batch, d]` raw start `mu_0`; default a draw from the prior.
+
+    Returns:
+      `(state, loop_seed)`: the state before step 1 and the seed that `step_seeds` derives from.
+    """
+    observations = tf.convert_to_tensor(observations, tf.float32)
+    batch = tf.shape(observations)[0]
+    init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    h, c = self.updater.initial_state(batch)
+    state = LoopState(psi=self.initial_psi(batch, init_seed, initial_mean), lstm_h=h, lstm_c=c,
+                      real_encoding=self.encoder(self.standardize_observations(observations)))
+    return state, loop_seed
+
+  @staticmethod
+  def step_seeds(loop_seed: tf.Tensor, step: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`(proposal_seed, simulation_seed)` of step `step` (0-based), independent of the horizon."""
+    pair = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(loop_seed, tf.cast(step, tf.int32)), 2)
+    return pair[0], pair[1]
+
+  def propose(self, state: LoopState, seed: tf.Tensor) -> tf.Tensor:
+    """Draws the step's `M` standardised samples `[batch, M, d]` from `q(theta | psi_t)`."""
+    return proposal.sample(state.psi, self.config.num_samples, seed)
+
+  def update(self, state: LoopState, theta: tf.Tensor, simulated: tf.Tensor) -> LoopState:
+    """One update `psi_{t+1} = psi_t + Delta psi_t` from the simulations of the proposed samples.
+
+    Args:
+      state: the state at step t.
+      theta: `[batch, M, d]` the standardised samples returned by `propose`.
+      simulated: `[batch, M, N, d_x]` raw observations simulated at `simulation_parameters(theta)`.
+    """
+    psi = state.psi
+    simulated_encoding = self.encoder(self.standardize_observations(simulated))  # [batch, M, E]
+    # Scores are random features of the samples; like the samples they carry no gradient.
+    scores = proposal.standardize_over_samples(
+        tf.stop_gradient(proposal.score(theta, psi)))                            # [batch, M, 2d]
+    features = tf.concat([
+        tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
+        simulated_encoding, theta, scores], axis=-1)
+    context = self.aggregator(features)                                          # [batch, C]
+    delta, (h, c) = self.updater(tf.concat([context, psi], axis=-1), [state.lstm_h, state.lstm_c])
+    return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
+
   def call(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
            initial_mean: Optional[tf.Tensor] = None) -> Trajectory:
-    """Runs the machine on a batch of problems.
+    """Runs the machine on a batch of problems, the T steps unrolled in one graph.
 
     Args:
       observations: `[batch, n, d_x]` raw observations (n may differ from training).
@@ -120,30 +199,14 @@ class InferenceMachine(keras.Model):
       The `Trajectory` of `psi`, standardised.
     """
     num_steps = num_steps or self.config.num_steps
-    observations = tf.convert_to_tensor(observations, tf.float32)
-    batch = tf.shape(observations)[0]
-    init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    psi = self.initial_psi(batch, init_seed, initial_mean)
-    initial_psi = psi
-    real_encoding = self.encoder(self.standardize_observations(observations))   # [batch, E]
-    state = self.updater.initial_state(batch)
-    step_seeds = tf.random.experimental.stateless_split(loop_seed, 2 * num_steps)
-    num_samples = self.config.num_samples
+    state, loop_seed = self.begin(observations, seed, initial_mean)
+    initial_psi = state.psi
     trajectory = []
     for t in range(num_steps):
-      theta = proposal.sample(psi, num_samples, step_seeds[2 * t])             # [batch, M, d]
-      simulated = self._simulate(theta, step_seeds[2 * t + 1])                 # [batch, M, N, d_x]
-      simulated_encoding = self.encoder(self.standardize_observations(simulated))  # [batch, M, E]
-      # Scores are random features of the samples; like the samples they carry no gradient.
-      scores = proposal.standardize_over_samples(
-          tf.stop_gradient(proposal.score(theta, psi)))                        # [batch, M, 2d]
-      features = tf.concat([
-          tf.broadcast_to(real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
-          simulated_encoding, theta, scores], axis=-1)
-      context = self.aggregator(features)                                      # [batch, C]
-      delta, state = self.updater(tf.concat([context, psi], axis=-1), state)
-      psi = psi + delta
-      trajectory.append(psi)
+      proposal_seed, simulation_seed = self.step_seeds(loop_seed, t)
+      theta = self.propose(state, proposal_seed)                               # [batch, M, d]
+      state = self.update(state, theta, self._simulate(theta, simulation_seed))
+      trajectory.append(state.psi)
     return Trajectory(initial_psi=initial_psi, psi=tf.stack(trajectory, axis=1))
 
   def to_raw(self, psi: tf.Tensor):

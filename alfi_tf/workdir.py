@@ -67,11 +67,14 @@ class Workdir:
     if os.path.exists(config_path):
       with open(config_path) as stream:
         existing = json.load(stream)
-      differences = [
-          f"{section}.{key}: workdir has {existing.get(section, {}).get(key)!r}, "
-          f"requested {value!r}"
-          for section, values in wanted.items() for key, value in values.items()
-          if existing.get(section, {}).get(key) != value]
+      # A setting the recorded run predates had its default value in that run.
+      defaults = {"machine": to_dict(MachineConfig(simulator=machine_config.simulator)),
+                  "train": to_dict(TrainConfig())}
+      differences = []
+      for section, values in wanted.items():
+        recorded = {**defaults[section], **existing.get(section, {})}
+        differences.extend(f"{section}.{key}: workdir has {recorded.get(key)!r}, requested {value!r}"
+                           for key, value in values.items() if recorded.get(key) != value)
       if differences:
         raise ValueError(f"workdir {self.path} holds a run with a different configuration; use a "
                          "new --workdir or the same settings. Differences:\n  "

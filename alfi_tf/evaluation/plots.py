@@ -108,3 +108,24 @@ def plot_robustness(path: str, names: Sequence[str], initial: np.ndarray, means:
     axis.set_ylabel(name)
     axis.set_title(f"{name}: {means.shape[1]} random starts per problem", fontsize=9)
   _save(figure, path)
+
+
+def plot_trajectory(path: str, names: Sequence[str], means: np.ndarray, stds: np.ndarray) -> None:
+  """The proposal's mean +- std over the steps for each data set.
+
+  Args:
+    means, stds: `[B, T, d]`.
+  """
+  figure, axes = _axes_row(len(names))
+  steps = np.arange(1, means.shape[1] + 1)
+  for index, (axis, name) in enumerate(zip(axes, names)):
+    for dataset in range(means.shape[0]):
+      line, = axis.plot(steps, means[dataset, :, index], "o-", ms=3, label=f"data set {dataset}")
+      axis.fill_between(steps, means[dataset, :, index] - stds[dataset, :, index],
+                        means[dataset, :, index] + stds[dataset, :, index],
+                        color=line.get_color(), alpha=0.2)
+    axis.set_xlabel("step t")
+    axis.set_ylabel(name)
+  if means.shape[0] <= 8:
+    axes[0].legend(fontsize=7)
+  _save(figure, path)

@@ -1,0 +1,193 @@
+"""Using a trained machine from any TF program: `infer`, or ask/tell with your own simulator.
+
+    machine = DeployedMachine.load("exports/weinberg")      # an export, or a training workdir
+    result = machine.infer(observations)                    # TF-native simulators
+    result = machine.run(observations, my_simulate)         # any simulator: numpy, TF, external
+
+    session = machine.start(observations)                   # or drive it step by step
+    while not session.done:
+      parameters = session.ask()                            # [B, M, d] raw parameters
+      session.tell(simulate_somehow(parameters))            # [B, M, N, d_x] observations
+    result = session.result()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from alfi_tf.export import EXPORT_FORMAT_VERSION, STATE_KEYS, ExportModule
+from alfi_tf.validation import check_observations
+
+#: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
+#: convention: a simulator's bound `simulate` method can be passed directly.
+SimulateFn = Callable[[np.ndarray, int, np.ndarray], Any]
+
+
+class DeployedResult(NamedTuple):
+  """The answer for `B` observation sets, raw parameter units.
+
+  Attributes:
+    mean, std: `[B, d]` the final proposal `q(theta | psi_T)`.
+    trajectory_mean, trajectory_std: `[B, T, d]`, steps 1..T.
+  """
+
+  mean: np.ndarray
+  std: np.ndarray
+  trajectory_mean: np.ndarray
+  trajectory_std: np.ndarray
+
+
+class AskTellSession:
+  """One inference run driven from outside the graph, one simulator call per step."""
+
+  def __init__(self, machine: "DeployedMachine", outputs: Dict[str, tf.Tensor]):
+    self._machine = machine
+    self._outputs = outputs
+
+  @property
+  def step(self) -> int:
+    """Steps completed so far (0 after `start`)."""
+    return int(self._outputs["step"])
+
+  @property
+  def done(self) -> bool:
+    """Whether all `T` steps have been told."""
+    return bool(self._outputs["done"])
+
+  def ask(self) -> np.ndarray:
+    """The parameters to simulate next, `[B, M, d]` (raw units, inside the prior's box)."""
+    return self._outputs["parameters"].numpy()
+
+  @property
+  def simulation_seed(self) -> np.ndarray:
+    """The seed the in-graph simulator would use for these parameters (int32 `[2]`)."""
+    return self._outputs["simulation_seed"].numpy()
+
+  def tell(self, simulations) -> None:
+    """Feeds back `N` observations per asked parameter vector, `[B, M, N, d_x]` or `[B*M, N, d_x]`."""
+    if self.done:
+      raise RuntimeError(f"all {self._machine.num_steps} steps are done; call result()")
+    parameters = self._outputs["parameters"]
+    batch, samples = int(parameters.shape[0]), int(parameters.shape[1])
+    expected = (batch, samples, self._machine.num_simulated_obs, self._machine.observation_dim)
+    array = np.asarray(simulations, dtype=np.float32)
+    if array.shape == (batch * samples,) + expected[2:]:
+      array = array.reshape(expected)
+    if array.shape != expected:
+      raise ValueError(f"step {self.step + 1}: simulations must have shape {expected} "
+                       f"[batch, num_samples, num_simulated_obs, observation_dim] (or "
+                       f"{(batch * samples,) + expected[2:]}), got {array.shape}")
+    if not np.all(np.isfinite(array)):
+      raise ValueError(f"step {self.step + 1}: simulations contain NaN/inf values")
+    state = [self._outputs[key] for key in STATE_KEYS]
+    self._outputs = self._machine.module.step(*state, tf.constant(array))
+
+  def result(self) -> DeployedResult:
+    """The current answer (final once `done`)."""
+    return DeployedResult(*(self._outputs[key].numpy() for key in
+                            ("mean", "std", "trajectory_mean", "trajectory_std")))
+
+
+class DeployedMachine:
+  """A trained machine behind the export's functions, loaded or built in-process.
+
+  Use `DeployedMachine.load(path)`; `path` is an export directory (SavedModel) or a training workdir.
+  """
+
+  def __init__(self, module: Any, metadata: Dict[str, Any]):
+    self.module = module
+    self.metadata = metadata
+
+  @classmethod
+  def load(cls, path: str, num_steps: Optional[int] = None) -> "DeployedMachine":
+    """Loads an export, or builds the same functions from a training workdir's checkpoint.
+
+    Raises:
+      FileNotFoundError: `path` is neither.
+      ValueError: the export was written by an incompatible version of alfi-tf.
+    """
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+      if num_steps is not None:
+        raise ValueError("num_steps is fixed when exporting; re-export to change it")
+      return cls._from_export(path)
+    if os.path.exists(os.path.join(path, "config.json")):
+      from alfi_tf.training import load_machine  # Deferred: only workdirs need the training code.
+      module = ExportModule(load_machine(path), num_steps)
+      return cls(module, json.loads(module.metadata_json))
+    raise FileNotFoundError(f"{path} is neither an alfi-tf export (no saved_model.pb) nor a "
+                            "training workdir (no config.json)")
+
+  @classmethod
+  def _from_export(cls, path: str) -> "DeployedMachine":
+    asset = os.path.join(path, "assets", "alfi_metadata.json")
+    if not os.path.exists(asset):
+      raise ValueError(f"{path} is a SavedModel but not an alfi-tf export (no "
+                       "assets/alfi_metadata.json)")
+    with open(asset) as stream:
+      metadata = json.load(stream)
+    if metadata.get("format_version") != EXPORT_FORMAT_VERSION:
+      raise ValueError(f"{path} was exported by alfi-tf {metadata.get('alfi_tf_version')} in "
+                       f"export format {metadata.get('format_version')}; this alfi-tf reads format "
+                       f"{EXPORT_FORMAT_VERSION}: re-export it with this version")
+    return cls(tf.saved_model.load(path), metadata)
+
+  @property
+  def parameter_names(self):
+    return tuple(self.metadata["parameter_names"])
+
+  @property
+  def num_steps(self) -> int:
+    return int(self.metadata["num_steps"])
+
+  @property
+  def num_samples(self) -> int:
+    return int(self.metadata["num_samples"])
+
+  @property
+  def num_simulated_obs(self) -> int:
+    return int(self.metadata["num_simulated_obs"])
+
+  @property
+  def observation_dim(self) -> int:
+    return int(self.metadata["observation_dim"])
+
+  @property
+  def can_infer(self) -> bool:
+    """Whether the simulator runs inside the graph (`infer` available)."""
+    return bool(self.metadata["tf_native_simulator"])
+
+  def _observations(self, observations) -> tf.Tensor:
+    return tf.constant(check_observations(observations, self.observation_dim))
+
+  def infer(self, observations, seed: int = 0) -> DeployedResult:
+    """Runs all `T` steps in one graph call, simulator included (TF-native simulators only)."""
+    if not self.can_infer:
+      raise ValueError(f"simulator {self.metadata['simulator']!r} is not TF-native, so the export "
+                       "has no infer(); drive it with run(observations, simulate) or start()")
+    outputs = self.module.infer(self._observations(observations), tf.constant([seed, 0]))
+    return DeployedResult(*(outputs[key].numpy() for key in
+                            ("mean", "std", "trajectory_mean", "trajectory_std")))
+
+  def start(self, observations, seed: int = 0) -> AskTellSession:
+    """Begins an ask/tell run on `observations [B, n, d_x]`."""
+    return AskTellSession(self, self.module.start(self._observations(observations),
+                                                  tf.constant([seed, 0])))
+
+  def run(self, observations, simulate: SimulateFn, seed: int = 0) -> DeployedResult:
+    """Runs all steps with `simulate(parameters [B*M, d], num_obs, seed [2])` as the simulator.
+
+    With the same simulator and seed this equals `infer` (the simulator gets the very seeds the
+    in-graph loop would have used).
+    """
+    session = self.start(observations, seed)
+    while not session.done:
+      parameters = session.ask()
+      flat = parameters.reshape(-1, parameters.shape[-1])
+      simulated = simulate(flat, self.num_simulated_obs, session.simulation_seed)
+      session.tell(np.asarray(simulated))
+    return session.result()

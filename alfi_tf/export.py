@@ -1,0 +1,199 @@
+"""SavedModel export of a trained machine: `infer`, ask/tell `start` / `step`, and metadata.
+
+The export needs only TensorFlow to load and run. Its signatures:
+
+* `infer(observations [B, n, d_x], seed [2])` (TF-native simulators only: the simulator is traced
+  into the graph) -> final `mean`, `std` (raw units, `[B, d]`), `trajectory_mean`,
+  `trajectory_std` (`[B, T, d]`) and `initial_mean` (`[B, d]`).
+* `start(observations, seed)` -> the loop state, plus `parameters [B, M, d]` to simulate (raw units)
+  and the `simulation_seed [2]` that the in-graph simulator would have used for them.
+* `step(<state>, simulations [B, M, N, d_x])` -> the next state and parameters. After `T` calls
+  `done` is true and `mean` / `std` are the answer. Driving start/step with the same simulator and
+  seeds gives exactly what `infer` gives.
+* `metadata()` -> `{"metadata": JSON string}` (also stored as the asset `alfi_metadata.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+
+from alfi_tf import __version__, proposal
+from alfi_tf.config import to_dict
+from alfi_tf.machine import InferenceMachine, LoopState
+from alfi_tf.simulators import NumpySimulator
+
+#: Bumped whenever the signatures or the state layout change; loaders refuse other versions.
+EXPORT_FORMAT_VERSION = 1
+METADATA_ASSET = "alfi_metadata.json"
+STATE_KEYS = ("psi", "lstm_h", "lstm_c", "real_encoding", "samples", "loop_seed", "step",
+              "trajectory", "initial_psi")
+
+
+def machine_metadata(machine: InferenceMachine, num_steps: int) -> Dict[str, Any]:
+  """Everything a user of an export needs to know, as plain JSON-able values."""
+  simulator = machine.simulator
+  bounds = simulator.parameter_bounds
+  prior: Dict[str, Any] = {"repr": repr(simulator.prior)}
+  if bounds is not None:
+    prior.update(type="box", low=bounds[0].tolist(), high=bounds[1].tolist())
+  config = machine.config
+  return {
+      "format": "alfi-tf export",
+      "format_version": EXPORT_FORMAT_VERSION,
+      "alfi_tf_version": __version__,
+      "tensorflow_version": tf.__version__,
+      "simulator": simulator.name,
+      "tf_native_simulator": not isinstance(simulator, NumpySimulator),
+      "parameter_names": list(simulator.parameter_names),
+      "observation_dim": simulator.observation_dim,
+      "prior": prior,
+      "num_steps": num_steps,
+      "num_samples": config.num_samples,
+      "num_simulated_obs": config.num_simulated_obs,
+      "machine_config": to_dict(config),
+      "standardization": {
+          "theta_mean": machine.theta_standardizer.mean.numpy().tolist(),
+          "theta_std": machine.theta_standardizer.std.numpy().tolist(),
+          "observation_mean": machine.observation_standardizer.mean.numpy().tolist(),
+          "observation_std": machine.observation_standardizer.std.numpy().tolist(),
+      },
+  }
+
+
+class ExportModule(tf.Module):
+  """The machine wrapped in signature-ready `tf.function`s; also usable in-process, unsaved."""
+
+  def __init__(self, machine: InferenceMachine, num_steps: Optional[int] = None):
+    super().__init__(name="alfi_export")
+    # The Keras model is deliberately left untracked: Keras 3 variables are saved as a wrapper
+    # variable that TF1-style loaders (`saved_model_cli run`, TF Serving's C++ loader) never
+    # restore ("Could not find variable ..."; keras-team/keras#19274). The plain tf.Variables under
+    # them, which the traced functions actually read, are tracked instead.
+    object.__setattr__(self, "machine", machine)
+    self.machine_variables = [variable.value for variable in machine.weights]
+    self.num_steps = int(num_steps or machine.config.num_steps)
+    if self.num_steps <= 0:
+      raise ValueError(f"num_steps must be positive, got {self.num_steps}")
+    simulator = machine.simulator
+    d, dx = simulator.parameter_dim, simulator.observation_dim
+    m, n = machine.config.num_samples, machine.config.num_simulated_obs
+    e, units = machine.encoder.size, machine.config.lstm_units
+    self.metadata_json = json.dumps(machine_metadata(machine, self.num_steps), sort_keys=True)
+    observations = tf.TensorSpec([None, None, dx], tf.float32, name="observations")
+    seed = tf.TensorSpec([2], tf.int32, name="seed")
+    self.start = tf.function(self._start, input_signature=[observations, seed])
+    self.step = tf.function(self._step, input_signature=[
+        tf.TensorSpec([None, 2 * d], tf.float32, name="psi"),
+        tf.TensorSpec([None, units], tf.float32, name="lstm_h"),
+        tf.TensorSpec([None, units], tf.float32, name="lstm_c"),
+        tf.TensorSpec([None, e], tf.float32, name="real_encoding"),
+        tf.TensorSpec([None, m, d], tf.float32, name="samples"),
+        tf.TensorSpec([2], tf.int32, name="loop_seed"),
+        tf.TensorSpec([], tf.int32, name="step"),
+        tf.TensorSpec([None, None, 2 * d], tf.float32, name="trajectory"),
+        tf.TensorSpec([None, 2 * d], tf.float32, name="initial_psi"),
+        tf.TensorSpec([None, m, n, dx], tf.float32, name="simulations"),
+    ])
+    self.metadata = tf.function(lambda: {"metadata": tf.constant(self.metadata_json)},
+                                input_signature=[])
+    self.infer = None
+    if not isinstance(simulator, NumpySimulator):
+      self.infer = tf.function(self._infer, input_signature=[observations, seed])
+
+  def signatures(self) -> Dict[str, Any]:
+    """The SavedModel signatures (concrete functions)."""
+    signatures = {"start": self.start.get_concrete_function(),
+                  "step": self.step.get_concrete_function(),
+                  "metadata": self.metadata.get_concrete_function()}
+    if self.infer is not None:
+      signatures["infer"] = self.infer.get_concrete_function()
+    return signatures
+
+  def _outputs(self, state: LoopState, loop_seed: tf.Tensor, step: tf.Tensor,
+               trajectory: tf.Tensor, initial_psi: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """The next samples to simulate plus every state tensor, as one flat dict."""
+    proposal_seed, simulation_seed = self.machine.step_seeds(loop_seed, step)
+    samples = self.machine.propose(state, proposal_seed)
+    mean, std = self.machine.to_raw(state.psi)
+    trajectory_mean, trajectory_std = self.machine.to_raw(trajectory)
+    return {
+        "psi": state.psi, "lstm_h": state.lstm_h, "lstm_c": state.lstm_c,
+        "real_encoding": state.real_encoding, "samples": samples, "loop_seed": loop_seed,
+        "step": step, "trajectory": trajectory, "initial_psi": initial_psi,
+        "parameters": self.machine.simulation_parameters(samples),
+        "simulation_seed": simulation_seed,
+        "done": step >= self.num_steps,
+        "mean": mean, "std": std,
+        "trajectory_mean": trajectory_mean, "trajectory_std": trajectory_std,
+    }
+
+  def _start(self, observations: tf.Tensor, seed: tf.Tensor) -> Dict[str, tf.Tensor]:
+    state, loop_seed = self.machine.begin(observations, seed)
+    batch = tf.shape(observations)[0]
+    empty = tf.zeros(tf.stack([batch, 0, tf.shape(state.psi)[1]]))
+    return self._outputs(state, loop_seed, tf.constant(0), empty, state.psi)
+
+  def _step(self, psi, lstm_h, lstm_c, real_encoding, samples, loop_seed, step, trajectory,
+            initial_psi, simulations) -> Dict[str, tf.Tensor]:
+    state = self.machine.update(LoopState(psi, lstm_h, lstm_c, real_encoding), samples,
+                                simulations)
+    trajectory = tf.concat([trajectory, state.psi[:, tf.newaxis]], axis=1)
+    return self._outputs(state, loop_seed, step + 1, trajectory, initial_psi)
+
+  def _infer(self, observations: tf.Tensor, seed: tf.Tensor) -> Dict[str, tf.Tensor]:
+    trajectory = self.machine(observations, seed=seed, num_steps=self.num_steps)
+    mean, std = self.machine.to_raw(trajectory.psi)
+    initial_mean, _ = self.machine.to_raw(trajectory.initial_psi)
+    return {"mean": mean[:, -1], "std": std[:, -1], "trajectory_mean": mean,
+            "trajectory_std": std, "initial_mean": initial_mean}
+
+
+def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Optional[int] = None,
+                   overwrite: bool = False) -> str:
+  """Writes a SavedModel of `machine` to `export_dir`, atomically.
+
+  The model is saved into a temporary sibling directory and renamed into place at the end, so
+  `export_dir` is either absent, the previous export, or the complete new one.
+
+  Args:
+    machine: a trained machine.
+    export_dir: destination; refused if it exists unless `overwrite`.
+    num_steps: the horizon `T` baked into `infer` and ask/tell (default: the training horizon).
+    overwrite: replace an existing `export_dir`.
+
+  Returns:
+    `export_dir`.
+  """
+  export_dir = os.path.abspath(export_dir)
+  if os.path.exists(export_dir) and not overwrite:
+    raise FileExistsError(f"export directory {export_dir} already exists; pass overwrite=True "
+                          "(--overwrite) to replace it")
+  module = ExportModule(machine, num_steps)
+  parent = os.path.dirname(export_dir)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.tmp-")
+  try:
+    asset_source = os.path.join(staging, "source")
+    os.makedirs(asset_source)
+    asset_path = os.path.join(asset_source, METADATA_ASSET)
+    with open(asset_path, "w") as stream:
+      stream.write(module.metadata_json)
+    module.metadata_asset = tf.saved_model.Asset(asset_path)
+    model_dir = os.path.join(staging, "model")
+    tf.saved_model.save(module, model_dir, signatures=module.signatures())
+    if os.path.exists(export_dir):
+      retired = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.old-")
+      os.rename(export_dir, os.path.join(retired, "model"))
+      os.rename(model_dir, export_dir)
+      shutil.rmtree(retired)
+    else:
+      os.rename(model_dir, export_dir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return export_dir

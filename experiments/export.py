@@ -1,0 +1,36 @@
+r"""Exports a trained workdir as a SavedModel that needs only TensorFlow.
+
+  python -m experiments.export --workdir=runs/weinberg --export_dir=exports/weinberg
+
+Inspect it with `saved_model_cli show --all --dir exports/weinberg`.
+"""
+
+from absl import app, flags
+
+from alfi_tf.export import export_machine
+from alfi_tf.training import load_machine
+
+flags.DEFINE_string("workdir", None, "a trained run directory")
+flags.DEFINE_string("export_dir", None, "where to write the SavedModel (must not exist)")
+flags.DEFINE_integer("num_steps", 0, "horizon T of the export (0: max(15, training horizon))")
+flags.DEFINE_bool("overwrite", False, "replace an existing --export_dir")
+flags.mark_flags_as_required(["workdir", "export_dir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.num_steps < 0:
+    raise app.UsageError(f"--num_steps must be >= 0, got {FLAGS.num_steps}")
+  try:
+    machine = load_machine(FLAGS.workdir)
+    num_steps = FLAGS.num_steps or max(15, machine.config.num_steps)
+    path = export_machine(machine, FLAGS.export_dir, num_steps, overwrite=FLAGS.overwrite)
+  except (FileNotFoundError, FileExistsError, ValueError) as error:
+    raise app.UsageError(str(error))
+  print(f"exported {machine.simulator.name} (T={num_steps}) to {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,102 @@
+r"""Infers parameters for observed data with an exported (or trained) machine.
+
+  python -m experiments.infer --model=exports/weinberg --observations=data.npy
+  python -m experiments.infer --model=exports/lv --observations=data.csv \
+      --simulator_command="./my_simulator --fast" --output=result.json --plot=trajectory.png
+
+Prints, per data set and parameter, the estimate, std and central 68%/95% intervals of the final
+proposal; writes JSON with the whole trajectory. Without --simulator_command the simulator runs
+inside the graph (TF-native simulators) or, for a simulator registered in alfi_tf, in this process.
+See alfi_tf/external.py for the --simulator_command protocol.
+"""
+
+import json
+import statistics
+
+from absl import app, flags
+import numpy as np
+
+from alfi_tf.deploy import DeployedMachine
+from alfi_tf.external import CommandSimulator
+from alfi_tf.observation_files import load_observations
+from alfi_tf.simulators import available_simulators, get_simulator
+from alfi_tf.workdir import write_json_atomically
+
+flags.DEFINE_string("model", None, "an export directory (or a training workdir)")
+flags.DEFINE_string("observations", None, "observations: .npy, .npz or .csv")
+flags.DEFINE_integer("seed", 0, "seed of the inference run")
+flags.DEFINE_string("simulator_command", None, "external simulator executable, run once per step")
+flags.DEFINE_float("simulator_timeout", 600.0, "seconds allowed per simulator command call")
+flags.DEFINE_string("output", "inference.json", "JSON file for the estimates and trajectory")
+flags.DEFINE_string("plot", None, "optional PNG of the trajectory of mean +- std")
+flags.mark_flags_as_required(["model", "observations"])
+FLAGS = flags.FLAGS
+
+_LEVELS = (0.68, 0.95)
+
+
+def _run(machine: DeployedMachine, observations: np.ndarray):
+  if FLAGS.simulator_command:
+    simulate = CommandSimulator(FLAGS.simulator_command, machine.parameter_names,
+                                machine.observation_dim, timeout=FLAGS.simulator_timeout)
+    return machine.run(observations, simulate, FLAGS.seed)
+  if machine.can_infer:
+    return machine.infer(observations, FLAGS.seed)
+  name = machine.metadata["simulator"]
+  if name not in available_simulators():
+    raise app.UsageError(f"simulator {name!r} is not TF-native and not registered in alfi_tf: "
+                         "pass --simulator_command")
+  return machine.run(observations, get_simulator(name).simulate, FLAGS.seed)
+
+
+def _summary(machine: DeployedMachine, result) -> list:
+  datasets = []
+  for index in range(result.mean.shape[0]):
+    parameters = {}
+    for p, name in enumerate(machine.parameter_names):
+      mean, std = float(result.mean[index, p]), float(result.std[index, p])
+      entry = {"estimate": mean, "std": std}
+      for level in _LEVELS:
+        z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+        entry[f"interval_{round(level * 100)}"] = [mean - z * std, mean + z * std]
+      parameters[name] = entry
+    datasets.append({
+        "parameters": parameters,
+        "trajectory_mean": result.trajectory_mean[index].tolist(),
+        "trajectory_std": result.trajectory_std[index].tolist(),
+    })
+  return datasets
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    machine = DeployedMachine.load(FLAGS.model)
+    observations = load_observations(FLAGS.observations, machine.observation_dim)
+    result = _run(machine, observations)
+  except (FileNotFoundError, ValueError, RuntimeError) as error:
+    raise app.UsageError(str(error))
+  datasets = _summary(machine, result)
+  for index, dataset in enumerate(datasets):
+    print(f"data set {index} ({observations.shape[1]} observations):")
+    print(f"  {'parameter':<18}{'estimate':>12}{'std':>11}{'68% interval':>26}{'95% interval':>26}")
+    for name, entry in dataset["parameters"].items():
+      low68, high68 = entry["interval_68"]
+      low95, high95 = entry["interval_95"]
+      print(f"  {name:<18}{entry['estimate']:>12.5g}{entry['std']:>11.3g}"
+            f"{f'[{low68:.5g}, {high68:.5g}]':>26}{f'[{low95:.5g}, {high95:.5g}]':>26}")
+  write_json_atomically(FLAGS.output, {
+      "model": FLAGS.model, "observations": FLAGS.observations, "seed": FLAGS.seed,
+      "simulator": machine.metadata["simulator"], "num_steps": machine.num_steps,
+      "parameter_names": list(machine.parameter_names), "datasets": datasets})
+  print(f"wrote {FLAGS.output}")
+  if FLAGS.plot:
+    from alfi_tf.evaluation.plots import plot_trajectory
+    plot_trajectory(FLAGS.plot, machine.parameter_names, result.trajectory_mean,
+                    result.trajectory_std)
+    print(f"wrote {FLAGS.plot}")
+
+
+if __name__ == "__main__":
+  app.run(main)
