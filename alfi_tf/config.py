@@ -130,5 +130,14 @@ class TrainConfig:
     return self.epochs * self.steps_per_epoch
 
 
+#: The spec evaluates machines at T = 15; a machine trained for longer runs its own horizon.
+DEFAULT_TEST_HORIZON = 15
+
+
+def default_test_horizon(config: MachineConfig) -> int:
+  """Horizon used at test time (evaluation, export, inference) when none is given."""
+  return max(DEFAULT_TEST_HORIZON, config.num_steps)
+
+
 def to_dict(config: Any) -> Dict[str, Any]:
   return dataclasses.asdict(config)

@@ -561,3 +561,8 @@ def test_load_observations_bad_files(tmp_path):
     load_observations(str(tmp_path / "data.txt"), 1)
   with pytest.raises(FileNotFoundError, match=r"observations file .*missing\.npy does not exist"):
     load_observations(str(tmp_path / "missing.npy"), 1)
+
+
+def test_default_horizon_is_shared_by_workdir_loading_and_evaluation(weinberg):
+  from alfi_tf.config import DEFAULT_TEST_HORIZON
+  assert DeployedMachine.load(weinberg.workdir).num_steps == max(DEFAULT_TEST_HORIZON, TRAIN_STEPS)

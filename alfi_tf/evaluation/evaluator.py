@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf import data as data_lib
+from alfi_tf.config import default_test_horizon
 from alfi_tf.evaluation import metrics, plots
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.inference import Inferrer
@@ -65,7 +66,7 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
   machine = load_machine(workdir)
   simulator = machine.simulator
   names = list(simulator.parameter_names)
-  num_steps = config.num_steps or max(15, machine_config.num_steps)
+  num_steps = config.num_steps or default_test_horizon(machine_config)
   seed = train_config.seed if config.seed is None else config.seed
   test = data_lib.generate_problems(simulator, config.num_problems, train_config.num_obs, seed,
                                     data_lib.TEST_STREAM)
