@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = [
@@ -60,6 +61,11 @@ def test_evaluate_end_to_end(trained_workdir):
   for figure in ("rmse_per_step.png", "error_boxplots.png", "predictive_histograms.png",
                  "robustness.png"):
     assert os.path.getsize(os.path.join(trained_workdir, figure)) > 1000, figure
+  tb = os.path.join(trained_workdir, "tb")
+  tags = {value.tag for name in os.listdir(tb)
+          for event in tf.compat.v1.train.summary_iterator(os.path.join(tb, name))
+          for value in event.summary.value}
+  assert {"evaluation/rmse_per_step", "evaluation/robustness", "train/loss"} <= tags, tags
 
 
 def test_report_renders_results_table(trained_workdir, tmp_path):
