@@ -88,6 +88,8 @@ class TrainConfig:
     num_validation_problems: held-out problems (separate seed) for periodic validation.
     validate_every: validation period in training steps.
     checkpoint_every: checkpoint period in training steps.
+    checkpoint_every_minutes: also checkpoint when this many minutes passed since the last one
+      (0 disables the time-based cadence).
     seed: the run's seed; data, initial weights and every simulation derive from it.
     online: draw a fresh batch of problems from the prior at every step instead of cycling over the
       fixed meta-training set (which then only provides the standardisation statistics and the
@@ -107,6 +109,7 @@ class TrainConfig:
   num_validation_problems: int = 256
   validate_every: int = 500
   checkpoint_every: int = 500
+  checkpoint_every_minutes: float = 0.0
   seed: int = 0
   online: bool = False
 
@@ -116,6 +119,8 @@ class TrainConfig:
     if not 0.0 < self.final_learning_rate_fraction <= 1.0:
       raise ValueError("final_learning_rate_fraction must be in (0, 1], got "
                        f"{self.final_learning_rate_fraction}")
+    if self.checkpoint_every_minutes < 0:
+      raise ValueError(f"checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
     if self.grad_clip_norm < 0:
       raise ValueError(f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
     _require_choice(self, "loss", LOSSES)
@@ -128,6 +133,15 @@ class TrainConfig:
   @property
   def total_steps(self) -> int:
     return self.epochs * self.steps_per_epoch
+
+
+#: The spec evaluates machines at T = 15; a machine trained for longer runs its own horizon.
+DEFAULT_TEST_HORIZON = 15
+
+
+def default_test_horizon(config: MachineConfig) -> int:
+  """Horizon used at test time (evaluation, export, inference) when none is given."""
+  return max(DEFAULT_TEST_HORIZON, config.num_steps)
 
 
 def to_dict(config: Any) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 import tensorflow as tf
 
 from alfi_tf import __version__, proposal
-from alfi_tf.config import to_dict
+from alfi_tf.config import default_test_horizon, to_dict
 from alfi_tf.machine import InferenceMachine, LoopState
 from alfi_tf.simulators import NumpySimulator
 
@@ -77,7 +77,7 @@ class ExportModule(tf.Module):
     # them, which the traced functions actually read, are tracked instead.
     object.__setattr__(self, "machine", machine)
     self.machine_variables = [variable.value for variable in machine.weights]
-    self.num_steps = int(num_steps or machine.config.num_steps)
+    self.num_steps = int(num_steps or default_test_horizon(machine.config))
     if self.num_steps <= 0:
       raise ValueError(f"num_steps must be positive, got {self.num_steps}")
     simulator = machine.simulator
@@ -164,7 +164,7 @@ def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Option
   Args:
     machine: a trained machine.
     export_dir: destination; refused if it exists unless `overwrite`.
-    num_steps: the horizon `T` baked into `infer` and ask/tell (default: the training horizon).
+    num_steps: the horizon `T` baked into `infer` and ask/tell (default: `default_test_horizon`).
     overwrite: replace an existing `export_dir`.
 
   Returns:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import keras
 import numpy as np
@@ -14,6 +14,7 @@ from absl import logging
 from alfi_tf import data as data_lib
 from alfi_tf import losses
 from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.evaluation.metrics import rmse_per_step
 from alfi_tf.inference import Inferrer
 from alfi_tf.machine import InferenceMachine
 from alfi_tf.simulators import get_simulator
@@ -31,11 +32,6 @@ class TrainingResult(NamedTuple):
   final_loss: float
   validation_rmse: Dict[str, float]
   train_seconds: float
-
-
-def rmse_per_step(estimates: np.ndarray, theta: np.ndarray) -> np.ndarray:
-  """RMSE over problems: `estimates [K, T, d]` against `theta [K, d]` -> `[T, d]`."""
-  return np.sqrt(np.mean(np.square(estimates - theta[:, np.newaxis]), axis=0))
 
 
 class Trainer:
@@ -69,8 +65,8 @@ class Trainer:
     self.checkpoint = tf.train.Checkpoint(machine=self.machine, optimizer=self.optimizer)
     self.manager = tf.train.CheckpointManager(self.checkpoint, self.workdir.checkpoints,
                                               max_to_keep=3)
-    self._time_weights = train_config.time_weights
     self._train_step = tf.function(self._step, jit_compile=jit_compile)
+    self.writer = tf.summary.create_file_writer(self.workdir.tensorboard)
 
   @property
   def step(self) -> int:
@@ -97,7 +93,9 @@ class Trainer:
     order = tf.random.experimental.stateless_shuffle(tf.range(cfg.num_problems), seed=epoch_seed)
     return order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
 
-  def _step(self, theta_all: tf.Tensor, observations_all: tf.Tensor) -> tf.Tensor:
+  def _step(self, theta_all: tf.Tensor,
+            observations_all: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """One Adam step; returns the loss and the global norm of the (unclipped) gradients."""
     cfg = self.train_config
     step = tf.cast(self.optimizer.iterations, tf.int32)
     # Simulations of step s use their own seed stream: reproducible and independent of the batching.
@@ -115,12 +113,33 @@ class Trainer:
       loss = self._loss(theta, observations, seed)
     gradients = tape.gradient(loss, variables)
     self.optimizer.apply_gradients(zip(gradients, variables))
-    return loss
+    return loss, tf.linalg.global_norm(gradients)
 
-  def _validate(self, inferrer: Inferrer, problems: data_lib.Problems) -> Dict[str, float]:
+  def _validate(self, inferrer: Inferrer, problems: data_lib.Problems) -> np.ndarray:
+    """RMSE of `mu_t` on the validation problems at every step, `[T, d]`."""
     result = inferrer(problems.observations, seed=self.train_config.seed + 1)
-    rmse = rmse_per_step(result.mean, problems.theta)[-1]
-    return dict(zip(self.simulator.parameter_names, map(float, rmse)))
+    return rmse_per_step(result.mean, problems.theta)
+
+  def _restore(self) -> bool:
+    """Restores the newest readable checkpoint; an unreadable one is reported and skipped."""
+    for path in reversed(self.manager.checkpoints):
+      try:
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+      except (tf.errors.OpError, AssertionError, IndexError, KeyError, ValueError) as error:
+        logging.error("checkpoint %s is corrupted or partial (%s: %s); trying an older one", path,
+                      type(error).__name__, str(error).splitlines()[0][:200])
+        continue
+      logging.info("resumed from %s at step %d", path, self.step)
+      return True
+    if self.manager.checkpoints:
+      raise RuntimeError(f"no readable checkpoint in {self.workdir.checkpoints}; move the directory "
+                         "away to start over")
+    return False
+
+  def _write_scalars(self, scalars: Dict[str, float]) -> None:
+    with self.writer.as_default(step=self.step):
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value)
 
   def train(self, stop_at_step: Optional[int] = None) -> TrainingResult:
     """Runs (or resumes) meta-training to `train_config.total_steps`.
@@ -141,40 +160,56 @@ class Trainer:
                  cfg.num_validation_problems, data_seconds)
 
     previous_seconds = 0.0
-    if self.manager.latest_checkpoint:
-      self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+    if self._restore():
       previous_seconds = self.workdir.read_summary().get("train_seconds", 0.0)
-      logging.info("resumed from %s at step %d", self.manager.latest_checkpoint, self.step)
     else:
       self.machine.adapt(train_problems.theta, train_problems.observations)
 
     theta_all = tf.constant(train_problems.theta)
     observations_all = tf.constant(train_problems.observations)
     inferrer = Inferrer(self.machine, batch_size=cfg.num_validation_problems)
+    names = self.simulator.parameter_names
+    mc = self.machine_config
+    simulations_per_step = cfg.batch_size * mc.num_steps * mc.num_samples * mc.num_simulated_obs
     total = cfg.total_steps
     stop = min(total, stop_at_step) if stop_at_step is not None else total
     start_time, start_step = time.time(), self.step
+    last_log_time, last_log_step, last_save_time = start_time, start_step, start_time
     loss = float("nan")
     validation: Dict[str, float] = {}
     while self.step < stop:
-      loss = float(self._train_step(theta_all, observations_all))
-      step = self.step
+      loss_tensor, gradient_norm = self._train_step(theta_all, observations_all)
+      loss, step, now = float(loss_tensor), self.step, time.time()
       if not np.isfinite(loss):
         raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning "
                                  "rate or the update bound")
       if step % self.log_every == 0 or step == stop:
-        elapsed = time.time() - start_time
-        rate = (step - start_step) / max(elapsed, 1e-9)
-        logging.info("step %d/%d loss %.4f  %.1f steps/s  ETA %.0fs", step, total, loss, rate,
-                     (total - step) / max(rate, 1e-9))
+        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+        last_log_time, last_log_step = now, step
+        logging.info("step %d/%d loss %.4f  %.1f steps/s  %.3g simulations/s  ETA %.0fs", step,
+                     total, loss, rate, rate * simulations_per_step, (stop - step) / max(rate, 1e-9))
+        self._write_scalars({
+            "train/loss": loss, "train/gradient_norm": float(gradient_norm),
+            "train/learning_rate": float(self.optimizer.learning_rate),
+            "train/steps_per_second": rate,
+            "train/simulations_per_second": rate * simulations_per_step})
       if step % cfg.validate_every == 0 or step == stop:
-        validation = self._validate(inferrer, validation_problems)
+        rmse = self._validate(inferrer, validation_problems)
+        validation = dict(zip(names, map(float, rmse[-1])))
         logging.info("step %d validation RMSE(mu_T): %s", step,
                      ", ".join(f"{k}={v:.4f}" for k, v in validation.items()))
-      if step % cfg.checkpoint_every == 0 or step == stop:
+        scalars = {f"validation/rmse_T/{name}": value for name, value in validation.items()}
+        scalars.update({f"validation/rmse_t{t + 1:02d}/{name}": float(rmse[t, i])
+                        for t in range(rmse.shape[0]) for i, name in enumerate(names)})
+        self._write_scalars(scalars)
+      minutes_since_save = (now - last_save_time) / 60.0
+      if (step % cfg.checkpoint_every == 0 or step == stop
+          or 0 < cfg.checkpoint_every_minutes <= minutes_since_save):
         self.manager.save(checkpoint_number=step)
+        last_save_time = time.time()
         self.workdir.write_summary({"steps": step, "data_seconds": data_seconds,
-                                    "train_seconds": previous_seconds + time.time() - start_time})
+                                    "train_seconds": previous_seconds + last_save_time - start_time})
+    self.writer.flush()
     train_seconds = previous_seconds + time.time() - start_time
     result = TrainingResult(self.step, loss, validation, train_seconds)
     self.workdir.write_summary({**result._asdict(), "data_seconds": data_seconds})

@@ -40,6 +40,7 @@ class Workdir:
   """Layout of a run directory.
 
   `config.json` (machine + training configuration), `checkpoints/` (`tf.train.CheckpointManager`),
+  `tb/` (TensorBoard),
   `training_summary.json`, and the evaluation outputs (`metrics.json`, `*.png`).
   """
 
@@ -51,6 +52,11 @@ class Workdir:
   @property
   def checkpoints(self) -> str:
     return os.path.join(self.path, "checkpoints")
+
+  @property
+  def tensorboard(self) -> str:
+    """TensorBoard event files: `tensorboard --logdir DIR/tb`."""
+    return os.path.join(self.path, "tb")
 
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)

@@ -5,8 +5,11 @@ r"""Exports a trained workdir as a SavedModel that needs only TensorFlow.
 Inspect it with `saved_model_cli show --all --dir exports/weinberg`.
 """
 
+import os
+
 from absl import app, flags
 
+from alfi_tf.config import default_test_horizon
 from alfi_tf.export import export_machine
 from alfi_tf.training import load_machine
 
@@ -23,9 +26,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.num_steps < 0:
     raise app.UsageError(f"--num_steps must be >= 0, got {FLAGS.num_steps}")
+  if os.path.exists(FLAGS.export_dir) and not FLAGS.overwrite:
+    raise app.UsageError(f"--export_dir={FLAGS.export_dir} already exists; pass --overwrite to "
+                         "replace it")
   try:
     machine = load_machine(FLAGS.workdir)
-    num_steps = FLAGS.num_steps or max(15, machine.config.num_steps)
+    num_steps = FLAGS.num_steps or default_test_horizon(machine.config)
     path = export_machine(machine, FLAGS.export_dir, num_steps, overwrite=FLAGS.overwrite)
   except (FileNotFoundError, FileExistsError, ValueError) as error:
     raise app.UsageError(str(error))

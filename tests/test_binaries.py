@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = [
@@ -60,6 +61,11 @@ def test_evaluate_end_to_end(trained_workdir):
   for figure in ("rmse_per_step.png", "error_boxplots.png", "predictive_histograms.png",
                  "robustness.png"):
     assert os.path.getsize(os.path.join(trained_workdir, figure)) > 1000, figure
+  tb = os.path.join(trained_workdir, "tb")
+  tags = {value.tag for name in os.listdir(tb)
+          for event in tf.compat.v1.train.summary_iterator(os.path.join(tb, name))
+          for value in event.summary.value}
+  assert {"evaluation/rmse_per_step", "evaluation/robustness", "train/loss"} <= tags, tags
 
 
 def test_report_renders_results_table(trained_workdir, tmp_path):
@@ -111,3 +117,37 @@ def test_evaluate_rejects_bad_flags(trained_workdir):
   result = run("experiments.evaluate", f"--workdir={trained_workdir}", "--num_problems=0")
   assert result.returncode != 0
   assert "num_problems must be positive, got 0" in result.stderr
+
+
+def test_training_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
+  """SIGKILL during training, re-run the same command: same step count, same weights."""
+  import signal
+  import time
+
+  import numpy as np
+
+  from alfi_tf.training import load_machine
+
+  flags = ["--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS, "--epochs=200",
+           "--checkpoint_every=50", "--validate_every=100000", "--log_every=100000"]
+  killed = str(tmp_path / "killed")
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+  process = subprocess.Popen([sys.executable, "-m", "experiments.train", *flags,
+                              f"--workdir={killed}"], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  index = os.path.join(killed, "checkpoints", "checkpoint")
+  deadline = time.time() + 240
+  while not os.path.exists(index) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
+
+  resumed = run("experiments.train", *flags, f"--workdir={killed}")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "trained 600 steps" in resumed.stdout
+  straight = str(tmp_path / "straight")
+  result = run("experiments.train", *flags, f"--workdir={straight}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  for a, b in zip(load_machine(killed).weights, load_machine(straight).weights):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -93,3 +93,53 @@ def test_load_machine_without_checkpoint_explains(tmp_path):
   with pytest.raises(FileNotFoundError, match="not a training workdir"):
     load_machine(str(tmp_path / "missing"))
   assert not os.path.exists(tmp_path / "missing")
+
+
+def _event_tags(directory) -> set:
+  tags = set()
+  for name in os.listdir(directory):
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
+      tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
+def test_tensorboard_event_files_hold_the_named_scalars(tmp_path):
+  trainer = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"), log_every=10)
+  trainer.train(stop_at_step=40)
+  tags = _event_tags(tmp_path / "run" / "tb")
+  expected = {"train/loss", "train/gradient_norm", "train/learning_rate",
+              "train/steps_per_second", "train/simulations_per_second",
+              "validation/rmse_T/log_rate", "validation/rmse_t01/log_rate",
+              "validation/rmse_t03/log_rate"}
+  assert expected <= tags, expected - tags
+
+
+def _checkpoint_files(workdir, step):
+  directory = os.path.join(workdir, "checkpoints")
+  return [os.path.join(directory, name) for name in os.listdir(directory)
+          if name.startswith(f"ckpt-{step}.data")]
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  straight = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "straight"), log_every=1000)
+  straight.train(stop_at_step=60)
+  workdir = str(tmp_path / "run")
+  Trainer(TINY_MACHINE, TINY_TRAIN, workdir, log_every=1000).train(stop_at_step=40)
+  for path in _checkpoint_files(workdir, 40):
+    with open(path, "r+b") as stream:
+      stream.truncate(16)
+  resumed = Trainer(TINY_MACHINE, TINY_TRAIN, workdir, log_every=1000)
+  resumed.train(stop_at_step=60)   # restores step 20, then retraces steps 21..60 exactly
+  assert resumed.step == 60
+  for a, b in zip(_weights(straight), _weights(resumed)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
+  workdir = str(tmp_path / "run")
+  Trainer(TINY_MACHINE, TINY_TRAIN, workdir, log_every=1000).train(stop_at_step=20)
+  for path in _checkpoint_files(workdir, 20):
+    with open(path, "r+b") as stream:
+      stream.truncate(16)
+  with pytest.raises(RuntimeError, match="no readable checkpoint"):
+    Trainer(TINY_MACHINE, TINY_TRAIN, workdir, log_every=1000).train()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from alfi_tf import data as data_lib
+from alfi_tf.config import default_test_horizon
 from alfi_tf.evaluation import metrics, plots
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.inference import Inferrer
@@ -65,7 +66,7 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
   machine = load_machine(workdir)
   simulator = machine.simulator
   names = list(simulator.parameter_names)
-  num_steps = config.num_steps or max(15, machine_config.num_steps)
+  num_steps = config.num_steps or default_test_horizon(machine_config)
   seed = train_config.seed if config.seed is None else config.seed
   test = data_lib.generate_problems(simulator, config.num_problems, train_config.num_obs, seed,
                                     data_lib.TEST_STREAM)
@@ -133,7 +134,19 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       errors[label] = references[key] - test.theta
   plots.plot_error_boxes(run.file("error_boxplots.png"), names, errors)
   write_json_atomically(run.file("metrics.json"), report)
+  _figures_to_tensorboard(run, ("rmse_per_step", "error_boxplots", "predictive_histograms",
+                                "robustness"))
   return report
+
+
+def _figures_to_tensorboard(run: Workdir, figures: Sequence[str]) -> None:
+  """Adds the evaluation PNGs to the run's TensorBoard, at its last training step."""
+  writer = tf.summary.create_file_writer(run.tensorboard)
+  with writer.as_default(step=int(run.read_summary().get("steps", 0))):
+    for name in figures:
+      image = tf.io.decode_png(tf.io.read_file(run.file(f"{name}.png")), channels=4)
+      tf.summary.image(f"evaluation/{name}", image[tf.newaxis])
+  writer.close()
 
 
 def _robustness(inferrer: Inferrer, test: data_lib.Problems, seed: int, config: EvaluationConfig,

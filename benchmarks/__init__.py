@@ -1,0 +1,1 @@
+"""Speed measurements, run by hand (see BUILD.md); not tests."""

@@ -1,0 +1,568 @@
+"""The SavedModel export and its users: `infer` in a TF-only process, ask/tell (in-graph, numpy and
+external simulators), metadata, the `export` / `infer` binaries, `saved_model_cli`, and bad input.
+
+Two tiny workdirs are trained once per module (2 Adam steps at learning rate 1e-2, so `psi` moves):
+a TF-native `weinberg` machine and a numpy-bridged `lotka_volterra` one. Both are exported with a
+horizon (T=3) other than the training one (T=2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.deploy import DeployedMachine
+from alfi_tf.export import EXPORT_FORMAT_VERSION, METADATA_ASSET, export_machine, machine_metadata
+from alfi_tf.external import CommandSimulator
+from alfi_tf.observation_files import load_observations
+from alfi_tf.simulators import get_simulator
+from alfi_tf.training import Trainer, load_machine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_STEPS = 2
+EXPORT_STEPS = 3
+NUM_SAMPLES = 4
+NUM_SIMULATED_OBS = 8
+NUM_OBS = 40
+TINY = dict(num_steps=TRAIN_STEPS, num_samples=NUM_SAMPLES, num_simulated_obs=NUM_SIMULATED_OBS,
+            encoder_hidden=8, encoder_out=4, aggregator_hidden=8, aggregator_out=4,
+            updater_hidden=8, lstm_units=4, bound=1.0)
+TINY_TRAIN = TrainConfig(num_problems=32, num_obs=NUM_OBS, epochs=1, batch_size=16,
+                         learning_rate=1e-2, num_validation_problems=8, validate_every=100,
+                         checkpoint_every=100, seed=4)
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+SIGNATURES = ("infer", "start", "step", "metadata")
+
+# An external Weinberg simulator following the CSV protocol of alfi_tf/external.py: cos(theta) drawn
+# from the density proportional to max(0, 1 + x^2 + A x) on [-1, 1] by rejection.
+WEINBERG_SCRIPT = """\
+import sys
+import numpy as np
+
+parameters_csv, output_csv, num_obs, seed = sys.argv[1:5]
+num_obs = int(num_obs)
+theta = np.loadtxt(parameters_csv, delimiter=",", skiprows=1, ndmin=2)
+asymmetry = 2.0 * np.tanh(10.0 * (2.0 * theta[:, 0] - 90.0) / 90.0) * theta[:, 1]
+rng = np.random.default_rng(int(seed))
+rows = []
+for a in asymmetry:
+  accepted = np.empty(0)
+  while accepted.size < num_obs:
+    x = rng.uniform(-1.0, 1.0, 4 * num_obs)
+    height = rng.uniform(0.0, 2.0 + abs(a), 4 * num_obs)
+    accepted = np.concatenate([accepted, x[height < np.maximum(0.0, 1.0 + x * x + a * x)]])
+  rows.append(accepted[:num_obs])
+np.savetxt(output_csv, np.concatenate(rows)[:, None], delimiter=",", fmt="%.9g",
+           header="cos_theta")
+"""
+
+FAILING_SCRIPT = """\
+import sys
+sys.stderr.write("detector calibration missing\\n")
+sys.exit(3)
+"""
+
+# Returns one observation per parameter vector instead of NUM_OBS.
+SHORT_SCRIPT = """\
+import sys
+import numpy as np
+theta = np.loadtxt(sys.argv[1], delimiter=",", skiprows=1, ndmin=2)
+np.savetxt(sys.argv[2], np.zeros((theta.shape[0], 1)), delimiter=",")
+"""
+
+# Runs in a process that imports nothing but TensorFlow and numpy.
+TF_ONLY_SCRIPT = """\
+import sys
+import numpy as np
+import tensorflow as tf
+
+export_dir, observations_npy, seed, output_npz = sys.argv[1:5]
+model = tf.saved_model.load(export_dir)
+outputs = model.signatures["infer"](observations=tf.constant(np.load(observations_npy)),
+                                    seed=tf.constant([int(seed), 0]))
+np.savez(output_npz, **{key: value.numpy() for key, value in outputs.items()})
+imported = sorted(name for name in sys.modules
+                  if name.startswith(("alfi_tf", "tensorflow_probability")))
+assert not imported, f"the export pulled in {imported}"
+print("tf-only ok")
+"""
+
+
+def _env(**extra: str) -> dict:
+  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, **extra}
+
+
+def run_binary(module: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=300)
+
+
+def _observations(name: str, num_problems: int = 2, seed: int = 11) -> np.ndarray:
+  _, observations = get_simulator(name).sample_problems(num_problems, NUM_OBS,
+                                                        tf.constant([seed, 0]))
+  return observations.numpy()
+
+
+def _train_and_export(tmp_path_factory, name: str) -> types.SimpleNamespace:
+  base = tmp_path_factory.mktemp(name)
+  workdir, export_dir = str(base / "run"), str(base / "exports" / "model")
+  result = Trainer(MachineConfig(simulator=name, **TINY), TINY_TRAIN, workdir,
+                   log_every=1000).train()
+  assert result.steps == 2
+  export_machine(load_machine(workdir), export_dir, EXPORT_STEPS)
+  # Loaded once: a loaded export is stateless (sessions carry their own state); tests share it.
+  return types.SimpleNamespace(workdir=workdir, export_dir=export_dir,
+                               deployed=DeployedMachine.load(export_dir),
+                               simulator=get_simulator(name), observations=_observations(name))
+
+
+@pytest.fixture(scope="module")
+def weinberg(tmp_path_factory):
+  return _train_and_export(tmp_path_factory, "weinberg")
+
+
+@pytest.fixture(scope="module")
+def lotka_volterra(tmp_path_factory):
+  return _train_and_export(tmp_path_factory, "lotka_volterra")
+
+
+def _assert_same(result, mean, std, trajectory_mean, trajectory_std):
+  np.testing.assert_allclose(result.mean, mean, **TOLERANCE)
+  np.testing.assert_allclose(result.std, std, **TOLERANCE)
+  np.testing.assert_allclose(result.trajectory_mean, trajectory_mean, **TOLERANCE)
+  np.testing.assert_allclose(result.trajectory_std, trajectory_std, **TOLERANCE)
+
+
+def _assert_results_equal(actual, expected):
+  _assert_same(actual, expected.mean, expected.std, expected.trajectory_mean,
+               expected.trajectory_std)
+
+
+# 1. `infer` in a process with TensorFlow only.
+
+
+def test_export_infers_in_a_tensorflow_only_process(weinberg, tmp_path):
+  seed = 7
+  observations_npy, output_npz = tmp_path / "observations.npy", tmp_path / "outputs.npz"
+  np.save(observations_npy, weinberg.observations)
+  (tmp_path / "tf_only.py").write_text(TF_ONLY_SCRIPT)
+  env = _env()
+  del env["PYTHONPATH"]
+  process = subprocess.Popen(
+      [sys.executable, "tf_only.py", weinberg.export_dir, str(observations_npy), str(seed),
+       str(output_npz)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  # The in-library answer, from the training workdir, while the other process runs.
+  expected = DeployedMachine.load(weinberg.workdir, num_steps=EXPORT_STEPS).infer(
+      weinberg.observations, seed=seed)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  assert "tf-only ok" in stdout
+  exported = np.load(output_npz)
+  assert expected.trajectory_mean.shape == (2, EXPORT_STEPS, 2)
+  _assert_same(expected, exported["mean"], exported["std"], exported["trajectory_mean"],
+               exported["trajectory_std"])
+  # The trained machine moves psi, so the comparison is not between constant trajectories.
+  assert np.abs(np.diff(expected.trajectory_mean, axis=1)).min() > 1e-4
+
+
+# 2. Ask/tell through the export with the in-graph simulator.
+
+
+def test_ask_tell_equals_infer(weinberg):
+  machine = weinberg.deployed
+  assert machine.can_infer and machine.num_steps == EXPORT_STEPS
+  inferred = machine.infer(weinberg.observations, seed=3)
+  _assert_results_equal(machine.run(weinberg.observations, weinberg.simulator.simulate, seed=3),
+                        inferred)
+  other_seed = machine.infer(weinberg.observations, seed=4)
+  assert np.abs(other_seed.trajectory_mean - inferred.trajectory_mean).max() > 1e-4
+
+
+def test_session_steps_to_the_same_result_as_run(weinberg):
+  machine = weinberg.deployed
+  simulator = weinberg.simulator
+  low, high = simulator.parameter_bounds
+  session = machine.start(weinberg.observations, seed=5)
+  for step in range(EXPORT_STEPS):
+    assert session.step == step and not session.done
+    parameters = session.ask()
+    assert parameters.shape == (2, NUM_SAMPLES, 2)
+    assert np.all(parameters >= low) and np.all(parameters <= high)
+    simulated = simulator.simulate(parameters.reshape(-1, 2), NUM_SIMULATED_OBS,
+                                   session.simulation_seed)
+    session.tell(np.asarray(simulated).reshape(2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1))
+  assert session.step == EXPORT_STEPS and session.done
+  result = session.result()
+  assert result.trajectory_mean.shape == (2, EXPORT_STEPS, 2)
+  _assert_results_equal(result, machine.run(weinberg.observations, simulator.simulate, seed=5))
+  with pytest.raises(RuntimeError, match=f"all {EXPORT_STEPS} steps are done"):
+    session.tell(np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1)))
+
+
+def test_session_rejects_bad_simulations(weinberg):
+  machine = weinberg.deployed
+  session = machine.start(weinberg.observations, seed=5)
+  with pytest.raises(ValueError, match=r"step 1: simulations must have shape \(2, 4, 8, 1\)"):
+    session.tell(np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS + 1, 1)))
+  session.tell(np.zeros((2 * NUM_SAMPLES, NUM_SIMULATED_OBS, 1)))   # [B*M, N, d_x] is accepted
+  assert session.step == 1
+  with pytest.raises(ValueError, match=r"step 2: simulations must have shape"):
+    session.tell(np.zeros((NUM_SAMPLES, NUM_SIMULATED_OBS, 1)))
+  simulations = np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1))
+  simulations[1, 2, 3, 0] = np.nan
+  with pytest.raises(ValueError, match="step 2: simulations contain NaN/inf"):
+    session.tell(simulations)
+  assert session.step == 1, "a rejected tell must not advance the session"
+
+
+# 3. A numpy simulator: no `infer`, ask/tell with the simulator outside the graph.
+
+
+def test_numpy_simulator_export_has_no_infer(lotka_volterra):
+  machine = lotka_volterra.deployed
+  assert not machine.can_infer
+  assert "infer" not in machine.module.signatures
+  with pytest.raises(ValueError, match=r"no infer\(\); drive it with run\(observations"):
+    machine.infer(lotka_volterra.observations)
+
+
+def test_numpy_simulator_ask_tell_equals_in_graph_bridge(lotka_volterra):
+  seed = 6
+  result = lotka_volterra.deployed.run(
+      lotka_volterra.observations, get_simulator("lotka_volterra").simulate, seed=seed)
+  machine = load_machine(lotka_volterra.workdir)
+  trajectory = machine(tf.constant(lotka_volterra.observations), seed=tf.constant([seed, 0]),
+                       num_steps=EXPORT_STEPS)
+  mean, std = machine.to_raw(trajectory.psi)
+  assert result.trajectory_mean.shape == (2, EXPORT_STEPS, 4)
+  np.testing.assert_allclose(result.trajectory_mean, mean.numpy(), **TOLERANCE)
+  np.testing.assert_allclose(result.trajectory_std, std.numpy(), **TOLERANCE)
+  np.testing.assert_allclose(result.mean, mean.numpy()[:, -1], **TOLERANCE)
+  assert np.abs(np.diff(result.trajectory_mean, axis=1)).min() > 1e-4
+
+
+# 4. External simulator commands.
+
+
+def _command(tmp_path, name: str, source: str) -> str:
+  script = tmp_path / name
+  script.write_text(source)
+  return shlex.join([sys.executable, str(script)])
+
+
+def _weinberg_mean(asymmetry: float) -> float:
+  """E[cos theta] under the density proportional to max(0, 1 + x^2 + A x), by quadrature."""
+  x = np.linspace(-1.0, 1.0, 20001)
+  density = np.maximum(0.0, 1.0 + x * x + asymmetry * x)
+  return float(np.sum(x * density) / np.sum(density))
+
+
+def test_command_simulator_follows_the_protocol(tmp_path):
+  simulate = CommandSimulator(_command(tmp_path, "weinberg_sim.py", WEINBERG_SCRIPT),
+                              ("beam_energy", "fermi_constant"), observation_dim=1)
+  parameters = np.array([[40.0, 0.5], [45.0, 1.0], [50.0, 1.5]], np.float32)
+  first = simulate(parameters, 400, np.array([1, 2], np.int32))
+  assert first.shape == (3, 400, 1) and first.dtype == np.float32
+  assert np.all(np.abs(first) <= 1.0)
+  np.testing.assert_array_equal(first, simulate(parameters, 400, np.array([1, 2], np.int32)))
+  assert not np.array_equal(first, simulate(parameters, 400, np.array([1, 3], np.int32)))
+  assert simulate.calls == 3
+  # The sample means match the model's (A = -0.80, 0 and 2.41; std of a mean of 400 is < 0.03).
+  asymmetry = get_simulator("weinberg").asymmetry(parameters).numpy()
+  np.testing.assert_allclose(first.mean(axis=(1, 2)), [_weinberg_mean(a) for a in asymmetry],
+                             atol=0.1)
+
+
+def test_infer_binary_with_simulator_command(weinberg, tmp_path):
+  observations = tmp_path / "observations.npy"
+  np.save(observations, weinberg.observations)
+  output, plot = tmp_path / "out.json", tmp_path / "trajectory.png"
+  completed = run_binary(
+      "experiments.infer", f"--model={weinberg.export_dir}", f"--observations={observations}",
+      f"--simulator_command={_command(tmp_path, 'weinberg_sim.py', WEINBERG_SCRIPT)}",
+      f"--output={output}", f"--plot={plot}", "--seed=2")
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert "data set 1 (40 observations)" in completed.stdout
+  payload = json.loads(output.read_text())
+  assert payload["num_steps"] == EXPORT_STEPS and payload["simulator"] == "weinberg"
+  assert payload["parameter_names"] == ["beam_energy", "fermi_constant"]
+  assert len(payload["datasets"]) == 2
+  for dataset in payload["datasets"]:
+    assert set(dataset["parameters"]) == {"beam_energy", "fermi_constant"}
+    for entry in dataset["parameters"].values():
+      estimate, std = entry["estimate"], entry["std"]
+      assert std > 0
+      low68, high68 = entry["interval_68"]
+      low95, high95 = entry["interval_95"]
+      assert low95 < low68 < estimate < high68 < high95
+      np.testing.assert_allclose(high68 - estimate, 0.99446 * std, rtol=1e-4)
+      np.testing.assert_allclose(high95 - estimate, 1.95996 * std, rtol=1e-4)
+    assert np.shape(dataset["trajectory_mean"]) == (EXPORT_STEPS, 2)
+    assert np.shape(dataset["trajectory_std"]) == (EXPORT_STEPS, 2)
+    np.testing.assert_allclose(dataset["trajectory_mean"][-1],
+                               [e["estimate"] for e in dataset["parameters"].values()])
+  assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
+
+
+def test_infer_binary_reports_a_failing_command(weinberg, tmp_path):
+  observations = tmp_path / "observations.npy"
+  np.save(observations, weinberg.observations)
+  output = tmp_path / "out.json"
+  command = _command(tmp_path, "broken_sim.py", FAILING_SCRIPT)
+  completed = run_binary("experiments.infer", f"--model={weinberg.export_dir}",
+                         f"--observations={observations}", f"--simulator_command={command}",
+                         f"--output={output}")
+  assert completed.returncode != 0
+  assert "step 1" in completed.stderr and command in completed.stderr
+  assert "exit status 3" in completed.stderr and "detector calibration missing" in completed.stderr
+  assert not output.exists()
+
+
+def test_command_returning_too_few_rows_is_an_error(weinberg, tmp_path):
+  command = _command(tmp_path, "short_sim.py", SHORT_SCRIPT)
+  simulate = CommandSimulator(command, ("beam_energy", "fermi_constant"), observation_dim=1)
+  machine = weinberg.deployed
+  with pytest.raises(RuntimeError, match=r"\(step 1\) returned 8 rows of 1 values; expected 64 "
+                                         r"rows \(8 parameter vectors x 8 observations\)") as info:
+    machine.run(weinberg.observations, simulate, seed=1)
+  assert command in str(info.value)
+
+
+# 5. Metadata.
+
+
+def test_metadata_round_trip(weinberg):
+  loaded = weinberg.deployed.module   # what tf.saved_model.load returned
+  assert set(loaded.signatures) == set(SIGNATURES)
+  from_signature = json.loads(loaded.signatures["metadata"]()["metadata"].numpy().decode())
+  with open(os.path.join(weinberg.export_dir, "assets", METADATA_ASSET)) as stream:
+    from_asset = json.load(stream)
+  expected = machine_metadata(load_machine(weinberg.workdir), EXPORT_STEPS)
+  assert from_signature == from_asset == expected
+  assert weinberg.deployed.metadata == expected
+
+  machine = load_machine(weinberg.workdir)
+  assert expected["format_version"] == EXPORT_FORMAT_VERSION
+  assert expected["simulator"] == "weinberg" and expected["tf_native_simulator"]
+  assert expected["parameter_names"] == ["beam_energy", "fermi_constant"]
+  assert expected["prior"]["type"] == "box"
+  assert expected["prior"]["low"] == [40.0, 0.5] and expected["prior"]["high"] == [50.0, 1.5]
+  assert (expected["num_steps"], expected["num_samples"], expected["num_simulated_obs"]) == (
+      EXPORT_STEPS, NUM_SAMPLES, NUM_SIMULATED_OBS)
+  assert expected["machine_config"]["num_steps"] == TRAIN_STEPS
+  assert expected["tensorflow_version"] == tf.__version__
+  standardization = expected["standardization"]
+  np.testing.assert_array_equal(standardization["theta_mean"],
+                                machine.theta_standardizer.mean.numpy())
+  np.testing.assert_array_equal(standardization["observation_std"],
+                                machine.observation_standardizer.std.numpy())
+  assert standardization["theta_std"][0] != 1.0, "the statistics come from adapt, not defaults"
+
+
+# 6. Bad input: a clear error and no partial output.
+
+BAD_OBSERVATIONS = [
+    ("rank", lambda o: o[:, :, :, np.newaxis], r"must have shape \[num_problems, num_obs, 1\]"),
+    ("rank2", lambda o: o[0], r"must have shape \[num_problems, num_obs, 1\], got shape \(40, 1\)"),
+    ("dim", lambda o: np.concatenate([o, o], axis=-1), "must have 1 values per observation"),
+    ("nan", lambda o: np.where(np.arange(NUM_OBS)[:, None] == 5, np.nan, o),
+     r"contains 2 NaN/inf value\(s\), the first at \[0, 5, 0\]"),
+    ("inf", lambda o: np.where(np.arange(NUM_OBS)[:, None] == 9, np.inf, o), "NaN/inf"),
+    ("empty", lambda o: o[:, :0], r"is empty: shape \(2, 0, 1\)"),
+]
+
+
+@pytest.mark.parametrize("case, corrupt, message", BAD_OBSERVATIONS,
+                         ids=[case[0] for case in BAD_OBSERVATIONS])
+def test_deployed_machine_rejects_bad_observations(weinberg, case, corrupt, message):
+  machine = weinberg.deployed
+  with pytest.raises(ValueError, match=message):
+    machine.infer(corrupt(weinberg.observations))
+  with pytest.raises(ValueError, match=message):
+    machine.start(corrupt(weinberg.observations))
+
+
+def test_infer_binary_rejects_bad_observations(weinberg, tmp_path):
+  # One case through the binary (each run is a fresh process): the checks are the ones above, the
+  # plumbing (exit status, message with the file name, no output file) is common to all of them.
+  observations, output = tmp_path / "nan.npy", tmp_path / "out.json"
+  _, corrupt, _ = BAD_OBSERVATIONS[3]
+  np.save(observations, corrupt(weinberg.observations))
+  completed = run_binary("experiments.infer", f"--model={weinberg.export_dir}",
+                         f"--observations={observations}", f"--output={output}")
+  assert completed.returncode != 0
+  assert (f"observations in {observations} contains 2 NaN/inf value(s), the first at [0, 5, 0]"
+          in completed.stderr)
+  assert not output.exists()
+
+
+def test_model_that_is_neither_export_nor_workdir(tmp_path):
+  (tmp_path / "notes.txt").write_text("not a model")
+  with pytest.raises(FileNotFoundError, match="neither an alfi-tf export .* nor a training work"):
+    DeployedMachine.load(str(tmp_path))
+  observations, output = tmp_path / "observations.npy", tmp_path / "out.json"
+  np.save(observations, np.zeros((1, 5, 1), np.float32))
+  completed = run_binary("experiments.infer", f"--model={tmp_path}",
+                         f"--observations={observations}", f"--output={output}")
+  assert completed.returncode != 0
+  assert "neither an alfi-tf export" in completed.stderr
+  assert not output.exists()
+
+
+def test_saved_model_that_is_not_an_alfi_export(tmp_path):
+  module = tf.Module()
+  module.scale = tf.Variable(2.0)
+  module.double = tf.function(lambda x: module.scale * x,
+                              input_signature=[tf.TensorSpec([], tf.float32)])
+  tf.saved_model.save(module, str(tmp_path / "other"))
+  with pytest.raises(ValueError, match="is a SavedModel but not an alfi-tf export"):
+    DeployedMachine.load(str(tmp_path / "other"))
+
+
+def test_export_of_another_format_version_is_refused(weinberg, tmp_path):
+  copy = tmp_path / "future"
+  shutil.copytree(weinberg.export_dir, copy)
+  asset = copy / "assets" / METADATA_ASSET
+  metadata = json.loads(asset.read_text())
+  metadata.update(format_version=999, alfi_tf_version="9.9.9")
+  asset.write_text(json.dumps(metadata))
+  with pytest.raises(ValueError, match=r"alfi-tf 9\.9\.9 in export format 999; this alfi-tf reads "
+                                       r"format 1: re-export it"):
+    DeployedMachine.load(str(copy))
+
+
+def test_exporting_over_an_existing_directory(lotka_volterra, tmp_path):
+  # The numpy-simulator machine: no `infer` to trace, so the binary runs quickly.
+  export_dir = tmp_path / "exports" / "lv"
+  export_dir.mkdir(parents=True)
+  (export_dir / "keep.txt").write_text("precious")
+  args = [f"--workdir={lotka_volterra.workdir}", f"--export_dir={export_dir}", "--num_steps=2"]
+  refused = run_binary("experiments.export", *args)
+  assert refused.returncode != 0
+  assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
+  assert os.listdir(export_dir) == ["keep.txt"]
+  assert (export_dir / "keep.txt").read_text() == "precious"
+
+  replaced = run_binary("experiments.export", *args, "--overwrite")
+  assert replaced.returncode == 0, replaced.stderr[-3000:]
+  assert "exported lotka_volterra (T=2)" in replaced.stdout
+  assert not (export_dir / "keep.txt").exists()
+  assert os.listdir(export_dir.parent) == ["lv"], "no .tmp-/.old- siblings may remain"
+  metadata = json.loads((export_dir / "assets" / METADATA_ASSET).read_text())
+  assert metadata == {**lotka_volterra.deployed.metadata, "num_steps": 2}
+
+
+def test_export_is_atomic_and_refuses_to_overwrite(weinberg, lotka_volterra):
+  for run in (weinberg, lotka_volterra):
+    assert os.listdir(os.path.dirname(run.export_dir)) == ["model"]
+  before = sorted(os.listdir(weinberg.export_dir))
+  with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
+    export_machine(load_machine(weinberg.workdir), weinberg.export_dir, EXPORT_STEPS)
+  assert sorted(os.listdir(weinberg.export_dir)) == before
+
+
+# 7. saved_model_cli, TensorFlow's own tool (a TF1-style session loader, like TF Serving).
+
+
+def _saved_model_cli() -> str:
+  path = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  if not os.path.exists(path):
+    pytest.skip("saved_model_cli is not installed next to the Python interpreter")
+  return path
+
+
+def test_saved_model_cli_show_lists_the_signatures(weinberg):
+  completed = subprocess.run([_saved_model_cli(), "show", "--all", "--dir", weinberg.export_dir],
+                             env=_env(), capture_output=True, text=True, timeout=300)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  for name in SIGNATURES:
+    assert f"signature_def['{name}']" in completed.stdout, name
+  assert "inputs['simulations'] tensor_info" in completed.stdout
+
+
+def test_saved_model_cli_runs_infer(weinberg, tmp_path):
+  # `--input_exprs` only takes Python literals (no numpy calls) in this TF; `--inputs` reads .npy.
+  observations = np.linspace(-0.9, 0.9, 5, dtype=np.float32).reshape(1, 5, 1)
+  np.save(tmp_path / "observations.npy", observations)
+  np.save(tmp_path / "seed.npy", np.array([8, 0], np.int32))
+  completed = subprocess.run(
+      [_saved_model_cli(), "run", "--dir", weinberg.export_dir, "--tag_set", "serve",
+       "--signature_def", "infer", "--inputs",
+       f"observations={tmp_path / 'observations.npy'};seed={tmp_path / 'seed.npy'}",
+       "--outdir", str(tmp_path / "outputs")],
+      env=_env(), capture_output=True, text=True, timeout=300)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  expected = weinberg.deployed.infer(observations, seed=8)
+  _assert_same(expected, *(np.load(tmp_path / "outputs" / f"{key}.npy") for key in
+                           ("mean", "std", "trajectory_mean", "trajectory_std")))
+
+
+# 8. Observation files.
+
+
+def test_load_observations_npy_layouts(tmp_path):
+  data = np.arange(24, dtype=np.float64).reshape(2, 4, 3)
+  np.save(tmp_path / "batch.npy", data)
+  np.save(tmp_path / "one.npy", data[0])
+  np.save(tmp_path / "flat.npy", data[0, :, 0])
+  batch = load_observations(str(tmp_path / "batch.npy"), 3)
+  assert batch.dtype == np.float32
+  np.testing.assert_array_equal(batch, data)
+  np.testing.assert_array_equal(load_observations(str(tmp_path / "one.npy"), 3), data[:1])
+  np.testing.assert_array_equal(load_observations(str(tmp_path / "flat.npy"), 1),
+                                data[:1, :, :1])
+  with pytest.raises(ValueError, match=r"observations in .*flat\.npy must have shape"):
+    load_observations(str(tmp_path / "flat.npy"), 3)
+  with pytest.raises(ValueError, match="must have 2 values per observation"):
+    load_observations(str(tmp_path / "one.npy"), 2)
+
+
+def test_load_observations_npz(tmp_path):
+  data = np.linspace(0.0, 1.0, 12).reshape(6, 2)
+  np.savez(tmp_path / "named.npz", observations=data, theta=np.zeros(2))
+  np.savez(tmp_path / "single.npz", data)
+  np.savez(tmp_path / "ambiguous.npz", first=data, second=data)
+  for name in ("named.npz", "single.npz"):
+    np.testing.assert_allclose(load_observations(str(tmp_path / name), 2), data[np.newaxis],
+                               rtol=1e-6)
+  with pytest.raises(ValueError, match=r"expected an array named 'observations' \(or a single "
+                                       r"array\), found \['first', 'second'\]"):
+    load_observations(str(tmp_path / "ambiguous.npz"), 2)
+
+
+def test_load_observations_csv(tmp_path):
+  (tmp_path / "plain.csv").write_text("# measured 2024\n0.5,1.5\n-0.25,2\n\n1e-3,3\n")
+  (tmp_path / "header.csv").write_text("prey,predators\n0.5,1.5\n-0.25,2\n0.001,3\n")
+  (tmp_path / "column.csv").write_text("cos_theta\n0.1\n-0.2\n0.3\n")
+  (tmp_path / "bad.csv").write_text("a,b\n1,2\n3,oops\n")
+  expected = np.array([[[0.5, 1.5], [-0.25, 2.0], [1e-3, 3.0]]], np.float32)
+  np.testing.assert_allclose(load_observations(str(tmp_path / "plain.csv"), 2), expected)
+  np.testing.assert_allclose(load_observations(str(tmp_path / "header.csv"), 2), expected)
+  np.testing.assert_allclose(load_observations(str(tmp_path / "column.csv"), 1),
+                             [[[0.1], [-0.2], [0.3]]], rtol=1e-6)
+  with pytest.raises(ValueError, match="not a comma-separated table of numbers"):
+    load_observations(str(tmp_path / "bad.csv"), 2)
+
+
+def test_load_observations_bad_files(tmp_path):
+  (tmp_path / "data.txt").write_text("0.5\n")
+  with pytest.raises(ValueError, match=r"unsupported file type '\.txt'; use one of"):
+    load_observations(str(tmp_path / "data.txt"), 1)
+  with pytest.raises(FileNotFoundError, match=r"observations file .*missing\.npy does not exist"):
+    load_observations(str(tmp_path / "missing.npy"), 1)
+
+
+def test_default_horizon_is_shared_by_workdir_loading_and_evaluation(weinberg):
+  from alfi_tf.config import DEFAULT_TEST_HORIZON
+  assert DeployedMachine.load(weinberg.workdir).num_steps == max(DEFAULT_TEST_HORIZON, TRAIN_STEPS)
