@@ -65,7 +65,8 @@ class Trainer:
     self.checkpoint = tf.train.Checkpoint(machine=self.machine, optimizer=self.optimizer)
     self.manager = tf.train.CheckpointManager(self.checkpoint, self.workdir.checkpoints,
                                               max_to_keep=3)
-    self._train_step = tf.function(self._step, jit_compile=jit_compile)
+    # One compiled optimisation step on the full training arrays (also used by the benchmarks).
+    self.train_step = tf.function(self._step, jit_compile=jit_compile)
     self.writer = tf.summary.create_file_writer(self.workdir.tensorboard)
 
   @property
@@ -90,7 +91,8 @@ class Trainer:
     position = step % cfg.steps_per_epoch
     epoch_seed = tf.random.experimental.stateless_fold_in(
         data_lib.stream_seed(cfg.seed, data_lib.TRAIN_STREAM), epoch)
-    order = tf.random.experimental.stateless_shuffle(tf.range(cfg.num_problems), seed=epoch_seed)
+    # argsort of uniforms rather than stateless_shuffle, which XLA cannot compile.
+    order = tf.argsort(tf.random.stateless_uniform([cfg.num_problems], seed=epoch_seed))
     return order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
 
   def _step(self, theta_all: tf.Tensor,
@@ -178,7 +180,7 @@ class Trainer:
     loss = float("nan")
     validation: Dict[str, float] = {}
     while self.step < stop:
-      loss_tensor, gradient_norm = self._train_step(theta_all, observations_all)
+      loss_tensor, gradient_norm = self.train_step(theta_all, observations_all)
       loss, step, now = float(loss_tensor), self.step, time.time()
       if not np.isfinite(loss):
         raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning "

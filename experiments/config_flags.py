@@ -39,3 +39,42 @@ def config_from_flags(config_class: Type[Any]) -> Any:
   values = {field.name: getattr(flags.FLAGS, field.name)
             for field in dataclasses.fields(config_class)}
   return config_class(**values)
+
+
+def read_flagfile(path: str) -> Dict[str, str]:
+  """`--name=value` lines of an absl flag file (nested `--flagfile=` included, later lines win).
+
+  Lets benchmarks and tests build configurations from the shipped flag files without parsing
+  command lines. Bare `--name` means true and `--noname` false, as in absl.
+  """
+  values: Dict[str, str] = {}
+  with open(path) as stream:
+    for line in stream:
+      line = line.strip()
+      if not line.startswith("--"):
+        continue
+      name, separator, value = line[2:].partition("=")
+      if name == "flagfile":
+        values.update(read_flagfile(value))
+      elif separator:
+        values[name] = value
+      elif name.startswith("no"):    # a bare boolean flag, negated
+        values[name[2:]] = "false"
+      else:                          # a bare boolean flag
+        values[name] = "true"
+  return values
+
+
+def config_from_values(config_class: Type[Any], values: Dict[str, str], **overrides: Any) -> Any:
+  """Builds `config_class` from `read_flagfile` values (ignoring other fields) plus overrides."""
+  hints = typing.get_type_hints(config_class)
+  kwargs: Dict[str, Any] = {}
+  for field in dataclasses.fields(config_class):
+    if field.name in overrides:
+      kwargs[field.name] = overrides[field.name]
+    elif field.name in values:
+      raw, hint = values[field.name], hints[field.name]
+      kwargs[field.name] = (raw.lower() == "true" if hint is bool else
+                            int(raw) if hint in (int, typing.Optional[int]) else
+                            float(raw) if hint is float else raw)
+  return config_class(**kwargs)
