@@ -16,14 +16,16 @@ LOSSES = ("nll", "mse", "l1")
 TIME_WEIGHTS = ("exp", "constant", "last", "observed_improvement")
 
 
-def _require_positive(owner: Any, *names: str) -> None:
+def require_positive(owner: Any, *names: str) -> None:
+  """Raises a ValueError naming the first of `owner`'s fields `names` that is not positive."""
   for name in names:
     value = getattr(owner, name)
     if value <= 0:
       raise ValueError(f"{name} must be positive, got {value}")
 
 
-def _require_choice(owner: Any, name: str, choices: tuple) -> None:
+def require_choice(owner: Any, name: str, choices: tuple) -> None:
+  """Raises a ValueError unless `owner.name` is one of `choices`."""
   value = getattr(owner, name)
   if value not in choices:
     raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -64,14 +66,14 @@ class MachineConfig:
   observation_transform: str = "none"
 
   def __post_init__(self):
-    _require_positive(self, "num_steps", "num_samples", "num_simulated_obs", "encoder_hidden",
+    require_positive(self, "num_steps", "num_samples", "num_simulated_obs", "encoder_hidden",
                       "encoder_out", "aggregator_hidden", "aggregator_out", "updater_hidden",
                       "lstm_units", "bound", "initial_scale")
     if self.num_samples < 2:
       raise ValueError(f"num_samples must be at least 2 (scores are standardised across samples), "
                        f"got {self.num_samples}")
-    _require_choice(self, "bound_type", BOUND_TYPES)
-    _require_choice(self, "observation_transform", OBSERVATION_TRANSFORMS)
+    require_choice(self, "bound_type", BOUND_TYPES)
+    require_choice(self, "observation_transform", OBSERVATION_TRANSFORMS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +116,7 @@ class TrainConfig:
   online: bool = False
 
   def __post_init__(self):
-    _require_positive(self, "num_problems", "num_obs", "epochs", "batch_size", "learning_rate",
+    require_positive(self, "num_problems", "num_obs", "epochs", "batch_size", "learning_rate",
                       "num_validation_problems", "validate_every", "checkpoint_every")
     if not 0.0 < self.final_learning_rate_fraction <= 1.0:
       raise ValueError("final_learning_rate_fraction must be in (0, 1], got "
@@ -123,8 +125,8 @@ class TrainConfig:
       raise ValueError(f"checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
     if self.grad_clip_norm < 0:
       raise ValueError(f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
-    _require_choice(self, "loss", LOSSES)
-    _require_choice(self, "time_weights", TIME_WEIGHTS)
+    require_choice(self, "loss", LOSSES)
+    require_choice(self, "time_weights", TIME_WEIGHTS)
 
   @property
   def steps_per_epoch(self) -> int:

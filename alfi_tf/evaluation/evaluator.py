@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf import data as data_lib
-from alfi_tf.config import default_test_horizon
+from alfi_tf.config import default_test_horizon, require_positive
 from alfi_tf.evaluation import metrics, plots
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.inference import Inferrer
@@ -41,10 +41,8 @@ class EvaluationConfig:
   batch_size: int = 256
 
   def __post_init__(self):
-    for name in ("num_problems", "robustness_problems", "robustness_starts", "predictive_problems",
-                 "batch_size"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    require_positive(self, "num_problems", "robustness_problems", "robustness_starts",
+                     "predictive_problems", "batch_size")
     if self.num_steps < 0:
       raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
     if self.grid_points is not None and self.grid_points < 3:
