@@ -41,6 +41,11 @@ class DeployedResult(NamedTuple):
   trajectory_mean: np.ndarray
   trajectory_std: np.ndarray
 
+  @classmethod
+  def from_outputs(cls, outputs: Dict[str, tf.Tensor]) -> "DeployedResult":
+    """Picks the result out of an `infer` / `start` / `step` output dict."""
+    return cls(*(outputs[key].numpy() for key in cls._fields))
+
 
 class AskTellSession:
   """One inference run driven from outside the graph, one simulator call per step."""
@@ -89,8 +94,7 @@ class AskTellSession:
 
   def result(self) -> DeployedResult:
     """The current answer (final once `done`)."""
-    return DeployedResult(*(self._outputs[key].numpy() for key in
-                            ("mean", "std", "trajectory_mean", "trajectory_std")))
+    return DeployedResult.from_outputs(self._outputs)
 
 
 class DeployedMachine:
@@ -170,8 +174,7 @@ class DeployedMachine:
       raise ValueError(f"simulator {self.metadata['simulator']!r} is not TF-native, so the export "
                        "has no infer(); drive it with run(observations, simulate) or start()")
     outputs = self.module.infer(self._observations(observations), tf.constant([seed, 0]))
-    return DeployedResult(*(outputs[key].numpy() for key in
-                            ("mean", "std", "trajectory_mean", "trajectory_std")))
+    return DeployedResult.from_outputs(outputs)
 
   def start(self, observations, seed: int = 0) -> AskTellSession:
     """Begins an ask/tell run on `observations [B, n, d_x]`."""

@@ -11,12 +11,12 @@ See alfi_tf/external.py for the --simulator_command protocol.
 """
 
 import json
-import statistics
 
 from absl import app, flags
 import numpy as np
 
 from alfi_tf.deploy import DeployedMachine
+from alfi_tf.evaluation.metrics import central_interval_z
 from alfi_tf.external import CommandSimulator
 from alfi_tf.observation_files import load_observations
 from alfi_tf.simulators import available_simulators, get_simulator
@@ -57,7 +57,7 @@ def _summary(machine: DeployedMachine, result) -> list:
       mean, std = float(result.mean[index, p]), float(result.std[index, p])
       entry = {"estimate": mean, "std": std}
       for level in _LEVELS:
-        z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+        z = central_interval_z(level)
         entry[f"interval_{round(level * 100)}"] = [mean - z * std, mean + z * std]
       parameters[name] = entry
     datasets.append({

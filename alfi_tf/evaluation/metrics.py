@@ -18,6 +18,11 @@ def rmse_per_step(means: np.ndarray, theta: np.ndarray) -> np.ndarray:
   return rmse(means, np.asarray(theta)[:, np.newaxis])
 
 
+def central_interval_z(level: float) -> float:
+  """Half-width, in standard deviations, of the central `level` interval of a Gaussian."""
+  return statistics.NormalDist().inv_cdf(0.5 + level / 2)
+
+
 def interval_coverage(mean: np.ndarray, std: np.ndarray, theta: np.ndarray,
                       levels: Sequence[float] = (0.68, 0.95)) -> Dict[str, np.ndarray]:
   """Fraction of problems whose `theta` lies in the central interval of `N(mean, std^2)`.
@@ -31,7 +36,7 @@ def interval_coverage(mean: np.ndarray, std: np.ndarray, theta: np.ndarray,
     `{"0.68": [..., d], ...}` empirical coverage (averaged over the K problems).
   """
   z = np.abs(np.asarray(theta) - mean) / np.maximum(std, 1e-12)
-  return {f"{level:.2f}": np.mean(z <= statistics.NormalDist().inv_cdf(0.5 + level / 2), axis=0)
+  return {f"{level:.2f}": np.mean(z <= central_interval_z(level), axis=0)
           for level in levels}
 
 
