@@ -14,6 +14,7 @@ from alfi_tf.normalization import OBSERVATION_TRANSFORMS
 BOUND_TYPES = ("tanh", "clip")
 LOSSES = ("nll", "mse", "l1")
 TIME_WEIGHTS = ("exp", "constant", "last", "observed_improvement")
+DATA_SOURCES = ("memory", "disk", "online")
 
 
 def require_positive(owner: Any, *names: str) -> None:
@@ -93,9 +94,14 @@ class TrainConfig:
     checkpoint_every_minutes: also checkpoint when this many minutes passed since the last one
       (0 disables the time-based cadence).
     seed: the run's seed; data, initial weights and every simulation derive from it.
-    online: draw a fresh batch of problems from the prior at every step instead of cycling over the
-      fixed meta-training set (which then only provides the standardisation statistics and the
-      length of an epoch). Removes any overfitting to the K training problems.
+    data_source: where the training batches come from (`alfi_tf.pipeline`):
+      `memory`: the fixed meta-training set of K problems, held in memory;
+      `disk`: the same set written to disk once and streamed back, for sets larger than memory
+        (shuffled per epoch through a buffer of `shuffle_buffer` problems);
+      `online`: a fresh batch of problems from the prior at every step (the fixed set then only
+        provides the standardisation statistics and the length of an epoch), which removes any
+        overfitting to the K training problems.
+    shuffle_buffer: problems in the `disk` source's shuffle buffer.
   """
 
   num_problems: int = 10000
@@ -113,11 +119,16 @@ class TrainConfig:
   checkpoint_every: int = 500
   checkpoint_every_minutes: float = 0.0
   seed: int = 0
-  online: bool = False
+  data_source: str = "memory"
+  shuffle_buffer: int = 10000
 
   def __post_init__(self):
     require_positive(self, "num_problems", "num_obs", "epochs", "batch_size", "learning_rate",
-                      "num_validation_problems", "validate_every", "checkpoint_every")
+                      "num_validation_problems", "validate_every", "checkpoint_every",
+                      "shuffle_buffer")
+    if self.num_problems < self.batch_size:
+      raise ValueError(f"num_problems ({self.num_problems}) must be at least batch_size "
+                       f"({self.batch_size})")
     if not 0.0 < self.final_learning_rate_fraction <= 1.0:
       raise ValueError("final_learning_rate_fraction must be in (0, 1], got "
                        f"{self.final_learning_rate_fraction}")
@@ -127,6 +138,7 @@ class TrainConfig:
       raise ValueError(f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
     require_choice(self, "loss", LOSSES)
     require_choice(self, "time_weights", TIME_WEIGHTS)
+    require_choice(self, "data_source", DATA_SOURCES)
 
   @property
   def steps_per_epoch(self) -> int:

@@ -1,8 +1,21 @@
-"""Seeded meta-datasets of synthetic problems `(theta*, X ~ p(x | theta*)^n)`."""
+"""Seeded meta-datasets of synthetic problems `(theta*, X ~ p(x | theta*)^n)`.
+
+A meta-dataset is generated as a `tf.data` pipeline of chunks, each simulated from its own stateless
+seed, so the chunks are produced in parallel (TensorFlow's thread pool; for numpy simulators, an
+optional pool of worker processes) and the result does not depend on the parallelism. The same
+pipeline either fills memory (`generate_problems`) or is written to disk and streamed back
+(`ProblemStore`), for meta-datasets larger than memory; both hold exactly the same problems.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import concurrent.futures
+import glob
+import json
+import os
+import shutil
+import socket
+from typing import Any, Dict, Iterator, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -11,6 +24,9 @@ from alfi_tf.simulators import Simulator
 
 # Seed streams of one run: the same run seed gives independent training, validation and test sets.
 TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 0, 1, 2
+
+#: Problems simulated per call; part of the recipe (each chunk has its own seed).
+DEFAULT_CHUNK_SIZE = 1024
 
 
 class Problems(NamedTuple):
@@ -30,11 +46,17 @@ def stream_seed(seed: int, stream: int) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int32), stream)
 
 
-def generate_problems(simulator: Simulator, num_problems: int, num_obs: int, seed: int,
-                      stream: int, chunk_size: int = 1024) -> Problems:
-  """Draws `num_problems` problems, `chunk_size` at a time to bound memory.
+def _check_sizes(num_problems: int, num_obs: int, chunk_size: int) -> None:
+  for name, value in (("num_problems", num_problems), ("num_obs", num_obs),
+                      ("chunk_size", chunk_size)):
+    if value <= 0:
+      raise ValueError(f"{name} must be positive, got {value}")
 
-  Each chunk has its own seed, so the chunk size is part of the recipe: changing it changes the draws.
+
+def problem_chunks(simulator: Simulator, num_problems: int, num_obs: int, seed: int, stream: int,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   executor: Optional[concurrent.futures.Executor] = None) -> tf.data.Dataset:
+  """A dataset of the meta-dataset's chunks, simulated in parallel, in a deterministic order.
 
   Args:
     simulator: the simulator.
@@ -42,16 +64,157 @@ def generate_problems(simulator: Simulator, num_problems: int, num_obs: int, see
     num_obs: `n`, observations per problem.
     seed: the run's seed.
     stream: which stream of that seed (`TRAIN_STREAM`, `VALIDATION_STREAM`, `TEST_STREAM`).
-    chunk_size: problems simulated per call.
+    chunk_size: problems per chunk (the last chunk holds the remainder).
+    executor: optional process pool for numpy simulators (see `NumpySimulator`).
+
+  Returns:
+    Elements `(theta [c, d], observations [c, n, d_x])`, chunk after chunk.
   """
-  if num_problems <= 0 or num_obs <= 0:
-    raise ValueError(f"num_problems and num_obs must be positive, got {num_problems}, {num_obs}")
+  _check_sizes(num_problems, num_obs, chunk_size)
   base = stream_seed(seed, stream)
+  num_chunks = -(-num_problems // chunk_size)
+
+  def chunk(index: tf.Tensor):
+    index = tf.cast(index, tf.int32)
+    count = tf.minimum(chunk_size, num_problems - index * chunk_size)
+    return simulator.sample_problems(count, num_obs,
+                                     tf.random.experimental.stateless_fold_in(base, index),
+                                     executor=executor)
+
+  return tf.data.Dataset.range(num_chunks).map(chunk, num_parallel_calls=tf.data.AUTOTUNE,
+                                               deterministic=True)
+
+
+def generate_problems(simulator: Simulator, num_problems: int, num_obs: int, seed: int,
+                      stream: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                      executor: Optional[concurrent.futures.Executor] = None) -> Problems:
+  """Draws `num_problems` problems into memory (see `problem_chunks` for the arguments)."""
   thetas, observations = [], []
-  for index, start in enumerate(range(0, num_problems, chunk_size)):
-    count = min(chunk_size, num_problems - start)
-    theta, obs = simulator.sample_problems(
-        count, num_obs, tf.random.experimental.stateless_fold_in(base, index))
+  for theta, obs in problem_chunks(simulator, num_problems, num_obs, seed, stream, chunk_size,
+                                   executor):
     thetas.append(theta.numpy())
     observations.append(obs.numpy())
   return Problems(np.concatenate(thetas), np.concatenate(observations))
+
+
+def worker_pool(simulator: Simulator,
+                num_workers: int) -> Optional[concurrent.futures.ProcessPoolExecutor]:
+  """A pool of `num_workers` processes for a numpy simulator's data generation, else None.
+
+  Workers are spawned (not forked: forking a process that runs TensorFlow's threads is unsafe), so
+  the simulator's class must be importable by module path. TF-native simulators get None: they
+  already run in TensorFlow's thread pools, without the GIL.
+  """
+  from alfi_tf.simulators import NumpySimulator   # pylint: disable=g-import-not-at-top
+  if num_workers < 0:
+    raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+  if num_workers <= 1 or not isinstance(simulator, NumpySimulator):
+    return None
+  import multiprocessing   # pylint: disable=g-import-not-at-top
+  return concurrent.futures.ProcessPoolExecutor(num_workers,
+                                                mp_context=multiprocessing.get_context("spawn"))
+
+
+class ProblemStore:
+  """A meta-dataset on disk (`tf.data.Dataset.save`), streamed back with `tf.data.Dataset.load`.
+
+  Generation streams chunk by chunk from the simulator to disk, so a meta-dataset never has to fit
+  in memory. It is written into a temporary sibling directory that is renamed into place when
+  complete: a killed generation leaves no partial store behind (the next run starts it over). A
+  manifest records the generation recipe; opening a store made with another recipe is refused.
+
+  Args:
+    path: the store's directory.
+  """
+
+  MANIFEST = "alfi_problems.json"
+
+  def __init__(self, path: str):
+    self.path = path
+
+  @staticmethod
+  def recipe(simulator: Simulator, num_problems: int, num_obs: int, seed: int, stream: int,
+             chunk_size: int = DEFAULT_CHUNK_SIZE) -> Dict[str, Any]:
+    """What determines a store's content, as recorded in its manifest."""
+    _check_sizes(num_problems, num_obs, chunk_size)
+    return {"simulator": simulator.name, "num_problems": num_problems, "num_obs": num_obs,
+            "seed": seed, "stream": stream, "chunk_size": chunk_size,
+            "parameter_dim": simulator.parameter_dim,
+            "observation_dim": simulator.observation_dim}
+
+  def exists(self) -> bool:
+    return os.path.exists(os.path.join(self.path, self.MANIFEST))
+
+  def read_recipe(self) -> Dict[str, Any]:
+    with open(os.path.join(self.path, self.MANIFEST)) as stream:
+      return json.load(stream)
+
+  def check(self, recipe: Dict[str, Any]) -> None:
+    """Raises a ValueError naming every setting in which the stored recipe differs from `recipe`."""
+    stored = self.read_recipe()
+    differences = [f"{key}: store has {stored.get(key)!r}, requested {value!r}"
+                   for key, value in recipe.items() if stored.get(key) != value]
+    if differences:
+      raise ValueError(f"problem store {self.path} was generated with other settings; use another "
+                       "--data_dir or delete it. Differences:\n  " + "\n  ".join(differences))
+
+  def create(self, simulator: Simulator, num_problems: int, num_obs: int, seed: int, stream: int,
+             chunk_size: int = DEFAULT_CHUNK_SIZE,
+             executor: Optional[concurrent.futures.Executor] = None) -> "ProblemStore":
+    """Generates the store if it does not exist yet, else checks that it has the same recipe.
+
+    Several processes (workers of a multi-worker run on a shared filesystem) may call this at once:
+    each writes its own temporary directory, the first rename wins and the others discard theirs.
+    """
+    recipe = self.recipe(simulator, num_problems, num_obs, seed, stream, chunk_size)
+    if not self.exists():
+      if os.path.exists(self.path):
+        raise ValueError(f"{self.path} exists but holds no {self.MANIFEST}: refusing to overwrite it")
+      self._remove_stale_partials()
+      partial = f"{self.path}.partial-{socket.gethostname()}-{os.getpid()}"
+      shutil.rmtree(partial, ignore_errors=True)
+      problem_chunks(simulator, num_problems, num_obs, seed, stream, chunk_size,
+                     executor).save(partial)
+      with open(os.path.join(partial, self.MANIFEST), "w") as stream_file:
+        json.dump(recipe, stream_file, indent=2, sort_keys=True)
+      try:
+        os.rename(partial, self.path)
+      except OSError:
+        if not self.exists():
+          raise
+        shutil.rmtree(partial)   # another process completed the same store first
+    self.check(recipe)
+    return self
+
+  def _remove_stale_partials(self) -> None:
+    """Deletes partial stores left by killed processes of this host."""
+    prefix = f"{self.path}.partial-{socket.gethostname()}-"
+    for partial in glob.glob(glob.escape(prefix) + "*"):
+      pid = partial[len(prefix):]
+      if pid.isdigit() and not _process_is_alive(int(pid)):
+        shutil.rmtree(partial, ignore_errors=True)
+
+  def chunks(self) -> tf.data.Dataset:
+    """The stored chunks `(theta [c, d], observations [c, n, d_x])`, in generation order."""
+    if not self.exists():
+      raise FileNotFoundError(f"no problem store at {self.path}")
+    return tf.data.Dataset.load(self.path)
+
+  def problems(self) -> tf.data.Dataset:
+    """The stored problems one by one, `(theta [d], observations [n, d_x])`, in order."""
+    return self.chunks().unbatch()
+
+  def iterate_chunks(self) -> Iterator[Problems]:
+    """The chunks as numpy `Problems` (e.g. to accumulate statistics in one streaming pass)."""
+    for theta, observations in self.chunks():
+      yield Problems(theta.numpy(), observations.numpy())
+
+
+def _process_is_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True

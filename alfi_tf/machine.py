@@ -12,7 +12,7 @@ import tensorflow as tf
 from alfi_tf import proposal
 from alfi_tf.config import MachineConfig
 from alfi_tf.networks import SampleAggregator, SetEncoder, Updater
-from alfi_tf.normalization import Standardizer, transform_observations
+from alfi_tf.normalization import Moments, Standardizer, transform_observations
 from alfi_tf.simulators import Simulator
 
 
@@ -91,10 +91,21 @@ class InferenceMachine(keras.Model):
       theta: `[K, d]` true parameters of the meta-training problems.
       observations: `[K, n, d_x]` their observations (raw; the input transform is applied here).
     """
-    self.theta_standardizer.adapt_to(theta)
+    self.set_moments(*self.problem_moments(theta, observations))
+
+  def problem_moments(self, theta: np.ndarray,
+                      observations: np.ndarray) -> Tuple[Moments, Moments]:
+    """`(theta moments, transformed-observation moments)` of some problems, to merge over chunks
+    of a meta-training set too large for memory and pass to `set_moments`."""
     transformed = transform_observations(tf.constant(observations, tf.float32),
                                          self.config.observation_transform)
-    self.observation_standardizer.adapt_to(transformed.numpy())
+    return (Moments.of(theta, self.simulator.parameter_dim),
+            Moments.of(transformed.numpy(), self.simulator.observation_dim))
+
+  def set_moments(self, theta_moments: Moments, observation_moments: Moments) -> None:
+    """Sets the standardisation statistics from accumulated `problem_moments`."""
+    self.theta_standardizer.set_moments(theta_moments)
+    self.observation_standardizer.set_moments(observation_moments)
 
   def standardize_observations(self, observations: tf.Tensor) -> tf.Tensor:
     """Raw observations `[..., d_x]` -> the encoder's input scale."""

@@ -6,7 +6,7 @@ inference, export), so a trained machine always sees inputs on the scale it was 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import keras
 import numpy as np
@@ -31,6 +31,35 @@ def transform_observations(observations: tf.Tensor, kind: str) -> tf.Tensor:
   raise ValueError(f"observation_transform must be one of {OBSERVATION_TRANSFORMS}, got {kind!r}")
 
 
+class Moments(NamedTuple):
+  """Per-feature count, mean and sum of squared deviations, in float64, mergeable across chunks.
+
+  Merging uses Chan et al.'s pairwise update, so statistics streamed chunk by chunk over a data set
+  larger than memory agree with the one-pass statistics of the whole set to float64 rounding.
+  """
+
+  count: int
+  mean: np.ndarray
+  sum_squares: np.ndarray
+
+  @classmethod
+  def of(cls, data: np.ndarray, size: int) -> "Moments":
+    """Moments of `data [..., size]` over every axis but the last."""
+    flat = np.asarray(data, np.float64).reshape(-1, size)
+    mean = flat.mean(axis=0) if len(flat) else np.zeros(size)
+    return cls(len(flat), mean, ((flat - mean) ** 2).sum(axis=0))
+
+  def merge(self, other: "Moments") -> "Moments":
+    count = self.count + other.count
+    if count == 0:
+      return self
+    delta = other.mean - self.mean
+    mean = self.mean + delta * (other.count / count)
+    sum_squares = (self.sum_squares + other.sum_squares
+                   + delta ** 2 * (self.count * other.count / count))
+    return Moments(count, mean, sum_squares)
+
+
 class Standardizer(keras.layers.Layer):
   """`z = (x - mean) / std` per feature, with the statistics as non-trainable weights.
 
@@ -45,11 +74,16 @@ class Standardizer(keras.layers.Layer):
 
   def adapt_to(self, data: np.ndarray) -> None:
     """Sets the statistics from `data [..., size]` (constant features get std 1)."""
-    flat = np.asarray(data, np.float64).reshape(-1, self.size)
-    if not np.all(np.isfinite(flat)):
+    self.set_moments(Moments.of(data, self.size))
+
+  def set_moments(self, moments: "Moments") -> None:
+    """Sets the statistics from accumulated `Moments` (for data streamed in chunks)."""
+    if moments.count == 0:
+      raise ValueError(f"{self.name}: cannot compute statistics from no data")
+    if not (np.all(np.isfinite(moments.mean)) and np.all(np.isfinite(moments.sum_squares))):
       raise ValueError(f"{self.name}: cannot compute statistics from non-finite data")
-    std = flat.std(axis=0)
-    self.mean.assign(flat.mean(axis=0).astype(np.float32))
+    std = np.sqrt(moments.sum_squares / moments.count)
+    self.mean.assign(moments.mean.astype(np.float32))
     self.std.assign(np.where(std > 1e-8, std, 1.0).astype(np.float32))
 
   def forward(self, x: tf.Tensor) -> tf.Tensor:

@@ -40,8 +40,9 @@ class Workdir:
   """Layout of a run directory.
 
   `config.json` (machine + training configuration), `checkpoints/` (`tf.train.CheckpointManager`),
-  `tb/` (TensorBoard),
-  `training_summary.json`, and the evaluation outputs (`metrics.json`, `*.png`).
+  `tb/` (TensorBoard), `data/` (meta-training sets streamed from disk), `workers/` (scratch space of
+  non-chief workers in multi-worker runs), `training_summary.json`, and the evaluation outputs
+  (`metrics.json`, `*.png`).
   """
 
   def __init__(self, path: str):
@@ -58,6 +59,15 @@ class Workdir:
     """TensorBoard event files: `tensorboard --logdir DIR/tb`."""
     return os.path.join(self.path, "tb")
 
+  @property
+  def data(self) -> str:
+    """Default location of `ProblemStore`s (`--data_source=disk`)."""
+    return os.path.join(self.path, "data")
+
+  def worker_scratch(self, worker: str) -> str:
+    """Where a non-chief worker writes what only the chief keeps (its checkpoint copies)."""
+    return os.path.join(self.path, "workers", worker)
+
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)
 
@@ -68,28 +78,38 @@ class Workdir:
       ValueError: the workdir belongs to a run with a different configuration (names each setting
         that differs), so resuming into it would mix two experiments.
     """
-    wanted = {"machine": to_dict(machine_config), "train": to_dict(train_config)}
-    config_path = self.file(CONFIG_FILE)
-    if os.path.exists(config_path):
-      with open(config_path) as stream:
-        existing = json.load(stream)
-      # A setting the recorded run predates had its default value in that run.
-      defaults = {"machine": to_dict(MachineConfig(simulator=machine_config.simulator)),
-                  "train": to_dict(TrainConfig())}
-      differences = []
-      for section, values in wanted.items():
-        recorded = {**defaults[section], **existing.get(section, {})}
-        differences.extend(f"{section}.{key}: workdir has {recorded.get(key)!r}, requested {value!r}"
-                           for key, value in values.items() if recorded.get(key) != value)
-      if differences:
-        raise ValueError(f"workdir {self.path} holds a run with a different configuration; use a "
-                         "new --workdir or the same settings. Differences:\n  "
-                         + "\n  ".join(differences))
+    if self.check(machine_config, train_config):
       return
     if os.path.isdir(self.path) and os.listdir(self.path):
       raise ValueError(f"workdir {self.path} exists, is not empty and has no {CONFIG_FILE}: "
                        "refusing to write a run into it")
-    write_json_atomically(config_path, wanted)
+    write_json_atomically(self.file(CONFIG_FILE), {"machine": to_dict(machine_config),
+                                                   "train": to_dict(train_config)})
+
+  def check(self, machine_config: MachineConfig, train_config: TrainConfig) -> bool:
+    """Whether the workdir records a run; raises if that run has a different configuration.
+
+    Read-only, for processes that join a run another one records (multi-worker training).
+    """
+    config_path = self.file(CONFIG_FILE)
+    if not os.path.exists(config_path):
+      return False
+    with open(config_path) as stream:
+      existing = json.load(stream)
+    # A setting the recorded run predates had its default value in that run.
+    defaults = {"machine": to_dict(MachineConfig(simulator=machine_config.simulator)),
+                "train": to_dict(TrainConfig())}
+    wanted = {"machine": to_dict(machine_config), "train": to_dict(train_config)}
+    differences = []
+    for section, values in wanted.items():
+      recorded = {**defaults[section], **existing.get(section, {})}
+      differences.extend(f"{section}.{key}: workdir has {recorded.get(key)!r}, requested {value!r}"
+                         for key, value in values.items() if recorded.get(key) != value)
+    if differences:
+      raise ValueError(f"workdir {self.path} holds a run with a different configuration; use a "
+                       "new --workdir or the same settings. Differences:\n  "
+                       + "\n  ".join(differences))
+    return True
 
   def read_config(self) -> Tuple[MachineConfig, TrainConfig]:
     config_path = self.file(CONFIG_FILE)

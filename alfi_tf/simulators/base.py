@@ -15,6 +15,7 @@ function of `(theta, num_obs, seed)`: runs are reproducible and training can res
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -178,16 +179,33 @@ class Simulator(abc.ABC):
     """Whether `posterior_mean` is implemented."""
     return type(self).posterior_mean is not Simulator.posterior_mean
 
-  def sample_problems(self, num_problems: int, num_obs: int,
-                      seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  def sample_problems(self, num_problems: int, num_obs: int, seed: tf.Tensor,
+                      executor: Optional[concurrent.futures.Executor] = None
+                      ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Draws `theta* ~ prior` and `X ~ p(x | theta*)^num_obs`.
+
+    Args:
+      num_problems: how many problems (a Python int or a scalar int tensor).
+      num_obs: observations per problem.
+      seed: int32 `[2]` stateless seed.
+      executor: optional process pool in which a `NumpySimulator` runs its numpy code (the draws
+        are the same as without it); TF-native simulators ignore it.
 
     Returns:
       `(theta [num_problems, d], observations [num_problems, num_obs, d_x])`.
     """
     prior_seed, sim_seed = tfp.random.split_seed(seed, n=2)
     theta = tf.cast(self.prior.sample(num_problems, seed=prior_seed), tf.float32)
-    return theta, self.simulate(theta, num_obs, sim_seed)
+    return theta, self._simulate_problems(theta, num_obs, sim_seed, executor)
+
+  def _simulate_problems(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
+                         executor: Optional[concurrent.futures.Executor]) -> tf.Tensor:
+    del executor   # TF-native simulators already run in TensorFlow's own thread pools.
+    return self.simulate(theta, num_obs, seed)
+
+
+def _is_tensorflow_object(value) -> bool:
+  return isinstance(value, (tf.Module, tf.Tensor, tf.Variable, tfd.Distribution))
 
 
 class NumpySimulator(Simulator):
@@ -196,6 +214,10 @@ class NumpySimulator(Simulator):
   Implement `simulate_numpy`; `simulate` then works in eager mode and inside `tf.function` (the
   unrolled inference loop). The numpy code receives a `numpy.random.Generator` seeded from the
   stateless TF seed, so it is exactly as reproducible as a TF-native simulator.
+
+  Meta-training data can be generated in worker processes (`sample_problems(..., executor=pool)`,
+  `--data_workers`), which sidesteps the GIL. Workers receive a pickled copy of the simulator without
+  its TensorFlow members (the prior), so `simulate_numpy` must use only plain Python/numpy state.
   """
 
   @abc.abstractmethod
@@ -203,21 +225,47 @@ class NumpySimulator(Simulator):
                      rng: np.random.Generator) -> np.ndarray:
     """Draws observations; `theta` is `[batch, d]` float64, returns `[batch, num_obs, d_x]`."""
 
-  def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor) -> tf.Tensor:
+  def __getstate__(self) -> Dict[str, object]:
+    # TF/TFP objects do not pickle; the workers only ever call `simulate_numpy`.
+    return {key: value for key, value in self.__dict__.items()
+            if not _is_tensorflow_object(value)}
+
+  def simulate_checked(self, theta: np.ndarray, num_obs: int, seed: np.ndarray) -> np.ndarray:
+    """`simulate_numpy` with its generator seeded from the stateless `seed` and its output checked.
+
+    Args:
+      theta: `[batch, d]` parameters.
+      num_obs: observations per parameter vector.
+      seed: int32 `[2]` stateless seed.
+
+    Returns:
+      `[batch, num_obs, d_x]` float32.
+    """
+    rng = np.random.default_rng(np.asarray(seed, np.int64).view(np.uint64))
+    out = np.asarray(self.simulate_numpy(np.asarray(theta, np.float64), num_obs, rng))
+    want = (theta.shape[0], num_obs, self.observation_dim)
+    if out.shape != want:
+      raise ValueError(f"{type(self).__name__}.simulate_numpy returned shape {out.shape}, "
+                       f"expected {want}")
+    return out.astype(np.float32)
+
+  def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
+               executor: Optional[concurrent.futures.Executor] = None) -> tf.Tensor:
+    """`simulate_checked` as a TF op; with `executor`, the numpy code runs in its processes."""
     theta = tf.convert_to_tensor(theta, tf.float32)
     num_obs = int(num_obs)
-    expected_dim = self.observation_dim
 
     def _bridge(theta_np: np.ndarray, seed_np: np.ndarray) -> np.ndarray:
-      rng = np.random.default_rng(np.asarray(seed_np, np.int64).view(np.uint64))
-      out = np.asarray(self.simulate_numpy(theta_np.astype(np.float64), num_obs, rng))
-      want = (theta_np.shape[0], num_obs, expected_dim)
-      if out.shape != want:
-        raise ValueError(f"{type(self).__name__}.simulate_numpy returned shape {out.shape}, "
-                         f"expected {want}")
-      return out.astype(np.float32)
+      if executor is None:
+        return self.simulate_checked(theta_np, num_obs, seed_np)
+      # Waiting on the worker releases the GIL, so tf.data's parallel calls run concurrently.
+      return executor.submit(self.simulate_checked, theta_np, num_obs, seed_np).result()
 
     out = tf.numpy_function(_bridge, [theta, tf.convert_to_tensor(seed, tf.int32)], tf.float32,
                             stateful=False, name=f"{self.name or 'numpy'}_simulator")
-    out.set_shape([theta.shape[0], num_obs, expected_dim])
+    out.set_shape([theta.shape[0], num_obs, self.observation_dim])
     return out
+
+  def _simulate_problems(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
+                         executor: Optional[concurrent.futures.Executor]) -> tf.Tensor:
+    return self.simulate(theta, num_obs, seed, executor=executor)

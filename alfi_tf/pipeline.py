@@ -1,0 +1,122 @@
+"""Meta-training batches as `tf.data` pipelines: one global batch per step, a function of the step.
+
+Every element (the batch's problems and the seed of the machine's simulations) is determined by the
+run's seed and the step number alone, so a run resumed at step `s` sees exactly the batches an
+uninterrupted run sees from step `s` on, whatever the parallelism of the pipeline. Three sources:
+
+* `memory`: the fixed meta-training set in memory, a fresh stateless permutation per epoch.
+* `disk`: the fixed set streamed from a `ProblemStore`, shuffled per epoch through a buffer of
+  `shuffle_buffer` problems (a full permutation when the buffer holds the whole set); for
+  meta-datasets larger than memory.
+* `online`: fresh problems from the prior at every step, simulated ahead of the training step.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from alfi_tf import data as data_lib
+from alfi_tf.config import TrainConfig
+from alfi_tf.simulators import Simulator
+
+
+def step_seeds(seed: int, step: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """`(machine_seed, problem_seed)` of training step `step` (0-based).
+
+  The machine's proposals and simulations use `machine_seed`; online problems use `problem_seed`.
+  """
+  pair = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, 1], tf.int32), tf.cast(step, tf.int32)), 2)
+  return pair[0], pair[1]
+
+
+def _epoch_seed(config: TrainConfig, epoch: tf.Tensor) -> tf.Tensor:
+  return tf.random.experimental.stateless_fold_in(
+      data_lib.stream_seed(config.seed, data_lib.TRAIN_STREAM), tf.cast(epoch, tf.int32))
+
+
+def batch_indices(config: TrainConfig, step: tf.Tensor) -> tf.Tensor:
+  """Problems of the `memory` batch at `step`: a fresh stateless permutation per epoch."""
+  step = tf.cast(step, tf.int32)
+  position = step % config.steps_per_epoch
+  # argsort of uniforms rather than stateless_shuffle, which XLA cannot compile.
+  order = tf.argsort(tf.random.stateless_uniform(
+      [config.num_problems], seed=_epoch_seed(config, step // config.steps_per_epoch)))
+  return order[position * config.batch_size:(position + 1) * config.batch_size]
+
+
+def _with_seeds(batches: tf.data.Dataset, config: TrainConfig,
+                start_step: int) -> tf.data.Dataset:
+  seeds = tf.data.Dataset.range(start_step, config.total_steps).map(
+      lambda step: step_seeds(config.seed, step)[0])
+  return tf.data.Dataset.zip(batches, seeds).map(lambda batch, seed: (*batch, seed))
+
+
+def training_batches(config: TrainConfig, simulator: Simulator, start_step: int = 0,
+                     problems: Optional[data_lib.Problems] = None,
+                     store: Optional[data_lib.ProblemStore] = None,
+                     executor: Optional[concurrent.futures.Executor] = None) -> tf.data.Dataset:
+  """The batches of steps `start_step .. total_steps - 1`.
+
+  Args:
+    config: the run's training settings; `config.data_source` picks the source.
+    simulator: the simulator (online problems).
+    start_step: the first step, e.g. the step a resumed run restored.
+    problems: the in-memory meta-training set (`memory`).
+    store: the on-disk meta-training set (`disk`).
+    executor: optional process pool for a numpy simulator's online problems.
+
+  Returns:
+    Elements `(theta [B, d], observations [B, n, d_x], machine_seed [2])`, prefetched.
+  """
+  if not 0 <= start_step <= config.total_steps:
+    raise ValueError(f"start_step must be in [0, {config.total_steps}], got {start_step}")
+  steps = tf.data.Dataset.range(start_step, config.total_steps)
+  source = config.data_source
+  if source == "memory":
+    if problems is None:
+      raise ValueError("data_source='memory' needs the meta-training problems")
+    theta_all = tf.constant(problems.theta)
+    observations_all = tf.constant(problems.observations)
+
+    def gather(step):
+      indices = batch_indices(config, step)
+      return tf.gather(theta_all, indices), tf.gather(observations_all, indices)
+
+    batches = steps.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  elif source == "online":
+    batches = steps.map(
+        lambda step: simulator.sample_problems(config.batch_size, config.num_obs,
+                                               step_seeds(config.seed, step)[1], executor=executor),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  elif source == "disk":
+    if store is None:
+      raise ValueError("data_source='disk' needs a ProblemStore")
+    batches = _streamed_batches(config, store, start_step)
+  else:
+    raise ValueError(f"unknown data_source {source!r}")
+  return _with_seeds(batches, config, start_step).prefetch(tf.data.AUTOTUNE)
+
+
+def _streamed_batches(config: TrainConfig, store: data_lib.ProblemStore,
+                      start_step: int) -> tf.data.Dataset:
+  """Epochs of buffered-shuffled batches from disk, from the batch of `start_step` on."""
+  first_epoch, position = divmod(start_step, config.steps_per_epoch)
+
+  def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+    seed = _epoch_seed(config, epoch)
+    # A 63-bit op seed from the stateless epoch seed: the order depends on the run seed and the
+    # epoch only.
+    shuffle_seed = tf.cast(seed[0], tf.int64) * (2 ** 31) + tf.cast(seed[1], tf.int64) % (2 ** 31)
+    return (store.problems()
+            .shuffle(min(config.shuffle_buffer, config.num_problems), seed=shuffle_seed,
+                     reshuffle_each_iteration=False)
+            .batch(config.batch_size, drop_remainder=True)
+            .take(config.steps_per_epoch))
+
+  return (tf.data.Dataset.range(first_epoch, config.epochs)
+          .flat_map(epoch_batches)
+          .skip(position))
