@@ -1,0 +1,213 @@
+"""tf.distribute training: TF_CONFIG validation, the mirrored step's arithmetic, mirrored and
+two-worker runs that train as well as one device."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alfi_tf import data as data_lib
+from alfi_tf import distribution
+from alfi_tf.config import TrainConfig
+from alfi_tf.training import Trainer
+from tests.test_training import TINY_MACHINE, TINY_TRAIN
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOOD = {"cluster": {"worker": ["localhost:2222", "localhost:2223"]},
+        "task": {"type": "worker", "index": 1}}
+
+
+def test_a_valid_tf_config_parses():
+  assert distribution.parse_tf_config(json.dumps(GOOD)) == GOOD
+
+
+@pytest.mark.parametrize("raw, message", [
+    (None, "needs the TF_CONFIG environment variable"),
+    ("  ", "needs the TF_CONFIG environment variable"),
+    ("{cluster: 1}", "not JSON"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    (json.dumps({"task": GOOD["task"]}), "'cluster' must be an object"),
+    (json.dumps({**GOOD, "cluster": {"ps": ["a:1"], "worker": ["b:2"]}}), "unsupported job 'ps'"),
+    (json.dumps({**GOOD, "cluster": {"worker": []}}), "cluster.worker must be a non-empty list"),
+    (json.dumps({**GOOD, "cluster": {"worker": ["localhost"]}}),
+     "cluster.worker[0] must be a 'host:port' string"),
+    (json.dumps({**GOOD, "cluster": {"worker": ["localhost:http"]}}),
+     "cluster.worker[0] has no valid port"),
+    (json.dumps({**GOOD, "cluster": {"worker": ["a:1", "a:1"]}}),
+     "addresses used by more than one task: a:1"),
+    (json.dumps({**GOOD, "cluster": {"chief": ["a:1", "b:2"], "worker": ["c:3"]}}),
+     "at most one chief"),
+    (json.dumps({"cluster": GOOD["cluster"]}), "'task' must be an object"),
+    (json.dumps({**GOOD, "task": {"type": "chief", "index": 0}}),
+     "task.type 'chief' is not a job of the cluster"),
+    (json.dumps({**GOOD, "task": {"type": "worker", "index": "1"}}),
+     "task.index must be an integer"),
+    (json.dumps({**GOOD, "task": {"type": "worker", "index": 2}}),
+     "task.index 2 is out of range for the 2 worker address(es)"),
+])
+def test_invalid_tf_config_is_named(raw, message):
+  with pytest.raises(ValueError, match="TF_CONFIG") as info:
+    distribution.parse_tf_config(raw)
+  assert message in str(info.value)
+
+
+def test_multi_worker_strategy_refuses_invalid_tf_config(monkeypatch):
+  monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1"]}}')
+  with pytest.raises(ValueError, match="'task' must be an object"):
+    distribution.make_strategy("multi_worker")
+  with pytest.raises(ValueError, match="strategy must be one of"):
+    distribution.make_strategy("tpu")
+
+
+def _mirrored() -> tf.distribute.Strategy:
+  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def test_batch_must_split_evenly_across_replicas(tmp_path):
+  config = TrainConfig(**{**TINY_TRAIN.__dict__, "batch_size": 15})
+  with pytest.raises(ValueError, match=r"batch_size \(15\) must be a multiple of the number of "
+                                       r"replicas \(2\)"):
+    Trainer(TINY_MACHINE, config, str(tmp_path / "run"), strategy=_mirrored())
+
+
+def test_mirrored_step_sums_the_replicas_gradients_and_clips_once(tmp_path):
+  """One mirrored step equals, on one device: each replica's half of the batch with its own seed,
+  the mean of their losses, the gradient of that mean clipped by its global norm, one Adam update."""
+  config = TrainConfig(**{**TINY_TRAIN.__dict__, "grad_clip_norm": 0.05})   # so clipping acts
+  mirrored = Trainer(TINY_MACHINE, config, str(tmp_path / "mirrored"), strategy=_mirrored())
+  single = Trainer(TINY_MACHINE, config, str(tmp_path / "single"))
+  assert (mirrored.replicas, single.replicas) == (2, 1)
+  problems = data_lib.generate_problems(single.simulator, 16, 50, seed=4, stream=0)
+  single.machine.adapt(problems.theta, problems.observations)
+  for target, source in zip(mirrored.machine.weights, single.machine.weights):
+    target.assign(source)
+  theta, observations = tf.constant(problems.theta), tf.constant(problems.observations)
+  seed = tf.constant([7, 8])
+
+  loss, norm = mirrored.train_step(theta, observations, seed)
+
+  variables = single.machine.trainable_variables
+  with tf.GradientTape() as tape:
+    expected_loss = tf.add_n([
+        single._loss(theta[r * 8:(r + 1) * 8], observations[r * 8:(r + 1) * 8],
+                     tf.random.experimental.stateless_fold_in(seed, r)) for r in range(2)]) / 2
+  gradients = tape.gradient(expected_loss, variables)
+  clipped, expected_norm = tf.clip_by_global_norm(gradients, 0.05)
+  single.optimizer.apply_gradients(zip(clipped, variables))
+  np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-5)
+  np.testing.assert_allclose(float(norm), float(expected_norm), rtol=1e-4)
+  assert float(expected_norm) > 0.05
+  for a, b in zip(mirrored.machine.trainable_variables, variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def _fixed_batch_loss(trainer: Trainer) -> float:
+  problems = data_lib.generate_problems(trainer.simulator, 64, 50, seed=11, stream=0)
+  return float(trainer._loss(tf.constant(problems.theta), tf.constant(problems.observations),
+                             tf.constant([5, 6])))
+
+
+def test_mirrored_training_reaches_the_single_device_loss(tmp_path):
+  single = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "single"), log_every=1000)
+  single.train()
+  mirrored = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "mirrored"), log_every=1000,
+                     strategy=_mirrored())
+  before = _fixed_batch_loss(mirrored)
+  mirrored.train()
+  assert mirrored.step == single.step == TINY_TRAIN.total_steps
+  after, reference = _fixed_batch_loss(mirrored), _fixed_batch_loss(single)
+  assert after < before - 1.0, (before, after)
+  assert abs(after - reference) < 0.25 * abs(reference) + 0.1, (after, reference)
+
+
+def _free_ports(count: int):
+  sockets = [socket.socket() for _ in range(count)]
+  for sock in sockets:
+    sock.bind(("localhost", 0))
+  ports = [sock.getsockname()[1] for sock in sockets]
+  for sock in sockets:
+    sock.close()
+  return ports
+
+
+TINY_FLAGS = [
+    "--simulator=poisson", "--num_problems=64", "--num_obs=50", "--epochs=20", "--batch_size=16",
+    "--num_steps=3", "--num_samples=4", "--num_simulated_obs=8", "--encoder_hidden=16",
+    "--encoder_out=8", "--aggregator_hidden=16", "--aggregator_out=8", "--updater_hidden=16",
+    "--lstm_units=8", "--bound=1.0", "--observation_transform=log1p", "--learning_rate=3e-3",
+    "--num_validation_problems=16", "--validate_every=40", "--checkpoint_every=20", "--seed=3",
+]
+
+
+def _train_command(workdir, *flags):
+  return [sys.executable, "-m", "experiments.train", *TINY_FLAGS, f"--workdir={workdir}", *flags]
+
+
+def _env(**extra):
+  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, **extra}
+
+
+def _validation_rmse(workdir) -> float:
+  with open(os.path.join(workdir, "training_summary.json")) as stream:
+    return json.load(stream)["validation_rmse"]["log_rate"]
+
+
+@pytest.fixture(scope="module")
+def single_device_rmse(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("single") / "run"
+  result = subprocess.run(_train_command(workdir), cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return _validation_rmse(workdir)
+
+
+def test_two_worker_training_on_localhost(tmp_path, single_device_rmse):
+  workdir = tmp_path / "run"
+  cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+  workers = [subprocess.Popen(
+      _train_command(workdir, "--strategy=multi_worker"), cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+      env=_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                     "task": {"type": "worker", "index": index}})))
+      for index in range(2)]
+  try:
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+  finally:   # a worker left alone would wait for its peer forever
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+  for worker, (_, stderr) in zip(workers, outputs):
+    assert worker.returncode == 0, stderr[-3000:]
+  chief_stdout = outputs[0][0]
+  assert "trained 80 steps on 2 replica(s)" in chief_stdout
+  assert outputs[1][0] == "", "only the chief reports"
+  assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-80")
+  assert not os.path.exists(workdir / "workers" / "worker-1"), "the worker's scratch copy is gone"
+  rmse = _validation_rmse(workdir)
+  assert rmse < 1.5 * single_device_rmse + 0.1, (rmse, single_device_rmse)
+
+
+def test_mirrored_binary_over_two_cpu_devices(tmp_path, single_device_rmse):
+  workdir = tmp_path / "run"
+  result = subprocess.run(_train_command(workdir, "--strategy=mirrored", "--cpu_devices=2"),
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "trained 80 steps on 2 replica(s)" in result.stdout
+  rmse = _validation_rmse(workdir)
+  assert rmse < 1.5 * single_device_rmse + 0.1, (rmse, single_device_rmse)
+
+
+def test_binary_names_an_invalid_tf_config(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(_train_command(workdir, "--strategy=multi_worker"), cwd=ROOT,
+                          env=_env(TF_CONFIG='{"cluster": {"worker": ["localhost:99999"]}, '
+                                             '"task": {"type": "worker", "index": 0}}'),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "invalid TF_CONFIG: cluster.worker[0] has no valid port" in result.stderr
+  assert not workdir.exists()
