@@ -47,7 +47,9 @@ class Moments(NamedTuple):
     """Moments of `data [..., size]` over every axis but the last."""
     flat = np.asarray(data, np.float64).reshape(-1, size)
     mean = flat.mean(axis=0) if len(flat) else np.zeros(size)
-    return cls(len(flat), mean, ((flat - mean) ** 2).sum(axis=0))
+    # Non-finite data give non-finite moments, which `Standardizer.set_moments` rejects by name.
+    with np.errstate(invalid="ignore", over="ignore"):
+      return cls(len(flat), mean, ((flat - mean) ** 2).sum(axis=0))
 
   def merge(self, other: "Moments") -> "Moments":
     count = self.count + other.count

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.data import TRAIN_STREAM, generate_problems
+from alfi_tf.pipeline import training_batches
 from alfi_tf.training import Trainer
 from experiments.config_flags import config_from_values, read_flagfile
 
@@ -60,20 +61,22 @@ def measure(name: str, jit: bool) -> dict:
   machine_config = config_from_values(MachineConfig, values)
   train_config = config_from_values(TrainConfig, values, num_problems=max(
       int(values["batch_size"]) * 4, 64), num_validation_problems=16, epochs=10_000,
+      data_source="memory",
       validate_every=10 ** 9, checkpoint_every=10 ** 9)
   with tempfile.TemporaryDirectory() as workdir:
     trainer = Trainer(machine_config, train_config, workdir, jit_compile=jit, log_every=10 ** 9)
     problems = generate_problems(trainer.simulator, train_config.num_problems,
                                  train_config.num_obs, train_config.seed, TRAIN_STREAM)
     trainer.machine.adapt(problems.theta, problems.observations)
-    theta, observations = tf.constant(problems.theta), tf.constant(problems.observations)
+    # The training input pipeline, as `Trainer.train` runs it (prefetched ahead of the step).
+    batches = iter(training_batches(train_config, trainer.simulator, problems=problems))
     for _ in range(FLAGS.warmup):
-      trainer.train_step(theta, observations)
+      trainer.train_step(*next(batches))
     rates = []
     for _ in range(FLAGS.windows):
       start = time.perf_counter()
       for _ in range(FLAGS.steps):
-        loss, _ = trainer.train_step(theta, observations)
+        loss, _ = trainer.train_step(*next(batches))
       float(loss)   # wait for the last step
       rates.append(FLAGS.steps / (time.perf_counter() - start))
   rate = statistics.median(rates)

@@ -1,0 +1,160 @@
+"""The meta-dataset pipeline: parallel, on-disk and in-memory sets agree; batches are a pure
+function of the step; stores are written atomically and checked against their recipe."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alfi_tf import data as data_lib
+from alfi_tf import pipeline
+from alfi_tf.config import TrainConfig
+from alfi_tf.normalization import Moments
+from alfi_tf.simulators import get_simulator
+
+CONFIG = TrainConfig(num_problems=40, num_obs=30, epochs=3, batch_size=8, seed=5,
+                     shuffle_buffer=16)
+
+
+def _assert_same_problems(a: data_lib.Problems, b: data_lib.Problems):
+  np.testing.assert_array_equal(a.theta, b.theta)
+  np.testing.assert_array_equal(a.observations, b.observations)
+
+
+@pytest.mark.parametrize("name", ["poisson", "weinberg", "lotka_volterra"])
+def test_store_streams_back_the_in_memory_problems(tmp_path, name):
+  simulator = get_simulator(name)
+  in_memory = data_lib.generate_problems(simulator, 50, 20, seed=2, stream=0, chunk_size=16)
+  store = data_lib.ProblemStore(str(tmp_path / "train")).create(simulator, 50, 20, seed=2,
+                                                                stream=0, chunk_size=16)
+  streamed = [(theta.numpy(), obs.numpy()) for theta, obs in store.problems()]
+  _assert_same_problems(in_memory, data_lib.Problems(np.stack([t for t, _ in streamed]),
+                                                     np.stack([o for _, o in streamed])))
+  # Reopening checks the recipe and reuses the files.
+  again = data_lib.ProblemStore(store.path).create(simulator, 50, 20, seed=2, stream=0,
+                                                   chunk_size=16)
+  assert len(list(again.iterate_chunks())) == 4
+
+
+def test_chunking_and_seeds_define_the_set():
+  simulator = get_simulator("poisson")
+  whole = data_lib.generate_problems(simulator, 30, 10, seed=1, stream=0, chunk_size=8)
+  prefix = data_lib.generate_problems(simulator, 20, 10, seed=1, stream=0, chunk_size=8)
+  # The first chunks do not depend on how many follow; another stream is another set.
+  np.testing.assert_array_equal(whole.theta[:16], prefix.theta[:16])
+  other = data_lib.generate_problems(simulator, 30, 10, seed=1, stream=1, chunk_size=8)
+  assert not np.array_equal(whole.theta, other.theta)
+  assert whole.theta.shape == (30, 1) and whole.observations.shape == (30, 10, 1)
+
+
+def test_numpy_simulator_in_worker_processes_gives_the_same_problems():
+  simulator = get_simulator("lotka_volterra")
+  pool = data_lib.worker_pool(simulator, 2)
+  assert pool is not None
+  with pool:
+    parallel = data_lib.generate_problems(simulator, 24, 5, seed=3, stream=0, chunk_size=6,
+                                          executor=pool)
+  _assert_same_problems(parallel, data_lib.generate_problems(simulator, 24, 5, seed=3, stream=0,
+                                                             chunk_size=6))
+
+
+def test_worker_pool_only_for_numpy_simulators():
+  assert data_lib.worker_pool(get_simulator("weinberg"), 4) is None
+  assert data_lib.worker_pool(get_simulator("lotka_volterra"), 1) is None
+  with pytest.raises(ValueError, match="num_workers must be >= 0"):
+    data_lib.worker_pool(get_simulator("lotka_volterra"), -1)
+
+
+def test_store_with_another_recipe_is_refused(tmp_path):
+  simulator = get_simulator("poisson")
+  path = str(tmp_path / "train")
+  data_lib.ProblemStore(path).create(simulator, 20, 10, seed=2, stream=0)
+  with pytest.raises(ValueError, match=r"num_obs: store has 10, requested 12") as info:
+    data_lib.ProblemStore(path).create(simulator, 20, 12, seed=3, stream=0)
+  assert "seed: store has 2, requested 3" in str(info.value)
+
+
+def test_store_never_overwrites_a_foreign_directory(tmp_path):
+  (tmp_path / "train").mkdir()
+  (tmp_path / "train" / "notes.txt").write_text("mine")
+  with pytest.raises(ValueError, match="holds no alfi_problems.json"):
+    data_lib.ProblemStore(str(tmp_path / "train")).create(get_simulator("poisson"), 20, 10, 2, 0)
+  with pytest.raises(FileNotFoundError, match="no problem store"):
+    data_lib.ProblemStore(str(tmp_path / "missing")).chunks()
+
+
+def test_partial_store_of_a_killed_generation_is_discarded(tmp_path):
+  path = str(tmp_path / "train")
+  dead = f"{path}.partial-{os.uname().nodename}-999999999"   # no such process
+  os.makedirs(dead)
+  store = data_lib.ProblemStore(path).create(get_simulator("poisson"), 20, 10, 2, 0)
+  assert store.exists() and not os.path.exists(dead)
+  assert sorted(os.listdir(tmp_path)) == ["train"]
+
+
+def test_streamed_moments_equal_the_whole_set_moments():
+  data = np.random.default_rng(0).normal(3.0, 2.0, size=(1000, 3))
+  merged = Moments.of(data[:1], 3)
+  for start in range(1, 1000, 97):
+    merged = merged.merge(Moments.of(data[start:start + 97], 3))
+  whole = Moments.of(data, 3)
+  assert merged.count == whole.count == 1000
+  np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12)
+  np.testing.assert_allclose(merged.sum_squares, whole.sum_squares, rtol=1e-10)
+
+
+def _batches(config, start, **sources):
+  dataset = pipeline.training_batches(config, get_simulator("poisson"), start, **sources)
+  return [tuple(t.numpy() for t in element) for element in dataset]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+  simulator = get_simulator("poisson")
+  path = str(tmp_path_factory.mktemp("store") / "train")
+  args = (simulator, CONFIG.num_problems, CONFIG.num_obs, CONFIG.seed, data_lib.TRAIN_STREAM)
+  return {"memory": {"problems": data_lib.generate_problems(*args)},
+          "disk": {"store": data_lib.ProblemStore(path).create(*args)},
+          "online": {}}
+
+
+@pytest.mark.parametrize("source", ["memory", "disk", "online"])
+def test_batches_are_a_pure_function_of_the_step(sources, source):
+  config = TrainConfig(**{**CONFIG.__dict__, "data_source": source})
+  everything = _batches(config, 0, **sources[source])
+  assert len(everything) == config.total_steps == 15
+  theta, observations, seed = everything[0]
+  assert theta.shape == (8, 1) and observations.shape == (8, 30, 1) and seed.shape == (2,)
+  for start in (7, 11):   # resuming mid-epoch gives the uninterrupted run's batches
+    resumed = _batches(config, start, **sources[source])
+    for expected, actual in zip(everything[start:], resumed):
+      for a, b in zip(expected, actual):
+        np.testing.assert_array_equal(a, b)
+  if source != "online":   # each epoch visits 5 * 8 = 40 distinct problems: all of them
+    for epoch in range(3):
+      thetas = np.concatenate([batch[0] for batch in everything[epoch * 5:(epoch + 1) * 5]])
+      np.testing.assert_array_equal(np.sort(thetas[:, 0]),
+                                    np.sort(sources["memory"]["problems"].theta[:, 0]))
+    first, second = (np.concatenate([b[0] for b in everything[e * 5:(e + 1) * 5]])
+                     for e in range(2))
+    assert not np.array_equal(first, second), "epochs are reshuffled"
+
+
+def test_machine_seeds_match_the_step_seeds():
+  config = TrainConfig(**{**CONFIG.__dict__, "data_source": "online"})
+  batches = _batches(config, 3)
+  np.testing.assert_array_equal(batches[0][2], pipeline.step_seeds(config.seed, 3)[0].numpy())
+  theta, observations = get_simulator("poisson").sample_problems(
+      8, 30, pipeline.step_seeds(config.seed, 3)[1])
+  np.testing.assert_array_equal(batches[0][0], theta.numpy())
+
+
+def test_pipeline_requires_its_source():
+  with pytest.raises(ValueError, match="needs the meta-training problems"):
+    pipeline.training_batches(CONFIG, get_simulator("poisson"))
+  with pytest.raises(ValueError, match="needs a ProblemStore"):
+    pipeline.training_batches(TrainConfig(**{**CONFIG.__dict__, "data_source": "disk"}),
+                              get_simulator("poisson"))
+  with pytest.raises(ValueError, match=r"start_step must be in \[0, 15\]"):
+    pipeline.training_batches(CONFIG, get_simulator("poisson"), 16)
