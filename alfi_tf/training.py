@@ -230,7 +230,7 @@ class Trainer:
     due = 0 < minutes <= minutes_since_save
     if minutes > 0 and distribution.task(self.strategy) is not None:
       votes = self.strategy.run(lambda: tf.constant(int(due)))
-      return bool(self.strategy.reduce(tf.distribute.ReduceOp.MAX, votes, axis=None))
+      return bool(self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None) > 0)
     return due
 
   def train(self, stop_at_step: Optional[int] = None) -> TrainingResult:

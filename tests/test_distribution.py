@@ -169,8 +169,10 @@ def single_device_rmse(tmp_path_factory):
 def test_two_worker_training_on_localhost(tmp_path, single_device_rmse):
   workdir = tmp_path / "run"
   cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+  # A time-based cadence that is always due: the workers agree to save at every step.
   workers = [subprocess.Popen(
-      _train_command(workdir, "--strategy=multi_worker"), cwd=ROOT, stdout=subprocess.PIPE,
+      _train_command(workdir, "--strategy=multi_worker", "--checkpoint_every_minutes=1e-6"),
+      cwd=ROOT, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True,
       env=_env(TF_CONFIG=json.dumps({"cluster": cluster,
                                      "task": {"type": "worker", "index": index}})))
