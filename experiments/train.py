@@ -48,6 +48,10 @@ def main(argv):
   for name in ("cpu_devices", "data_workers"):
     if FLAGS[name].value < 0:
       raise app.UsageError(f"--{name} must be >= 0, got {FLAGS[name].value}")
+  if FLAGS.data_dir and FLAGS.data_source != "disk":
+    raise app.UsageError(f"--data_dir applies to --data_source=disk, not {FLAGS.data_source}")
+  if FLAGS.cpu_devices and FLAGS.strategy != "mirrored":
+    raise app.UsageError(f"--cpu_devices applies to --strategy=mirrored, not {FLAGS.strategy}")
   try:
     machine_config = config_from_flags(MachineConfig)
     train_config = config_from_flags(TrainConfig)

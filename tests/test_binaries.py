@@ -90,6 +90,13 @@ def test_report_renders_results_table(trained_workdir, tmp_path):
     (["--num_samples=1"], "num_samples must be at least 2"),
     (["--loss=hinge"], "loss must be one of"),
     (["--bound=0"], "bound must be positive"),
+    (["--data_source=tape"], "data_source must be one of ('memory', 'disk', 'online')"),
+    (["--shuffle_buffer=0"], "shuffle_buffer must be positive, got 0"),
+    (["--num_problems=8"], "num_problems (8) must be at least batch_size (16)"),
+    (["--data_source=memory", "--data_dir=/tmp/x"], "--data_dir applies to --data_source=disk"),
+    (["--cpu_devices=2"], "--cpu_devices applies to --strategy=mirrored"),
+    (["--strategy=tpu"], "value should be one of <default|mirrored|multi_worker>"),
+    (["--data_workers=-1"], "--data_workers must be >= 0, got -1"),
 ])
 def test_train_rejects_bad_flags(tmp_path, flags, message):
   workdir = tmp_path / "run"

@@ -14,7 +14,8 @@ import tensorflow as tf
 from alfi_tf import data as data_lib
 from alfi_tf import distribution
 from alfi_tf.config import TrainConfig
-from alfi_tf.training import Trainer
+from alfi_tf.inference import Inferrer
+from alfi_tf.training import Trainer, load_machine
 from tests.test_training import TINY_MACHINE, TINY_TRAIN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,6 +203,11 @@ def test_mirrored_binary_over_two_cpu_devices(tmp_path, single_device_rmse):
   assert "trained 80 steps on 2 replica(s)" in result.stdout
   rmse = _validation_rmse(workdir)
   assert rmse < 1.5 * single_device_rmse + 0.1, (rmse, single_device_rmse)
+  # The mirrored run's checkpoint serves single-device inference.
+  machine = load_machine(str(workdir))
+  problems = data_lib.generate_problems(machine.simulator, 16, 50, seed=3, stream=1)
+  result = Inferrer(machine)(problems.observations, seed=0)
+  assert np.sqrt(np.mean((result.mean[:, -1] - problems.theta) ** 2)) < 1.5 * rmse + 0.1
 
 
 def test_binary_names_an_invalid_tf_config(tmp_path):
