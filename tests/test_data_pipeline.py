@@ -158,3 +158,24 @@ def test_pipeline_requires_its_source():
                               get_simulator("poisson"))
   with pytest.raises(ValueError, match=r"start_step must be in \[0, 15\]"):
     pipeline.training_batches(CONFIG, get_simulator("poisson"), 16)
+
+
+def test_concurrent_generation_keeps_the_first_complete_store(tmp_path, monkeypatch):
+  """Workers of a multi-worker run may generate the same store at once on a shared filesystem."""
+  simulator = get_simulator("poisson")
+  path = str(tmp_path / "train")
+  rename, getpid = os.rename, os.getpid
+
+  def lose_the_race(source, target):
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "getpid", lambda: 1)       # another process (pid 1 is alive)...
+    data_lib.ProblemStore(target).create(simulator, 20, 10, 2, 0)   # ...completes it first
+    monkeypatch.setattr(os, "getpid", getpid)
+    rename(source, target)
+
+  monkeypatch.setattr(os, "rename", lose_the_race)
+  store = data_lib.ProblemStore(path).create(simulator, 20, 10, 2, 0)
+  assert sorted(os.listdir(tmp_path)) == ["train"], "the losing partial store is removed"
+  expected = data_lib.generate_problems(simulator, 20, 10, 2, 0)
+  np.testing.assert_array_equal(np.concatenate([c.theta for c in store.iterate_chunks()]),
+                                expected.theta)
