@@ -93,7 +93,9 @@ class Trainer:
         data_lib.stream_seed(cfg.seed, data_lib.TRAIN_STREAM), epoch)
     # argsort of uniforms rather than stateless_shuffle, which XLA cannot compile.
     order = tf.argsort(tf.random.stateless_uniform([cfg.num_problems], seed=epoch_seed))
-    return order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+    # A gather, not a slice: XLA makes a slice's start a compile-time constant, which recompiled the
+    # whole step at every step.
+    return tf.gather(order, position * cfg.batch_size + tf.range(cfg.batch_size))
 
   def _step(self, theta_all: tf.Tensor,
             observations_all: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
