@@ -21,6 +21,7 @@ from alfi_tf.simulators import (LinearRegressionSimulator, NumpySimulator, Simul
                                 register_simulator)
 from alfi_tf.simulators.lotka_volterra import solve_log_populations
 from alfi_tf.simulators.multi_distribution import MIXING_MATRIX
+from alfi_tf.simulators.poisson import sample_poisson
 from alfi_tf.simulators.weinberg import WeinbergSimulator, normaliser
 
 ALL_NAMES = ("gaussian", "linear_regression", "lotka_volterra", "multi_distribution", "poisson",
@@ -247,6 +248,49 @@ def test_poisson_moments():
   _assert_within_standard_errors(counts.mean(axis=1), rate, np.sqrt(rate / counts.shape[1]))
   # Poisson central moments: variance rate, fourth rate (1 + 3 rate).
   _assert_variance_matches(counts, rate, rate * (1.0 + 3.0 * rate))
+
+
+def _assert_poisson_goodness_of_fit(counts: np.ndarray, rate: float) -> None:
+  """Pearson chi-square test of `counts` against Poisson(rate) and a check of the first two moments.
+
+  The cells are split at the distribution's 2%-quantiles, so each expects enough draws for the test.
+  """
+  counts = counts.ravel()
+  cuts = np.unique(stats.poisson.ppf(np.linspace(0.0, 1.0, 51)[1:-1], rate))   # upper cell edges
+  observed = np.bincount(np.searchsorted(cuts, counts), minlength=cuts.size + 1)
+  cell_probabilities = np.diff(np.concatenate([[0.0], stats.poisson.cdf(cuts, rate), [1.0]]))
+  _, p_value = stats.chisquare(observed, counts.size * cell_probabilities)
+  assert p_value > 1e-3, f"rate {rate}: chi-square p-value {p_value:.2g}"
+  _assert_within_standard_errors(counts.mean(), rate, np.sqrt(rate / counts.size))
+  _assert_variance_matches(counts, rate, rate * (1.0 + 3.0 * rate))
+
+
+# Small, medium and large rates: the inversion branch, PTRS just above its switch, and the prior's top.
+@pytest.mark.parametrize("rate", [1.2, 20.0, 1000.0])
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_sample_poisson_is_poisson(rate, jit_compile):
+  draw = tf.function(sample_poisson, jit_compile=jit_compile)
+  counts = draw(tf.fill([20_000], rate), _seed(3)).numpy()
+  assert counts.dtype == np.float32 and np.array_equal(counts, np.round(counts))
+  _assert_poisson_goodness_of_fit(counts.astype(np.float64), rate)
+
+
+def test_sample_poisson_mixes_both_branches_elementwise():
+  rate = np.array([0.5, 9.9, 10.0, 300.0], np.float32)
+  counts = tf.function(sample_poisson)(tf.constant(np.repeat(rate[:, np.newaxis], 5_000, axis=1)),
+                                       _seed(4)).numpy()
+  _assert_within_standard_errors(counts.mean(axis=1), rate, np.sqrt(rate / counts.shape[1]))
+
+
+def test_poisson_simulator_compiles_with_xla():
+  simulator = get_simulator("poisson")
+  log_rate = np.array([[0.2], [2.0], [7.0]], np.float32)
+  simulate = tf.function(lambda theta, seed: simulator.simulate(theta, 2_000, seed),
+                         jit_compile=True)
+  counts = simulate(tf.constant(log_rate), _seed(5)).numpy()
+  assert counts.shape == (3, 2_000, 1)
+  rate = np.exp(log_rate[:, 0])
+  _assert_within_standard_errors(counts[..., 0].mean(axis=1), rate, np.sqrt(rate / 2_000))
 
 
 def test_poisson_log_likelihood_matches_scipy():
