@@ -12,6 +12,7 @@ import resource
 import statistics
 import tempfile
 import time
+from typing import Tuple
 
 from absl import app, flags
 import numpy as np
@@ -55,18 +56,30 @@ def encoder_gflop_per_step(machine: MachineConfig, train: TrainConfig, observati
   return 3 * per_observation * observations / 1e9
 
 
-def measure(name: str, jit: bool) -> dict:
+def paper_configs(name: str) -> Tuple[MachineConfig, TrainConfig]:
+  """The configs of `experiments/configs/NAME.cfg`, with a small training set and no validation."""
   values = read_flagfile(os.path.join(CONFIG_DIR, f"{name}.cfg"))
   machine_config = config_from_values(MachineConfig, values)
   train_config = config_from_values(TrainConfig, values, num_problems=max(
       int(values["batch_size"]) * 4, 64), num_validation_problems=16, epochs=10_000,
       validate_every=10 ** 9, checkpoint_every=10 ** 9)
+  return machine_config, train_config
+
+
+def make_trainer(machine_config: MachineConfig, train_config: TrainConfig, workdir: str,
+                 jit: bool) -> Tuple[Trainer, tf.Tensor, tf.Tensor]:
+  """A Trainer with adapted statistics and its training arrays `(theta [K, d], x [K, n, d_x])`."""
+  trainer = Trainer(machine_config, train_config, workdir, jit_compile=jit, log_every=10 ** 9)
+  problems = generate_problems(trainer.simulator, train_config.num_problems,
+                               train_config.num_obs, train_config.seed, TRAIN_STREAM)
+  trainer.machine.adapt(problems.theta, problems.observations)
+  return trainer, tf.constant(problems.theta), tf.constant(problems.observations)
+
+
+def measure(name: str, jit: bool) -> dict:
+  machine_config, train_config = paper_configs(name)
   with tempfile.TemporaryDirectory() as workdir:
-    trainer = Trainer(machine_config, train_config, workdir, jit_compile=jit, log_every=10 ** 9)
-    problems = generate_problems(trainer.simulator, train_config.num_problems,
-                                 train_config.num_obs, train_config.seed, TRAIN_STREAM)
-    trainer.machine.adapt(problems.theta, problems.observations)
-    theta, observations = tf.constant(problems.theta), tf.constant(problems.observations)
+    trainer, theta, observations = make_trainer(machine_config, train_config, workdir, jit)
     for _ in range(FLAGS.warmup):
       trainer.train_step(theta, observations)
     rates = []

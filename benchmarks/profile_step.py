@@ -1,0 +1,114 @@
+r"""Where the time of one meta-training step goes, for the paper configs.
+
+  python -m benchmarks.profile_step [--configs=poisson_paper,weinberg_paper] [--calls=20] [--windows=3]
+
+Times compiled sub-functions that do one step's worth of each part, with the step's shapes:
+
+* the simulator alone: `T` calls on `batch * M` parameter vectors, `N` observations each;
+* the set encoder, forward and backward: `T` calls on the simulated sets plus one on the observed data;
+* the optimizer: one Adam update (gradient clipping included) with fixed gradients;
+* the whole step (`Trainer.train_step`); "rest" is what the three parts leave of it: proposals,
+  scores, the aggregator and the LSTM updater with their backward pass, the losses, the batch gather.
+
+The parts are timed interleaved, round-robin per window, and the median per window is reported, so
+a load change on a shared machine affects them alike. The step runs without XLA, as training does
+by default. Run it on an otherwise idle machine.
+"""
+
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict
+
+from absl import app, flags
+import tensorflow as tf
+
+from benchmarks.train_throughput import encoder_gflop_per_step, make_trainer, paper_configs
+
+# --configs and --windows are train_throughput's flags (defined on import).
+flags.DEFINE_integer("calls", 20, "calls of each part per timed window")
+FLAGS = flags.FLAGS
+
+
+def median_milliseconds(parts: Dict[str, Callable[[], tf.Tensor]], calls: int,
+                        windows: int) -> Dict[str, float]:
+  """Median over `windows` of the mean time per call of each part, in ms, timed round-robin."""
+  for part in parts.values():   # trace and warm up
+    part()
+  times = {name: [] for name in parts}
+  for _ in range(windows):
+    for name, part in parts.items():
+      start = time.perf_counter()
+      for _ in range(calls):
+        result = part()
+      tf.nest.map_structure(lambda t: t.numpy(), result)   # wait for the last call
+      times[name].append((time.perf_counter() - start) / calls * 1e3)
+  return {name: statistics.median(values) for name, values in times.items()}
+
+
+def profile(name: str) -> Dict[str, float]:
+  """Milliseconds per step of the whole step and of its parts, plus the encoder's GFLOP/s."""
+  machine_config, train_config = paper_configs(name)
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer, theta_all, observations_all = make_trainer(machine_config, train_config, workdir,
+                                                        jit=False)
+    machine, simulator = trainer.machine, trainer.simulator
+    batch, mc = train_config.batch_size, machine_config
+    theta = simulator.prior.sample(batch * mc.num_samples, seed=tf.constant([1, 2]))
+    observations = observations_all[:batch]
+    simulated_sets = tf.random.stateless_normal(
+        [mc.num_steps, batch, mc.num_samples, mc.num_simulated_obs, simulator.observation_dim],
+        seed=[3, 4])
+    encoder_variables = machine.encoder.trainable_variables
+    variables = machine.trainable_variables
+    gradients = [tf.fill(tf.shape(v), 1e-6) for v in variables]
+
+    @tf.function
+    def simulate_step():
+      return [simulator.simulate(theta, mc.num_simulated_obs, tf.constant([t, 5]))
+              for t in range(mc.num_steps)]
+
+    @tf.function
+    def encoder_step():
+      with tf.GradientTape() as tape:
+        encoded = [machine.encoder(machine.standardize_observations(observations))]
+        encoded += [machine.encoder(simulated_sets[t]) for t in range(mc.num_steps)]
+        total = tf.add_n([tf.reduce_sum(e) for e in encoded])
+      return tape.gradient(total, encoder_variables)
+
+    @tf.function
+    def optimizer_step():
+      trainer.optimizer.apply_gradients(zip(gradients, variables))
+      return trainer.optimizer.iterations
+
+    milliseconds = median_milliseconds({
+        "step": lambda: trainer.train_step(theta_all, observations_all),
+        "simulator": simulate_step,
+        "encoder": encoder_step,
+        "optimizer": optimizer_step,
+    }, FLAGS.calls, FLAGS.windows)
+  milliseconds["rest"] = milliseconds["step"] - sum(
+      milliseconds[part] for part in ("simulator", "encoder", "optimizer"))
+  milliseconds["encoder_gflops"] = encoder_gflop_per_step(
+      machine_config, train_config, simulator.observation_dim) / (milliseconds["encoder"] / 1e3)
+  return milliseconds
+
+
+def main(argv):
+  del argv
+  parts = ("simulator", "encoder", "optimizer", "rest")
+  labels = {"simulator": "simulator alone", "encoder": "set encoder fwd+bwd",
+            "optimizer": "Adam update", "rest": "rest of the step"}
+  for name in FLAGS.configs:
+    result = profile(name)
+    print(f"{name}: {result['step']:.1f} ms per step ({1e3 / result['step']:.1f} steps/s), "
+          f"median of {FLAGS.windows} interleaved windows of {FLAGS.calls} calls")
+    for part in parts:
+      print(f"  {labels[part]:<22}{result[part]:>8.2f} ms {100 * result[part] / result['step']:>6.1f}%")
+    print(f"  set encoder: {result['encoder_gflops']:.1f} GFLOP/s (forward + backward)")
+  print("(rest = proposals, scores, aggregator, LSTM updater and their backward, losses, batch "
+        "gather; the parts are timed separately, so the shares are estimates)")
+
+
+if __name__ == "__main__":
+  app.run(main)
