@@ -49,7 +49,15 @@ def normaliser(asymmetry: tf.Tensor) -> tf.Tensor:
 
 
 def _cube_root(x: tf.Tensor) -> tf.Tensor:
-  return tf.sign(x) * tf.pow(tf.abs(x), 1.0 / 3.0)
+  """The real cube root of float64 `x`.
+
+  A float32 `pow` (float64's is ~20% of the sampler's time on CPU) refined by one Newton step, which
+  squares its ~1e-7 relative error down to float64 precision.
+  """
+  magnitude = tf.abs(x)
+  root = tf.cast(tf.pow(tf.cast(magnitude, tf.float32), 1.0 / 3.0), tf.float64)
+  root -= tf.math.divide_no_nan(root * root * root - magnitude, 3.0 * root * root)
+  return tf.sign(x) * root
 
 
 def inverse_cdf(uniform: tf.Tensor, asymmetry: tf.Tensor) -> tf.Tensor:
