@@ -282,6 +282,12 @@ def test_sample_poisson_mixes_both_branches_elementwise():
   _assert_within_standard_errors(counts.mean(axis=1), rate, np.sqrt(rate / counts.shape[1]))
 
 
+def test_sample_poisson_gives_nan_for_a_non_finite_rate():
+  counts = tf.function(sample_poisson, jit_compile=True)(
+      tf.constant([3.0, np.nan, np.inf, 50.0]), _seed(6)).numpy()
+  assert np.array_equal(np.isnan(counts), [False, True, True, False])
+
+
 def test_poisson_simulator_compiles_with_xla():
   simulator = get_simulator("poisson")
   log_rate = np.array([[0.2], [2.0], [7.0]], np.float32)

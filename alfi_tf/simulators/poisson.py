@@ -87,16 +87,21 @@ def sample_poisson(rate: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     seed: int32 `[2]` stateless seed.
 
   Returns:
-    float32 counts, the shape of `rate`.
+    float32 counts, the shape of `rate` (NaN where the rate is not finite).
   """
   rate = tf.cast(tf.stop_gradient(rate), tf.float64)
+  # A NaN rate (say from a diverged run) would never be accepted by the rejection loop: it gets a
+  # placeholder rate and a NaN count, so the run fails loudly instead of hanging.
+  finite = tf.math.is_finite(rate)
+  rate = tf.where(finite, rate, tf.ones_like(rate))
   small = rate < _INVERSION_MAX_RATE
   inversion_seed, rejection_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   # Every element runs through both samplers; the placeholder rates (0 and 100) end each loop fast.
   low = _poisson_by_inversion(tf.where(small, rate, tf.zeros_like(rate)), inversion_seed)
   high = _poisson_by_transformed_rejection(
       tf.where(small, tf.fill(tf.shape(rate), tf.constant(100.0, tf.float64)), rate), rejection_seed)
-  return tf.cast(tf.where(small, low, high), tf.float32)
+  counts = tf.where(small, low, high)
+  return tf.cast(tf.where(finite, counts, tf.constant(float("nan"), tf.float64)), tf.float32)
 
 
 class PoissonSimulator(Simulator):
