@@ -4,7 +4,8 @@ r"""Meta-training throughput of the paper configs, with and without XLA.
 
 For each config: steps/s (median over windows, after warm-up), simulator draws/s, an estimate of
 the achieved GFLOP/s (set encoder forward + backward, the dominant cost) next to the CPU's measured
-float32 matmul rate, and the process's peak resident memory. Run it on an otherwise idle machine.
+float32 matmul rate, the process's peak resident memory and the time of the first step (tracing,
+and XLA compilation). Run it on an otherwise idle machine.
 """
 
 import os
@@ -12,6 +13,7 @@ import resource
 import statistics
 import tempfile
 import time
+from typing import Iterator, Tuple
 
 from absl import app, flags
 import numpy as np
@@ -56,20 +58,34 @@ def encoder_gflop_per_step(machine: MachineConfig, train: TrainConfig, observati
   return 3 * per_observation * observations / 1e9
 
 
-def measure(name: str, jit: bool) -> dict:
+def paper_configs(name: str) -> Tuple[MachineConfig, TrainConfig]:
+  """The configs of `experiments/configs/NAME.cfg`, with a small training set and no validation."""
   values = read_flagfile(os.path.join(CONFIG_DIR, f"{name}.cfg"))
   machine_config = config_from_values(MachineConfig, values)
   train_config = config_from_values(TrainConfig, values, num_problems=max(
       int(values["batch_size"]) * 4, 64), num_validation_problems=16, epochs=10_000,
-      data_source="memory",
-      validate_every=10 ** 9, checkpoint_every=10 ** 9)
+      data_source="memory", validate_every=10 ** 9, checkpoint_every=10 ** 9)
+  return machine_config, train_config
+
+
+def make_trainer(machine_config: MachineConfig, train_config: TrainConfig, workdir: str,
+                 jit: bool) -> Tuple[Trainer, Iterator[Tuple[tf.Tensor, tf.Tensor, tf.Tensor]]]:
+  """A Trainer with adapted statistics, and its input pipeline as `Trainer.train` runs it
+  (batches `(theta [B, d], observations [B, n, d_x], seed [2])`, prefetched ahead of the step)."""
+  trainer = Trainer(machine_config, train_config, workdir, jit_compile=jit, log_every=10 ** 9)
+  problems = generate_problems(trainer.simulator, train_config.num_problems,
+                               train_config.num_obs, train_config.seed, TRAIN_STREAM)
+  trainer.machine.adapt(problems.theta, problems.observations)
+  return trainer, iter(training_batches(train_config, trainer.simulator, problems=problems))
+
+
+def measure(name: str, jit: bool) -> dict:
+  machine_config, train_config = paper_configs(name)
   with tempfile.TemporaryDirectory() as workdir:
-    trainer = Trainer(machine_config, train_config, workdir, jit_compile=jit, log_every=10 ** 9)
-    problems = generate_problems(trainer.simulator, train_config.num_problems,
-                                 train_config.num_obs, train_config.seed, TRAIN_STREAM)
-    trainer.machine.adapt(problems.theta, problems.observations)
-    # The training input pipeline, as `Trainer.train` runs it (prefetched ahead of the step).
-    batches = iter(training_batches(train_config, trainer.simulator, problems=problems))
+    trainer, batches = make_trainer(machine_config, train_config, workdir, jit)
+    start = time.perf_counter()
+    float(trainer.train_step(*next(batches))[0])
+    first_step_seconds = time.perf_counter() - start   # tracing, and compilation with XLA
     for _ in range(FLAGS.warmup):
       trainer.train_step(*next(batches))
     rates = []
@@ -83,7 +99,8 @@ def measure(name: str, jit: bool) -> dict:
   draws = (train_config.batch_size * machine_config.num_steps * machine_config.num_samples
            * machine_config.num_simulated_obs)
   observation_dim = trainer.simulator.observation_dim
-  return {"config": name, "xla": jit, "steps_per_s": rate, "draws_per_s": rate * draws,
+  return {"config": name, "xla": jit, "first_step_s": first_step_seconds,
+          "steps_per_s": rate, "draws_per_s": rate * draws,
           "gflops": rate * encoder_gflop_per_step(machine_config, train_config, observation_dim),
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -100,15 +117,18 @@ def main(argv):
         rows.append({"config": name, "xla": jit.lower() == "true",
                      "error": str(error).strip().splitlines()[-1][:90]})
   print(f"float32 matmul (2048^2) on this machine: {peak:.1f} GFLOP/s")
-  print(f"{'config':<16}{'XLA':>5}{'steps/s':>10}{'draws/s':>12}{'GFLOP/s':>10}{'peak RSS MB':>13}")
+  print(f"{'config':<16}{'XLA':>5}{'steps/s':>10}{'draws/s':>12}{'GFLOP/s':>10}{'peak RSS MB':>13}"
+        f"{'1st step s':>12}")
   for row in rows:
     if "error" in row:
       print(f"{row['config']:<16}{str(row['xla']):>5}  not compilable: {row['error']}")
       continue
     print(f"{row['config']:<16}{str(row['xla']):>5}{row['steps_per_s']:>10.1f}"
-          f"{row['draws_per_s']:>12.3g}{row['gflops']:>10.1f}{row['peak_rss_mb']:>13.0f}")
-  print("(one step = batch gather, proposals, simulations, the unrolled T-step loop, backprop "
-        "and Adam; peak RSS is the process maximum so far)")
+          f"{row['draws_per_s']:>12.3g}{row['gflops']:>10.1f}{row['peak_rss_mb']:>13.0f}"
+          f"{row['first_step_s']:>12.1f}")
+  print("(one step = proposals, simulations, the unrolled T-step loop, backprop "
+        "and Adam; peak RSS is the process maximum so far; the first step includes tracing and, "
+        "with XLA, compilation)")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from alfi_tf.simulators import (LinearRegressionSimulator, NumpySimulator, Simul
                                 register_simulator)
 from alfi_tf.simulators.lotka_volterra import solve_log_populations
 from alfi_tf.simulators.multi_distribution import MIXING_MATRIX
-from alfi_tf.simulators.weinberg import WeinbergSimulator, normaliser
+from alfi_tf.simulators.poisson import sample_poisson
+from alfi_tf.simulators.weinberg import WeinbergSimulator, inverse_cdf, normaliser
 
 ALL_NAMES = ("gaussian", "linear_regression", "lotka_volterra", "multi_distribution", "poisson",
              "weinberg")
@@ -249,6 +250,55 @@ def test_poisson_moments():
   _assert_variance_matches(counts, rate, rate * (1.0 + 3.0 * rate))
 
 
+def _assert_poisson_goodness_of_fit(counts: np.ndarray, rate: float) -> None:
+  """Pearson chi-square test of `counts` against Poisson(rate) and a check of the first two moments.
+
+  The cells are split at the distribution's 2%-quantiles, so each expects enough draws for the test.
+  """
+  counts = counts.ravel()
+  cuts = np.unique(stats.poisson.ppf(np.linspace(0.0, 1.0, 51)[1:-1], rate))   # upper cell edges
+  observed = np.bincount(np.searchsorted(cuts, counts), minlength=cuts.size + 1)
+  cell_probabilities = np.diff(np.concatenate([[0.0], stats.poisson.cdf(cuts, rate), [1.0]]))
+  _, p_value = stats.chisquare(observed, counts.size * cell_probabilities)
+  assert p_value > 1e-3, f"rate {rate}: chi-square p-value {p_value:.2g}"
+  _assert_within_standard_errors(counts.mean(), rate, np.sqrt(rate / counts.size))
+  _assert_variance_matches(counts, rate, rate * (1.0 + 3.0 * rate))
+
+
+# Small, medium and large rates: the inversion branch, PTRS just above its switch, and the prior's top.
+@pytest.mark.parametrize("rate", [1.2, 20.0, 1000.0])
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_sample_poisson_is_poisson(rate, jit_compile):
+  draw = tf.function(sample_poisson, jit_compile=jit_compile)
+  counts = draw(tf.fill([20_000], rate), _seed(3)).numpy()
+  assert counts.dtype == np.float32 and np.array_equal(counts, np.round(counts))
+  _assert_poisson_goodness_of_fit(counts.astype(np.float64), rate)
+
+
+def test_sample_poisson_mixes_both_branches_elementwise():
+  rate = np.array([0.5, 9.9, 10.0, 300.0], np.float32)
+  counts = tf.function(sample_poisson)(tf.constant(np.repeat(rate[:, np.newaxis], 5_000, axis=1)),
+                                       _seed(4)).numpy()
+  _assert_within_standard_errors(counts.mean(axis=1), rate, np.sqrt(rate / counts.shape[1]))
+
+
+def test_sample_poisson_gives_nan_for_a_non_finite_rate():
+  counts = tf.function(sample_poisson, jit_compile=True)(
+      tf.constant([3.0, np.nan, np.inf, 50.0]), _seed(6)).numpy()
+  assert np.array_equal(np.isnan(counts), [False, True, True, False])
+
+
+def test_poisson_simulator_compiles_with_xla():
+  simulator = get_simulator("poisson")
+  log_rate = np.array([[0.2], [2.0], [7.0]], np.float32)
+  simulate = tf.function(lambda theta, seed: simulator.simulate(theta, 2_000, seed),
+                         jit_compile=True)
+  counts = simulate(tf.constant(log_rate), _seed(5)).numpy()
+  assert counts.shape == (3, 2_000, 1)
+  rate = np.exp(log_rate[:, 0])
+  _assert_within_standard_errors(counts[..., 0].mean(axis=1), rate, np.sqrt(rate / 2_000))
+
+
 def test_poisson_log_likelihood_matches_scipy():
   simulator = get_simulator("poisson")
   counts = _simulate(simulator, [[1.0], [3.0]], 50)
@@ -305,6 +355,39 @@ def test_weinberg_samples_follow_the_density(theta):
   expected = probabilities[support] * samples.size
   chi_square = np.sum(np.square(counts[support] - expected) / expected)
   assert stats.chi2.sf(chi_square, support.sum() - 1) > 1e-4, f"chi2 = {chi_square}"
+
+
+def _weinberg_cdf(x: np.ndarray, asymmetry: np.ndarray) -> np.ndarray:
+  """The float64 CDF on `[-1, 1]`: the antiderivative minus the part where `1 + t^2 + A t < 0`."""
+  def antiderivative(t):
+    return t + t ** 3 / 3.0 + 0.5 * asymmetry * t * t
+  root = np.sqrt(np.maximum(asymmetry * asymmetry - 4.0, 0.0))
+  low = np.clip(0.5 * (-asymmetry - root), -1.0, 1.0)
+  high = np.clip(0.5 * (-asymmetry + root), -1.0, 1.0)
+  def unnormalised(t):
+    return (antiderivative(t) - antiderivative(-1.0)
+            - (antiderivative(np.clip(t, low, high)) - antiderivative(low)))
+  return unnormalised(x) / unnormalised(np.ones_like(x))
+
+
+def test_weinberg_inverse_cdf_matches_bisection():
+  # |A| < 2, the edge |A| = 2 (density zero at an endpoint), |A| > 2 (zero on an interval), and the
+  # prior's extremes; uniforms include both ends and values close to them.
+  asymmetry = np.array([0.0, 0.3, -1.0, 1.999, 2.0, -2.0, 2.001, 2.2, -2.2, 2.41, -2.41])[:, None]
+  # float32 uniforms, as the simulator draws: near a zero of the density x is very sensitive to u.
+  uniform = np.float32([0.0, 1e-7, 1e-3, 0.1, 0.37, 0.5, 0.9, 1.0 - 1e-6, 1.0])[None, :]
+  asymmetry, uniform = np.broadcast_arrays(asymmetry, uniform.astype(np.float64))
+  left, right = -np.ones_like(uniform), np.ones_like(uniform)
+  for _ in range(60):   # float64 bisection: 2^-59 is far below float32 resolution
+    middle = 0.5 * (left + right)
+    below = _weinberg_cdf(middle, asymmetry) < uniform
+    left, right = np.where(below, middle, left), np.where(below, right, middle)
+  x = inverse_cdf(tf.constant(uniform, tf.float32), tf.constant(asymmetry, tf.float32)).numpy()
+  np.testing.assert_allclose(_weinberg_cdf(x.astype(np.float64), asymmetry), uniform, atol=1e-6)
+  # At u = 0 or 1 with a vanishing density the inverse is a flat stretch or a triple root: the CDF
+  # check above covers them.
+  inner = (0.0 < uniform) & (uniform < 1.0)
+  np.testing.assert_allclose(x[inner], 0.5 * (left + right)[inner], atol=2e-6)
 
 
 def test_weinberg_normaliser_matches_quadrature():
