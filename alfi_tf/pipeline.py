@@ -88,10 +88,10 @@ def training_batches(config: TrainConfig, simulator: Simulator, start_step: int 
 
     batches = steps.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   elif source == "online":
-    batches = steps.map(
+    batches = data_lib.with_worker_threads(steps.map(
         lambda step: simulator.sample_problems(config.batch_size, config.num_obs,
                                                step_seeds(config.seed, step)[1], executor=executor),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), executor)
   elif source == "disk":
     if store is None:
       raise ValueError("data_source='disk' needs a ProblemStore")

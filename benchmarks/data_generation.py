@@ -6,6 +6,10 @@ For each simulator: problems/s generating into memory (the `tf.data` pipeline of
 with each `--workers` setting (worker processes apply to numpy simulators only; TF-native ones
 run in TensorFlow's thread pools either way), then writing a `ProblemStore` to disk and streaming it
 back (MB/s). Medians over `--repeats`. Run it on an otherwise idle machine.
+
+Besides the registered simulators, `python_queue` is a black-box simulator written as a plain
+Python loop (the waiting times of an M/M/1 queue by Lindley's recursion), the kind of user code
+that holds the GIL and that worker processes are for.
 """
 
 import os
@@ -15,10 +19,39 @@ import time
 
 from absl import app, flags
 
-from alfi_tf import data as data_lib
-from alfi_tf.simulators import NumpySimulator, get_simulator
+import numpy as np
 
-flags.DEFINE_list("simulators", ["weinberg", "lotka_volterra"], "simulators to measure")
+from alfi_tf import data as data_lib
+from alfi_tf.simulators import NumpySimulator, box_prior, get_simulator, register_simulator
+
+
+class PythonQueueSimulator(NumpySimulator):
+  """Waiting times of an M/M/1 queue (arrival rate 1, log service rate `theta`), one customer at a
+  time in Python: a stand-in for GIL-bound black-box simulators."""
+
+  name = "python_queue"
+
+  def __init__(self):
+    super().__init__(parameter_names=["log_service_rate"], observation_dim=1,
+                     prior=box_prior([0.1], [1.5]))
+
+  def simulate_numpy(self, theta: np.ndarray, num_obs: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    waits = np.empty((len(theta), num_obs, 1))
+    for problem, log_rate in enumerate(theta[:, 0]):
+      services = rng.exponential(np.exp(-log_rate), num_obs).tolist()
+      arrivals = rng.exponential(1.0, num_obs).tolist()
+      wait = 0.0
+      for customer in range(num_obs):
+        waits[problem, customer, 0] = wait
+        wait = max(0.0, wait + services[customer] - arrivals[customer])
+    return waits
+
+
+register_simulator(PythonQueueSimulator)
+
+flags.DEFINE_list("simulators", ["weinberg", "lotka_volterra", "python_queue"],
+                  "simulators to measure")
 flags.DEFINE_list("workers", ["0", "2"], "--data_workers settings to compare")
 flags.DEFINE_integer("num_problems", 4096, "problems per measurement")
 flags.DEFINE_integer("num_obs", 500, "observations per problem")

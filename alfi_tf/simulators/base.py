@@ -255,6 +255,7 @@ class NumpySimulator(Simulator):
     theta = tf.convert_to_tensor(theta, tf.float32)
     num_obs = int(num_obs)
 
+    @tf.autograph.experimental.do_not_convert   # plain Python, called by TF with numpy arrays
     def _bridge(theta_np: np.ndarray, seed_np: np.ndarray) -> np.ndarray:
       if executor is None:
         return self.simulate_checked(theta_np, num_obs, seed_np)
