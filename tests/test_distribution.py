@@ -115,15 +115,19 @@ def _fixed_batch_loss(trainer: Trainer) -> float:
 
 def test_mirrored_training_reaches_the_single_device_loss(tmp_path):
   single = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "single"), log_every=1000)
-  single.train()
+  single_result = single.train()
   mirrored = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "mirrored"), log_every=1000,
                      strategy=_mirrored())
   before = _fixed_batch_loss(mirrored)
-  mirrored.train()
+  mirrored_result = mirrored.train()
   assert mirrored.step == single.step == TINY_TRAIN.total_steps
   after, reference = _fixed_batch_loss(mirrored), _fixed_batch_loss(single)
   assert after < before - 1.0, (before, after)
-  assert abs(after - reference) < 0.25 * abs(reference) + 0.1, (after, reference)
+  # Within half a nat per problem of one device's NLL, and a held-out RMSE no more than 1.5x.
+  assert after < reference + 0.5, (after, reference)
+  rmse, single_rmse = (result.validation_rmse["log_rate"]
+                       for result in (mirrored_result, single_result))
+  assert rmse < 1.5 * single_rmse, (rmse, single_rmse)
 
 
 def _free_ports(count: int):
@@ -192,7 +196,7 @@ def test_two_worker_training_on_localhost(tmp_path, single_device_rmse):
   assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-80")
   assert not os.path.exists(workdir / "workers" / "worker-1"), "the worker's scratch copy is gone"
   rmse = _validation_rmse(workdir)
-  assert rmse < 1.5 * single_device_rmse + 0.1, (rmse, single_device_rmse)
+  assert rmse < 1.5 * single_device_rmse, (rmse, single_device_rmse)
 
 
 def test_mirrored_binary_over_two_cpu_devices(tmp_path, single_device_rmse):
@@ -202,7 +206,7 @@ def test_mirrored_binary_over_two_cpu_devices(tmp_path, single_device_rmse):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "trained 80 steps on 2 replica(s)" in result.stdout
   rmse = _validation_rmse(workdir)
-  assert rmse < 1.5 * single_device_rmse + 0.1, (rmse, single_device_rmse)
+  assert rmse < 1.5 * single_device_rmse, (rmse, single_device_rmse)
   # The mirrored run's checkpoint serves single-device inference.
   machine = load_machine(str(workdir))
   problems = data_lib.generate_problems(machine.simulator, 16, 50, seed=3, stream=1)
