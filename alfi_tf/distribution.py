@@ -135,7 +135,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def task(strategy: tf.distribute.Strategy) -> Optional[Dict[str, Any]]:
-  """`{"type", "index"}` of this process in a multi-worker cluster, None otherwise."""
+  """`{"type", "index", "has_chief"}` of this process in a multi-worker cluster, else None."""
   resolver = strategy.cluster_resolver
   if resolver is None or not resolver.task_type:
     return None

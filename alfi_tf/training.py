@@ -3,6 +3,7 @@ BPTT, validation, TensorBoard summaries and checkpoints that resume exactly."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.evaluation.metrics import rmse_per_step
 from alfi_tf.inference import Inferrer
 from alfi_tf.machine import InferenceMachine
+from alfi_tf.normalization import Moments
 from alfi_tf.simulators import NumpySimulator, get_simulator
 from alfi_tf.workdir import Workdir
 
@@ -213,15 +215,10 @@ class Trainer:
     if problems is not None:
       self.machine.adapt(problems.theta, problems.observations)
       return
-    theta_moments = observation_moments = None
-    for chunk in store.iterate_chunks():
-      moments = self.machine.problem_moments(chunk.theta, chunk.observations)
-      if theta_moments is None:
-        theta_moments, observation_moments = moments
-      else:
-        theta_moments = theta_moments.merge(moments[0])
-        observation_moments = observation_moments.merge(moments[1])
-    self.machine.set_moments(theta_moments, observation_moments)
+    per_chunk = [self.machine.problem_moments(chunk.theta, chunk.observations)
+                 for chunk in store.iterate_chunks()]   # small: two Moments per chunk
+    self.machine.set_moments(*(functools.reduce(Moments.merge, moments)
+                               for moments in zip(*per_chunk)))
 
   def _time_to_save(self, minutes_since_save: float) -> bool:
     """The time-based checkpoint cadence. Workers' clocks differ, but all must save together:
