@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict
 
-from alfi_tf.normalization import OBSERVATION_TRANSFORMS
 
 BOUND_TYPES = ("tanh", "clip")
 LOSSES = ("nll", "mse", "l1")
 TIME_WEIGHTS = ("exp", "constant", "last", "observed_improvement")
 DATA_SOURCES = ("memory", "disk", "online")
+#: Proposal families `q(theta | psi)` (`alfi_tf.model.proposals`).
+PROPOSALS = ("diagonal_gaussian",)
+#: Elementwise transforms of observations before standardisation (`alfi_tf.model.normalization`).
+OBSERVATION_TRANSFORMS = ("none", "log1p", "asinh")
 
 
 def require_positive(owner: Any, *names: str) -> None:
@@ -38,6 +41,7 @@ class MachineConfig:
 
   Attributes:
     simulator: registered simulator name.
+    proposal: the proposal family `q(theta | psi)` the machine refines.
     num_steps: `T`, the unrolled horizon used for training (inference may run longer).
     num_samples: `M`, parameter samples drawn from `q(theta | psi_t)` per step.
     num_simulated_obs: `N`, observations simulated for each parameter sample.
@@ -51,6 +55,7 @@ class MachineConfig:
   """
 
   simulator: str = "poisson"
+  proposal: str = "diagonal_gaussian"
   num_steps: int = 15
   num_samples: int = 20
   num_simulated_obs: int = 20
@@ -73,6 +78,7 @@ class MachineConfig:
     if self.num_samples < 2:
       raise ValueError(f"num_samples must be at least 2 (scores are standardised across samples), "
                        f"got {self.num_samples}")
+    require_choice(self, "proposal", PROPOSALS)
     require_choice(self, "bound_type", BOUND_TYPES)
     require_choice(self, "observation_transform", OBSERVATION_TRANSFORMS)
 
@@ -94,7 +100,7 @@ class TrainConfig:
     checkpoint_every_minutes: also checkpoint when this many minutes passed since the last one
       (0 disables the time-based cadence).
     seed: the run's seed; data, initial weights and every simulation derive from it.
-    data_source: where the training batches come from (`alfi_tf.pipeline`):
+    data_source: where the training batches come from (`alfi_tf.training.pipeline`):
       `memory`: the fixed meta-training set of K problems, held in memory;
       `disk`: the same set written to disk once and streamed back, for sets larger than memory
         (shuffled per epoch through a buffer of `shuffle_buffer` problems);

@@ -1,13 +1,20 @@
-"""A run's directory: its configuration, checkpoints and summaries, all written atomically."""
+"""A run's directory: its configuration, checkpoints and summaries, all written atomically; and
+loading the machine it trained (below both training, which resumes it, and serving, which exports
+it), through one checkpoint-restoring path that falls back from a corrupted latest checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
+
+import tensorflow as tf
+from absl import logging
 
 from alfi_tf.config import MachineConfig, TrainConfig, to_dict
+from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.simulators import get_simulator
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "training_summary.json"
@@ -128,3 +135,59 @@ class Workdir:
 
   def write_summary(self, summary: Dict[str, Any]) -> None:
     write_json_atomically(self.file(SUMMARY_FILE), summary)
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, directory: str,
+                       partial: bool = False) -> Optional[str]:
+  """Restores the newest readable checkpoint of `directory` into `checkpoint`.
+
+  A corrupted or partial checkpoint (say from a process killed while saving) is reported and skipped
+  in favour of the one before it.
+
+  Args:
+    checkpoint: what to restore into.
+    directory: a `tf.train.CheckpointManager` directory.
+    partial: `checkpoint` holds only part of what was saved (e.g. the machine without the
+      optimizer), so unmatched saved values are expected.
+
+  Returns:
+    The restored checkpoint's path, or None when `directory` holds no checkpoint.
+
+  Raises:
+    RuntimeError: checkpoints exist but none of them is readable.
+  """
+  state = tf.train.get_checkpoint_state(directory)
+  paths = list(state.all_model_checkpoint_paths) if state else []
+  for path in reversed(paths):
+    try:
+      status = checkpoint.restore(path)
+      if partial:
+        status.expect_partial()
+      status.assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, IndexError, KeyError, ValueError) as error:
+      logging.error("checkpoint %s is corrupted or partial (%s: %s); trying an older one", path,
+                    type(error).__name__, str(error).splitlines()[0][:200])
+      continue
+    return path
+  if paths:
+    raise RuntimeError(f"no readable checkpoint in {directory}; move the directory away to start "
+                       "over")
+  return None
+
+
+def load_machine(workdir: str, checkpoint: Optional[str] = None) -> InferenceMachine:
+  """Rebuilds the machine of a workdir and restores its newest readable (or the given) checkpoint.
+
+  Raises:
+    FileNotFoundError: `workdir` is not a training workdir, or holds no checkpoint yet.
+    RuntimeError: none of its checkpoints is readable.
+  """
+  run = Workdir(workdir)
+  machine_config, _ = run.read_config()
+  machine = InferenceMachine(get_simulator(machine_config.simulator), machine_config)
+  restorer = tf.train.Checkpoint(machine=machine)
+  if checkpoint is not None:
+    restorer.restore(checkpoint).expect_partial()
+  elif restore_checkpoint(restorer, run.checkpoints, partial=True) is None:
+    raise FileNotFoundError(f"no checkpoint in {run.checkpoints}: train first")
+  return machine

@@ -21,7 +21,7 @@ from absl import app, flags
 
 import numpy as np
 
-from alfi_tf import data as data_lib
+from alfi_tf.training import data as data_lib
 from alfi_tf.simulators import NumpySimulator, box_prior, get_simulator, register_simulator
 
 

@@ -6,7 +6,7 @@ Builds a Weinberg machine at the paper's sizes (M=8, N=64, T=15, default network
 (the timing does not depend on the weights' values), with standardisation statistics adapted to a
 few generated problems, and times one `infer` call (median of --repeats after --warmup calls):
 
-* `in-library`: `alfi_tf.deploy.DeployedMachine` around an in-process `ExportModule`.
+* `in-library`: `alfi_tf.serving.deploy.DeployedMachine` around an in-process `ExportModule`.
 * `export`: the SavedModel written by `export_machine`, loaded with `tf.saved_model.load`, called
   through `signatures["infer"]` (what any TF program would do).
 * `in-library XLA` (--jit): the same function compiled with `jit_compile=True`.
@@ -27,11 +27,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf import data as data_lib
+from alfi_tf.training import data as data_lib
 from alfi_tf.config import MachineConfig
-from alfi_tf.deploy import DeployedMachine
-from alfi_tf.export import ExportModule, export_machine
-from alfi_tf.machine import InferenceMachine
+from alfi_tf.serving.deploy import DeployedMachine
+from alfi_tf.serving.export import ExportModule, export_machine
+from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.simulators import get_simulator
 
 flags.DEFINE_integer("repeats", 10, "timed calls per row (the median is reported)")

@@ -20,9 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.config import MachineConfig, TrainConfig
-from alfi_tf.data import TRAIN_STREAM, generate_problems
-from alfi_tf.pipeline import training_batches
-from alfi_tf.training import Trainer
+from alfi_tf.training.data import TRAIN_STREAM, generate_problems
+from alfi_tf.training.pipeline import training_batches
+from alfi_tf.training.trainer import Trainer
 from experiments.config_flags import config_from_values, read_flagfile
 
 flags.DEFINE_list("configs", ["poisson_paper", "weinberg_paper"], "flag files in experiments/configs")

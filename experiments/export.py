@@ -10,8 +10,8 @@ import os
 from absl import app, flags
 
 from alfi_tf.config import default_test_horizon
-from alfi_tf.export import export_machine
-from alfi_tf.training import load_machine
+from alfi_tf.serving.export import export_machine
+from alfi_tf.workdir import load_machine
 
 flags.DEFINE_string("workdir", None, "a trained run directory")
 flags.DEFINE_string("export_dir", None, "where to write the SavedModel (must not exist)")

@@ -7,7 +7,7 @@ r"""Infers parameters for observed data with an exported (or trained) machine.
 Prints, per data set and parameter, the estimate, std and central 68%/95% intervals of the final
 proposal; writes JSON with the whole trajectory. Without --simulator_command the simulator runs
 inside the graph (TF-native simulators) or, for a simulator registered in alfi_tf, in this process.
-See alfi_tf/external.py for the --simulator_command protocol.
+See alfi_tf/simulators/command.py for the --simulator_command protocol.
 """
 
 import json
@@ -15,10 +15,10 @@ import json
 from absl import app, flags
 import numpy as np
 
-from alfi_tf.deploy import DeployedMachine
-from alfi_tf.evaluation.metrics import central_interval_z
-from alfi_tf.external import CommandSimulator
-from alfi_tf.observation_files import load_observations
+from alfi_tf.serving.deploy import DeployedMachine
+from alfi_tf.metrics import central_interval_z
+from alfi_tf.simulators.command import CommandSimulator
+from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import available_simulators, get_simulator
 from alfi_tf.workdir import write_json_atomically
 

@@ -7,15 +7,15 @@ settings is refused.
 
 Data-parallel training: `--strategy=mirrored` uses every GPU of the host (on a CPU-only host, the
 `--cpu_devices` logical CPUs); `--strategy=multi_worker` runs one process per host, each started
-with the same command and its own `TF_CONFIG` (see `alfi_tf/distribution.py` and the README).
+with the same command and its own `TF_CONFIG` (see `alfi_tf/training/distribute.py` and the README).
 """
 
 from absl import app, flags, logging
 
-from alfi_tf import distribution
+from alfi_tf.training import distribute
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.simulators import available_simulators
-from alfi_tf.training import Trainer
+from alfi_tf.training.trainer import Trainer
 from experiments.config_flags import config_from_flags, define_flags_for
 
 define_flags_for(MachineConfig, {"simulator": "simulator name"})
@@ -24,7 +24,7 @@ flags.DEFINE_string("workdir", None, "run directory (config, checkpoints, summar
                     "multi-worker run, a path every worker can read (shared filesystem)")
 flags.DEFINE_bool("jit_compile", False, "compile the training step with XLA (TF-native simulators)")
 flags.DEFINE_integer("log_every", 100, "steps between progress lines")
-flags.DEFINE_enum("strategy", "default", distribution.STRATEGIES,
+flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
                   "tf.distribute strategy: one device, all GPUs of this host, or several hosts "
                   "configured by TF_CONFIG")
 flags.DEFINE_integer("cpu_devices", 0, "split the CPU into this many logical devices (with "
@@ -56,8 +56,8 @@ def main(argv):
     machine_config = config_from_flags(MachineConfig)
     train_config = config_from_flags(TrainConfig)
     if FLAGS.cpu_devices:
-      distribution.configure_cpu_devices(FLAGS.cpu_devices)
-    strategy = distribution.make_strategy(FLAGS.strategy)
+      distribute.configure_cpu_devices(FLAGS.cpu_devices)
+    strategy = distribute.make_strategy(FLAGS.strategy)
     trainer = Trainer(machine_config, train_config, FLAGS.workdir, jit_compile=FLAGS.jit_compile,
                       log_every=FLAGS.log_every, strategy=strategy,
                       data_workers=FLAGS.data_workers, data_dir=FLAGS.data_dir)

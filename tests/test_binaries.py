@@ -133,7 +133,7 @@ def test_training_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
 
   import numpy as np
 
-  from alfi_tf.training import load_machine
+  from alfi_tf.workdir import load_machine
 
   flags = ["--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS, "--epochs=200",
            "--checkpoint_every=50", "--validate_every=100000", "--log_every=100000"]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alfi_tf import data as data_lib
-from alfi_tf import pipeline
+from alfi_tf.training import data as data_lib
+from alfi_tf.training import pipeline
 from alfi_tf.config import TrainConfig
-from alfi_tf.normalization import Moments
+from alfi_tf.model.normalization import Moments
 from alfi_tf.simulators import get_simulator
 
 CONFIG = TrainConfig(num_problems=40, num_obs=30, epochs=3, batch_size=8, seed=5,

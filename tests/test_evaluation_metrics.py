@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from alfi_tf.evaluation import metrics
+from alfi_tf import metrics
 from alfi_tf.evaluation.references import (GridPosteriorEvaluator, reference_estimates,
                                            supports_grid_posterior)
 from alfi_tf.simulators import get_simulator

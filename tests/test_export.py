@@ -21,12 +21,13 @@ import pytest
 import tensorflow as tf
 
 from alfi_tf.config import MachineConfig, TrainConfig
-from alfi_tf.deploy import DeployedMachine
-from alfi_tf.export import EXPORT_FORMAT_VERSION, METADATA_ASSET, export_machine, machine_metadata
-from alfi_tf.external import CommandSimulator
-from alfi_tf.observation_files import load_observations
+from alfi_tf.serving.deploy import DeployedMachine
+from alfi_tf.serving.export import EXPORT_FORMAT_VERSION, METADATA_ASSET, export_machine, machine_metadata
+from alfi_tf.simulators.command import CommandSimulator
+from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
-from alfi_tf.training import Trainer, load_machine
+from alfi_tf.training.trainer import Trainer
+from alfi_tf.workdir import load_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 2
@@ -43,7 +44,7 @@ TINY_TRAIN = TrainConfig(num_problems=32, num_obs=NUM_OBS, epochs=1, batch_size=
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 SIGNATURES = ("infer", "start", "step", "metadata")
 
-# An external Weinberg simulator following the CSV protocol of alfi_tf/external.py: cos(theta) drawn
+# An external Weinberg simulator following the CSV protocol of alfi_tf/simulators/command.py: cos(theta) drawn
 # from the density proportional to max(0, 1 + x^2 + A x) on [-1, 1] by rejection.
 WEINBERG_SCRIPT = """\
 import sys

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alfi_tf import losses
+from alfi_tf.model import losses
 from alfi_tf.config import MachineConfig, TrainConfig
-from alfi_tf.inference import Inferrer
-from alfi_tf.machine import InferenceMachine, Trajectory
-from alfi_tf.normalization import Standardizer, transform_observations
+from alfi_tf.model.inference import Inferrer
+from alfi_tf.model.machine import InferenceMachine, Trajectory
+from alfi_tf.model.normalization import Standardizer, transform_observations
 from alfi_tf.simulators import get_simulator
-from alfi_tf.validation import check_observations
+from alfi_tf.checks import check_observations
 
 NUM_PROBLEMS = 5
 NUM_OBS = 16
@@ -264,7 +264,8 @@ def test_gradients_reach_every_trainable_variable():
   theta = machine.theta_standardizer.forward(theta)
   with tf.GradientTape() as tape:
     trajectory = machine(observations, seed=_seed(3))
-    loss = losses.weighted_loss(losses.step_losses(theta, trajectory.psi, "nll"), "exp")
+    loss = losses.weighted_loss(
+        losses.step_losses(theta, trajectory.psi, "nll", machine.proposal), "exp")
   variables = machine.trainable_variables
   gradients = tape.gradient(loss, variables)
   assert len(variables) == 17
@@ -370,8 +371,10 @@ def inferrer():
 def test_inferrer_shapes_and_determinism(inferrer):
   _, observations = _problems("poisson")
   result = inferrer(observations, seed=5)
-  assert result.mean.shape == result.std.shape == (NUM_PROBLEMS, 4, 1)
-  assert result.initial_mean.shape == (NUM_PROBLEMS, 1)
+  assert result.trajectory_mean.shape == result.trajectory_std.shape == (NUM_PROBLEMS, 4, 1)
+  assert result.mean.shape == result.std.shape == result.initial_mean.shape == (NUM_PROBLEMS, 1)
+  np.testing.assert_array_equal(result.mean, result.trajectory_mean[:, -1])
+  np.testing.assert_array_equal(result.std, result.trajectory_std[:, -1])
   again = inferrer(observations, seed=5)
   for actual, expected in zip(again, result):
     np.testing.assert_array_equal(actual, expected)
@@ -386,9 +389,10 @@ def test_inferrer_respects_initial_mean(inferrer):
   result = inferrer(observations, seed=5, initial_mean=start)
   np.testing.assert_allclose(result.initial_mean, start, rtol=1e-5)
   # Untrained: every step stays at the start, with sigma_0 = 0.1 standardised units.
-  np.testing.assert_allclose(result.mean, np.repeat(start[:, np.newaxis], 4, axis=1), rtol=1e-5)
+  np.testing.assert_allclose(result.trajectory_mean, np.repeat(start[:, np.newaxis], 4, axis=1),
+                             rtol=1e-5)
   np.testing.assert_allclose(
-      result.std, 0.1 * inferrer.machine.theta_standardizer.std.numpy() * np.ones((5, 4, 1)),
+      result.trajectory_std, 0.1 * inferrer.machine.theta_standardizer.std.numpy() * np.ones((5, 4, 1)),
       rtol=1e-5)
 
 
@@ -414,6 +418,68 @@ def test_inferrer_matches_the_machine_for_one_batch():
   _, seed = tf.unstack(tf.random.experimental.stateless_split(
       tf.random.experimental.stateless_fold_in(tf.constant([5, 0], tf.int32), 0), 2))
   mean, std = machine.to_raw(machine(observations, seed=seed, initial_mean=start).psi)
-  np.testing.assert_allclose(result.mean, mean.numpy(), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(result.std, std.numpy(), rtol=1e-5, atol=1e-5)
-  assert result.mean.shape == (NUM_PROBLEMS, 3, 1)
+  np.testing.assert_allclose(result.trajectory_mean, mean.numpy(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(result.trajectory_std, std.numpy(), rtol=1e-5, atol=1e-5)
+  assert result.trajectory_mean.shape == (NUM_PROBLEMS, 3, 1)
+
+
+# --- The Keras surface: compile / fit / save. ---
+
+def _fit_dataset(name: str = "poisson", num_problems: int = 64, batch: int = 16) -> tf.data.Dataset:
+  theta, observations = _problems(name, num_problems=num_problems, seed=200)
+  seeds = tf.random.experimental.stateless_split(_seed(42), num_problems)
+  return tf.data.Dataset.from_tensor_slices((theta, observations, seeds)).batch(batch)
+
+
+def test_fit_reduces_the_meta_loss():
+  machine = _machine()
+  data = _fit_dataset()
+  machine.compile(keras.optimizers.Adam(3e-3))
+  before = machine.evaluate(data, verbose=0)
+  history = machine.fit(data, epochs=8, verbose=0, shuffle=False)
+  after = machine.evaluate(data, verbose=0)
+  assert len(history.history["loss"]) == 8
+  assert np.isfinite(after) and after < before - 0.1, (before, after)
+
+
+def test_fit_minimises_the_trainers_meta_loss():
+  """One `train_step` equals a hand-written Adam step on `losses.meta_loss`."""
+  machine, reference = _machine(), _machine()
+  theta, observations = _problems("poisson", num_problems=8, seed=201)
+  seed = _seed(3)
+  machine.compile(keras.optimizers.Adam(1e-2), loss="nll", time_weights="constant")
+  logs = machine.train_step((tf.constant(theta), tf.constant(observations), seed))
+  with tf.GradientTape() as tape:
+    loss = losses.meta_loss(reference, tf.constant(theta), tf.constant(observations), seed,
+                            "nll", "constant")
+  optimizer = keras.optimizers.Adam(1e-2)
+  optimizer.apply(tape.gradient(loss, reference.trainable_variables),
+                  reference.trainable_variables)
+  np.testing.assert_allclose(float(logs["loss"]), float(loss), rtol=1e-6)
+  for ours, theirs in zip(machine.trainable_variables, reference.trainable_variables):
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_config_round_trip():
+  machine = _machine("weinberg", bound=0.3)
+  clone = InferenceMachine.from_config(machine.get_config())
+  assert clone.config == machine.config and clone.simulator.name == "weinberg"
+  assert [w.shape for w in clone.weights] == [w.shape for w in machine.weights]
+
+
+def test_keras_file_round_trip_gives_identical_inference(tmp_path):
+  machine = _machine()
+  machine.compile(keras.optimizers.Adam(3e-3), time_weights="last")
+  machine.fit(_fit_dataset(num_problems=32), epochs=1, verbose=0, shuffle=False)
+  path = str(tmp_path / "machine.keras")
+  machine.save(path)
+  loaded = keras.saving.load_model(path)
+  assert isinstance(loaded, InferenceMachine) and loaded.config == machine.config
+  _, observations = _problems("poisson")
+  expected = Inferrer(machine, num_steps=4)(observations, seed=7)
+  actual = Inferrer(loaded, num_steps=4)(observations, seed=7)
+  for field, value in expected._asdict().items():
+    np.testing.assert_array_equal(getattr(actual, field), value, err_msg=field)
+  # The optimizer and the meta-loss settings come back too: training can continue.
+  assert loaded.get_compile_config()["time_weights"] == "last"
+  assert int(loaded.optimizer.iterations) == int(machine.optimizer.iterations)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alfi_tf import data as data_lib
+from alfi_tf.training import data as data_lib
 from alfi_tf.config import MachineConfig, TrainConfig
-from alfi_tf.training import Trainer, load_machine
+from alfi_tf.training.trainer import Trainer
+from alfi_tf.workdir import load_machine
 
 TINY_MACHINE = MachineConfig(simulator="poisson", num_steps=3, num_samples=4, num_simulated_obs=8,
                              encoder_hidden=16, encoder_out=8, aggregator_hidden=16,

@@ -8,12 +8,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf import data as data_lib
+from alfi_tf.training import data as data_lib
 from alfi_tf.config import default_test_horizon, require_positive
-from alfi_tf.evaluation import metrics, plots
+from alfi_tf import metrics
+from alfi_tf.evaluation import plots
 from alfi_tf.evaluation.references import reference_estimates
-from alfi_tf.inference import Inferrer
-from alfi_tf.training import load_machine
+from alfi_tf.model.inference import Inferrer
+from alfi_tf.workdir import load_machine
 from alfi_tf.workdir import Workdir, write_json_atomically
 
 
@@ -70,9 +71,9 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
                                     data_lib.TEST_STREAM)
   inferrer = Inferrer(machine, num_steps=num_steps, batch_size=config.batch_size)
   result = inferrer(test.observations, seed=seed + 1)
-  final_mean, final_std = result.mean[:, -1], result.std[:, -1]
+  final_mean, final_std = result.mean, result.std
 
-  rmse_steps = metrics.rmse_per_step(result.mean, test.theta)
+  rmse_steps = metrics.rmse_per_step(result.trajectory_mean, test.theta)
   references = reference_estimates(simulator, test.observations, config.grid_points)
   prior_mean = np.broadcast_to(np.asarray(simulator.prior.mean(), np.float32), test.theta.shape)
   reference_rmse = {"prior_mean": metrics.rmse(prior_mean, test.theta)}
@@ -99,7 +100,7 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       "coverage_per_step": {
           level: {name: values[:, i].tolist() for i, name in enumerate(names)}
           for level, values in metrics.interval_coverage(
-              result.mean, result.std, test.theta[:, np.newaxis]).items()},
+              result.trajectory_mean, result.trajectory_std, test.theta[:, np.newaxis]).items()},
       "nll": _per_parameter(names, metrics.gaussian_nll(final_mean, final_std, test.theta)),
   }
   if "posterior_std" in references:
@@ -154,7 +155,7 @@ def _robustness(inferrer: Inferrer, test: data_lib.Problems, seed: int, config: 
   observations = np.repeat(test.observations[:count], starts, axis=0)
   result = inferrer(observations, seed=seed + 2)
   d = test.theta.shape[1]
-  means = result.mean.reshape(count, starts, -1, d)
+  means = result.trajectory_mean.reshape(count, starts, -1, d)
   initial = result.initial_mean.reshape(count, starts, d)
   spread = means[:, :, -1].std(axis=1).mean(axis=0)
   rmse_all = metrics.rmse(means[:, :, -1].reshape(-1, d), np.repeat(test.theta[:count], starts, 0))

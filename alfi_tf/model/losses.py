@@ -1,20 +1,24 @@
-"""Per-step losses `l(theta*, psi_t)` and their weighting over time (spec §3)."""
+"""The meta-loss (spec §3): per-step losses `l(theta*, psi_t)`, weighted over the T steps.
+
+`meta_loss` is what meta-training minimises, whether through the `Trainer` or `machine.fit`.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf import proposal
+from alfi_tf.model.proposals import Proposal
 
 
-def step_losses(theta: tf.Tensor, psi: tf.Tensor, kind: str) -> tf.Tensor:
+def step_losses(theta: tf.Tensor, psi: tf.Tensor, kind: str, proposal: Proposal) -> tf.Tensor:
   """Loss of each step of each problem.
 
   Args:
     theta: `[batch, d]` true parameters, standardised.
-    psi: `[batch, T, 2d]` trajectory, standardised.
-    kind: `nll` (`-log q(theta* | psi_t)`), `mse` or `l1` (of the mean `mu_t`, summed over d).
+    psi: `[batch, T, P]` trajectory, standardised.
+    kind: `nll` (`-log q(theta* | psi_t)`), `mse` or `l1` (of the proposal's mean, summed over d).
+    proposal: the family that `psi` parameterises.
 
   Returns:
     `[batch, T]`.
@@ -22,7 +26,7 @@ def step_losses(theta: tf.Tensor, psi: tf.Tensor, kind: str) -> tf.Tensor:
   target = theta[:, tf.newaxis]
   if kind == "nll":
     return -proposal.log_prob(target, psi)
-  mean, _ = proposal.split_psi(psi)
+  mean = proposal.mean(psi)
   if kind == "mse":
     return tf.reduce_sum(tf.square(mean - target), axis=-1)
   if kind == "l1":
@@ -69,3 +73,28 @@ def weighted_loss(losses: tf.Tensor, kind: str, beta: float = 3.0,
     return tf.reduce_mean(tf.reduce_sum(improvement, axis=1))
   weights = tf.constant(time_weights(kind, num_steps, beta))
   return tf.reduce_mean(tf.reduce_sum(losses * weights, axis=1))
+
+
+def meta_loss(machine, theta: tf.Tensor, observations: tf.Tensor, seed: tf.Tensor,
+              loss: str = "nll", weights: str = "exp", beta: float = 3.0) -> tf.Tensor:
+  """The meta-loss of a batch of problems: run the machine, score its trajectory against `theta`.
+
+  Args:
+    machine: an `InferenceMachine` (its standardisation statistics set).
+    theta: `[batch, d]` true parameters, raw units.
+    observations: `[batch, n, d_x]` their observations, raw.
+    seed: int32 `[2]`, the seed of the machine's proposals and simulations.
+    loss: per-step loss, see `step_losses`.
+    weights, beta: weighting over the steps, see `time_weights` / `weighted_loss`.
+
+  Returns:
+    A scalar: the batch's mean of the weighted per-step losses.
+  """
+  trajectory = machine(observations, seed=seed)
+  target = machine.theta_standardizer.forward(theta)
+  per_step = step_losses(target, trajectory.psi, loss, machine.proposal)
+  initial = None
+  if weights == "observed_improvement":
+    initial = step_losses(target, trajectory.initial_psi[:, tf.newaxis], loss,
+                          machine.proposal)[:, 0]
+  return weighted_loss(per_step, weights, beta, initial)

@@ -1,28 +1,42 @@
-"""Running a (trained) machine on observed data, in raw parameter units."""
+"""Running a (trained) machine on observed data, in raw parameter units, and the result type that
+in-library inference and the deployed machine share."""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.machine import InferenceMachine
-from alfi_tf.validation import check_observations
+from alfi_tf.checks import check_observations
+from alfi_tf.model.machine import InferenceMachine
 
 
 class InferenceResult(NamedTuple):
-  """The machine's answer for `K` problems, in raw parameter units.
+  """The machine's answer for `B` observation sets, in raw parameter units.
 
   Attributes:
-    mean: `[K, T, d]`, `mu_1 .. mu_T`; the estimate is `mean[:, -1]`.
-    std: `[K, T, d]`, `sigma_1 .. sigma_T`.
-    initial_mean: `[K, d]`, the start `mu_0`.
+    mean, std: `[B, d]`, the final proposal's mean and marginal standard deviations: the estimate
+      and its uncertainty.
+    trajectory_mean, trajectory_std: `[B, T, d]`, the same after each step 1..T.
+    initial_mean: `[B, d]`, the start `mu_0`.
   """
 
   mean: np.ndarray
   std: np.ndarray
+  trajectory_mean: np.ndarray
+  trajectory_std: np.ndarray
   initial_mean: np.ndarray
+
+  @classmethod
+  def from_outputs(cls, outputs: Dict[str, tf.Tensor]) -> "InferenceResult":
+    """Picks the result out of `InferenceMachine.infer`'s (or an export signature's) outputs."""
+    return cls(*(np.asarray(outputs[key]) for key in cls._fields))
+
+  @classmethod
+  def concatenate(cls, results) -> "InferenceResult":
+    """One result from the results of consecutive batches of observation sets."""
+    return cls(*(np.concatenate(parts) for parts in zip(*results)))
 
 
 class Inferrer:
@@ -42,22 +56,19 @@ class Inferrer:
     self.batch_size = batch_size
     self._run = tf.function(self._run_batch, jit_compile=jit_compile, reduce_retracing=True)
 
-  def _run_batch(self, observations: tf.Tensor, seed: tf.Tensor, initial_mean: tf.Tensor):
-    trajectory = self.machine(observations, seed=seed, num_steps=self.num_steps,
-                              initial_mean=initial_mean)
-    mean, std = self.machine.to_raw(trajectory.psi)
-    mu0, _ = self.machine.to_raw(trajectory.initial_psi)
-    return mean, std, mu0
+  def _run_batch(self, observations: tf.Tensor, seed: tf.Tensor,
+                 initial_mean: tf.Tensor) -> Dict[str, tf.Tensor]:
+    return self.machine.infer(observations, seed, self.num_steps, initial_mean)
 
   def __call__(self, observations: np.ndarray, seed: int,
                initial_mean: Optional[np.ndarray] = None) -> InferenceResult:
-    """Infers parameters for `observations [K, n, d_x]` (raw).
+    """Infers parameters for `observations [B, n, d_x]` (raw).
 
     Args:
-      observations: `K` observation sets of `n` observations each.
+      observations: `B` observation sets of `n` observations each.
       seed: integer seed; batch `i` splits `fold_in([seed, 0], i)` into the seed of its prior-drawn
         starts and the seed of the machine's run.
-      initial_mean: optional `[K, d]` raw starts; default draws from the prior.
+      initial_mean: optional `[B, d]` raw starts; default draws from the prior.
     """
     simulator = self.machine.simulator
     observations = check_observations(observations, simulator.observation_dim)
@@ -66,7 +77,7 @@ class Inferrer:
       if initial_mean.shape != (observations.shape[0], simulator.parameter_dim):
         raise ValueError(f"initial_mean must have shape "
                          f"{(observations.shape[0], simulator.parameter_dim)}, got {initial_mean.shape}")
-    outputs = []
+    results = []
     base_seed = tf.constant([seed, 0], tf.int32)
     for index, start in enumerate(range(0, observations.shape[0], self.batch_size)):
       chunk = slice(start, start + self.batch_size)
@@ -75,10 +86,9 @@ class Inferrer:
       # Starts are always passed explicitly, so one graph serves both prior draws and user starts.
       start_mean = (initial_mean[chunk] if initial_mean is not None else
                     self._prior_draw(observations[chunk].shape[0], start_seed))
-      outputs.append(self._run(tf.constant(observations[chunk]), run_seed,
-                               tf.constant(start_mean)))
-    mean, std, mu0 = (np.concatenate([o[i].numpy() for o in outputs]) for i in range(3))
-    return InferenceResult(mean=mean, std=std, initial_mean=mu0)
+      results.append(InferenceResult.from_outputs(self._run(
+          tf.constant(observations[chunk]), run_seed, tf.constant(start_mean))))
+    return InferenceResult.concatenate(results)
 
   def _prior_draw(self, count: int, seed: tf.Tensor) -> np.ndarray:
     return self.machine.simulator.prior.sample(count, seed=seed).numpy().astype(np.float32)

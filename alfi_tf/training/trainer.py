@@ -14,15 +14,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alfi_tf import data as data_lib
-from alfi_tf import distribution, losses, pipeline
+from alfi_tf.training import data as data_lib
+from alfi_tf.model import losses
+from alfi_tf.training import distribute, pipeline
 from alfi_tf.config import MachineConfig, TrainConfig
-from alfi_tf.evaluation.metrics import rmse_per_step
-from alfi_tf.inference import Inferrer
-from alfi_tf.machine import InferenceMachine
-from alfi_tf.normalization import Moments
+from alfi_tf.metrics import rmse_per_step
+from alfi_tf.model.inference import Inferrer
+from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.model.normalization import Moments
 from alfi_tf.simulators import NumpySimulator, get_simulator
-from alfi_tf.workdir import Workdir
+from alfi_tf.workdir import Workdir, restore_checkpoint
 
 
 class TrainingResult(NamedTuple):
@@ -47,7 +48,7 @@ class Trainer:
     workdir: run directory; an existing one must hold the same configuration and is resumed.
     jit_compile: compile each replica's forward and backward pass with XLA (TF-native simulators).
     log_every: steps between progress lines.
-    strategy: a `tf.distribute.Strategy` (see `alfi_tf.distribution`); default: one device. The
+    strategy: a `tf.distribute.Strategy` (see `alfi_tf.training.distribute`); default: one device. The
       global batch is split evenly across its replicas. With one replica a run is bit-for-bit
       reproducible; with several, each replica's simulations use their own seed.
     data_workers: processes that generate a numpy simulator's problems (0 or 1: in-process).
@@ -71,7 +72,7 @@ class Trainer:
     if jit_compile and isinstance(self.simulator, NumpySimulator):
       raise ValueError(f"jit_compile needs a TF-native simulator; {self.simulator.name!r} runs "
                        "numpy code (tf.numpy_function), which XLA cannot compile")
-    self.is_chief = distribution.is_chief(self.strategy)
+    self.is_chief = distribute.is_chief(self.strategy)
     self.workdir = Workdir(workdir)
     if self.is_chief:
       self.workdir.claim(machine_config, train_config)
@@ -96,7 +97,7 @@ class Trainer:
     # Every worker saves (saving may involve collectives), but only the chief into the run; the
     # others write scratch copies that are deleted after each save.
     self._scratch = (None if self.is_chief else
-                     self.workdir.worker_scratch(distribution.worker_name(self.strategy)))
+                     self.workdir.worker_scratch(distribute.worker_name(self.strategy)))
     self.manager = tf.train.CheckpointManager(self.checkpoint, self._scratch or
                                               self.workdir.checkpoints, max_to_keep=3)
     # One compiled optimisation step on a global batch (also used by the benchmarks).
@@ -111,13 +112,8 @@ class Trainer:
 
   def _loss(self, theta: tf.Tensor, observations: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     cfg = self.train_config
-    trajectory = self.machine(observations, seed=seed)
-    target = self.machine.theta_standardizer.forward(theta)
-    per_step = losses.step_losses(target, trajectory.psi, cfg.loss)
-    initial = None
-    if cfg.time_weights == "observed_improvement":
-      initial = losses.step_losses(target, trajectory.initial_psi[:, tf.newaxis], cfg.loss)[:, 0]
-    return losses.weighted_loss(per_step, cfg.time_weights, cfg.beta, initial)
+    return losses.meta_loss(self.machine, theta, observations, seed, cfg.loss, cfg.time_weights,
+                            cfg.beta)
 
   def _replica_gradients(self, theta: tf.Tensor, observations: tf.Tensor,
                          seed: tf.Tensor) -> Tuple[tf.Tensor, List[tf.Tensor]]:
@@ -168,25 +164,14 @@ class Trainer:
   def _validate(self, inferrer: Inferrer, problems: data_lib.Problems) -> np.ndarray:
     """RMSE of `mu_t` on the validation problems at every step, `[T, d]`."""
     result = inferrer(problems.observations, seed=self.train_config.seed + 1)
-    return rmse_per_step(result.mean, problems.theta)
+    return rmse_per_step(result.trajectory_mean, problems.theta)
 
   def _restore(self) -> bool:
-    """Restores the newest readable checkpoint; an unreadable one is reported and skipped."""
-    candidates = tf.train.get_checkpoint_state(self.workdir.checkpoints)
-    paths = list(candidates.all_model_checkpoint_paths) if candidates else []
-    for path in reversed(paths):
-      try:
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-      except (tf.errors.OpError, AssertionError, IndexError, KeyError, ValueError) as error:
-        logging.error("checkpoint %s is corrupted or partial (%s: %s); trying an older one", path,
-                      type(error).__name__, str(error).splitlines()[0][:200])
-        continue
+    """Restores the newest readable checkpoint (see `workdir.restore_checkpoint`)."""
+    path = restore_checkpoint(self.checkpoint, self.workdir.checkpoints)
+    if path is not None:
       logging.info("resumed from %s at step %d", path, self.step)
-      return True
-    if paths:
-      raise RuntimeError(f"no readable checkpoint in {self.workdir.checkpoints}; move the directory "
-                         "away to start over")
-    return False
+    return path is not None
 
   def _save(self, step: int) -> None:
     self.manager.save(checkpoint_number=step)
@@ -225,7 +210,7 @@ class Trainer:
     in a multi-worker run they save when any of them is due."""
     minutes = self.train_config.checkpoint_every_minutes
     due = 0 < minutes <= minutes_since_save
-    if minutes > 0 and distribution.task(self.strategy) is not None:
+    if minutes > 0 and distribute.task(self.strategy) is not None:
       votes = self.strategy.run(lambda: tf.constant(int(due)))
       return bool(self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None) > 0)
     return due
@@ -316,14 +301,3 @@ class Trainer:
                                   "replicas": self.replicas})
     return result
 
-
-def load_machine(workdir: str, checkpoint: Optional[str] = None) -> InferenceMachine:
-  """Rebuilds the machine of a workdir and restores its latest (or the given) checkpoint."""
-  run = Workdir(workdir)
-  machine_config, _ = run.read_config()
-  machine = InferenceMachine(get_simulator(machine_config.simulator), machine_config)
-  path = checkpoint or tf.train.latest_checkpoint(run.checkpoints)
-  if path is None:
-    raise FileNotFoundError(f"no checkpoint in {run.checkpoints}: train first")
-  tf.train.Checkpoint(machine=machine).restore(path).expect_partial()
-  return machine

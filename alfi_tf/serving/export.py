@@ -4,7 +4,8 @@ The export needs only TensorFlow to load and run. Its signatures:
 
 * `infer(observations [B, n, d_x], seed [2])` (TF-native simulators only: the simulator is traced
   into the graph) -> final `mean`, `std` (raw units, `[B, d]`), `trajectory_mean`,
-  `trajectory_std` (`[B, T, d]`) and `initial_mean` (`[B, d]`).
+  `trajectory_std` (`[B, T, d]`) and `initial_mean` (`[B, d]`): the fields of
+  `alfi_tf.model.inference.InferenceResult`.
 * `start(observations, seed)` -> the loop state, plus `parameters [B, M, d]` to simulate (raw units)
   and the `simulation_seed [2]` that the in-graph simulator would have used for them.
 * `step(<state>, simulations [B, M, N, d_x])` -> the next state and parameters. After `T` calls
@@ -23,13 +24,13 @@ from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
-from alfi_tf import __version__, proposal
+from alfi_tf import __version__
 from alfi_tf.config import default_test_horizon, to_dict
-from alfi_tf.machine import InferenceMachine, LoopState
+from alfi_tf.model.machine import InferenceMachine, LoopState
 from alfi_tf.simulators import NumpySimulator
 
 #: Bumped whenever the signatures or the state layout change; loaders refuse other versions.
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
 METADATA_ASSET = "alfi_metadata.json"
 STATE_KEYS = ("psi", "lstm_h", "lstm_c", "real_encoding", "samples", "loop_seed", "step",
               "trajectory", "initial_psi")
@@ -84,20 +85,21 @@ class ExportModule(tf.Module):
     d, dx = simulator.parameter_dim, simulator.observation_dim
     m, n = machine.config.num_samples, machine.config.num_simulated_obs
     e, units = machine.encoder.size, machine.config.lstm_units
+    psi_size = machine.proposal.psi_size
     self.metadata_json = json.dumps(machine_metadata(machine, self.num_steps), sort_keys=True)
     observations = tf.TensorSpec([None, None, dx], tf.float32, name="observations")
     seed = tf.TensorSpec([2], tf.int32, name="seed")
     self.start = tf.function(self._start, input_signature=[observations, seed])
     self.step = tf.function(self._step, input_signature=[
-        tf.TensorSpec([None, 2 * d], tf.float32, name="psi"),
+        tf.TensorSpec([None, psi_size], tf.float32, name="psi"),
         tf.TensorSpec([None, units], tf.float32, name="lstm_h"),
         tf.TensorSpec([None, units], tf.float32, name="lstm_c"),
         tf.TensorSpec([None, e], tf.float32, name="real_encoding"),
         tf.TensorSpec([None, m, d], tf.float32, name="samples"),
         tf.TensorSpec([2], tf.int32, name="loop_seed"),
         tf.TensorSpec([], tf.int32, name="step"),
-        tf.TensorSpec([None, None, 2 * d], tf.float32, name="trajectory"),
-        tf.TensorSpec([None, 2 * d], tf.float32, name="initial_psi"),
+        tf.TensorSpec([None, None, psi_size], tf.float32, name="trajectory"),
+        tf.TensorSpec([None, psi_size], tf.float32, name="initial_psi"),
         tf.TensorSpec([None, m, n, dx], tf.float32, name="simulations"),
     ])
     self.metadata = tf.function(lambda: {"metadata": tf.constant(self.metadata_json)},
@@ -122,6 +124,7 @@ class ExportModule(tf.Module):
     samples = self.machine.propose(state, proposal_seed)
     mean, std = self.machine.to_raw(state.psi)
     trajectory_mean, trajectory_std = self.machine.to_raw(trajectory)
+    initial_mean, _ = self.machine.to_raw(initial_psi)
     return {
         "psi": state.psi, "lstm_h": state.lstm_h, "lstm_c": state.lstm_c,
         "real_encoding": state.real_encoding, "samples": samples, "loop_seed": loop_seed,
@@ -131,6 +134,7 @@ class ExportModule(tf.Module):
         "done": step >= self.num_steps,
         "mean": mean, "std": std,
         "trajectory_mean": trajectory_mean, "trajectory_std": trajectory_std,
+        "initial_mean": initial_mean,
     }
 
   def _start(self, observations: tf.Tensor, seed: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -147,11 +151,7 @@ class ExportModule(tf.Module):
     return self._outputs(state, loop_seed, step + 1, trajectory, initial_psi)
 
   def _infer(self, observations: tf.Tensor, seed: tf.Tensor) -> Dict[str, tf.Tensor]:
-    trajectory = self.machine(observations, seed=seed, num_steps=self.num_steps)
-    mean, std = self.machine.to_raw(trajectory.psi)
-    initial_mean, _ = self.machine.to_raw(trajectory.initial_psi)
-    return {"mean": mean[:, -1], "std": std[:, -1], "trajectory_mean": mean,
-            "trajectory_std": std, "initial_mean": initial_mean}
+    return self.machine.infer(observations, seed, self.num_steps)
 
 
 def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Optional[int] = None,

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from alfi_tf import data as data_lib
+from alfi_tf.training import data as data_lib
 from alfi_tf.config import TrainConfig
 from alfi_tf.simulators import Simulator
 

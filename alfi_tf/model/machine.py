@@ -1,27 +1,32 @@
-"""The recurrent inference machine (spec §2): the whole T-step loop unrolled in one graph."""
+"""The recurrent inference machine (spec §2): the whole T-step loop unrolled in one graph.
+
+A Keras model: besides the `Trainer` (the main path: exact resume, per-step stateless seeds, the
+summed gradient clipped once across replicas), a Keras user can `compile` and `fit` it on batches of
+`(theta, observations, seed)`, and `save` / `keras.saving.load_model` it as a `.keras` file.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf import proposal
-from alfi_tf.config import MachineConfig
-from alfi_tf.networks import SampleAggregator, SetEncoder, Updater
-from alfi_tf.normalization import Moments, Standardizer, transform_observations
-from alfi_tf.simulators import Simulator
+from alfi_tf.config import MachineConfig, to_dict
+from alfi_tf.model import losses
+from alfi_tf.model.networks import SampleAggregator, SetEncoder, Updater
+from alfi_tf.model.normalization import Moments, Standardizer, transform_observations
+from alfi_tf.model.proposals import get_proposal
+from alfi_tf.simulators import Simulator, get_simulator
 
 
 class Trajectory(NamedTuple):
   """Proposal parameters after each step, in standardised parameter space.
 
   Attributes:
-    initial_psi: `[batch, 2d]`, `psi_0`.
-    psi: `[batch, T, 2d]`, `psi_1 .. psi_T`.
+    initial_psi: `[batch, P]`, `psi_0`.
+    psi: `[batch, T, P]`, `psi_1 .. psi_T`.
   """
 
   initial_psi: tf.Tensor
@@ -32,7 +37,7 @@ class LoopState(NamedTuple):
   """What the machine carries from one step to the next.
 
   Attributes:
-    psi: `[batch, 2d]` current proposal parameters (standardised).
+    psi: `[batch, P]` current proposal parameters (standardised).
     lstm_h, lstm_c: `[batch, lstm_units]` the LSTM cell's state.
     real_encoding: `[batch, E]` the set encoding of the observed data (computed once).
   """
@@ -43,6 +48,13 @@ class LoopState(NamedTuple):
   real_encoding: tf.Tensor
 
 
+def standardize_over_samples(features: tf.Tensor, epsilon: float = 1e-5) -> tf.Tensor:
+  """Zero mean, unit std across the `M` samples of each problem: `[batch, M, k] -> [batch, M, k]`."""
+  mean, variance = tf.nn.moments(features, axes=[1], keepdims=True)
+  return (features - mean) * tf.math.rsqrt(variance + epsilon)
+
+
+@keras.saving.register_keras_serializable(package="alfi_tf")
 class InferenceMachine(keras.Model):
   """Meta-learned inference: proposes, simulates, compares, updates `psi`, T times.
 
@@ -54,6 +66,10 @@ class InferenceMachine(keras.Model):
     >>> machine = InferenceMachine(simulator, MachineConfig(simulator="poisson"))
     >>> machine.adapt(theta_train, observations_train)
     >>> trajectory = machine(observations, seed=tf.constant([1, 2]))
+
+  Or trained the Keras way (one device; the `Trainer` adds exact resume and distribution):
+    >>> machine.compile(keras.optimizers.Adam(1e-3))
+    >>> machine.fit(tf.data.Dataset.from_tensor_slices((theta, observations, seeds)).batch(32))
   """
 
   def __init__(self, simulator: Simulator, config: MachineConfig, name: str = "alfi_machine"):
@@ -63,6 +79,8 @@ class InferenceMachine(keras.Model):
                        f"{simulator.name!r}")
     self.simulator = simulator
     self.config = config
+    self.proposal = get_proposal(config.proposal, simulator.parameter_dim)
+    self._meta_loss_settings: Dict[str, Any] = {}
     d = simulator.parameter_dim
     self.theta_standardizer = Standardizer(d, name="theta_standardizer")
     self.observation_standardizer = Standardizer(simulator.observation_dim,
@@ -70,8 +88,8 @@ class InferenceMachine(keras.Model):
     self.encoder = SetEncoder(config.encoder_hidden, config.encoder_out, config.moment_features,
                               simulator.observation_dim)
     self.aggregator = SampleAggregator(config.aggregator_hidden, config.aggregator_out)
-    self.updater = Updater(config.updater_hidden, config.lstm_units, 2 * d, config.bound,
-                           config.bound_type)
+    self.updater = Updater(config.updater_hidden, config.lstm_units, self.proposal.psi_size,
+                           config.bound, config.bound_type)
     bounds = simulator.parameter_bounds
     self._bounds = None if bounds is None else tuple(tf.constant(b, tf.float32) for b in bounds)
     self._build_weights()
@@ -79,10 +97,23 @@ class InferenceMachine(keras.Model):
 
   def _build_weights(self) -> None:
     """Creates every weight now, so checkpoints can be restored before the first call."""
-    d, dx, cfg = self.simulator.parameter_dim, self.simulator.observation_dim, self.config
+    d, dx, psi_size = (self.simulator.parameter_dim, self.simulator.observation_dim,
+                       self.proposal.psi_size)
     self.encoder(tf.zeros([1, 1, dx]))
-    self.aggregator(tf.zeros([1, 1, 2 * self.encoder.size + 3 * d]))
-    self.updater(tf.zeros([1, cfg.aggregator_out + 2 * d]), self.updater.initial_state(1))
+    # Per sample: real and simulated encodings, the sample itself and its score features.
+    self.aggregator(tf.zeros([1, 1, 2 * self.encoder.size + d + psi_size]))
+    self.updater(tf.zeros([1, self.config.aggregator_out + psi_size]),
+                 self.updater.initial_state(1))
+
+  def get_config(self) -> Dict[str, Any]:
+    """The simulator (by registered name) and the machine's configuration."""
+    return {"name": self.name, "simulator": self.simulator.name,
+            "machine_config": to_dict(self.config)}
+
+  @classmethod
+  def from_config(cls, config: Dict[str, Any]) -> "InferenceMachine":
+    return cls(get_simulator(config["simulator"]), MachineConfig(**config["machine_config"]),
+               name=config["name"])
 
   def adapt(self, theta: np.ndarray, observations: np.ndarray) -> None:
     """Sets the standardisation statistics from the meta-training set.
@@ -114,12 +145,11 @@ class InferenceMachine(keras.Model):
 
   def initial_psi(self, batch_size: int, seed: tf.Tensor,
                   initial_mean: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """`psi_0`: mean drawn from the prior (or `initial_mean [batch, d]`, raw units), log sigma_init."""
+    """`psi_0`: centred on a prior draw (or `initial_mean [batch, d]`, raw units), spread sigma_0."""
     if initial_mean is None:
       initial_mean = tf.cast(self.simulator.prior.sample(batch_size, seed=seed), tf.float32)
-    mean = self.theta_standardizer.forward(initial_mean)
-    log_scale = tf.fill(tf.shape(mean), math.log(self.config.initial_scale))
-    return proposal.join_psi(mean, log_scale)
+    return self.proposal.initial_psi(self.theta_standardizer.forward(initial_mean),
+                                     self.config.initial_scale)
 
   def simulation_parameters(self, theta_standardized: tf.Tensor) -> tf.Tensor:
     """Standardised samples `[batch, M, d]` -> the raw parameters to simulate, `[batch, M, d]`.
@@ -174,7 +204,7 @@ class InferenceMachine(keras.Model):
 
   def propose(self, state: LoopState, seed: tf.Tensor) -> tf.Tensor:
     """Draws the step's `M` standardised samples `[batch, M, d]` from `q(theta | psi_t)`."""
-    return proposal.sample(state.psi, self.config.num_samples, seed)
+    return self.proposal.sample(state.psi, self.config.num_samples, seed)
 
   def update(self, state: LoopState, theta: tf.Tensor, simulated: tf.Tensor) -> LoopState:
     """One update `psi_{t+1} = psi_t + Delta psi_t` from the simulations of the proposed samples.
@@ -187,8 +217,8 @@ class InferenceMachine(keras.Model):
     psi = state.psi
     simulated_encoding = self.encoder(self.standardize_observations(simulated))  # [batch, M, E]
     # Scores are random features of the samples; like the samples they carry no gradient.
-    scores = proposal.standardize_over_samples(
-        tf.stop_gradient(proposal.score(theta, psi)))                            # [batch, M, 2d]
+    scores = standardize_over_samples(
+        tf.stop_gradient(self.proposal.score(theta, psi)))                       # [batch, M, P]
     features = tf.concat([
         tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
         simulated_encoding, theta, scores], axis=-1)
@@ -220,8 +250,74 @@ class InferenceMachine(keras.Model):
       trajectory.append(state.psi)
     return Trajectory(initial_psi=initial_psi, psi=tf.stack(trajectory, axis=1))
 
-  def to_raw(self, psi: tf.Tensor):
-    """Standardised `psi [..., 2d]` -> `(mean, std)` in raw parameter units, each `[..., d]`."""
-    mean, log_scale = proposal.split_psi(psi)
-    return (self.theta_standardizer.inverse(mean),
-            tf.exp(log_scale) * self.theta_standardizer.std)
+  def to_raw(self, psi: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Standardised `psi [..., P]` -> `(mean, std)` in raw parameter units, each `[..., d]`."""
+    return self.proposal.raw_moments(psi, self.theta_standardizer.mean,
+                                     self.theta_standardizer.std)
+
+  def infer(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
+            initial_mean: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
+    """The answer for `B` observation sets, in raw parameter units: the one inference body behind
+    `Inferrer` and the export's `infer` signature.
+
+    Args: as for `call`.
+
+    Returns:
+      `mean`, `std` `[B, d]` (the final proposal), `trajectory_mean`, `trajectory_std` `[B, T, d]`
+      (steps 1..T) and `initial_mean` `[B, d]` (the start `mu_0`).
+    """
+    trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
+    mean, std = self.to_raw(trajectory.psi)
+    initial, _ = self.to_raw(trajectory.initial_psi)
+    return {"mean": mean[:, -1], "std": std[:, -1], "trajectory_mean": mean,
+            "trajectory_std": std, "initial_mean": initial}
+
+  # The Keras training surface. `fit` gets batches `(theta [B, d], observations [B, n, d_x], seed)`
+  # with an int32 seed `[2]` per batch (or `[B, 2]` per problem, of which the first is used), and
+  # minimises the same `losses.meta_loss` as the `Trainer`.
+
+  def compile(self, optimizer: Any = "adam", loss: str = "nll", time_weights: str = "exp",
+              beta: float = 3.0, jit_compile: bool = False, **kwargs) -> None:
+    """Prepares `fit`: the optimizer and the meta-loss settings (`losses.meta_loss`).
+
+    `jit_compile` defaults to False (Keras' "auto" would pick XLA, which numpy simulators and
+    TensorFlow's CPU Poisson sampler do not support).
+    """
+    self._meta_loss_settings = {"loss": loss, "weights": time_weights, "beta": beta}
+    super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+  def get_compile_config(self) -> Dict[str, Any]:
+    config = super().get_compile_config()
+    if config:
+      config = {**config, "loss": self._meta_loss_settings["loss"],
+                "time_weights": self._meta_loss_settings["weights"],
+                "beta": self._meta_loss_settings["beta"]}
+    return config
+
+  def compile_from_config(self, config: Dict[str, Any]) -> None:
+    config = dict(config)
+    settings = {key: config.pop(key) for key in ("loss", "time_weights", "beta") if key in config}
+    optimizer = keras.saving.deserialize_keras_object(config.get("optimizer", "adam"))
+    self.compile(optimizer=optimizer, **settings)
+    self.optimizer.build(self.trainable_variables)
+
+  def _batch_meta_loss(self, data) -> tf.Tensor:
+    theta, observations, seed = data
+    seed = tf.reshape(tf.cast(seed, tf.int32), [-1, 2])[0]
+    return losses.meta_loss(self, theta, observations, seed, **self._meta_loss_settings)
+
+  def _logs(self, loss: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Updates Keras' loss tracker (the running mean over an epoch) and returns the logs."""
+    for metric in self.metrics:
+      if metric.name == "loss":
+        metric.update_state(loss)
+    return {metric.name: metric.result() for metric in self.metrics}
+
+  def train_step(self, data) -> Dict[str, tf.Tensor]:
+    with tf.GradientTape() as tape:
+      loss = self._batch_meta_loss(data)
+    self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
+    return self._logs(loss)
+
+  def test_step(self, data) -> Dict[str, tf.Tensor]:
+    return self._logs(self._batch_meta_loss(data))

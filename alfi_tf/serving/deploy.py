@@ -15,36 +15,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.export import EXPORT_FORMAT_VERSION, STATE_KEYS, ExportModule
-from alfi_tf.validation import check_observations
+from alfi_tf.serving.export import EXPORT_FORMAT_VERSION, STATE_KEYS, ExportModule
+from alfi_tf.checks import check_observations
+from alfi_tf.model.inference import InferenceResult
+from alfi_tf.workdir import load_machine
 
 #: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
 #: convention: a simulator's bound `simulate` method can be passed directly.
 SimulateFn = Callable[[np.ndarray, int, np.ndarray], Any]
-
-
-class DeployedResult(NamedTuple):
-  """The answer for `B` observation sets, raw parameter units.
-
-  Attributes:
-    mean, std: `[B, d]` the final proposal `q(theta | psi_T)`.
-    trajectory_mean, trajectory_std: `[B, T, d]`, steps 1..T.
-  """
-
-  mean: np.ndarray
-  std: np.ndarray
-  trajectory_mean: np.ndarray
-  trajectory_std: np.ndarray
-
-  @classmethod
-  def from_outputs(cls, outputs: Dict[str, tf.Tensor]) -> "DeployedResult":
-    """Picks the result out of an `infer` / `start` / `step` output dict."""
-    return cls(*(outputs[key].numpy() for key in cls._fields))
 
 
 class AskTellSession:
@@ -92,9 +75,9 @@ class AskTellSession:
     state = [self._outputs[key] for key in STATE_KEYS]
     self._outputs = self._machine.module.step(*state, tf.constant(array))
 
-  def result(self) -> DeployedResult:
+  def result(self) -> InferenceResult:
     """The current answer (final once `done`)."""
-    return DeployedResult.from_outputs(self._outputs)
+    return InferenceResult.from_outputs(self._outputs)
 
 
 class DeployedMachine:
@@ -120,7 +103,6 @@ class DeployedMachine:
         raise ValueError("num_steps is fixed when exporting; re-export to change it")
       return cls._from_export(path)
     if os.path.exists(os.path.join(path, "config.json")):
-      from alfi_tf.training import load_machine  # Deferred: only workdirs need the training code.
       module = ExportModule(load_machine(path), num_steps)
       return cls(module, json.loads(module.metadata_json))
     raise FileNotFoundError(f"{path} is neither an alfi-tf export (no saved_model.pb) nor a "
@@ -168,20 +150,20 @@ class DeployedMachine:
   def _observations(self, observations) -> tf.Tensor:
     return tf.constant(check_observations(observations, self.observation_dim))
 
-  def infer(self, observations, seed: int = 0) -> DeployedResult:
+  def infer(self, observations, seed: int = 0) -> InferenceResult:
     """Runs all `T` steps in one graph call, simulator included (TF-native simulators only)."""
     if not self.can_infer:
       raise ValueError(f"simulator {self.metadata['simulator']!r} is not TF-native, so the export "
                        "has no infer(); drive it with run(observations, simulate) or start()")
     outputs = self.module.infer(self._observations(observations), tf.constant([seed, 0]))
-    return DeployedResult.from_outputs(outputs)
+    return InferenceResult.from_outputs(outputs)
 
   def start(self, observations, seed: int = 0) -> AskTellSession:
     """Begins an ask/tell run on `observations [B, n, d_x]`."""
     return AskTellSession(self, self.module.start(self._observations(observations),
                                                   tf.constant([seed, 0])))
 
-  def run(self, observations, simulate: SimulateFn, seed: int = 0) -> DeployedResult:
+  def run(self, observations, simulate: SimulateFn, seed: int = 0) -> InferenceResult:
     """Runs all steps with `simulate(parameters [B*M, d], num_obs, seed [2])` as the simulator.
 
     With the same simulator and seed this equals `infer` (the simulator gets the very seeds the

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from alfi_tf.validation import check_observations
+from alfi_tf.checks import check_observations
 
 SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv")
 

@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-OBSERVATION_TRANSFORMS = ("none", "log1p", "asinh")
+from alfi_tf.config import OBSERVATION_TRANSFORMS
+
 
 
 def transform_observations(observations: tf.Tensor, kind: str) -> tf.Tensor:

@@ -1,0 +1,78 @@
+"""The interface of a proposal family `q(theta | psi)`, the distribution the machine refines.
+
+The machine never sees a proposal's internals: it asks for an initial `psi_0`, draws samples,
+computes score features, and reads the mean and standard deviation of the answer. A family is one
+subclass of `Proposal` in a file of its own, registered by name in `alfi_tf.model.proposals`.
+
+Everything lives in *standardised* parameter space (`alfi_tf.model.normalization`); `raw_moments`
+maps a proposal's mean and standard deviation back to the parameters' own units.
+
+Shapes: `d` parameters, `P = psi_size` proposal parameters; `psi` is `[batch, P]` (or with a time
+axis, `[batch, T, P]`), samples are `[batch, M, d]`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Tuple
+
+import tensorflow as tf
+
+
+class Proposal(abc.ABC):
+  """A parametric family `q(theta | psi)` over `d` standardised parameters.
+
+  Args:
+    parameter_dim: `d`.
+  """
+
+  #: Registry name, used by `MachineConfig.proposal`.
+  name: str = ""
+
+  def __init__(self, parameter_dim: int):
+    if parameter_dim < 1:
+      raise ValueError(f"parameter_dim must be positive, got {parameter_dim}")
+    self.parameter_dim = parameter_dim
+
+  @property
+  @abc.abstractmethod
+  def psi_size(self) -> int:
+    """`P`, the number of proposal parameters."""
+
+  @abc.abstractmethod
+  def initial_psi(self, mean: tf.Tensor, initial_scale: float) -> tf.Tensor:
+    """`psi_0 [batch, P]` of a proposal centred on `mean [batch, d]` with spread `initial_scale`."""
+
+  @abc.abstractmethod
+  def sample(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor) -> tf.Tensor:
+    """Draws `M` samples per problem: `psi [batch, P]`, int32 `[2]` seed -> `[batch, M, d]`.
+
+    Samples carry no gradient to `psi` (spec §2.1): the simulator they feed is not differentiable,
+    so the machine learns from the score features instead.
+    """
+
+  @abc.abstractmethod
+  def log_prob(self, theta: tf.Tensor, psi: tf.Tensor) -> tf.Tensor:
+    """`log q(theta | psi)`: `theta [..., d]` and `psi [..., P]` broadcast -> `[...]`."""
+
+  @abc.abstractmethod
+  def score(self, theta: tf.Tensor, psi: tf.Tensor) -> tf.Tensor:
+    """`grad_psi log q(theta | psi)`: `theta [batch, M, d]`, `psi [batch, P]` -> `[batch, M, P]`."""
+
+  @abc.abstractmethod
+  def mean(self, psi: tf.Tensor) -> tf.Tensor:
+    """The proposal's mean, `[..., P] -> [..., d]`."""
+
+  @abc.abstractmethod
+  def stddev(self, psi: tf.Tensor) -> tf.Tensor:
+    """The proposal's marginal standard deviations, `[..., P] -> [..., d]`."""
+
+  def raw_moments(self, psi: tf.Tensor, loc: tf.Tensor,
+                  scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Mean and marginal standard deviations in raw units, each `[..., d]`.
+
+    Args:
+      psi: `[..., P]` standardised proposal parameters.
+      loc, scale: `[d]` the standardisation `theta = loc + scale * z`.
+    """
+    return loc + scale * self.mean(psi), scale * self.stddev(psi)

@@ -1,0 +1,1 @@
+"""Meta-training: meta-datasets, input pipelines, tf.distribute, checkpoints and the Trainer."""
