@@ -30,7 +30,7 @@ setup(
         "matplotlib>=3.8,<4",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scipy>=1.11,<2"],
+        "test": ["pytest>=8,<10", "scipy>=1.11,<2", "hypothesis>=6.100,<7"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

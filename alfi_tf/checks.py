@@ -10,10 +10,14 @@ def check_observations(observations, observation_dim: int, name: str = "observat
 
   Raises:
     ValueError: wrong rank, wrong `d_x`, an empty set, or non-finite values (with their location).
+
+  See `check_observation_sets` for the forms a user may hand over for one data set.
   """
   array = np.asarray(observations)
   if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
     raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+  if np.issubdtype(array.dtype, np.complexfloating):
+    raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
   if array.ndim != 3:
     raise ValueError(f"{name} must have shape [num_problems, num_obs, {observation_dim}], "
                      f"got shape {array.shape}")
@@ -22,10 +26,28 @@ def check_observations(observations, observation_dim: int, name: str = "observat
                      f"got shape {array.shape}")
   if array.shape[0] == 0 or array.shape[1] == 0:
     raise ValueError(f"{name} is empty: shape {array.shape}")
-  array = array.astype(np.float32)
   bad = ~np.isfinite(array)
   if bad.any():
     problem, obs, dim = np.argwhere(bad)[0]
     raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s), the first at "
                      f"[{problem}, {obs}, {dim}] = {array[problem, obs, dim]}")
-  return array
+  # Checked before the cast, which would turn them into inf.
+  too_large = np.abs(array.astype(np.float64)) > np.finfo(np.float32).max
+  if too_large.any():
+    problem, obs, dim = np.argwhere(too_large)[0]
+    raise ValueError(f"{name} contains {int(too_large.sum())} value(s) beyond float32's range "
+                     f"(±{np.finfo(np.float32).max:.4g}), the first at [{problem}, {obs}, {dim}] = "
+                     f"{array[problem, obs, dim]:.6g}")
+  return array.astype(np.float32)
+
+
+def check_observation_sets(observations, observation_dim: int,
+                           name: str = "observations") -> np.ndarray:
+  """`check_observations` that also takes one data set on its own: `[n, d_x]`, or `[n]` when
+  `d_x = 1`, becomes `[1, n, d_x]`. What users hand to the deployed machine and the CLI."""
+  array = np.asarray(observations)
+  if array.ndim == 1 and observation_dim == 1:
+    array = array[:, np.newaxis]
+  if array.ndim == 2:
+    array = array[np.newaxis]
+  return check_observations(array, observation_dim, name)

@@ -7,6 +7,9 @@ Both are plain dataclasses so that a run's configuration can be written to (and 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import typing
 from typing import Any, Dict
 
 
@@ -18,6 +21,38 @@ DATA_SOURCES = ("memory", "disk", "online")
 PROPOSALS = ("diagonal_gaussian",)
 #: Elementwise transforms of observations before standardisation (`alfi_tf.model.normalization`).
 OBSERVATION_TRANSFORMS = ("none", "log1p", "asinh")
+
+
+#: Seeds become int32 stateless-seed tensors, and a few more seeds are derived as `seed + k`
+#: (validation, test inference, robustness starts, predictive checks).
+SEED_RANGE = (-2 ** 31, 2 ** 31 - 1 - 8)
+
+
+def require_well_formed(owner: Any) -> None:
+  """Raises a ValueError naming the first field of the dataclass `owner` whose value does not fit
+  its annotation: a bool for `bool`, an integer for `int` (a seed within int32), a finite number
+  for `float` (NaN and inf pass `<= 0` checks and would hang or poison training), a string for
+  `str`."""
+  hints = typing.get_type_hints(type(owner))
+  for field in dataclasses.fields(owner):
+    value, hint = getattr(owner, field.name), hints[field.name]
+    if value is None and hint == typing.Optional[int]:
+      continue
+    if hint is bool:
+      ok, expected = isinstance(value, bool), "true or false"
+    elif hint in (int, typing.Optional[int]):
+      ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+      expected = "an integer"
+      if ok and field.name == "seed" and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        ok, expected = False, f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (an int32 seed)"
+    elif hint is float:
+      ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+      expected = "a finite number"
+    else:
+      ok, expected = isinstance(value, hint), "a string" if hint is str else hint.__name__
+    if not ok:
+      raise ValueError(f"{field.name} must be {expected}, got {value!r}")
 
 
 def require_positive(owner: Any, *names: str) -> None:
@@ -72,6 +107,7 @@ class MachineConfig:
   observation_transform: str = "none"
 
   def __post_init__(self):
+    require_well_formed(self)
     require_positive(self, "num_steps", "num_samples", "num_simulated_obs", "encoder_hidden",
                       "encoder_out", "aggregator_hidden", "aggregator_out", "updater_hidden",
                       "lstm_units", "bound", "initial_scale")
@@ -129,6 +165,7 @@ class TrainConfig:
   shuffle_buffer: int = 10000
 
   def __post_init__(self):
+    require_well_formed(self)
     require_positive(self, "num_problems", "num_obs", "epochs", "batch_size", "learning_rate",
                       "num_validation_problems", "validate_every", "checkpoint_every",
                       "shuffle_buffer")

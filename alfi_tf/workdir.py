@@ -4,10 +4,14 @@ it), through one checkpoint-restoring path that falls back from a corrupted late
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+import time
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -18,6 +22,7 @@ from alfi_tf.simulators import get_simulator
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "training_summary.json"
+LOCK_FILE = "lock"
 
 
 def write_text_atomically(path: str, text: str) -> None:
@@ -78,6 +83,37 @@ class Workdir:
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)
 
+  @contextlib.contextmanager
+  def lock(self) -> Iterator[None]:
+    """Holds an advisory lock on the run for as long as the context lasts.
+
+    The operating system releases it when the holder exits, killed or not, so a stale lock never
+    blocks a resume. The lock file names its holder for the error a second process gets.
+
+    Raises:
+      RuntimeError: another process holds the lock (named by host, process id and start time).
+    """
+    os.makedirs(self.path, exist_ok=True)
+    with open(self.file(LOCK_FILE), "a+") as stream:
+      try:
+        fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        stream.seek(0)
+        holder = stream.read().strip() or "another process"
+        raise RuntimeError(f"workdir {self.path} is in use by {holder}; wait for it to finish, or "
+                           "use another --workdir") from None
+      stream.seek(0)
+      stream.truncate()
+      stream.write(f"process {os.getpid()} on {socket.gethostname()}, since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+      stream.flush()
+      try:
+        yield
+      finally:
+        stream.seek(0)
+        stream.truncate()
+        fcntl.flock(stream, fcntl.LOCK_UN)
+
   def claim(self, machine_config: MachineConfig, train_config: TrainConfig) -> None:
     """Records the configuration of a new run, or checks that an existing run has the same one.
 
@@ -85,6 +121,7 @@ class Workdir:
       ValueError: the workdir belongs to a run with a different configuration (names each setting
         that differs), so resuming into it would mix two experiments.
     """
+    self.require_writable()
     if self.check(machine_config, train_config):
       return
     if os.path.isdir(self.path) and os.listdir(self.path):
@@ -92,6 +129,22 @@ class Workdir:
                        "refusing to write a run into it")
     write_json_atomically(self.file(CONFIG_FILE), {"machine": to_dict(machine_config),
                                                    "train": to_dict(train_config)})
+
+  def require_writable(self) -> None:
+    """Creates the directory if needed; raises a clear error when it cannot hold a run.
+
+    Raises:
+      ValueError: the path exists but is not a directory.
+      PermissionError: the directory (or its parent) is not writable.
+    """
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise ValueError(f"workdir {self.path} exists and is not a directory")
+    try:
+      os.makedirs(self.path, exist_ok=True)
+    except PermissionError as error:
+      raise PermissionError(f"workdir {self.path} cannot be created: {error.strerror}") from None
+    if not os.access(self.path, os.W_OK | os.X_OK):
+      raise PermissionError(f"workdir {self.path} is not writable")
 
   def check(self, machine_config: MachineConfig, train_config: TrainConfig) -> bool:
     """Whether the workdir records a run; raises if that run has a different configuration.
@@ -135,6 +188,17 @@ class Workdir:
 
   def write_summary(self, summary: Dict[str, Any]) -> None:
     write_json_atomically(self.file(SUMMARY_FILE), summary)
+
+
+def process_is_alive(pid: int) -> bool:
+  """Whether process `pid` runs on this host (to tell a killed writer's leftovers from a live one's)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def restore_checkpoint(checkpoint: tf.train.Checkpoint, directory: str,

@@ -15,24 +15,26 @@ for one data set (batch 1) and for --batch data sets per call, n = --num_obs obs
 Run it on an otherwise idle machine (see BUILD.md).
 """
 
+import contextlib
 import json
 import os
 import shutil
 import statistics
 import tempfile
 import time
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from absl import app, flags, logging
 import keras
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.training import data as data_lib
 from alfi_tf.config import MachineConfig
+from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.serving.export import ExportModule, export_machine
-from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.simulators import get_simulator
+from alfi_tf.training import data as data_lib
 
 flags.DEFINE_integer("repeats", 10, "timed calls per row (the median is reported)")
 flags.DEFINE_integer("warmup", 2, "untimed calls first (tracing, graph optimisation)")
@@ -47,6 +49,10 @@ FLAGS = flags.FLAGS
 NUM_STEPS = 15
 PAPER_CONFIG = MachineConfig(simulator="weinberg", num_samples=8, num_simulated_obs=64,
                              num_steps=NUM_STEPS)
+#: One timed path: `(observations [B, n, 1], seed) -> final mean [B, d]`.
+InferFn = Callable[[np.ndarray, int], np.ndarray]
+#: A table row: path, batch, median ms per call (None: the path failed), data sets/s (or why not).
+Row = Tuple[str, int, Optional[float], Union[float, str]]
 
 
 def build_machine() -> InferenceMachine:
@@ -71,9 +77,8 @@ def median_ms(call, repeats: int, warmup: int) -> float:
   return 1000.0 * statistics.median(times)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def check_flags() -> None:
+  """Raises `app.UsageError` for flag values the benchmark cannot run with."""
   for name in ("repeats", "batch", "num_obs"):
     if getattr(FLAGS, name) <= 0:
       raise app.UsageError(f"--{name} must be positive, got {getattr(FLAGS, name)}")
@@ -82,57 +87,71 @@ def main(argv):
                          "another")
   if FLAGS.warmup < 1:
     raise app.UsageError(f"--warmup must be at least 1 (the first call traces), got {FLAGS.warmup}")
-  logging.set_verbosity(logging.WARNING)   # TF's INFO lines about saving would bury the table
-  if FLAGS.threads:
-    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
 
-  machine = build_machine()
+
+@contextlib.contextmanager
+def export_directory() -> Iterator[str]:
+  """--export_dir, or a directory in a temporary folder removed on exit."""
+  if FLAGS.export_dir:
+    yield FLAGS.export_dir
+    return
+  scratch = tempfile.mkdtemp(prefix="alfi-benchmark-")
+  try:
+    yield os.path.join(scratch, "weinberg")
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def inference_paths(machine: InferenceMachine, exported) -> Dict[str, InferFn]:
+  """The timed paths, each `(observations [B, n, 1], seed) -> final mean [B, d]`.
+
+  Args:
+    exported: the export's loaded `infer` signature.
+  """
   module = ExportModule(machine, NUM_STEPS)
   in_library = DeployedMachine(module, json.loads(module.metadata_json))
-  scratch = None
-  export_dir = FLAGS.export_dir
-  if export_dir is None:
-    scratch = tempfile.mkdtemp(prefix="alfi-benchmark-")
-    export_dir = os.path.join(scratch, "weinberg")
-  try:
-    export_machine(machine, export_dir, NUM_STEPS)
-    loaded = tf.saved_model.load(export_dir)   # kept alive: the signature uses its variables
-    exported = loaded.signatures["infer"]
+  paths = {
+      "in-library": lambda batch, seed: in_library.infer(batch, seed=seed).mean,
+      "export": lambda batch, seed: exported(observations=tf.constant(batch),
+                                             seed=tf.constant([seed, 0]))["mean"].numpy(),
+  }
+  if FLAGS.jit:
+    compiled = tf.function(lambda observations, seed: machine.infer(observations, seed, NUM_STEPS),
+                           jit_compile=True, input_signature=module.infer.input_signature)
+    paths["in-library XLA"] = lambda batch, seed: compiled(
+        tf.constant(batch), tf.constant([seed, 0]))["mean"].numpy()
+  return paths
 
-    _, observations = get_simulator("weinberg").sample_problems(
-        FLAGS.batch, FLAGS.num_obs, tf.constant([1, 2]))
-    observations = observations.numpy()
-    paths = {
-        "in-library": lambda batch, seed: in_library.infer(batch, seed=seed).mean,
-        "export": lambda batch, seed: exported(observations=tf.constant(batch),
-                                               seed=tf.constant([seed, 0]))["mean"].numpy(),
-    }
-    if FLAGS.jit:
-      compiled = tf.function(module._infer, jit_compile=True,
-                             input_signature=module.infer.input_signature)
-      paths["in-library XLA"] = lambda batch, seed: compiled(
-          tf.constant(batch), tf.constant([seed, 0]))["mean"].numpy()
 
-    # How far the paths' answers are apart (the export's should be identical to the library's).
-    check = observations[:8]
-    reference = paths["in-library"](check, 0)
-    differences, rows = {}, []
-    for name, infer in list(paths.items())[1:]:
-      try:
-        differences[name] = float(np.abs(infer(check, 0) - reference).max())
-      except (tf.errors.OpError, ValueError) as error:   # e.g. an op XLA cannot compile
-        del paths[name]
-        rows.append((name, 1, None, f"failed: {type(error).__name__}"))
-    for batch_size in (1, FLAGS.batch):
-      batch = observations[:batch_size]
-      for name, infer in paths.items():
-        ms = median_ms(lambda seed, infer=infer: infer(batch, seed), FLAGS.repeats, FLAGS.warmup)
-        rows.append((name, batch_size, ms, 1000.0 * batch_size / ms))
-  finally:
-    if scratch is not None:
-      shutil.rmtree(scratch, ignore_errors=True)
+def compare_paths(paths: Dict[str, InferFn],
+                  check: np.ndarray) -> Tuple[Dict[str, float], List[Row]]:
+  """Max |final mean - in-library's| of each other path on `check [B, n, 1]`.
 
+  Drops the paths that fail (e.g. an op XLA cannot compile) from `paths`, each with a row saying so.
+  """
+  reference = paths["in-library"](check, 0)
+  differences, failures = {}, []
+  for name, infer in list(paths.items())[1:]:
+    try:
+      differences[name] = float(np.abs(infer(check, 0) - reference).max())
+    except (tf.errors.OpError, ValueError) as error:
+      del paths[name]
+      failures.append((name, 1, None, f"failed: {type(error).__name__}"))
+  return differences, failures
+
+
+def time_paths(paths: Dict[str, InferFn], observations: np.ndarray) -> List[Row]:
+  """A row per path for one data set and for all `observations [B, n, 1]` per call."""
+  rows = []
+  for batch_size in (1, observations.shape[0]):
+    batch = observations[:batch_size]
+    for name, infer in paths.items():
+      ms = median_ms(lambda seed, infer=infer: infer(batch, seed), FLAGS.repeats, FLAGS.warmup)
+      rows.append((name, batch_size, ms, 1000.0 * batch_size / ms))
+  return rows
+
+
+def print_report(differences: Dict[str, float], check_size: int, rows: List[Row]) -> None:
   print(f"Weinberg, M={PAPER_CONFIG.num_samples}, N={PAPER_CONFIG.num_simulated_obs}, "
         f"T={NUM_STEPS}, n={FLAGS.num_obs}, default network sizes; UNTRAINED weights (timing "
         "only).")
@@ -140,7 +159,7 @@ def main(argv):
   print(f"TensorFlow {tf.__version__} on {device}, {os.cpu_count()} cores visible, "
         f"threads={FLAGS.threads or 'default'}; median of {FLAGS.repeats} calls after "
         f"{FLAGS.warmup} warm-up calls.")
-  print(f"max |final mean - in-library's| on {check.shape[0]} data sets: " + ", ".join(
+  print(f"max |final mean - in-library's| on {check_size} data sets: " + ", ".join(
       f"{name} {difference:.2g}" for name, difference in differences.items()))
   if "in-library XLA" in differences:
     print("(XLA's stateless RNG uses another algorithm, so the XLA path draws other starts, "
@@ -153,6 +172,29 @@ def main(argv):
       print(f"| {name:<15} | {batch_size:>5} | {rate:>18} | {'-':>11} |")
     else:
       print(f"| {name:<15} | {batch_size:>5} | {ms:>18.1f} | {rate:>11.1f} |")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  check_flags()
+  logging.set_verbosity(logging.WARNING)   # TF's INFO lines about saving would bury the table
+  if FLAGS.threads:
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
+  machine = build_machine()
+  _, observations = get_simulator("weinberg").sample_problems(
+      FLAGS.batch, FLAGS.num_obs, tf.constant([1, 2]))
+  observations = observations.numpy()
+  check = observations[:8]
+  with export_directory() as export_dir:
+    export_machine(machine, export_dir, NUM_STEPS)
+    loaded = tf.saved_model.load(export_dir)   # kept alive: the signature uses its variables
+    paths = inference_paths(machine, loaded.signatures["infer"])
+    # How far the paths' answers are apart (the export's should be identical to the library's).
+    differences, rows = compare_paths(paths, check)
+    rows += time_paths(paths, observations)
+  print_report(differences, check.shape[0], rows)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Times compiled sub-functions that do one step's worth of each part, with the ste
 
 * the simulator alone: `T` calls on `batch * M` parameter vectors, `N` observations each;
 * the set encoder, forward and backward: `T` calls on the simulated sets plus one on the observed data;
-* the optimizer: one Adam update (gradient clipping included) with fixed gradients;
+* the optimizer: one Adam update with fixed gradients (the step clips them before);
 * the whole step (`Trainer.train_step`); "rest" is what the three parts leave of it: proposals,
   scores, the aggregator and the LSTM updater with their backward pass, the losses, the cross-replica
   sum and clipping of the gradients (the batch itself comes from the prefetched input pipeline).

@@ -20,9 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.training import Trainer, set_global_seed, training_batches
 from alfi_tf.training.data import TRAIN_STREAM, generate_problems
-from alfi_tf.training.pipeline import training_batches
-from alfi_tf.training.trainer import Trainer
 from experiments.config_flags import config_from_values, read_flagfile
 
 flags.DEFINE_list("configs", ["poisson_paper", "weinberg_paper"], "flag files in experiments/configs")
@@ -72,6 +71,7 @@ def make_trainer(machine_config: MachineConfig, train_config: TrainConfig, workd
                  jit: bool) -> Tuple[Trainer, Iterator[Tuple[tf.Tensor, tf.Tensor, tf.Tensor]]]:
   """A Trainer with adapted statistics, and its input pipeline as `Trainer.train` runs it
   (batches `(theta [B, d], observations [B, n, d_x], seed [2])`, prefetched ahead of the step)."""
+  set_global_seed(train_config.seed)
   trainer = Trainer(machine_config, train_config, workdir, jit_compile=jit, log_every=10 ** 9)
   problems = generate_problems(trainer.simulator, train_config.num_problems,
                                train_config.num_obs, train_config.seed, TRAIN_STREAM)

@@ -5,9 +5,10 @@ r"""Evaluates a trained workdir on held-out problems.
 Writes `metrics.json` and PNG figures into the workdir and prints a table.
 """
 
-from absl import app, flags
+from absl import flags
 
 from alfi_tf.evaluation.evaluator import EvaluationConfig, evaluate, format_table
+from experiments import cli
 from experiments.config_flags import config_from_flags, define_flags_for
 
 define_flags_for(EvaluationConfig, {
@@ -21,18 +22,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    config = config_from_flags(EvaluationConfig)
-  except ValueError as error:
-    raise app.UsageError(str(error))
-  try:
-    report = evaluate(FLAGS.workdir, config)
-  except FileNotFoundError as error:
-    raise app.UsageError(str(error))
+  del argv   # checked by cli.run
+  report = evaluate(FLAGS.workdir, config_from_flags(EvaluationConfig))
   print(format_table(report))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

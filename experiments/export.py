@@ -12,6 +12,7 @@ from absl import app, flags
 from alfi_tf.config import default_test_horizon
 from alfi_tf.serving.export import export_machine
 from alfi_tf.workdir import load_machine
+from experiments import cli
 
 flags.DEFINE_string("workdir", None, "a trained run directory")
 flags.DEFINE_string("export_dir", None, "where to write the SavedModel (must not exist)")
@@ -22,21 +23,17 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv   # checked by cli.run
   if FLAGS.num_steps < 0:
     raise app.UsageError(f"--num_steps must be >= 0, got {FLAGS.num_steps}")
   if os.path.exists(FLAGS.export_dir) and not FLAGS.overwrite:
     raise app.UsageError(f"--export_dir={FLAGS.export_dir} already exists; pass --overwrite to "
                          "replace it")
-  try:
-    machine = load_machine(FLAGS.workdir)
-    num_steps = FLAGS.num_steps or default_test_horizon(machine.config)
-    path = export_machine(machine, FLAGS.export_dir, num_steps, overwrite=FLAGS.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError) as error:
-    raise app.UsageError(str(error))
+  machine = load_machine(FLAGS.workdir)
+  num_steps = FLAGS.num_steps or default_test_horizon(machine.config)
+  path = export_machine(machine, FLAGS.export_dir, num_steps, overwrite=FLAGS.overwrite)
   print(f"exported {machine.simulator.name} (T={num_steps}) to {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,7 @@ See alfi_tf/simulators/command.py for the --simulator_command protocol.
 """
 
 import json
+import math
 
 from absl import app, flags
 import numpy as np
@@ -21,6 +22,7 @@ from alfi_tf.simulators.command import CommandSimulator
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import available_simulators, get_simulator
 from alfi_tf.workdir import write_json_atomically
+from experiments import cli
 
 flags.DEFINE_string("model", None, "an export directory (or a training workdir)")
 flags.DEFINE_string("observations", None, "observations: .npy, .npz or .csv")
@@ -29,6 +31,8 @@ flags.DEFINE_string("simulator_command", None, "external simulator executable, r
 flags.DEFINE_float("simulator_timeout", 600.0, "seconds allowed per simulator command call")
 flags.DEFINE_string("output", "inference.json", "JSON file for the estimates and trajectory")
 flags.DEFINE_string("plot", None, "optional PNG of the trajectory of mean +- std")
+flags.register_validator("simulator_timeout", lambda seconds: math.isfinite(seconds) and seconds > 0,
+                         message="--simulator_timeout must be a positive number of seconds")
 flags.mark_flags_as_required(["model", "observations"])
 FLAGS = flags.FLAGS
 
@@ -69,14 +73,10 @@ def _summary(machine: DeployedMachine, result) -> list:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    machine = DeployedMachine.load(FLAGS.model)
-    observations = load_observations(FLAGS.observations, machine.observation_dim)
-    result = _run(machine, observations)
-  except (FileNotFoundError, ValueError, RuntimeError) as error:
-    raise app.UsageError(str(error))
+  del argv   # checked by cli.run
+  machine = DeployedMachine.load(FLAGS.model)
+  observations = load_observations(FLAGS.observations, machine.observation_dim)
+  result = _run(machine, observations)
   datasets = _summary(machine, result)
   for index, dataset in enumerate(datasets):
     print(f"data set {index} ({observations.shape[1]} observations):")
@@ -99,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,7 @@ import os
 from absl import app, flags
 
 from alfi_tf.evaluation.report import render_results, replace_marked_section
+from experiments import cli
 
 flags.DEFINE_string("runs", "runs", "directory whose subdirectories are evaluated workdirs")
 flags.DEFINE_string("output", "docs/results.md", "markdown file with results:begin/end markers")
@@ -18,8 +19,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv   # checked by cli.run
   if not os.path.isdir(FLAGS.runs):
     raise app.UsageError(f"--runs={FLAGS.runs} is not a directory")
   workdirs = sorted(os.path.join(FLAGS.runs, name) for name in os.listdir(FLAGS.runs)
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

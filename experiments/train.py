@@ -12,10 +12,10 @@ with the same command and its own `TF_CONFIG` (see `alfi_tf/training/distribute.
 
 from absl import app, flags, logging
 
-from alfi_tf.training import distribute
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.simulators import available_simulators
-from alfi_tf.training.trainer import Trainer
+from alfi_tf.training import Trainer, distribute, set_global_seed
+from experiments import cli
 from experiments.config_flags import config_from_flags, define_flags_for
 
 define_flags_for(MachineConfig, {"simulator": "simulator name"})
@@ -38,8 +38,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv   # checked by cli.run
   if FLAGS.simulator not in available_simulators():
     raise app.UsageError(f"unknown --simulator={FLAGS.simulator!r}; valid names are: "
                          f"{', '.join(available_simulators())}")
@@ -52,17 +51,15 @@ def main(argv):
     raise app.UsageError(f"--data_dir applies to --data_source=disk, not {FLAGS.data_source}")
   if FLAGS.cpu_devices and FLAGS.strategy != "mirrored":
     raise app.UsageError(f"--cpu_devices applies to --strategy=mirrored, not {FLAGS.strategy}")
-  try:
-    machine_config = config_from_flags(MachineConfig)
-    train_config = config_from_flags(TrainConfig)
-    if FLAGS.cpu_devices:
-      distribute.configure_cpu_devices(FLAGS.cpu_devices)
-    strategy = distribute.make_strategy(FLAGS.strategy)
-    trainer = Trainer(machine_config, train_config, FLAGS.workdir, jit_compile=FLAGS.jit_compile,
-                      log_every=FLAGS.log_every, strategy=strategy,
-                      data_workers=FLAGS.data_workers, data_dir=FLAGS.data_dir)
-  except ValueError as error:
-    raise app.UsageError(str(error))
+  machine_config = config_from_flags(MachineConfig)
+  train_config = config_from_flags(TrainConfig)
+  if FLAGS.cpu_devices:
+    distribute.configure_cpu_devices(FLAGS.cpu_devices)
+  strategy = distribute.make_strategy(FLAGS.strategy)
+  set_global_seed(train_config.seed)   # the initial weights derive from the run's seed
+  trainer = Trainer(machine_config, train_config, FLAGS.workdir, jit_compile=FLAGS.jit_compile,
+                    log_every=FLAGS.log_every, strategy=strategy,
+                    data_workers=FLAGS.data_workers, data_dir=FLAGS.data_dir)
   result = trainer.train()
   logging.info("finished: %s", result)
   if trainer.is_chief:
@@ -72,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -97,6 +97,14 @@ def test_report_renders_results_table(trained_workdir, tmp_path):
     (["--cpu_devices=2"], "--cpu_devices applies to --strategy=mirrored"),
     (["--strategy=tpu"], "value should be one of <default|mirrored|multi_worker>"),
     (["--data_workers=-1"], "--data_workers must be >= 0, got -1"),
+    # Non-finite floats pass `<= 0` checks; NaN used to hang training in the Poisson sampler.
+    (["--learning_rate=nan"], "learning_rate must be a finite number, got nan"),
+    (["--bound=inf"], "bound must be a finite number, got inf"),
+    (["--initial_scale=nan"], "initial_scale must be a finite number, got nan"),
+    (["--beta=nan"], "beta must be a finite number, got nan"),
+    (["--grad_clip_norm=inf"], "grad_clip_norm must be a finite number, got inf"),
+    (["--seed=2147483648"], "seed must be an integer in [-2147483648, 2147483639]"),
+    (["extra_argument"], "unexpected arguments: extra_argument"),
 ])
 def test_train_rejects_bad_flags(tmp_path, flags, message):
   workdir = tmp_path / "run"
@@ -104,7 +112,14 @@ def test_train_rejects_bad_flags(tmp_path, flags, message):
                *flags, f"--workdir={workdir}")
   assert result.returncode != 0
   assert message in result.stderr
+  _assert_one_message(result)
   assert not workdir.exists(), "nothing may be written for a rejected configuration"
+
+
+def _assert_one_message(result: subprocess.CompletedProcess) -> None:
+  """A failure is one message: no Python traceback, no pages of flag help before it."""
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert "flags:\n" not in result.stderr, result.stderr[-3000:]
 
 
 def test_train_refuses_workdir_of_other_run(trained_workdir):
@@ -116,8 +131,25 @@ def test_train_refuses_workdir_of_other_run(trained_workdir):
 
 def test_evaluate_rejects_non_workdir(tmp_path):
   result = run("experiments.evaluate", f"--workdir={tmp_path}")
-  assert result.returncode != 0
+  assert result.returncode == 1
   assert "is not a training workdir" in result.stderr
+  _assert_one_message(result)
+
+
+def test_train_names_a_workdir_that_is_a_file(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("x")
+  result = run("experiments.train", "--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS,
+               f"--workdir={path}")
+  assert result.returncode == 1
+  assert f"error: workdir {path} exists and is not a directory" in result.stderr
+  _assert_one_message(result)
+
+
+def test_verbosity_keeps_the_traceback_for_debugging(tmp_path):
+  result = run("experiments.evaluate", f"--workdir={tmp_path}", "--verbosity=1")
+  assert result.returncode != 0
+  assert "Traceback" in result.stderr and "is not a training workdir" in result.stderr
 
 
 def test_evaluate_rejects_bad_flags(trained_workdir):

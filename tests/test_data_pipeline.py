@@ -10,8 +10,10 @@ import tensorflow as tf
 from alfi_tf.training import data as data_lib
 from alfi_tf.training import pipeline
 from alfi_tf.config import TrainConfig
+from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.model.normalization import Moments
 from alfi_tf.simulators import get_simulator
+from tests.test_training import TINY_MACHINE
 
 CONFIG = TrainConfig(num_problems=40, num_obs=30, epochs=3, batch_size=8, seed=5,
                      shuffle_buffer=16)
@@ -141,13 +143,39 @@ def test_batches_are_a_pure_function_of_the_step(sources, source):
     assert not np.array_equal(first, second), "epochs are reshuffled"
 
 
-def test_machine_seeds_match_the_step_seeds():
+def test_machine_seeds_match_the_training_step_seeds():
   config = TrainConfig(**{**CONFIG.__dict__, "data_source": "online"})
   batches = _batches(config, 3)
-  np.testing.assert_array_equal(batches[0][2], pipeline.step_seeds(config.seed, 3)[0].numpy())
-  theta, observations = get_simulator("poisson").sample_problems(
-      8, 30, pipeline.step_seeds(config.seed, 3)[1])
+  machine_seed, problem_seed = pipeline.training_step_seeds(config.seed, 3)
+  np.testing.assert_array_equal(batches[0][2], machine_seed.numpy())
+  theta, observations = get_simulator("poisson").sample_problems(8, 30, problem_seed)
   np.testing.assert_array_equal(batches[0][0], theta.numpy())
+
+
+def test_memory_and_disk_runs_get_the_same_data_and_statistics(tmp_path):
+  """`meta_training_data` holds the same problems in memory as on disk, and `adapt_machine`'s
+  streaming pass over the store gives the statistics of the whole set."""
+  simulator = get_simulator("poisson")
+  runs = {}
+  for source in ("memory", "disk"):
+    config = TrainConfig(**{**CONFIG.__dict__, "data_source": source})
+    data = pipeline.meta_training_data(config, simulator, str(tmp_path / source))
+    machine = InferenceMachine(simulator, TINY_MACHINE)
+    pipeline.adapt_machine(machine, data)
+    runs[source] = data, machine
+  (in_memory, memory_machine), (on_disk, disk_machine) = runs["memory"], runs["disk"]
+  assert in_memory.store is None and on_disk.problems is None
+  assert os.path.isdir(tmp_path / "disk" / "train")
+  streamed = list(on_disk.store.iterate_chunks())
+  _assert_same_problems(in_memory.problems,
+                        data_lib.Problems(np.concatenate([c.theta for c in streamed]),
+                                          np.concatenate([c.observations for c in streamed])))
+  _assert_same_problems(in_memory.validation, on_disk.validation)
+  assert in_memory.validation.theta.shape == (CONFIG.num_validation_problems, 1)
+  for memory_weight, disk_weight in zip(memory_machine.non_trainable_weights,
+                                        disk_machine.non_trainable_weights):
+    np.testing.assert_allclose(np.asarray(memory_weight), np.asarray(disk_weight), rtol=1e-5)
+  assert float(memory_machine.theta_standardizer.std[0]) != 1.0
 
 
 def test_pipeline_requires_its_source():

@@ -15,9 +15,9 @@ from alfi_tf.training import data as data_lib
 from alfi_tf.training import distribute
 from alfi_tf.config import TrainConfig
 from alfi_tf.model.inference import Inferrer
-from alfi_tf.training.trainer import Trainer
+from alfi_tf.training import Trainer
 from alfi_tf.workdir import load_machine
-from tests.test_training import TINY_MACHINE, TINY_TRAIN
+from tests.test_training import TINY_TRAIN, seeded_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = {"cluster": {"worker": ["localhost:2222", "localhost:2223"]},
@@ -74,15 +74,15 @@ def test_batch_must_split_evenly_across_replicas(tmp_path):
   config = TrainConfig(**{**TINY_TRAIN.__dict__, "batch_size": 15})
   with pytest.raises(ValueError, match=r"batch_size \(15\) must be a multiple of the number of "
                                        r"replicas \(2\)"):
-    Trainer(TINY_MACHINE, config, str(tmp_path / "run"), strategy=_mirrored())
+    seeded_trainer(config, str(tmp_path / "run"), strategy=_mirrored())
 
 
 def test_mirrored_step_sums_the_replicas_gradients_and_clips_once(tmp_path):
   """One mirrored step equals, on one device: each replica's half of the batch with its own seed,
   the mean of their losses, the gradient of that mean clipped by its global norm, one Adam update."""
   config = TrainConfig(**{**TINY_TRAIN.__dict__, "grad_clip_norm": 0.05})   # so clipping acts
-  mirrored = Trainer(TINY_MACHINE, config, str(tmp_path / "mirrored"), strategy=_mirrored())
-  single = Trainer(TINY_MACHINE, config, str(tmp_path / "single"))
+  mirrored = seeded_trainer(config, str(tmp_path / "mirrored"), strategy=_mirrored())
+  single = seeded_trainer(config, str(tmp_path / "single"))
   assert (mirrored.replicas, single.replicas) == (2, 1)
   problems = data_lib.generate_problems(single.simulator, 16, 50, seed=4, stream=0)
   single.machine.adapt(problems.theta, problems.observations)
@@ -96,8 +96,8 @@ def test_mirrored_step_sums_the_replicas_gradients_and_clips_once(tmp_path):
   variables = single.machine.trainable_variables
   with tf.GradientTape() as tape:
     expected_loss = tf.add_n([
-        single._loss(theta[r * 8:(r + 1) * 8], observations[r * 8:(r + 1) * 8],
-                     tf.random.experimental.stateless_fold_in(seed, r)) for r in range(2)]) / 2
+        single.meta_loss(theta[r * 8:(r + 1) * 8], observations[r * 8:(r + 1) * 8],
+                         tf.random.experimental.stateless_fold_in(seed, r)) for r in range(2)]) / 2
   gradients = tape.gradient(expected_loss, variables)
   clipped, expected_norm = tf.clip_by_global_norm(gradients, 0.05)
   single.optimizer.apply_gradients(zip(clipped, variables))
@@ -110,15 +110,15 @@ def test_mirrored_step_sums_the_replicas_gradients_and_clips_once(tmp_path):
 
 def _fixed_batch_loss(trainer: Trainer) -> float:
   problems = data_lib.generate_problems(trainer.simulator, 64, 50, seed=11, stream=0)
-  return float(trainer._loss(tf.constant(problems.theta), tf.constant(problems.observations),
-                             tf.constant([5, 6])))
+  return float(trainer.meta_loss(tf.constant(problems.theta), tf.constant(problems.observations),
+                                 tf.constant([5, 6])))
 
 
 def test_mirrored_training_reaches_the_single_device_loss(tmp_path):
-  single = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "single"), log_every=1000)
+  single = seeded_trainer(TINY_TRAIN, str(tmp_path / "single"), log_every=1000)
   single_result = single.train()
-  mirrored = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "mirrored"), log_every=1000,
-                     strategy=_mirrored())
+  mirrored = seeded_trainer(TINY_TRAIN, str(tmp_path / "mirrored"), log_every=1000,
+                            strategy=_mirrored())
   before = _fixed_batch_loss(mirrored)
   mirrored_result = mirrored.train()
   assert mirrored.step == single.step == TINY_TRAIN.total_steps

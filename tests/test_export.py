@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -26,7 +27,7 @@ from alfi_tf.serving.export import EXPORT_FORMAT_VERSION, METADATA_ASSET, export
 from alfi_tf.simulators.command import CommandSimulator
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
-from alfi_tf.training.trainer import Trainer
+from alfi_tf.training.trainer import Trainer, set_global_seed
 from alfi_tf.workdir import load_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,6 +118,7 @@ def _observations(name: str, num_problems: int = 2, seed: int = 11) -> np.ndarra
 def _train_and_export(tmp_path_factory, name: str) -> types.SimpleNamespace:
   base = tmp_path_factory.mktemp(name)
   workdir, export_dir = str(base / "run"), str(base / "exports" / "model")
+  set_global_seed(TINY_TRAIN.seed)
   result = Trainer(MachineConfig(simulator=name, **TINY), TINY_TRAIN, workdir,
                    log_every=1000).train()
   assert result.steps == 2
@@ -285,6 +287,29 @@ def test_command_simulator_follows_the_protocol(tmp_path):
                              atol=0.1)
 
 
+def test_a_timed_out_command_is_killed_with_its_children(tmp_path):
+  child_pid = tmp_path / "child.pid"
+  script = tmp_path / "slow.sh"
+  script.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {child_pid}\nsleep 60\n")
+  script.chmod(0o755)
+  simulate = CommandSimulator(str(script), ["x"], 1, timeout=2)
+  with pytest.raises(RuntimeError, match=r"timed out after 2s \(killed with its child processes\)"):
+    simulate(np.zeros((1, 1)), 1, np.array([0, 0]))
+  pid = int(child_pid.read_text())
+  for _ in range(50):   # the kill is asynchronous; the zombie is reaped by init
+    if not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]:
+      break
+    time.sleep(0.1)
+  else:
+    raise AssertionError(f"child process {pid} still runs")
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_command_timeout_must_be_positive(timeout):
+  with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+    CommandSimulator("true", ["x"], 1, timeout=timeout)
+
+
 def test_infer_binary_with_simulator_command(weinberg, tmp_path):
   observations = tmp_path / "observations.npy"
   np.save(observations, weinberg.observations)
@@ -375,7 +400,7 @@ def test_metadata_round_trip(weinberg):
 
 BAD_OBSERVATIONS = [
     ("rank", lambda o: o[:, :, :, np.newaxis], r"must have shape \[num_problems, num_obs, 1\]"),
-    ("rank2", lambda o: o[0], r"must have shape \[num_problems, num_obs, 1\], got shape \(40, 1\)"),
+    ("rank0", lambda o: o[0, 0, 0], r"must have shape \[num_problems, num_obs, 1\], got shape \(\)"),
     ("dim", lambda o: np.concatenate([o, o], axis=-1), "must have 1 values per observation"),
     ("nan", lambda o: np.where(np.arange(NUM_OBS)[:, None] == 5, np.nan, o),
      r"contains 2 NaN/inf value\(s\), the first at \[0, 5, 0\]"),
@@ -392,6 +417,15 @@ def test_deployed_machine_rejects_bad_observations(weinberg, case, corrupt, mess
     machine.infer(corrupt(weinberg.observations))
   with pytest.raises(ValueError, match=message):
     machine.start(corrupt(weinberg.observations))
+
+
+def test_deployed_machine_takes_one_data_set_as_the_cli_does(weinberg):
+  """`[n, d_x]` (and `[n]` for d_x = 1) is one data set, as in the infer binary's files."""
+  machine = weinberg.deployed
+  expected = machine.infer(weinberg.observations[:1], seed=2)
+  for one_set in (weinberg.observations[0], weinberg.observations[0, :, 0]):
+    _assert_results_equal(machine.infer(one_set, seed=2), expected)
+    assert machine.start(one_set, seed=2).ask().shape[0] == 1
 
 
 def test_infer_binary_rejects_bad_observations(weinberg, tmp_path):
@@ -439,7 +473,7 @@ def test_export_of_another_format_version_is_refused(weinberg, tmp_path):
   metadata.update(format_version=999, alfi_tf_version="9.9.9")
   asset.write_text(json.dumps(metadata))
   with pytest.raises(ValueError, match=r"alfi-tf 9\.9\.9 in export format 999; this alfi-tf reads "
-                                       r"format 1: re-export it"):
+                                       rf"format {EXPORT_FORMAT_VERSION}: re-export it"):
     DeployedMachine.load(str(copy))
 
 
@@ -454,14 +488,61 @@ def test_exporting_over_an_existing_directory(lotka_volterra, tmp_path):
   assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
   assert os.listdir(export_dir) == ["keep.txt"]
   assert (export_dir / "keep.txt").read_text() == "precious"
+  # --overwrite only ever replaces an alfi-tf export: this directory is not one.
+  refused = run_binary("experiments.export", *args, "--overwrite")
+  assert refused.returncode != 0
+  assert "is not an alfi-tf export" in refused.stderr and "nothing was deleted" in refused.stderr
+  assert os.listdir(export_dir) == ["keep.txt"]
 
-  replaced = run_binary("experiments.export", *args, "--overwrite")
+  (export_dir / "keep.txt").unlink()
+  export_dir.rmdir()
+  first = run_binary("experiments.export", *args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  replaced = run_binary("experiments.export", *args[:-1], "--num_steps=3", "--overwrite")
   assert replaced.returncode == 0, replaced.stderr[-3000:]
-  assert "exported lotka_volterra (T=2)" in replaced.stdout
-  assert not (export_dir / "keep.txt").exists()
+  assert "exported lotka_volterra (T=3)" in replaced.stdout
   assert os.listdir(export_dir.parent) == ["lv"], "no .tmp-/.old- siblings may remain"
   metadata = json.loads((export_dir / "assets" / METADATA_ASSET).read_text())
-  assert metadata == {**lotka_volterra.deployed.metadata, "num_steps": 2}
+  assert metadata == {**lotka_volterra.deployed.metadata, "num_steps": 3}
+
+
+def test_overwrite_never_deletes_a_training_run(lotka_volterra):
+  """The export directory pointed at the workdir itself: refused, and the run is intact."""
+  before = sorted(os.listdir(lotka_volterra.workdir))
+  refused = run_binary("experiments.export", f"--workdir={lotka_volterra.workdir}",
+                       f"--export_dir={lotka_volterra.workdir}", "--overwrite")
+  assert refused.returncode != 0
+  assert "is not an alfi-tf export" in refused.stderr
+  assert sorted(os.listdir(lotka_volterra.workdir)) == before
+  with pytest.raises(FileExistsError, match="is not an alfi-tf export"):
+    export_machine(load_machine(lotka_volterra.workdir), lotka_volterra.workdir, overwrite=True)
+  assert sorted(os.listdir(lotka_volterra.workdir)) == before
+
+
+def _dead_pid() -> int:
+  child = subprocess.Popen([sys.executable, "-c", "pass"])
+  child.wait()
+  return child.pid
+
+
+def test_a_killed_exports_leftovers_are_cleaned_up_and_nothing_is_lost(lotka_volterra, tmp_path):
+  machine = load_machine(lotka_volterra.workdir)
+  export_dir = tmp_path / "lv"
+  export_machine(machine, str(export_dir), num_steps=2)
+  pid = _dead_pid()
+  # A staging directory of a killed export, and a previous export moved aside by a killed
+  # overwrite just before the new one was renamed into place (so export_dir is missing).
+  staging = tmp_path / f".lv.tmp-{pid}-abc"
+  (staging / "model").mkdir(parents=True)
+  retired = tmp_path / f".lv.old-{pid}-def"
+  retired.mkdir()
+  os.rename(export_dir, retired / "model")
+  # A live process's staging directory must be left alone.
+  live = tmp_path / f".lv.tmp-{os.getpid()}-ghi"
+  live.mkdir()
+  export_machine(machine, str(export_dir), num_steps=3, overwrite=True)
+  assert sorted(os.listdir(tmp_path)) == sorted(["lv", live.name])
+  assert json.loads((export_dir / "assets" / METADATA_ASSET).read_text())["num_steps"] == 3
 
 
 def test_export_is_atomic_and_refuses_to_overwrite(weinberg, lotka_volterra):

@@ -21,7 +21,6 @@ from alfi_tf.simulators import (LinearRegressionSimulator, NumpySimulator, Simul
                                 register_simulator)
 from alfi_tf.simulators.lotka_volterra import solve_log_populations
 from alfi_tf.simulators.multi_distribution import MIXING_MATRIX
-from alfi_tf.simulators.poisson import sample_poisson
 from alfi_tf.simulators.weinberg import WeinbergSimulator, inverse_cdf, normaliser
 
 ALL_NAMES = ("gaussian", "linear_regression", "lotka_volterra", "multi_distribution", "poisson",
@@ -265,27 +264,72 @@ def _assert_poisson_goodness_of_fit(counts: np.ndarray, rate: float) -> None:
   _assert_variance_matches(counts, rate, rate * (1.0 + 3.0 * rate))
 
 
-# Small, medium and large rates: the inversion branch, PTRS just above its switch, and the prior's top.
+def _simulate_poisson(rate, num_obs: int, seed: tf.Tensor, jit_compile: bool = True) -> np.ndarray:
+  """Counts `[len(rate), num_obs]` of the Poisson simulator at log-rates `log(rate)`, traced for XLA
+  (TFP's sampler) or not (`tf.random.stateless_poisson`)."""
+  simulator = get_simulator("poisson")
+  simulate = tf.function(lambda theta, seed: simulator.simulate(theta, num_obs, seed),
+                         jit_compile=jit_compile)
+  log_rate = np.log(np.asarray(rate, np.float32))[:, np.newaxis]
+  return simulate(tf.constant(log_rate), seed).numpy()[..., 0]
+
+
+# Small, medium and large rates: under XLA, Knuth's branch, the rejection branch just above its
+# switch, and the prior's top.
 @pytest.mark.parametrize("rate", [1.2, 20.0, 1000.0])
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
-def test_sample_poisson_is_poisson(rate, jit_compile):
-  draw = tf.function(sample_poisson, jit_compile=jit_compile)
-  counts = draw(tf.fill([20_000], rate), _seed(3)).numpy()
+def test_poisson_simulator_is_poisson(rate, jit_compile):
+  counts = _simulate_poisson([rate], 20_000, _seed(3), jit_compile)
   assert counts.dtype == np.float32 and np.array_equal(counts, np.round(counts))
+  # The simulator draws at exp(float32 log(rate)): a relative 1e-6 off `rate`, far below resolution.
   _assert_poisson_goodness_of_fit(counts.astype(np.float64), rate)
 
 
-def test_sample_poisson_mixes_both_branches_elementwise():
+def test_poisson_simulator_under_xla_mixes_both_branches_elementwise():
   rate = np.array([0.5, 9.9, 10.0, 300.0], np.float32)
-  counts = tf.function(sample_poisson)(tf.constant(np.repeat(rate[:, np.newaxis], 5_000, axis=1)),
-                                       _seed(4)).numpy()
+  counts = _simulate_poisson(rate, 5_000, _seed(4))
   _assert_within_standard_errors(counts.mean(axis=1), rate, np.sqrt(rate / counts.shape[1]))
 
 
-def test_sample_poisson_gives_nan_for_a_non_finite_rate():
-  counts = tf.function(sample_poisson, jit_compile=True)(
-      tf.constant([3.0, np.nan, np.inf, 50.0]), _seed(6)).numpy()
-  assert np.array_equal(np.isnan(counts), [False, True, True, False])
+def test_poisson_simulator_under_xla_is_a_function_of_the_seed():
+  rate = [0.5, 30.0]
+  first = _simulate_poisson(rate, 50, _seed(7))
+  np.testing.assert_array_equal(first, _simulate_poisson(rate, 50, _seed(7)))
+  assert not np.array_equal(first, _simulate_poisson(rate, 50, _seed(8)))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_poisson_simulator_gives_nan_for_a_non_finite_rate(jit_compile):
+  # log-rates NaN, +inf and 100 (rate overflows to inf) would hang the samplers; -inf is rate 0.
+  simulator = get_simulator("poisson")
+  simulate = tf.function(lambda theta, seed: simulator.simulate(theta, 5, seed),
+                         jit_compile=jit_compile)
+  log_rate = tf.constant([[1.0], [np.nan], [np.inf], [100.0], [-np.inf], [4.0]])
+  counts = simulate(log_rate, _seed(6)).numpy()[..., 0]
+  assert np.array_equal(np.isnan(counts).all(axis=1), [False, True, True, True, False, False])
+  assert not np.isnan(counts[[0, 4, 5]]).any() and np.all(counts[4] == 0.0)
+
+
+# The trained figures rest on these draws: outside XLA they must stay `stateless_poisson`'s, in
+# every context that simulates (eager, `tf.function`, and `tf.data`, where meta-datasets are made).
+@pytest.mark.parametrize("context", ["eager", "tf_function", "tf_data"])
+def test_poisson_simulator_draws_are_stateless_poisson(context):
+  simulator = get_simulator("poisson")
+  log_rate = tf.constant([[0.2], [1.7], [2.31], [4.0], [7.0]])
+  seeds = [_seed(0), _seed(12, 34), _seed(-5, 2**31 - 1)]
+
+  def simulate(seed):
+    return simulator.simulate(log_rate, 30, seed)
+
+  if context == "tf_function":
+    simulate = tf.function(simulate)
+  if context == "tf_data":
+    actual = list(tf.data.Dataset.from_tensor_slices(tf.stack(seeds)).map(simulate))
+  else:
+    actual = [simulate(seed) for seed in seeds]
+  for seed, counts in zip(seeds, actual):
+    expected = tf.random.stateless_poisson([30, 5], seed, tf.exp(log_rate[:, 0]), dtype=tf.float32)
+    np.testing.assert_array_equal(counts.numpy(), tf.transpose(expected).numpy()[..., np.newaxis])
 
 
 def test_poisson_simulator_compiles_with_xla():

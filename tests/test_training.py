@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from alfi_tf.training import data as data_lib
 from alfi_tf.config import MachineConfig, TrainConfig
-from alfi_tf.training.trainer import Trainer
+from alfi_tf.training import Trainer, set_global_seed
 from alfi_tf.workdir import load_machine
 
 TINY_MACHINE = MachineConfig(simulator="poisson", num_steps=3, num_samples=4, num_simulated_obs=8,
@@ -21,19 +21,25 @@ TINY_TRAIN = TrainConfig(num_problems=64, num_obs=50, epochs=20, batch_size=16,
                          checkpoint_every=20, seed=3)
 
 
+def seeded_trainer(train_config: TrainConfig, workdir: str, **kwargs) -> Trainer:
+  """A Trainer of `TINY_MACHINE` whose initial weights derive from the run's seed."""
+  set_global_seed(train_config.seed)
+  return Trainer(TINY_MACHINE, train_config, workdir, **kwargs)
+
+
 def _weights(trainer: Trainer):
   return [v.numpy() for v in trainer.machine.trainable_variables]
 
 
 def _fixed_batch_loss(trainer: Trainer, problems: data_lib.Problems) -> float:
-  return float(trainer._loss(tf.constant(problems.theta), tf.constant(problems.observations),
-                             tf.constant([5, 6])))
+  return float(trainer.meta_loss(tf.constant(problems.theta), tf.constant(problems.observations),
+                                 tf.constant([5, 6])))
 
 
 @pytest.mark.parametrize("data_source", ["memory", "disk", "online"])
 def test_training_reduces_the_loss(tmp_path, data_source):
   config = TrainConfig(**{**TINY_TRAIN.__dict__, "data_source": data_source})
-  trainer = Trainer(TINY_MACHINE, config, str(tmp_path / "run"), log_every=1000)
+  trainer = seeded_trainer(config, str(tmp_path / "run"), log_every=1000)
   problems = data_lib.generate_problems(trainer.simulator, 64, 50, seed=11, stream=0)
   trainer.machine.adapt(problems.theta, problems.observations)
   before = _fixed_batch_loss(trainer, problems)
@@ -51,14 +57,14 @@ def test_training_reduces_the_loss(tmp_path, data_source):
 def test_resumed_training_matches_uninterrupted(tmp_path, data_source):
   config = TrainConfig(**{**TINY_TRAIN.__dict__, "data_source": data_source,
                           "shuffle_buffer": 24})
-  straight = Trainer(TINY_MACHINE, config, str(tmp_path / "straight"), log_every=1000)
+  straight = seeded_trainer(config, str(tmp_path / "straight"), log_every=1000)
   straight.train(stop_at_step=40)
 
-  first = Trainer(TINY_MACHINE, config, str(tmp_path / "resumed"), log_every=1000)
+  first = seeded_trainer(config, str(tmp_path / "resumed"), log_every=1000)
   first.train(stop_at_step=22)   # mid-epoch: the pipeline resumes inside an epoch
   assert first.step == 22
   # A fresh process-like restart: new objects, same workdir.
-  second = Trainer(TINY_MACHINE, config, str(tmp_path / "resumed"), log_every=1000)
+  second = seeded_trainer(config, str(tmp_path / "resumed"), log_every=1000)
   second.train(stop_at_step=40)
   assert second.step == 40
   for a, b in zip(_weights(straight), _weights(second)):
@@ -66,21 +72,21 @@ def test_resumed_training_matches_uninterrupted(tmp_path, data_source):
 
 
 def test_workdir_with_other_configuration_is_refused(tmp_path):
-  Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"))
+  seeded_trainer(TINY_TRAIN, str(tmp_path / "run"))
   other = TrainConfig(**{**TINY_TRAIN.__dict__, "learning_rate": 1e-4, "batch_size": 8})
   with pytest.raises(ValueError, match=r"train\.batch_size: workdir has 16, requested 8") as info:
-    Trainer(TINY_MACHINE, other, str(tmp_path / "run"))
+    seeded_trainer(other, str(tmp_path / "run"))
   assert "train.learning_rate" in str(info.value)
 
 
 def test_non_empty_foreign_directory_is_refused(tmp_path):
   (tmp_path / "notes.txt").write_text("not a run")
   with pytest.raises(ValueError, match="has no config.json"):
-    Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path))
+    seeded_trainer(TINY_TRAIN, str(tmp_path))
 
 
 def test_load_machine_restores_weights_and_statistics(tmp_path):
-  trainer = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"), log_every=1000)
+  trainer = seeded_trainer(TINY_TRAIN, str(tmp_path / "run"), log_every=1000)
   trainer.train(stop_at_step=20)
   machine = load_machine(str(tmp_path / "run"))
   for a, b in zip(trainer.machine.weights, machine.weights):
@@ -89,7 +95,7 @@ def test_load_machine_restores_weights_and_statistics(tmp_path):
 
 
 def test_load_machine_without_checkpoint_explains(tmp_path):
-  Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"))
+  seeded_trainer(TINY_TRAIN, str(tmp_path / "run"))
   with pytest.raises(FileNotFoundError, match="train first"):
     load_machine(str(tmp_path / "run"))
   with pytest.raises(FileNotFoundError, match="not a training workdir"):
@@ -106,7 +112,7 @@ def _event_tags(directory) -> set:
 
 
 def test_tensorboard_event_files_hold_the_named_scalars(tmp_path):
-  trainer = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "run"), log_every=10)
+  trainer = seeded_trainer(TINY_TRAIN, str(tmp_path / "run"), log_every=10)
   trainer.train(stop_at_step=40)
   tags = _event_tags(tmp_path / "run" / "tb")
   expected = {"train/loss", "train/gradient_norm", "train/learning_rate",
@@ -123,14 +129,14 @@ def _checkpoint_files(workdir, step):
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-  straight = Trainer(TINY_MACHINE, TINY_TRAIN, str(tmp_path / "straight"), log_every=1000)
+  straight = seeded_trainer(TINY_TRAIN, str(tmp_path / "straight"), log_every=1000)
   straight.train(stop_at_step=60)
   workdir = str(tmp_path / "run")
-  Trainer(TINY_MACHINE, TINY_TRAIN, workdir, log_every=1000).train(stop_at_step=40)
+  seeded_trainer(TINY_TRAIN, workdir, log_every=1000).train(stop_at_step=40)
   for path in _checkpoint_files(workdir, 40):
     with open(path, "r+b") as stream:
       stream.truncate(16)
-  resumed = Trainer(TINY_MACHINE, TINY_TRAIN, workdir, log_every=1000)
+  resumed = seeded_trainer(TINY_TRAIN, workdir, log_every=1000)
   resumed.train(stop_at_step=60)   # restores step 20, then retraces steps 21..60 exactly
   assert resumed.step == 60
   for a, b in zip(_weights(straight), _weights(resumed)):
@@ -139,9 +145,9 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
   workdir = str(tmp_path / "run")
-  Trainer(TINY_MACHINE, TINY_TRAIN, workdir, log_every=1000).train(stop_at_step=20)
+  seeded_trainer(TINY_TRAIN, workdir, log_every=1000).train(stop_at_step=20)
   for path in _checkpoint_files(workdir, 20):
     with open(path, "r+b") as stream:
       stream.truncate(16)
   with pytest.raises(RuntimeError, match="no readable checkpoint"):
-    Trainer(TINY_MACHINE, TINY_TRAIN, workdir, log_every=1000).train()
+    seeded_trainer(TINY_TRAIN, workdir, log_every=1000).train()

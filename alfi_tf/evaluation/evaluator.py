@@ -8,14 +8,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.training import data as data_lib
-from alfi_tf.config import default_test_horizon, require_positive
 from alfi_tf import metrics
+from alfi_tf.config import default_test_horizon, require_positive, require_well_formed
 from alfi_tf.evaluation import plots
 from alfi_tf.evaluation.references import reference_estimates
-from alfi_tf.model.inference import Inferrer
-from alfi_tf.workdir import load_machine
-from alfi_tf.workdir import Workdir, write_json_atomically
+from alfi_tf.model.inference import InferenceResult, Inferrer
+from alfi_tf.simulators import Simulator
+from alfi_tf.training import data as data_lib
+from alfi_tf.workdir import Workdir, load_machine, write_json_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,7 @@ class EvaluationConfig:
   batch_size: int = 256
 
   def __post_init__(self):
+    require_well_formed(self)
     require_positive(self, "num_problems", "robustness_problems", "robustness_starts",
                      "predictive_problems", "batch_size")
     if self.num_steps < 0:
@@ -52,6 +53,18 @@ class EvaluationConfig:
 
 def _per_parameter(names: List[str], values: np.ndarray) -> Dict[str, float]:
   return {name: float(value) for name, value in zip(names, np.ravel(values))}
+
+
+def _per_parameter_curves(names: List[str], values: np.ndarray) -> Dict[str, List[float]]:
+  """`values [T, d]` -> parameter name -> its `T` values."""
+  return {name: values[:, i].tolist() for i, name in enumerate(names)}
+
+
+def _coverage(names: List[str], mean: np.ndarray, std: np.ndarray,
+              theta: np.ndarray) -> Dict[str, Dict[str, float]]:
+  """Level -> parameter -> coverage of the central intervals of `N(mean, std^2)` (`[K, d]` each)."""
+  return {level: _per_parameter(names, value)
+          for level, value in metrics.interval_coverage(mean, std, theta).items()}
 
 
 def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dict[str, Any]:
@@ -71,17 +84,9 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
                                     data_lib.TEST_STREAM)
   inferrer = Inferrer(machine, num_steps=num_steps, batch_size=config.batch_size)
   result = inferrer(test.observations, seed=seed + 1)
-  final_mean, final_std = result.mean, result.std
-
-  rmse_steps = metrics.rmse_per_step(result.trajectory_mean, test.theta)
   references = reference_estimates(simulator, test.observations, config.grid_points)
-  prior_mean = np.broadcast_to(np.asarray(simulator.prior.mean(), np.float32), test.theta.shape)
-  reference_rmse = {"prior_mean": metrics.rmse(prior_mean, test.theta)}
-  for key in ("mle", "posterior_mean"):
-    if key in references:
-      reference_rmse[key] = metrics.rmse(references[key], test.theta)
-
-  alfi_rmse = rmse_steps[-1]
+  reference_rmse = _reference_rmse(simulator, references, test.theta)
+  rmse_steps = metrics.rmse_per_step(result.trajectory_mean, test.theta)
   report: Dict[str, Any] = {
       "simulator": simulator.name,
       "num_problems": config.num_problems,
@@ -90,52 +95,94 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       "training_horizon": machine_config.num_steps,
       "simulations_per_inference": num_steps * machine_config.num_samples
                                    * machine_config.num_simulated_obs,
-      "rmse": _per_parameter(names, alfi_rmse),
-      "rmse_per_step": {name: rmse_steps[:, i].tolist() for i, name in enumerate(names)},
-      "references": {key: _per_parameter(names, value) for key, value in reference_rmse.items()},
-      "ratios": {f"to_{key}": _per_parameter(names, alfi_rmse / value)
-                 for key, value in reference_rmse.items()},
-      "coverage": {level: _per_parameter(names, value) for level, value in
-                   metrics.interval_coverage(final_mean, final_std, test.theta).items()},
-      "coverage_per_step": {
-          level: {name: values[:, i].tolist() for i, name in enumerate(names)}
-          for level, values in metrics.interval_coverage(
-              result.trajectory_mean, result.trajectory_std, test.theta[:, np.newaxis]).items()},
-      "nll": _per_parameter(names, metrics.gaussian_nll(final_mean, final_std, test.theta)),
+      **_accuracy(names, rmse_steps, reference_rmse),
+      **_calibration(names, result, test.theta, references),
+      **_derived_parameters(simulator, result.mean, test.theta, references),
+      "robustness": _robustness(inferrer, test, seed, config, names, run),
+      "predictive": _predictive(machine, test, result.mean, seed, config, run),
   }
-  if "posterior_std" in references:
-    # A Gaussian with the exact posterior's moments: the calibration a perfect machine would reach.
-    report["posterior_nll"] = _per_parameter(names, metrics.gaussian_nll(
-        references["posterior_mean"], references["posterior_std"], test.theta))
-    report["posterior_coverage"] = {level: _per_parameter(names, value) for level, value in
-                                    metrics.interval_coverage(references["posterior_mean"],
-                                                              references["posterior_std"],
-                                                              test.theta).items()}
-  derived_true = simulator.derived_parameters(tf.constant(test.theta))
-  if derived_true:
-    derived_alfi = simulator.derived_parameters(tf.constant(final_mean))
-    report["derived_rmse"] = {}
-    for name, truth in derived_true.items():
-      truth = truth.numpy()
-      entry = {"alfi": float(metrics.rmse(derived_alfi[name].numpy(), truth))}
-      for key in ("posterior_mean", "mle"):
-        if f"derived/{name}/{key}" in references:
-          entry[key] = float(metrics.rmse(references[f"derived/{name}/{key}"], truth))
-      report["derived_rmse"][name] = entry
-
-  report["robustness"] = _robustness(inferrer, test, seed, config, names, run)
-  report["predictive"] = _predictive(machine, test, final_mean, seed, config, run)
-  plots.plot_rmse_per_step(run.file("rmse_per_step.png"), names, rmse_steps, reference_rmse,
-                           machine_config.num_steps)
-  errors = {"ALFI": final_mean - test.theta}
-  for key, label in (("mle", "MLE"), ("posterior_mean", "posterior mean")):
-    if key in references:
-      errors[label] = references[key] - test.theta
-  plots.plot_error_boxes(run.file("error_boxplots.png"), names, errors)
+  _accuracy_figures(run, names, rmse_steps, reference_rmse, machine_config.num_steps,
+                    result.mean, references, test.theta)
   write_json_atomically(run.file("metrics.json"), report)
   _figures_to_tensorboard(run, ("rmse_per_step", "error_boxplots", "predictive_histograms",
                                 "robustness"))
   return report
+
+
+def _reference_rmse(simulator: Simulator, references: Dict[str, np.ndarray],
+                    theta: np.ndarray) -> Dict[str, np.ndarray]:
+  """RMSE `[d]` over the problems `theta [K, d]` of the prior mean and of each point reference."""
+  prior_mean = np.broadcast_to(np.asarray(simulator.prior.mean(), np.float32), theta.shape)
+  reference_rmse = {"prior_mean": metrics.rmse(prior_mean, theta)}
+  for key in ("mle", "posterior_mean"):
+    if key in references:
+      reference_rmse[key] = metrics.rmse(references[key], theta)
+  return reference_rmse
+
+
+def _accuracy(names: List[str], rmse_steps: np.ndarray,
+              reference_rmse: Dict[str, np.ndarray]) -> Dict[str, Any]:
+  """RMSE of `mu_T`, of `mu_t` per step (`rmse_steps [T, d]`), of the references, and the ratios."""
+  alfi_rmse = rmse_steps[-1]
+  return {
+      "rmse": _per_parameter(names, alfi_rmse),
+      "rmse_per_step": _per_parameter_curves(names, rmse_steps),
+      "references": {key: _per_parameter(names, value) for key, value in reference_rmse.items()},
+      "ratios": {f"to_{key}": _per_parameter(names, alfi_rmse / value)
+                 for key, value in reference_rmse.items()},
+  }
+
+
+def _calibration(names: List[str], result: InferenceResult, theta: np.ndarray,
+                 references: Dict[str, np.ndarray]) -> Dict[str, Any]:
+  """Interval coverage (final and per step) and Gaussian NLL of the proposals at the truths
+  `theta [K, d]`, and of the exact posterior where the references have its std."""
+  section = {
+      "coverage": _coverage(names, result.mean, result.std, theta),
+      "coverage_per_step": {
+          level: _per_parameter_curves(names, values)
+          for level, values in metrics.interval_coverage(
+              result.trajectory_mean, result.trajectory_std, theta[:, np.newaxis]).items()},
+      "nll": _per_parameter(names, metrics.gaussian_nll(result.mean, result.std, theta)),
+  }
+  if "posterior_std" in references:
+    # A Gaussian with the exact posterior's moments: the calibration a perfect machine would reach.
+    mean, std = references["posterior_mean"], references["posterior_std"]
+    section["posterior_nll"] = _per_parameter(names, metrics.gaussian_nll(mean, std, theta))
+    section["posterior_coverage"] = _coverage(names, mean, std, theta)
+  return section
+
+
+def _derived_parameters(simulator: Simulator, final_mean: np.ndarray, theta: np.ndarray,
+                        references: Dict[str, np.ndarray]) -> Dict[str, Any]:
+  """RMSE of the simulator's derived parameters at `mu_T` and at the references (none: `{}`)."""
+  derived_true = simulator.derived_parameters(tf.constant(theta))
+  if not derived_true:
+    return {}
+  derived_alfi = simulator.derived_parameters(tf.constant(final_mean))
+  section = {}
+  for name, truth in derived_true.items():
+    truth = truth.numpy()
+    entry = {"alfi": float(metrics.rmse(derived_alfi[name].numpy(), truth))}
+    for key in ("posterior_mean", "mle"):
+      if f"derived/{name}/{key}" in references:
+        entry[key] = float(metrics.rmse(references[f"derived/{name}/{key}"], truth))
+    section[name] = entry
+  return {"derived_rmse": section}
+
+
+def _accuracy_figures(run: Workdir, names: List[str], rmse_steps: np.ndarray,
+                      reference_rmse: Dict[str, np.ndarray], training_horizon: int,
+                      final_mean: np.ndarray, references: Dict[str, np.ndarray],
+                      theta: np.ndarray) -> None:
+  """`rmse_per_step.png`, and `error_boxplots.png` of `mu_T` and the references (`[K, d]` each)."""
+  plots.plot_rmse_per_step(run.file("rmse_per_step.png"), names, rmse_steps, reference_rmse,
+                           training_horizon)
+  errors = {"ALFI": final_mean - theta}
+  for key, label in (("mle", "MLE"), ("posterior_mean", "posterior mean")):
+    if key in references:
+      errors[label] = references[key] - theta
+  plots.plot_error_boxes(run.file("error_boxplots.png"), names, errors)
 
 
 def _figures_to_tensorboard(run: Workdir, figures: Sequence[str]) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.serving.export import EXPORT_FORMAT_VERSION, STATE_KEYS, ExportModule
-from alfi_tf.checks import check_observations
+from alfi_tf.checks import check_observation_sets
 from alfi_tf.model.inference import InferenceResult
 from alfi_tf.workdir import load_machine
 
@@ -148,7 +148,7 @@ class DeployedMachine:
     return bool(self.metadata["tf_native_simulator"])
 
   def _observations(self, observations) -> tf.Tensor:
-    return tf.constant(check_observations(observations, self.observation_dim))
+    return tf.constant(check_observation_sets(observations, self.observation_dim))
 
   def infer(self, observations, seed: int = 0) -> InferenceResult:
     """Runs all `T` steps in one graph call, simulator included (TF-native simulators only)."""
@@ -159,7 +159,7 @@ class DeployedMachine:
     return InferenceResult.from_outputs(outputs)
 
   def start(self, observations, seed: int = 0) -> AskTellSession:
-    """Begins an ask/tell run on `observations [B, n, d_x]`."""
+    """Begins an ask/tell run on `observations [B, n, d_x]` (or one data set, `[n, d_x]`)."""
     return AskTellSession(self, self.module.start(self._observations(observations),
                                                   tf.constant([seed, 0])))
 

@@ -16,6 +16,7 @@ The export needs only TensorFlow to load and run. Its signatures:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -23,11 +24,13 @@ import tempfile
 from typing import Any, Dict, Optional
 
 import tensorflow as tf
+from absl import logging
 
 from alfi_tf import __version__
 from alfi_tf.config import default_test_horizon, to_dict
 from alfi_tf.model.machine import InferenceMachine, LoopState
 from alfi_tf.simulators import NumpySimulator
+from alfi_tf.workdir import process_is_alive
 
 #: Bumped whenever the signatures or the state layout change; loaders refuse other versions.
 EXPORT_FORMAT_VERSION = 2
@@ -154,6 +157,12 @@ class ExportModule(tf.Module):
     return self.machine.infer(observations, seed, self.num_steps)
 
 
+def is_export(path: str) -> bool:
+  """Whether `path` is a directory written by `export_machine`."""
+  return (os.path.isfile(os.path.join(path, "saved_model.pb"))
+          and os.path.isfile(os.path.join(path, "assets", METADATA_ASSET)))
+
+
 def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Optional[int] = None,
                    overwrite: bool = False) -> str:
   """Writes a SavedModel of `machine` to `export_dir`, atomically.
@@ -165,7 +174,8 @@ def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Option
     machine: a trained machine.
     export_dir: destination; refused if it exists unless `overwrite`.
     num_steps: the horizon `T` baked into `infer` and ask/tell (default: `default_test_horizon`).
-    overwrite: replace an existing `export_dir`.
+    overwrite: replace an existing `export_dir`, which must itself be an alfi-tf export (anything
+      else, a training workdir say, is refused and left untouched).
 
   Returns:
     `export_dir`.
@@ -174,21 +184,22 @@ def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Option
   if os.path.exists(export_dir) and not overwrite:
     raise FileExistsError(f"export directory {export_dir} already exists; pass overwrite=True "
                           "(--overwrite) to replace it")
+  if os.path.exists(export_dir) and not is_export(export_dir):
+    raise FileExistsError(f"{export_dir} exists and is not an alfi-tf export (no saved_model.pb "
+                          f"with assets/{METADATA_ASSET}); overwrite only replaces an export, so "
+                          "nothing was deleted: choose another export directory")
   module = ExportModule(machine, num_steps)
   parent = os.path.dirname(export_dir)
   os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.tmp-")
+  _recover_interrupted_exports(export_dir)
+  # The process id in the names lets a later export tell a killed export's leftovers from a
+  # concurrent one's.
+  prefix = f".{os.path.basename(export_dir)}.%s-{os.getpid()}-"
+  staging = tempfile.mkdtemp(dir=parent, prefix=prefix % "tmp")
   try:
-    asset_source = os.path.join(staging, "source")
-    os.makedirs(asset_source)
-    asset_path = os.path.join(asset_source, METADATA_ASSET)
-    with open(asset_path, "w") as stream:
-      stream.write(module.metadata_json)
-    module.metadata_asset = tf.saved_model.Asset(asset_path)
-    model_dir = os.path.join(staging, "model")
-    tf.saved_model.save(module, model_dir, signatures=module.signatures())
+    model_dir = _save_staged(module, staging)
     if os.path.exists(export_dir):
-      retired = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.old-")
+      retired = tempfile.mkdtemp(dir=parent, prefix=prefix % "old")
       os.rename(export_dir, os.path.join(retired, "model"))
       os.rename(model_dir, export_dir)
       shutil.rmtree(retired)
@@ -197,3 +208,38 @@ def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Option
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return export_dir
+
+
+def _save_staged(module: ExportModule, staging: str) -> str:
+  """Saves `module` with its metadata asset under `staging`; returns the SavedModel's directory."""
+  asset_source = os.path.join(staging, "source")
+  os.makedirs(asset_source)
+  asset_path = os.path.join(asset_source, METADATA_ASSET)
+  with open(asset_path, "w") as stream:
+    stream.write(module.metadata_json)
+  module.metadata_asset = tf.saved_model.Asset(asset_path)
+  model_dir = os.path.join(staging, "model")
+  tf.saved_model.save(module, model_dir, signatures=module.signatures())
+  return model_dir
+
+
+def _recover_interrupted_exports(export_dir: str) -> None:
+  """Cleans up after exports to `export_dir` that were killed midway (by processes now dead).
+
+  A staging directory (`.NAME.tmp-PID-*`) is deleted. A retired previous export (`.NAME.old-PID-*`,
+  moved aside just before the new one was renamed into place) is moved back if `export_dir` is
+  missing, so the previous export is never lost, and deleted otherwise.
+  """
+  parent, name = os.path.split(export_dir)
+  for kind in ("tmp", "old"):
+    pattern = os.path.join(glob.escape(parent), f".{glob.escape(name)}.{kind}-*-*")
+    for leftover in glob.glob(pattern):
+      pid = os.path.basename(leftover)[len(f".{name}.{kind}-"):].split("-")[0]
+      if not pid.isdigit() or process_is_alive(int(pid)):
+        continue
+      retired_model = os.path.join(leftover, "model")
+      if kind == "old" and not os.path.exists(export_dir) and is_export(retired_model):
+        logging.warning("restoring the previous export %s, left aside by a killed export",
+                        export_dir)
+        os.rename(retired_model, export_dir)
+      shutil.rmtree(leftover, ignore_errors=True)

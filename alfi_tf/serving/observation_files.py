@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
-from alfi_tf.checks import check_observations
+from alfi_tf.checks import check_observation_sets
 
 SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv")
 
@@ -22,31 +23,43 @@ def load_observations(path: str, observation_dim: int) -> np.ndarray:
   Raises:
     FileNotFoundError / ValueError: with the file name and what was expected.
   """
+  _check_readable(path)
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix not in SUPPORTED_SUFFIXES:
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {SUPPORTED_SUFFIXES}")
+  try:
+    array = _read_csv(path) if suffix == ".csv" else _read_numpy(path)
+  except (OSError, EOFError, ValueError, UnicodeDecodeError, zipfile.BadZipFile) as error:
+    if isinstance(error, ValueError) and str(error).startswith(path):
+      raise
+    reason = str(error) or type(error).__name__
+    raise ValueError(f"{path}: not a readable {suffix} file of observations ({reason})") from None
+  return check_observation_sets(array, observation_dim, name=f"observations in {path}")
+
+
+def _check_readable(path: str) -> None:
+  """A clear error for a missing file, a dangling symlink or loop, or a directory."""
+  if os.path.islink(path) and not os.path.exists(path):
+    raise FileNotFoundError(f"observations file {path} is a symbolic link to nothing (its target "
+                            "is missing, or the links form a loop)")
   if not os.path.exists(path):
     raise FileNotFoundError(f"observations file {path} does not exist")
-  suffix = os.path.splitext(path)[1].lower()
-  if suffix == ".npy":
-    array = np.load(path, allow_pickle=False)
-  elif suffix == ".npz":
-    with np.load(path, allow_pickle=False) as archive:
-      keys = list(archive.keys())
-      if "observations" in keys:
-        array = archive["observations"]
-      elif len(keys) == 1:
-        array = archive[keys[0]]
-      else:
-        raise ValueError(f"{path}: expected an array named 'observations' (or a single array), "
-                         f"found {keys}")
-  elif suffix == ".csv":
-    array = _read_csv(path)
-  else:
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {SUPPORTED_SUFFIXES}")
-  array = np.asarray(array)
-  if array.ndim == 1 and observation_dim == 1:
-    array = array[:, np.newaxis]
-  if array.ndim == 2:
-    array = array[np.newaxis]
-  return check_observations(array, observation_dim, name=f"observations in {path}")
+  if not os.path.isfile(path):
+    raise ValueError(f"observations file {path} is a directory, not a file")
+
+
+def _read_numpy(path: str) -> np.ndarray:
+  """The array of a `.npy` file, or of a `.npz` archive's `observations` (or only) array."""
+  if not path.lower().endswith(".npz"):
+    return np.load(path, allow_pickle=False)
+  with np.load(path, allow_pickle=False) as archive:
+    keys = list(archive.keys())
+    if "observations" in keys:
+      return archive["observations"]
+    if len(keys) == 1:
+      return archive[keys[0]]
+  raise ValueError(f"{path}: expected an array named 'observations' (or a single array), "
+                   f"found {keys}")
 
 
 def _read_csv(path: str) -> np.ndarray:

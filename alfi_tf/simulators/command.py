@@ -15,8 +15,10 @@ Protocol (one call per machine step), for a command `CMD`:
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
+import signal
 import subprocess
 import tempfile
 from typing import Sequence
@@ -39,6 +41,9 @@ class CommandSimulator:
     self.argv = shlex.split(command)
     if not self.argv:
       raise ValueError("the simulator command is empty")
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+      raise ValueError("the simulator timeout must be a positive number of seconds, got "
+                       f"{timeout!r}")
     self.command = command
     self.parameter_names = list(parameter_names)
     self.observation_dim = observation_dim
@@ -56,13 +61,7 @@ class CommandSimulator:
       # A non-negative integer seed derived from the machine's stateless seed.
       integer_seed = int(np.asarray(seed, np.int64)[0] & 0x7FFFFFFF) * 65536 + int(
           np.asarray(seed, np.int64)[1] & 0xFFFF)
-      try:
-        completed = subprocess.run(self.argv + [inputs, outputs, str(num_obs), str(integer_seed)],
-                                   capture_output=True, text=True, timeout=self.timeout)
-      except FileNotFoundError as error:
-        raise RuntimeError(f"{where} could not be started: {error}") from error
-      except subprocess.TimeoutExpired as error:
-        raise RuntimeError(f"{where} timed out after {self.timeout:.0f}s") from error
+      completed = self._run(self.argv + [inputs, outputs, str(num_obs), str(integer_seed)], where)
       if completed.returncode != 0:
         raise RuntimeError(f"{where} failed with exit status {completed.returncode}: "
                            f"{completed.stderr.strip()[-2000:]}")
@@ -72,9 +71,29 @@ class CommandSimulator:
         values = np.loadtxt(outputs, delimiter=",", comments="#", ndmin=2, dtype=np.float64)
       except ValueError as error:
         raise RuntimeError(f"{where} wrote unreadable output: {error}") from error
-    expected = (parameters.shape[0] * num_obs, self.observation_dim)
+    return self._reshaped(values, parameters.shape[0], num_obs, where)
+
+  def _run(self, argv, where: str) -> subprocess.CompletedProcess:
+    """Runs the command in a session of its own, so that a timeout kills it with its children."""
+    try:
+      process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True)
+    except OSError as error:
+      raise RuntimeError(f"{where} could not be started: {error}") from error
+    try:
+      stdout, stderr = process.communicate(timeout=self.timeout)
+    except subprocess.TimeoutExpired as error:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.communicate()
+      raise RuntimeError(f"{where} timed out after {self.timeout:g}s (killed with its child "
+                         "processes)") from error
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+  def _reshaped(self, values: np.ndarray, count: int, num_obs: int, where: str) -> np.ndarray:
+    """`[count * num_obs, d_x]` rows -> `[count, num_obs, d_x]` float32, or a clear error."""
+    expected = (count * num_obs, self.observation_dim)
     if values.shape != expected:
       raise RuntimeError(f"{where} returned {values.shape[0]} rows of {values.shape[1]} values; "
-                         f"expected {expected[0]} rows ({parameters.shape[0]} parameter vectors x "
+                         f"expected {expected[0]} rows ({count} parameter vectors x "
                          f"{num_obs} observations) of {expected[1]}")
-    return values.reshape(parameters.shape[0], num_obs, self.observation_dim).astype(np.float32)
+    return values.reshape(count, num_obs, self.observation_dim).astype(np.float32)

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.simulators import NumpySimulator, Simulator
+from alfi_tf.workdir import process_is_alive
 
 # Seed streams of one run: the same run seed gives independent training, validation and test sets.
 TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 0, 1, 2
@@ -196,7 +197,8 @@ class ProblemStore:
     recipe = self.recipe(simulator, num_problems, num_obs, seed, stream, chunk_size)
     if not self.exists():
       if os.path.exists(self.path):
-        raise ValueError(f"{self.path} exists but holds no {self.MANIFEST}: refusing to overwrite it")
+        raise ValueError(f"{self.path} exists but holds no {self.MANIFEST}: refusing to overwrite "
+                         "it")
       self._remove_stale_partials()
       partial = f"{self.path}.partial-{socket.gethostname()}-{os.getpid()}"
       shutil.rmtree(partial, ignore_errors=True)
@@ -218,7 +220,7 @@ class ProblemStore:
     prefix = f"{self.path}.partial-{socket.gethostname()}-"
     for partial in glob.glob(glob.escape(prefix) + "*"):
       pid = partial[len(prefix):]
-      if pid.isdigit() and not _process_is_alive(int(pid)):
+      if pid.isdigit() and not process_is_alive(int(pid)):
         shutil.rmtree(partial, ignore_errors=True)
 
   def chunks(self) -> tf.data.Dataset:
@@ -236,12 +238,3 @@ class ProblemStore:
     for theta, observations in self.chunks():
       yield Problems(theta.numpy(), observations.numpy())
 
-
-def _process_is_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True

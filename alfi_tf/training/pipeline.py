@@ -9,21 +9,28 @@ uninterrupted run sees from step `s` on, whatever the parallelism of the pipelin
   `shuffle_buffer` problems (a full permutation when the buffer holds the whole set); for
   meta-datasets larger than memory.
 * `online`: fresh problems from the prior at every step, simulated ahead of the training step.
+
+`meta_training_data` creates a run's data before the first step (the fixed meta-training set and the
+validation set) and `adapt_machine` sets the machine's standardisation statistics from it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Optional, Tuple
+import functools
+import os
+from typing import NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
-from alfi_tf.training import data as data_lib
 from alfi_tf.config import TrainConfig
+from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.model.normalization import Moments
 from alfi_tf.simulators import Simulator
+from alfi_tf.training import data as data_lib
 
 
-def step_seeds(seed: int, step: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+def training_step_seeds(seed: int, step: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
   """`(machine_seed, problem_seed)` of training step `step` (0-based).
 
   The machine's proposals and simulations use `machine_seed`; online problems use `problem_seed`.
@@ -51,7 +58,7 @@ def batch_indices(config: TrainConfig, step: tf.Tensor) -> tf.Tensor:
 def _with_seeds(batches: tf.data.Dataset, config: TrainConfig,
                 start_step: int) -> tf.data.Dataset:
   seeds = tf.data.Dataset.range(start_step, config.total_steps).map(
-      lambda step: step_seeds(config.seed, step)[0])
+      lambda step: training_step_seeds(config.seed, step)[0])
   return tf.data.Dataset.zip(batches, seeds).map(lambda batch, seed: (*batch, seed))
 
 
@@ -90,7 +97,8 @@ def training_batches(config: TrainConfig, simulator: Simulator, start_step: int 
   elif source == "online":
     batches = data_lib.with_worker_threads(steps.map(
         lambda step: simulator.sample_problems(config.batch_size, config.num_obs,
-                                               step_seeds(config.seed, step)[1], executor=executor),
+                                               training_step_seeds(config.seed, step)[1],
+                                               executor=executor),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), executor)
   elif source == "disk":
     if store is None:
@@ -120,3 +128,54 @@ def _streamed_batches(config: TrainConfig, store: data_lib.ProblemStore,
   return (tf.data.Dataset.range(first_epoch, config.epochs)
           .flat_map(epoch_batches)
           .skip(position))
+
+
+class MetaTrainingData(NamedTuple):
+  """The problems of a run, determined by its seed (see `meta_training_data`).
+
+  Attributes:
+    problems: the fixed meta-training set in memory (sources `memory` and `online`), else None.
+    store: the fixed meta-training set on disk (source `disk`), else None.
+    validation: the validation problems, in memory.
+  """
+
+  problems: Optional[data_lib.Problems]
+  store: Optional[data_lib.ProblemStore]
+  validation: data_lib.Problems
+
+
+def meta_training_data(config: TrainConfig, simulator: Simulator, data_dir: str,
+                       executor: Optional[concurrent.futures.Executor] = None) -> MetaTrainingData:
+  """Creates (or, for a store, reuses) a run's meta-training and validation sets.
+
+  The `online` source trains on fresh problems, but its standardisation statistics still come from
+  the fixed set, generated in memory.
+
+  Args:
+    config: the run's training settings.
+    simulator: the simulator.
+    data_dir: where the `disk` source keeps its store (in `data_dir/train`).
+    executor: optional process pool for a numpy simulator.
+  """
+  problems, store = None, None
+  recipe = (simulator, config.num_problems, config.num_obs, config.seed, data_lib.TRAIN_STREAM)
+  if config.data_source == "disk":
+    store = data_lib.ProblemStore(os.path.join(data_dir, "train")).create(*recipe,
+                                                                          executor=executor)
+  else:
+    problems = data_lib.generate_problems(*recipe, executor=executor)
+  validation = data_lib.generate_problems(simulator, config.num_validation_problems,
+                                          config.num_obs, config.seed, data_lib.VALIDATION_STREAM)
+  return MetaTrainingData(problems, store, validation)
+
+
+def adapt_machine(machine: InferenceMachine, data: MetaTrainingData) -> None:
+  """Sets the standardisation statistics from the meta-training set (one streaming pass over a
+  store)."""
+  if data.problems is not None:
+    machine.adapt(data.problems.theta, data.problems.observations)
+    return
+  per_chunk = [machine.problem_moments(chunk.theta, chunk.observations)
+               for chunk in data.store.iterate_chunks()]   # small: two Moments per chunk
+  machine.set_moments(*(functools.reduce(Moments.merge, moments) for moments in zip(*per_chunk)))
+

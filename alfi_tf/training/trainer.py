@@ -1,29 +1,35 @@
-"""Meta-training: a tf.data input pipeline, a compiled (optionally distributed) Adam step with
-BPTT, validation, TensorBoard summaries and checkpoints that resume exactly."""
+"""The Trainer: meta-training of one workdir, scheduled around a compiled (optionally distributed)
+Adam step: progress lines, TensorBoard scalars, validation, checkpoints and the run's summary."""
 
 from __future__ import annotations
 
-import functools
-import os
-import shutil
+import contextlib
 import time
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alfi_tf.training import data as data_lib
-from alfi_tf.model import losses
-from alfi_tf.training import distribute, pipeline
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.metrics import rmse_per_step
+from alfi_tf.model import losses
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
-from alfi_tf.model.normalization import Moments
 from alfi_tf.simulators import NumpySimulator, get_simulator
-from alfi_tf.workdir import Workdir, restore_checkpoint
+from alfi_tf.training import data as data_lib
+from alfi_tf.training import distribute, pipeline
+from alfi_tf.training.checkpoints import CheckpointKeeper
+from alfi_tf.training.step import check_global_batch, make_train_step
+from alfi_tf.workdir import Workdir
+
+
+def set_global_seed(seed: int) -> None:
+  """Seeds Python, numpy, TensorFlow and Keras: the initial weights of a machine built afterwards
+  (Keras initialisers draw from the global seed) derive from `seed`. Call it with the run's seed
+  before constructing a `Trainer`."""
+  keras.utils.set_random_seed(seed)
 
 
 class TrainingResult(NamedTuple):
@@ -39,8 +45,42 @@ class TrainingResult(NamedTuple):
   train_seconds: float
 
 
+class _Clock:
+  """Wall-clock bookkeeping of one `train()` session: step rates, time since the last checkpoint
+  and the run's training time (summed over sessions)."""
+
+  def __init__(self, step: int, data_seconds: float, previous_seconds: float):
+    self.data_seconds = data_seconds
+    self._previous_seconds = previous_seconds
+    self._start = self._last_rate = self._last_save = time.time()
+    self._last_rate_step = step
+
+  def steps_per_second(self, step: int, now: float) -> float:
+    """The rate since the previous call (or the session's start)."""
+    rate = (step - self._last_rate_step) / max(now - self._last_rate, 1e-9)
+    self._last_rate, self._last_rate_step = now, step
+    return rate
+
+  def minutes_since_save(self, now: float) -> float:
+    return (now - self._last_save) / 60.0
+
+  def saved(self) -> None:
+    self._last_save = time.time()
+
+  def train_seconds(self) -> float:
+    return self._previous_seconds + time.time() - self._start
+
+
 class Trainer:
-  """Owns the machine, optimizer, input pipeline and checkpoints of one workdir.
+  """Meta-trains the machine of one workdir: owns the machine, optimizer and training schedule.
+
+  Call `set_global_seed(train_config.seed)` first: the machine's initial weights derive from the
+  global seed when it is built here, so two runs with the same settings start alike.
+
+  This is the main training path rather than Keras' `machine.fit`: a run resumes exactly (the
+  optimizer's state is checkpointed and the input pipeline restarts at the restored step), the
+  replicas' gradients are summed and then clipped once (Keras' `clipnorm` clips each replica's), and
+  every step's simulations use a stateless seed derived from the run's seed and the step.
 
   Args:
     machine_config: architecture and simulation budget.
@@ -48,8 +88,8 @@ class Trainer:
     workdir: run directory; an existing one must hold the same configuration and is resumed.
     jit_compile: compile each replica's forward and backward pass with XLA (TF-native simulators).
     log_every: steps between progress lines.
-    strategy: a `tf.distribute.Strategy` (see `alfi_tf.training.distribute`); default: one device. The
-      global batch is split evenly across its replicas. With one replica a run is bit-for-bit
+    strategy: a `tf.distribute.Strategy` (see `alfi_tf.training.distribute`); default: one device.
+      The global batch is split evenly across its replicas. With one replica a run is bit-for-bit
       reproducible; with several, each replica's simulations use their own seed.
     data_workers: processes that generate a numpy simulator's problems (0 or 1: in-process).
     data_dir: where `data_source='disk'` keeps its problem store, default `workdir/data`.
@@ -63,9 +103,7 @@ class Trainer:
     self.train_config = train_config
     self.strategy = strategy or tf.distribute.get_strategy()
     self.replicas = self.strategy.num_replicas_in_sync
-    if train_config.batch_size % self.replicas:
-      raise ValueError(f"batch_size ({train_config.batch_size}) must be a multiple of the number "
-                       f"of replicas ({self.replicas}): the global batch is split evenly")
+    check_global_batch(train_config.batch_size, self.replicas)
     if data_workers < 0:
       raise ValueError(f"data_workers must be >= 0, got {data_workers}")
     self.simulator = get_simulator(machine_config.simulator)
@@ -82,138 +120,37 @@ class Trainer:
     self.data_workers = data_workers
     self.data_dir = data_dir or self.workdir.data
     with self.strategy.scope():
-      # Initial weights derive from the run's seed too (Keras initialisers draw from the global
-      # seed).
-      keras.utils.set_random_seed(train_config.seed)
       self.machine = InferenceMachine(self.simulator, machine_config)
       schedule = keras.optimizers.schedules.CosineDecay(
           train_config.learning_rate, decay_steps=train_config.total_steps,
           alpha=train_config.final_learning_rate_fraction)
-      # No clipnorm here: Keras would clip each replica's gradient before summing them; the
-      # step clips the summed gradient instead (`_replica_step`).
+      # No clipnorm: the step clips the replicas' summed gradient (`make_train_step`).
       self.optimizer = keras.optimizers.Adam(schedule)
       self.optimizer.build(self.machine.trainable_variables)
-    self.checkpoint = tf.train.Checkpoint(machine=self.machine, optimizer=self.optimizer)
-    # Every worker saves (saving may involve collectives), but only the chief into the run; the
-    # others write scratch copies that are deleted after each save.
-    self._scratch = (None if self.is_chief else
-                     self.workdir.worker_scratch(distribute.worker_name(self.strategy)))
-    self.manager = tf.train.CheckpointManager(self.checkpoint, self._scratch or
-                                              self.workdir.checkpoints, max_to_keep=3)
+    self.checkpoints = CheckpointKeeper(self.workdir, self.strategy, self.machine, self.optimizer,
+                                        train_config.checkpoint_every,
+                                        train_config.checkpoint_every_minutes)
     # One compiled optimisation step on a global batch (also used by the benchmarks).
-    self.train_step = tf.function(self._distributed_step)
-    self._gradients = tf.function(self._replica_gradients, jit_compile=jit_compile)
-    self.writer = (tf.summary.create_file_writer(self.workdir.tensorboard) if self.is_chief
-                   else tf.summary.create_noop_writer())
+    self.train_step = make_train_step(self.machine, self.optimizer, self.strategy, self.meta_loss,
+                                      train_config.batch_size, train_config.grad_clip_norm,
+                                      jit_compile)
+    self.writer = tf.summary.create_noop_writer()   # the chief's event file opens in `train`
 
   @property
   def step(self) -> int:
     return int(self.optimizer.iterations.numpy())
 
-  def _loss(self, theta: tf.Tensor, observations: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  def meta_loss(self, theta: tf.Tensor, observations: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """The run's meta-loss (`losses.meta_loss` with its settings) of a batch of problems.
+
+    Args:
+      theta: `[batch, d]` true parameters.
+      observations: `[batch, n, d_x]` their observations.
+      seed: int32 `[2]`, the seed of the machine's proposals and simulations.
+    """
     cfg = self.train_config
     return losses.meta_loss(self.machine, theta, observations, seed, cfg.loss, cfg.time_weights,
                             cfg.beta)
-
-  def _replica_gradients(self, theta: tf.Tensor, observations: tf.Tensor,
-                         seed: tf.Tensor) -> Tuple[tf.Tensor, List[tf.Tensor]]:
-    """This replica's share of the loss (its mean loss / replicas) and its gradients."""
-    variables = self.machine.trainable_variables
-    with tf.GradientTape() as tape:
-      loss = self._loss(theta, observations, seed) / self.replicas
-    return loss, tape.gradient(loss, variables)
-
-  def _replica_step(self, theta: tf.Tensor, observations: tf.Tensor,
-                    seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Runs on each replica: its slice of the global batch, summed gradients, one Adam update."""
-    context = tf.distribute.get_replica_context()
-    if self.replicas > 1:
-      replica = context.replica_id_in_sync_group
-      share = self.train_config.batch_size // self.replicas
-      theta = theta[replica * share:(replica + 1) * share]
-      observations = observations[replica * share:(replica + 1) * share]
-      seed = tf.random.experimental.stateless_fold_in(seed, replica)
-    loss, gradients = self._gradients(theta, observations, seed)
-    if self.replicas > 1:
-      gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
-    norm = tf.linalg.global_norm(gradients)
-    if self.train_config.grad_clip_norm:
-      gradients, _ = tf.clip_by_global_norm(gradients, self.train_config.grad_clip_norm,
-                                            use_norm=norm)
-    if self.replicas > 1:   # Keras sums the replicas' gradients again when it applies them
-      gradients = [gradient / self.replicas for gradient in gradients]
-    self.optimizer.apply_gradients(zip(gradients, self.machine.trainable_variables))
-    return loss, norm
-
-  def _distributed_step(self, theta: tf.Tensor, observations: tf.Tensor,
-                        seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """One Adam step on a global batch.
-
-    Args:
-      theta: `[B, d]` true parameters of the batch's problems.
-      observations: `[B, n, d_x]` their observations.
-      seed: int32 `[2]`, the seed of the machine's proposals and simulations at this step.
-
-    Returns:
-      The batch's loss and the global norm of its (summed, unclipped) gradients.
-    """
-    loss, norm = self.strategy.run(self._replica_step, args=(theta, observations, seed))
-    return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-            self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
-
-  def _validate(self, inferrer: Inferrer, problems: data_lib.Problems) -> np.ndarray:
-    """RMSE of `mu_t` on the validation problems at every step, `[T, d]`."""
-    result = inferrer(problems.observations, seed=self.train_config.seed + 1)
-    return rmse_per_step(result.trajectory_mean, problems.theta)
-
-  def _restore(self) -> bool:
-    """Restores the newest readable checkpoint (see `workdir.restore_checkpoint`)."""
-    path = restore_checkpoint(self.checkpoint, self.workdir.checkpoints)
-    if path is not None:
-      logging.info("resumed from %s at step %d", path, self.step)
-    return path is not None
-
-  def _save(self, step: int) -> None:
-    self.manager.save(checkpoint_number=step)
-    if self._scratch:
-      shutil.rmtree(self._scratch, ignore_errors=True)
-
-  def _write_scalars(self, scalars: Dict[str, float]) -> None:
-    with self.writer.as_default(step=self.step):
-      for name, value in scalars.items():
-        tf.summary.scalar(name, value)
-
-  def _training_data(self, executor) -> Tuple[Optional[data_lib.Problems],
-                                              Optional[data_lib.ProblemStore]]:
-    """The fixed meta-training set: in memory, or (`disk`) as a store on disk."""
-    cfg = self.train_config
-    if cfg.data_source == "disk":
-      store = data_lib.ProblemStore(os.path.join(self.data_dir, "train"))
-      return None, store.create(self.simulator, cfg.num_problems, cfg.num_obs, cfg.seed,
-                                data_lib.TRAIN_STREAM, executor=executor)
-    return data_lib.generate_problems(self.simulator, cfg.num_problems, cfg.num_obs, cfg.seed,
-                                      data_lib.TRAIN_STREAM, executor=executor), None
-
-  def _adapt(self, problems: Optional[data_lib.Problems],
-             store: Optional[data_lib.ProblemStore]) -> None:
-    """Standardisation statistics from the meta-training set (one streaming pass over a store)."""
-    if problems is not None:
-      self.machine.adapt(problems.theta, problems.observations)
-      return
-    per_chunk = [self.machine.problem_moments(chunk.theta, chunk.observations)
-                 for chunk in store.iterate_chunks()]   # small: two Moments per chunk
-    self.machine.set_moments(*(functools.reduce(Moments.merge, moments)
-                               for moments in zip(*per_chunk)))
-
-  def _time_to_save(self, minutes_since_save: float) -> bool:
-    """The time-based checkpoint cadence. Workers' clocks differ, but all must save together:
-    in a multi-worker run they save when any of them is due."""
-    minutes = self.train_config.checkpoint_every_minutes
-    due = 0 < minutes <= minutes_since_save
-    if minutes > 0 and distribute.task(self.strategy) is not None:
-      votes = self.strategy.run(lambda: tf.constant(int(due)))
-      return bool(self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None) > 0)
-    return due
 
   def train(self, stop_at_step: Optional[int] = None) -> TrainingResult:
     """Runs (or resumes) meta-training to `train_config.total_steps`.
@@ -221,83 +158,116 @@ class Trainer:
     Args:
       stop_at_step: stop (with a checkpoint) once this step is reached, e.g. to time-box a session;
         running `train()` again later continues exactly where it stopped.
+
+    Raises:
+      RuntimeError: another process is training in the same workdir.
+      FloatingPointError: the loss became NaN or inf.
     """
-    executor = data_lib.worker_pool(self.simulator, self.data_workers)
-    try:
-      return self._train(stop_at_step, executor)
-    finally:
-      if executor is not None:
-        executor.shutdown(cancel_futures=True)
+    # One training process per run: a second one is refused, naming the holder of the lock.
+    with self.workdir.lock() if self.is_chief else contextlib.nullcontext():
+      if self.is_chief:
+        self.writer = tf.summary.create_file_writer(self.workdir.tensorboard)
+      executor = data_lib.worker_pool(self.simulator, self.data_workers)
+      try:
+        return self._train(stop_at_step, executor)
+      finally:
+        if executor is not None:
+          executor.shutdown(cancel_futures=True)
 
   def _train(self, stop_at_step: Optional[int], executor) -> TrainingResult:
     cfg = self.train_config
-    data_start = time.time()
-    train_problems, store = self._training_data(executor)
-    validation_problems = data_lib.generate_problems(
-        self.simulator, cfg.num_validation_problems, cfg.num_obs, cfg.seed,
-        data_lib.VALIDATION_STREAM)
-    data_seconds = time.time() - data_start
-    logging.info("generated %d training (%s) and %d validation problems in %.1fs",
-                 cfg.num_problems, cfg.data_source, cfg.num_validation_problems, data_seconds)
-
-    previous_seconds = 0.0
-    if self._restore():
-      previous_seconds = self.workdir.read_summary().get("train_seconds", 0.0)
-    else:
-      self._adapt(train_problems, store)
-    batches = iter(pipeline.training_batches(cfg, self.simulator, self.step, train_problems,
-                                             store, executor))
-    del train_problems   # the pipeline holds what it needs
-
+    stop = cfg.total_steps if stop_at_step is None else min(cfg.total_steps, stop_at_step)
+    batches, validation_problems, clock = self._start(executor)
     inferrer = Inferrer(self.machine, batch_size=cfg.num_validation_problems)
-    names = self.simulator.parameter_names
-    mc = self.machine_config
-    simulations_per_step = cfg.batch_size * mc.num_steps * mc.num_samples * mc.num_simulated_obs
-    total = cfg.total_steps
-    stop = min(total, stop_at_step) if stop_at_step is not None else total
-    start_time, start_step = time.time(), self.step
-    last_log_time, last_log_step, last_save_time = start_time, start_step, start_time
     loss = float("nan")
     validation: Dict[str, float] = {}
     while self.step < stop:
       loss_tensor, gradient_norm = self.train_step(*next(batches))
       loss, step, now = float(loss_tensor), self.step, time.time()
       if not np.isfinite(loss):
-        raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning "
-                                 "rate or the update bound")
+        raise FloatingPointError(
+            f"training loss became {loss} at step {step} (simulator {self.simulator.name!r}). "
+            "Either the simulator returned NaN/inf for some parameters of its prior (check it "
+            "there: the machine samples anywhere in the prior's support), or the optimisation "
+            "diverged (lower --learning_rate or --bound); the last checkpoint is intact")
       if step % self.log_every == 0 or step == stop:
-        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-        last_log_time, last_log_step = now, step
-        logging.info("step %d/%d loss %.4f  %.1f steps/s  %.3g simulations/s  ETA %.0fs", step,
-                     total, loss, rate, rate * simulations_per_step, (stop - step) / max(rate, 1e-9))
-        self._write_scalars({
-            "train/loss": loss, "train/gradient_norm": float(gradient_norm),
-            "train/learning_rate": float(self.optimizer.learning_rate),
-            "train/steps_per_second": rate,
-            "train/simulations_per_second": rate * simulations_per_step})
+        self._log_progress(step, stop, loss, float(gradient_norm),
+                           clock.steps_per_second(step, now))
       if self.is_chief and (step % cfg.validate_every == 0 or step == stop):
-        rmse = self._validate(inferrer, validation_problems)
-        validation = dict(zip(names, map(float, rmse[-1])))
-        logging.info("step %d validation RMSE(mu_T): %s", step,
-                     ", ".join(f"{k}={v:.4f}" for k, v in validation.items()))
-        scalars = {f"validation/rmse_T/{name}": value for name, value in validation.items()}
-        scalars.update({f"validation/rmse_t{t + 1:02d}/{name}": float(rmse[t, i])
-                        for t in range(rmse.shape[0]) for i, name in enumerate(names)})
-        self._write_scalars(scalars)
-      minutes_since_save = (now - last_save_time) / 60.0
-      if (step % cfg.checkpoint_every == 0 or step == stop
-          or self._time_to_save(minutes_since_save)):
-        self._save(step)
-        last_save_time = time.time()
-        if self.is_chief:
-          self.workdir.write_summary({"steps": step, "data_seconds": data_seconds,
-                                      "train_seconds": previous_seconds + last_save_time
-                                      - start_time})
+        validation = self._validate(inferrer, validation_problems)
+      if self.checkpoints.due(step, step == stop, clock.minutes_since_save(now)):
+        self._save(step, clock)
     self.writer.flush()
-    train_seconds = previous_seconds + time.time() - start_time
-    result = TrainingResult(self.step, loss, validation, train_seconds)
+    result = TrainingResult(self.step, loss, validation, clock.train_seconds())
     if self.is_chief:
-      self.workdir.write_summary({**result._asdict(), "data_seconds": data_seconds,
+      self.workdir.write_summary({**result._asdict(), "data_seconds": clock.data_seconds,
                                   "replicas": self.replicas})
     return result
 
+  def _start(self, executor) -> Tuple[Iterator[Tuple[tf.Tensor, tf.Tensor, tf.Tensor]],
+                                      data_lib.Problems, _Clock]:
+    """A session's data, its restored (or freshly standardised) state and input pipeline.
+
+    Returns:
+      The batches from the current step on, the validation problems and the session's clock.
+    """
+    cfg = self.train_config
+    data_start = time.time()
+    data = pipeline.meta_training_data(cfg, self.simulator, self.data_dir, executor)
+    data_seconds = time.time() - data_start
+    logging.info("generated %d training (%s) and %d validation problems in %.1fs",
+                 cfg.num_problems, cfg.data_source, cfg.num_validation_problems, data_seconds)
+    previous_seconds = 0.0
+    if self.checkpoints.restore() is not None:
+      previous_seconds = self.workdir.read_summary().get("train_seconds", 0.0)
+    else:
+      pipeline.adapt_machine(self.machine, data)
+    # The pipeline holds what it needs of the meta-training set; the rest goes with `data`.
+    batches = iter(pipeline.training_batches(cfg, self.simulator, self.step, data.problems,
+                                             data.store, executor))
+    return batches, data.validation, _Clock(self.step, data_seconds, previous_seconds)
+
+  def _log_progress(self, step: int, stop: int, loss: float, gradient_norm: float,
+                    rate: float) -> None:
+    """A progress line and the training scalars; `rate` in steps/s."""
+    mc = self.machine_config
+    simulations = rate * (self.train_config.batch_size * mc.num_steps * mc.num_samples
+                          * mc.num_simulated_obs)
+    logging.info("step %d/%d loss %.4f  %.1f steps/s  %.3g simulations/s  ETA %.0fs", step,
+                 self.train_config.total_steps, loss, rate, simulations,
+                 (stop - step) / max(rate, 1e-9))
+    self._write_scalars({
+        "train/loss": loss, "train/gradient_norm": gradient_norm,
+        "train/learning_rate": float(self.optimizer.learning_rate),
+        "train/steps_per_second": rate, "train/simulations_per_second": simulations})
+
+  def _validate(self, inferrer: Inferrer, problems: data_lib.Problems) -> Dict[str, float]:
+    """Logs and records the RMSE of `mu_t` on the validation problems at every step `t`.
+
+    Returns:
+      The RMSE of the final `mu_T` per parameter.
+    """
+    result = inferrer(problems.observations, seed=self.train_config.seed + 1)
+    rmse = rmse_per_step(result.trajectory_mean, problems.theta)   # [T, d]
+    names = self.simulator.parameter_names
+    validation = dict(zip(names, map(float, rmse[-1])))
+    logging.info("step %d validation RMSE(mu_T): %s", self.step,
+                 ", ".join(f"{k}={v:.4f}" for k, v in validation.items()))
+    scalars = {f"validation/rmse_T/{name}": value for name, value in validation.items()}
+    scalars.update({f"validation/rmse_t{t + 1:02d}/{name}": float(rmse[t, i])
+                    for t in range(rmse.shape[0]) for i, name in enumerate(names)})
+    self._write_scalars(scalars)
+    return validation
+
+  def _save(self, step: int, clock: _Clock) -> None:
+    """A checkpoint (on every worker), and the chief's summary of the run so far."""
+    self.checkpoints.save(step)
+    clock.saved()
+    if self.is_chief:
+      self.workdir.write_summary({"steps": step, "data_seconds": clock.data_seconds,
+                                  "train_seconds": clock.train_seconds()})
+
+  def _write_scalars(self, scalars: Dict[str, float]) -> None:
+    with self.writer.as_default(step=self.step):
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value)

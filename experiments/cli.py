@@ -1,0 +1,43 @@
+"""The binaries' error boundary: a known failure becomes one message and exit status 1.
+
+Bad input (a flag out of range, a missing or broken file, a workdir of another run, a failing
+simulator) is reported as `error: <what was wrong and what was expected>` on stderr, without the
+flags' help text and without a Python traceback. `--verbosity=1` (or higher) keeps the traceback,
+for debugging. absl reports unparseable flags itself, in one line, before `main` runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, List
+
+from absl import app, flags
+
+import tensorflow as tf
+
+#: Failures a user can cause and fix: they get one message, not a traceback.
+KNOWN_FAILURES = (app.UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
+                  NotADirectoryError, PermissionError, RuntimeError, FloatingPointError,
+                  tf.errors.OpError)
+
+
+def run(main: Callable[[List[str]], None]) -> None:
+  """`absl.app.run(main)` behind the error boundary (see the module docstring)."""
+  app.run(lambda argv: _guarded(main, argv))
+
+
+def _guarded(main: Callable[[List[str]], None], argv: List[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
+  try:
+    main(argv)
+  except KNOWN_FAILURES as error:
+    if flags.FLAGS.verbosity >= 1:
+      raise
+    message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    _fail(message or type(error).__name__)
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)

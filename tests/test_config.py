@@ -1,0 +1,68 @@
+"""Validation of the configuration dataclasses: every bad value is refused by name at construction,
+non-finite floats included (they pass `<= 0` checks and would hang or poison training)."""
+
+import dataclasses
+import math
+import typing
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import pytest
+
+from alfi_tf.config import SEED_RANGE, MachineConfig, TrainConfig
+
+CONFIGS = (MachineConfig, TrainConfig)
+
+
+def _fields_of_type(config_class, hint):
+  hints = typing.get_type_hints(config_class)
+  return [(config_class, field.name) for field in dataclasses.fields(config_class)
+          if hints[field.name] is hint]
+
+
+FLOAT_FIELDS = [pair for config in CONFIGS for pair in _fields_of_type(config, float)]
+INT_FIELDS = [pair for config in CONFIGS for pair in _fields_of_type(config, int)]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("config_class, name", FLOAT_FIELDS,
+                         ids=[f"{c.__name__}.{n}" for c, n in FLOAT_FIELDS])
+def test_non_finite_floats_are_refused_by_name(config_class, name, value):
+  with pytest.raises(ValueError, match=f"^{name} must be a finite number, got {value}"):
+    config_class(**{name: value})
+
+
+@pytest.mark.parametrize("config_class, name", INT_FIELDS,
+                         ids=[f"{c.__name__}.{n}" for c, n in INT_FIELDS])
+def test_int_fields_refuse_fractions_and_booleans(config_class, name):
+  for value in (2.5, True):
+    with pytest.raises(ValueError, match=f"^{name} must be an integer"):
+      config_class(**{name: value})
+
+
+@pytest.mark.parametrize("seed", [SEED_RANGE[0] - 1, SEED_RANGE[1] + 1, 2 ** 40])
+def test_seed_outside_int32_is_refused(seed):
+  with pytest.raises(ValueError, match=r"^seed must be an integer in .* \(an int32 seed\)"):
+    TrainConfig(seed=seed)
+
+
+def test_wrong_types_are_named():
+  with pytest.raises(ValueError, match="^moment_features must be true or false, got 1"):
+    MachineConfig(moment_features=1)
+  with pytest.raises(ValueError, match="^loss must be a string, got 3"):
+    TrainConfig(loss=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(field=st.sampled_from(FLOAT_FIELDS),
+       value=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10 ** 6, 10 ** 6))
+def test_any_float_setting_builds_or_fails_naming_the_field(field, value):
+  """Whatever number a user passes, the result is a valid config or a ValueError naming the field
+  (never another exception, never a silently accepted non-finite value)."""
+  config_class, name = field
+  try:
+    config = config_class(**{name: value})
+  except ValueError as error:
+    assert str(error).startswith(name), error
+  else:
+    assert math.isfinite(getattr(config, name))

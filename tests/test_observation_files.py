@@ -1,0 +1,107 @@
+"""Reading observation files and checking observation arrays: every bad input gets one clear
+`ValueError` / `FileNotFoundError` naming the file and what was expected, never another exception."""
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+import numpy as np
+import pytest
+
+from alfi_tf.checks import check_observation_sets, check_observations
+from alfi_tf.serving.observation_files import load_observations
+
+
+def test_empty_npy_names_the_file(tmp_path):
+  path = tmp_path / "empty.npy"
+  path.write_bytes(b"")
+  with pytest.raises(ValueError, match=rf"{path}: not a readable \.npy file of observations"):
+    load_observations(str(path), 1)
+
+
+def test_text_file_named_npy_names_the_file(tmp_path):
+  path = tmp_path / "text.npy"
+  path.write_text("1, 2, 3\n")
+  with pytest.raises(ValueError, match=rf"{path}: not a readable \.npy file"):
+    load_observations(str(path), 1)
+
+
+def test_broken_npz_names_the_file(tmp_path):
+  path = tmp_path / "broken.npz"
+  path.write_bytes(b"PK\x03\x04 not really a zip")
+  with pytest.raises(ValueError, match=rf"{path}: not a readable \.npz file"):
+    load_observations(str(path), 1)
+
+
+def test_directory_named_npy(tmp_path):
+  path = tmp_path / "x.npy"
+  path.mkdir()
+  with pytest.raises(ValueError, match=rf"observations file {path} is a directory, not a file"):
+    load_observations(str(path), 1)
+
+
+def test_symlink_loop_and_dangling_link(tmp_path):
+  loop_a, loop_b, dangling = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "c.npy"
+  os.symlink(loop_b, loop_a)
+  os.symlink(loop_a, loop_b)
+  os.symlink(tmp_path / "gone.npy", dangling)
+  for path in (loop_a, dangling):
+    with pytest.raises(FileNotFoundError, match="is a symbolic link to nothing"):
+      load_observations(str(path), 1)
+
+
+def test_values_beyond_float32_are_not_reported_as_inf():
+  observations = np.zeros((1, 3, 1))
+  observations[0, 1, 0] = 1e39
+  with pytest.raises(ValueError, match=r"beyond float32's range .* the first at \[0, 1, 0\] = 1e\+39"):
+    check_observations(observations, 1)
+
+
+def test_complex_input_is_refused_not_cast():
+  with pytest.raises(ValueError, match="must be real numbers, got dtype complex128"):
+    check_observations(np.ones((1, 3, 1), np.complex128), 1)
+
+
+def test_one_data_set_forms():
+  expected = np.arange(3, dtype=np.float32).reshape(1, 3, 1)
+  for form in (np.arange(3.0), np.arange(3.0).reshape(3, 1), np.arange(3.0).reshape(1, 3, 1)):
+    np.testing.assert_array_equal(check_observation_sets(form, 1), expected)
+  with pytest.raises(ValueError, match="must have shape"):
+    check_observation_sets(np.arange(3.0), 2)   # [n] only means one set when d_x = 1
+
+
+ARRAYS = hnp.arrays(
+    dtype=st.sampled_from([np.float64, np.float32, np.int64, np.float16]),
+    shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=4),
+    elements={"allow_nan": True, "allow_infinity": True})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(array=ARRAYS, observation_dim=st.integers(1, 3), suffix=st.sampled_from([".npy", ".npz"]))
+def test_any_saved_array_loads_exactly_or_fails_naming_the_file(tmp_path, array, observation_dim,
+                                                                 suffix):
+  path = str(tmp_path / f"observations{suffix}")
+  if suffix == ".npy":
+    np.save(path, array)
+  else:
+    np.savez(path, observations=array)
+  try:
+    loaded = load_observations(path, observation_dim)
+  except ValueError as error:
+    assert str(error).startswith(f"observations in {path}") or str(error).startswith(path), error
+    return
+  assert loaded.dtype == np.float32 and loaded.ndim == 3 and loaded.shape[-1] == observation_dim
+  assert np.all(np.isfinite(loaded))
+  np.testing.assert_array_equal(loaded.ravel(), np.asarray(array, np.float32).ravel())
+
+
+@settings(max_examples=150, deadline=None)
+@given(array=ARRAYS)
+def test_check_observations_returns_finite_float32_or_fails_with_a_value_error(array):
+  try:
+    checked = check_observations(array, 1)
+  except ValueError as error:
+    assert str(error).startswith("observations "), error
+    return
+  assert checked.dtype == np.float32 and np.all(np.isfinite(checked))

@@ -1,0 +1,73 @@
+"""The run directory: the advisory lock, and loading a machine through the checkpoint fallback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from alfi_tf.workdir import LOCK_FILE, Workdir
+
+HOLD_LOCK = """
+import sys, time
+from alfi_tf.workdir import Workdir
+with Workdir(sys.argv[1]).lock():
+  print("locked", flush=True)
+  time.sleep(60)
+"""
+
+
+def test_a_second_holder_is_refused_with_the_holder_named(tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RuntimeError, match=rf"is in use by process {holder.pid} on "):
+      with Workdir(str(tmp_path)).lock():
+        pass
+  finally:
+    holder.kill()
+    holder.wait()
+  # Killed holders release the lock: the next run takes it.
+  with Workdir(str(tmp_path)).lock():
+    assert f"process {os.getpid()}" in (tmp_path / LOCK_FILE).read_text()
+
+
+def test_the_lock_is_released_on_exit_and_on_error(tmp_path):
+  workdir = Workdir(str(tmp_path / "run"))
+  with pytest.raises(KeyError):
+    with workdir.lock():
+      raise KeyError("boom")
+  with workdir.lock():
+    pass
+  assert (tmp_path / "run" / LOCK_FILE).read_text() == ""
+
+
+def test_a_second_training_of_one_workdir_is_refused(tmp_path):
+  from alfi_tf.config import MachineConfig, TrainConfig
+  from alfi_tf.training import Trainer
+
+  machine_config = MachineConfig(num_steps=2, num_samples=2, num_simulated_obs=2, encoder_hidden=4,
+                                 encoder_out=4, aggregator_hidden=4, aggregator_out=4,
+                                 updater_hidden=4, lstm_units=4)
+  train_config = TrainConfig(num_problems=8, num_obs=5, epochs=1, batch_size=8,
+                             num_validation_problems=4)
+  trainer = Trainer(machine_config, train_config, str(tmp_path))
+  with Workdir(str(tmp_path)).lock():   # as a concurrent training process would hold it
+    with pytest.raises(RuntimeError, match=f"workdir {tmp_path} is in use by process"):
+      trainer.train()
+  assert not os.path.exists(tmp_path / "checkpoints")
+  assert trainer.train().steps == 1
+
+
+def test_a_workdir_that_is_a_file_or_not_writable_is_named(tmp_path, monkeypatch):
+  from alfi_tf.config import MachineConfig, TrainConfig
+
+  path = tmp_path / "file"
+  path.write_text("not a directory")
+  with pytest.raises(ValueError, match=f"workdir {path} exists and is not a directory"):
+    Workdir(str(path)).claim(MachineConfig(), TrainConfig())
+  # Root may write anywhere, so the permission check is exercised through os.access.
+  monkeypatch.setattr(os, "access", lambda *args: False)
+  with pytest.raises(PermissionError, match=f"workdir {tmp_path / 'run'} is not writable"):
+    Workdir(str(tmp_path / "run")).claim(MachineConfig(), TrainConfig())
