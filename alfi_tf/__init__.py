@@ -40,8 +40,8 @@ from alfi_tf.model.proposals import DiagonalGaussian, Proposal, get_proposal
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.serving.export import export_machine
 from alfi_tf.serving.observation_files import load_observations
-from alfi_tf.simulators import (NumpySimulator, Simulator, available_simulators, box_prior,
-                                get_simulator, register_simulator)
+from alfi_tf.simulators import (NumpySimulator, Simulator, SimulatorError, available_simulators,
+                                box_prior, get_simulator, register_simulator)
 from alfi_tf.simulators.command import CommandSimulator
 from alfi_tf.training.trainer import Trainer, TrainingResult, set_global_seed
 from alfi_tf.workdir import load_machine
@@ -49,7 +49,8 @@ from alfi_tf.workdir import load_machine
 __all__ = [
     "__version__",
     # simulators
-    "Simulator", "NumpySimulator", "CommandSimulator", "box_prior", "register_simulator",
+    "Simulator", "NumpySimulator", "CommandSimulator", "SimulatorError", "box_prior",
+    "register_simulator",
     "get_simulator", "available_simulators",
     # model
     "MachineConfig", "InferenceMachine", "Proposal", "DiagonalGaussian", "get_proposal",

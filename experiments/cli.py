@@ -15,6 +15,8 @@ from absl import app, flags
 
 import tensorflow as tf
 
+from alfi_tf.simulators.base import simulator_error_message
+
 #: Failures a user can cause and fix: they get one message, not a traceback.
 KNOWN_FAILURES = (app.UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
                   NotADirectoryError, PermissionError, RuntimeError, FloatingPointError,
@@ -34,8 +36,20 @@ def _guarded(main: Callable[[List[str]], None], argv: List[str]) -> None:
   except KNOWN_FAILURES as error:
     if flags.FLAGS.verbosity >= 1:
       raise
-    message = error.message if isinstance(error, tf.errors.OpError) else str(error)
-    _fail(message or type(error).__name__)
+    _fail(_message(error))
+
+
+def _message(error: BaseException) -> str:
+  """What the user needs to read: a simulator's own failure rather than the TensorFlow error that
+  carried it out of `tf.numpy_function`; the first line of other TensorFlow errors."""
+  from_simulator = simulator_error_message(error)
+  if from_simulator:
+    return from_simulator
+  if isinstance(error, tf.errors.OpError):
+    first_line = (error.message or "").strip().splitlines()[:1]
+    return (f"TensorFlow {type(error).__name__}: {first_line[0] if first_line else ''} "
+            "(--verbosity=1 shows the full trace)")
+  return str(error) or type(error).__name__
 
 
 def _fail(message: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List
 
-from alfi_tf.simulators.base import NumpySimulator, Simulator, box_prior
+from alfi_tf.simulators.base import NumpySimulator, Simulator, SimulatorError, box_prior
 from alfi_tf.simulators.gaussian import GaussianSimulator
 from alfi_tf.simulators.linear_regression import LinearRegressionSimulator
 from alfi_tf.simulators.lotka_volterra import LotkaVolterraSimulator
@@ -48,7 +48,8 @@ for _factory in (PoissonSimulator, WeinbergSimulator, GaussianSimulator, LinearR
   register_simulator(_factory)
 
 __all__ = [
-    "Simulator", "NumpySimulator", "box_prior", "register_simulator", "available_simulators",
+    "Simulator", "NumpySimulator", "SimulatorError", "box_prior", "register_simulator",
+    "available_simulators",
     "get_simulator", "PoissonSimulator", "WeinbergSimulator", "GaussianSimulator",
     "LinearRegressionSimulator", "MultiDistributionSimulator", "LotkaVolterraSimulator",
 ]

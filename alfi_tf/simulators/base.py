@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import re
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -204,6 +205,28 @@ class Simulator(abc.ABC):
     return self.simulate(theta, num_obs, seed)
 
 
+class SimulatorError(RuntimeError):
+  """A simulator failed (raised, or returned output of the wrong shape), with the parameters it was
+  called with. Raised inside `tf.numpy_function` it reaches the caller wrapped in a TensorFlow
+  error; `simulator_error_message` digs the message out again."""
+
+
+_SIMULATOR_ERROR_LINE = re.compile(r"SimulatorError: (.*)")
+
+
+def simulator_error_message(error: BaseException) -> Optional[str]:
+  """The `SimulatorError` message inside a TensorFlow error from a numpy simulator, or None."""
+  match = _SIMULATOR_ERROR_LINE.search(str(getattr(error, "message", "") or error))
+  return match.group(1).strip() if match else None
+
+
+def _describe_parameters(theta: np.ndarray, names: Sequence[str], shown: int = 3) -> str:
+  rows = [", ".join(f"{name}={value:.6g}" for name, value in zip(names, row))
+          for row in np.asarray(theta)[:shown]]
+  more = f" (and {len(theta) - shown} more)" if len(theta) > shown else ""
+  return "; ".join(f"({row})" for row in rows) + more
+
+
 def _is_tensorflow_object(value) -> bool:
   return isinstance(value, (tf.Module, tf.Tensor, tf.Variable, tfd.Distribution))
 
@@ -242,11 +265,17 @@ class NumpySimulator(Simulator):
       `[batch, num_obs, d_x]` float32.
     """
     rng = np.random.default_rng(np.asarray(seed, np.int64).view(np.uint64))
-    out = np.asarray(self.simulate_numpy(np.asarray(theta, np.float64), num_obs, rng))
+    where = f"simulator {self.name or type(self).__name__!r}"
+    try:
+      out = np.asarray(self.simulate_numpy(np.asarray(theta, np.float64), num_obs, rng))
+    except Exception as error:   # a user's code: any exception, reported with its inputs
+      raise SimulatorError(
+          f"{where} raised {type(error).__name__}: {error} (for {theta.shape[0]} parameter "
+          f"vector(s): {_describe_parameters(theta, self.parameter_names)})") from error
     want = (theta.shape[0], num_obs, self.observation_dim)
     if out.shape != want:
-      raise ValueError(f"{type(self).__name__}.simulate_numpy returned shape {out.shape}, "
-                       f"expected {want}")
+      raise SimulatorError(f"{where}: {type(self).__name__}.simulate_numpy returned shape "
+                           f"{out.shape}, expected {want}")
     return out.astype(np.float32)
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,

@@ -18,6 +18,7 @@ from alfi_tf.model import losses
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.simulators import NumpySimulator, get_simulator
+from alfi_tf.simulators.base import SimulatorError, simulator_error_message
 from alfi_tf.training import data as data_lib
 from alfi_tf.training import distribute, pipeline
 from alfi_tf.training.checkpoints import CheckpointKeeper
@@ -30,6 +31,19 @@ def set_global_seed(seed: int) -> None:
   (Keras initialisers draw from the global seed) derive from `seed`. Call it with the run's seed
   before constructing a `Trainer`."""
   keras.utils.set_random_seed(seed)
+
+
+@contextlib.contextmanager
+def _simulator_failures_named(stage: str) -> Iterator[None]:
+  """Turns a numpy simulator's failure, wrapped by TensorFlow, into a `SimulatorError` naming
+  `stage`; other errors pass unchanged."""
+  try:
+    yield
+  except tf.errors.OpError as error:
+    message = simulator_error_message(error)
+    if message is None:
+      raise
+    raise SimulatorError(f"{stage}: {message}") from None
 
 
 class TrainingResult(NamedTuple):
@@ -182,7 +196,7 @@ class Trainer:
     loss = float("nan")
     validation: Dict[str, float] = {}
     while self.step < stop:
-      loss_tensor, gradient_norm = self.train_step(*next(batches))
+      loss_tensor, gradient_norm = self._step(batches)
       loss, step, now = float(loss_tensor), self.step, time.time()
       if not np.isfinite(loss):
         raise FloatingPointError(
@@ -204,6 +218,11 @@ class Trainer:
                                   "replicas": self.replicas})
     return result
 
+  def _step(self, batches) -> Tuple[tf.Tensor, tf.Tensor]:
+    """One optimisation step; a numpy simulator's failure is reported with the step it broke."""
+    with _simulator_failures_named(f"training step {self.step + 1}"):
+      return self.train_step(*next(batches))
+
   def _start(self, executor) -> Tuple[Iterator[Tuple[tf.Tensor, tf.Tensor, tf.Tensor]],
                                       data_lib.Problems, _Clock]:
     """A session's data, its restored (or freshly standardised) state and input pipeline.
@@ -213,7 +232,8 @@ class Trainer:
     """
     cfg = self.train_config
     data_start = time.time()
-    data = pipeline.meta_training_data(cfg, self.simulator, self.data_dir, executor)
+    with _simulator_failures_named("generating the meta-training and validation sets"):
+      data = pipeline.meta_training_data(cfg, self.simulator, self.data_dir, executor)
     data_seconds = time.time() - data_start
     logging.info("generated %d training (%s) and %d validation problems in %.1fs",
                  cfg.num_problems, cfg.data_source, cfg.num_validation_problems, data_seconds)

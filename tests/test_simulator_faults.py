@@ -1,0 +1,75 @@
+"""A simulator that raises: one clear error naming the simulator, the parameters and (in training)
+the step, never a raw `UnknownError` trace from inside `tf.numpy_function`."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import alfi_tf.simulators
+from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.simulators import NumpySimulator, SimulatorError, box_prior, register_simulator
+from alfi_tf.simulators.base import simulator_error_message
+from alfi_tf.training import Trainer
+from experiments import cli
+
+
+FAILING_CALL = 32
+
+
+class FragileSimulator(NumpySimulator):
+  """Gaussian observations around theta, but raises for theta above 0.9 (outside its prior, so only
+  when called directly), or when called with `FAILING_CALL` parameter vectors: a training step's
+  batch 8 x M 4, or a set of 32 problems."""
+
+  name = "fragile"
+
+  def __init__(self):
+    super().__init__(parameter_names=["mu"], observation_dim=1, prior=box_prior([-1.0], [0.9]))
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    if np.any(theta > 0.9) or len(theta) == FAILING_CALL:
+      raise ArithmeticError("mu too large for the solver")
+    return theta[:, None, :] + rng.normal(size=(len(theta), num_obs, 1))
+
+
+@pytest.fixture
+def fragile():
+  register_simulator(FragileSimulator)
+  yield FragileSimulator.name
+  del alfi_tf.simulators._REGISTRY[FragileSimulator.name]
+
+
+def test_the_message_names_the_simulator_the_error_and_the_parameters():
+  simulate = tf.function(FragileSimulator().simulate)
+  with pytest.raises(tf.errors.OpError) as caught:
+    simulate(tf.constant([[0.5], [0.95]]), 3, tf.constant([1, 2]))
+  message = simulator_error_message(caught.value)
+  assert message == ("simulator 'fragile' raised ArithmeticError: mu too large for the solver "
+                     "(for 2 parameter vector(s): (mu=0.5); (mu=0.95))")
+  assert cli._message(caught.value) == message   # what the binaries print: one line
+
+
+def test_training_reports_the_failing_step(fragile, tmp_path):
+  machine_config = MachineConfig(simulator=fragile, num_steps=2, num_samples=4,
+                                 num_simulated_obs=4, encoder_hidden=4, encoder_out=4,
+                                 aggregator_hidden=4, aggregator_out=4, updater_hidden=4,
+                                 lstm_units=4)
+  train_config = TrainConfig(num_problems=16, num_obs=5, epochs=4, batch_size=8,
+                             num_validation_problems=4)
+  with pytest.raises(SimulatorError, match=r"^training step 1: simulator 'fragile' raised "
+                                           r"ArithmeticError: mu too large for the solver \(for "
+                                           r"32 parameter vector\(s\): \(mu="):
+    Trainer(machine_config, train_config, str(tmp_path / "steps")).train()
+  # A set of 32 problems fails when it is generated.
+  with pytest.raises(SimulatorError, match=r"^generating the meta-training and validation sets: "
+                                           r"simulator 'fragile' raised ArithmeticError"):
+    Trainer(machine_config, dataclasses.replace(train_config, num_problems=FAILING_CALL),
+            str(tmp_path / "data")).train()
+
+
+def test_other_tensorflow_errors_are_shortened():
+  error = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor\nlong detail")
+  assert cli._message(error) == ("TensorFlow ResourceExhaustedError: OOM when allocating tensor "
+                                 "(--verbosity=1 shows the full trace)")
