@@ -17,15 +17,19 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["alfi_tf", "alfi_tf.*", "experiments"]),
     package_data={"experiments": ["configs/*.cfg"]},
-    python_requires=">=3.9,<3.13",
-    # TF 2.18 is the release TFP 0.25 was built and tested against; TFP 0.25 imports tf-keras
-    # (hence the [tf] extra), while our own models use Keras 3.
+    # TF 2.21 needs Python >= 3.10; on 3.9 pip would fall back to an untested TF.
+    python_requires=">=3.10,<3.13",
+    # Tested with TF 2.18 (numpy 2.0) and TF 2.21 (numpy 2.4), the oldest and the newest that TFP 0.25
+    # runs with. TFP 0.25 imports tf-keras (hence the [tf] extra), which must match the TF minor
+    # version; our own models use Keras 3. TF >= 2.21 no longer pulls in TensorBoard, which
+    # tf.summary needs.
     install_requires=[
-        "tensorflow>=2.18,<2.19",
+        "tensorflow>=2.18,<2.22",
         "tensorflow-probability[tf]==0.25.0",
-        "tf-keras>=2.18,<2.19",
+        "tf-keras>=2.18,<2.22",
+        "tensorboard>=2.18,<2.22",
         "keras>=3.5,<3.16",
-        "numpy>=1.26,<2.1",
+        "numpy>=1.26,<2.5",
         "absl-py>=2.1,<3",
         "matplotlib>=3.8,<4",
     ],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from alfi_tf.config import OBSERVATION_TRANSFORM_MINIMUM
+
 
 def check_observations(observations, observation_dim: int, name: str = "observations") -> np.ndarray:
   """Validates a batch of observation sets and returns it as float32 `[K, n, d_x]`.
@@ -41,13 +43,31 @@ def check_observations(observations, observation_dim: int, name: str = "observat
   return array.astype(np.float32)
 
 
-def check_observation_sets(observations, observation_dim: int,
-                           name: str = "observations") -> np.ndarray:
+def check_observation_sets(observations, observation_dim: int, name: str = "observations",
+                           transform: str = "none") -> np.ndarray:
   """`check_observations` that also takes one data set on its own: `[n, d_x]`, or `[n]` when
-  `d_x = 1`, becomes `[1, n, d_x]`. What users hand to the deployed machine and the CLI."""
+  `d_x = 1`, becomes `[1, n, d_x]`. What users hand to the deployed machine and the CLI.
+
+  `transform` is the machine's `observation_transform`: observations outside its domain (negative
+  counts for `log1p`) are refused rather than silently clamped.
+  """
   array = np.asarray(observations)
   if array.ndim == 1 and observation_dim == 1:
     array = array[:, np.newaxis]
   if array.ndim == 2:
     array = array[np.newaxis]
-  return check_observations(array, observation_dim, name)
+  return check_transform_domain(check_observations(array, observation_dim, name), transform, name)
+
+
+def check_transform_domain(observations: np.ndarray, transform: str,
+                           name: str = "observations") -> np.ndarray:
+  """Raises a ValueError when `observations [K, n, d_x]` leave the domain of `transform`."""
+  minimum = OBSERVATION_TRANSFORM_MINIMUM.get(transform)
+  if minimum is not None:
+    below = observations < minimum
+    if below.any():
+      problem, obs, dim = np.argwhere(below)[0]
+      raise ValueError(f"{name} must be >= {minimum:g} for this machine (it reads them through "
+                       f"{transform}); {int(below.sum())} value(s) are not, the first at "
+                       f"[{problem}, {obs}, {dim}] = {observations[problem, obs, dim]:g}")
+  return observations

@@ -21,6 +21,8 @@ DATA_SOURCES = ("memory", "disk", "online")
 PROPOSALS = ("diagonal_gaussian",)
 #: Elementwise transforms of observations before standardisation (`alfi_tf.model.normalization`).
 OBSERVATION_TRANSFORMS = ("none", "log1p", "asinh")
+#: The smallest observation each transform is defined for (`log1p` reads counts); others take any.
+OBSERVATION_TRANSFORM_MINIMUM = {"log1p": 0.0}
 
 
 #: Seeds become int32 stateless-seed tensors, and a few more seeds are derived as `seed + k`

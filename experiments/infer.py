@@ -75,7 +75,8 @@ def _summary(machine: DeployedMachine, result) -> list:
 def main(argv):
   del argv   # checked by cli.run
   machine = DeployedMachine.load(FLAGS.model)
-  observations = load_observations(FLAGS.observations, machine.observation_dim)
+  observations = load_observations(FLAGS.observations, machine.observation_dim,
+                                   machine.metadata["machine_config"]["observation_transform"])
   result = _run(machine, observations)
   datasets = _summary(machine, result)
   for index, dataset in enumerate(datasets):

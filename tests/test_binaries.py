@@ -105,6 +105,9 @@ def test_report_renders_results_table(trained_workdir, tmp_path):
     (["--grad_clip_norm=inf"], "grad_clip_norm must be a finite number, got inf"),
     (["--seed=2147483648"], "seed must be an integer in [-2147483648, 2147483639]"),
     (["extra_argument"], "unexpected arguments: extra_argument"),
+    # Refused with an estimate before anything is allocated (the kernel used to kill the run).
+    (["--num_problems=2000000000"], "GiB of memory, but this machine has"),
+    (["--num_obs=1000000000", "--data_source=disk"], "use --data_source=disk (streamed from disk)"),
 ])
 def test_train_rejects_bad_flags(tmp_path, flags, message):
   workdir = tmp_path / "run"

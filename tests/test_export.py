@@ -465,6 +465,19 @@ def test_saved_model_that_is_not_an_alfi_export(tmp_path):
     DeployedMachine.load(str(tmp_path / "other"))
 
 
+@pytest.mark.parametrize("damaged", ["saved_model.pb", f"assets/{METADATA_ASSET}"])
+def test_a_damaged_export_is_named(weinberg, tmp_path, damaged):
+  copy = tmp_path / "damaged"
+  shutil.copytree(weinberg.export_dir, copy)
+  with open(copy / damaged, "r+b") as stream:
+    stream.truncate(40)
+  with pytest.raises(ValueError, match=rf"{copy} is a damaged alfi-tf export"):
+    DeployedMachine.load(str(copy))
+  result = run_binary("experiments.infer", f"--model={copy}", f"--observations={copy}/none.npy")
+  assert result.returncode == 1 and "is a damaged alfi-tf export" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
 def test_export_of_another_format_version_is_refused(weinberg, tmp_path):
   copy = tmp_path / "future"
   shutil.copytree(weinberg.export_dir, copy)
@@ -543,6 +556,30 @@ def test_a_killed_exports_leftovers_are_cleaned_up_and_nothing_is_lost(lotka_vol
   export_machine(machine, str(export_dir), num_steps=3, overwrite=True)
   assert sorted(os.listdir(tmp_path)) == sorted(["lv", live.name])
   assert json.loads((export_dir / "assets" / METADATA_ASSET).read_text())["num_steps"] == 3
+
+
+def test_exports_killed_at_random_points_lose_nothing(lotka_volterra, tmp_path):
+  """SIGKILL an overwriting export at seeded random moments: the previous export stays loadable
+  (or the new one is complete), and the next export completes with no leftovers."""
+  export_dir = tmp_path / "lv"
+  args = [f"--workdir={lotka_volterra.workdir}", f"--export_dir={export_dir}", "--num_steps=2",
+          "--overwrite"]
+  assert run_binary("experiments.export", *args[:-1]).returncode == 0
+  for delay in np.random.default_rng(0).uniform(2.0, 7.0, size=2):
+    process = subprocess.Popen([sys.executable, "-m", "experiments.export", *args], cwd=ROOT,
+                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+      process.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
+    # Whatever the moment, a loadable export is in place or set aside for the next run.
+    retired = [path for path in tmp_path.glob(".lv.old-*/model")]
+    assert (export_dir / "saved_model.pb").exists() or retired, os.listdir(tmp_path)
+    completed = run_binary("experiments.export", *args)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert os.listdir(tmp_path) == ["lv"], os.listdir(tmp_path)
+    assert DeployedMachine.load(str(export_dir)).num_steps == 2
 
 
 def test_export_is_atomic_and_refuses_to_overwrite(weinberg, lotka_volterra):

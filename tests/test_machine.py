@@ -483,3 +483,13 @@ def test_keras_file_round_trip_gives_identical_inference(tmp_path):
   # The optimizer and the meta-loss settings come back too: training can continue.
   assert loaded.get_compile_config()["time_weights"] == "last"
   assert int(loaded.optimizer.iterations) == int(machine.optimizer.iterations)
+
+
+def test_observations_outside_the_transforms_domain_are_refused():
+  """A log1p machine reads counts: negative values are refused, not silently clamped to 0."""
+  machine = _machine(observation_transform="log1p")
+  _, observations = _problems("poisson")
+  observations[1, 3, 0] = -2.0
+  with pytest.raises(ValueError, match=r"must be >= 0 for this machine \(it reads them through "
+                                       r"log1p\); 1 value\(s\) are not, the first at \[1, 3, 0\] = -2"):
+    Inferrer(machine, num_steps=2)(observations, seed=0)

@@ -151,3 +151,25 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
       stream.truncate(16)
   with pytest.raises(RuntimeError, match="no readable checkpoint"):
     seeded_trainer(TINY_TRAIN, workdir, log_every=1000).train()
+
+
+def test_read_paths_fall_back_past_a_corrupted_checkpoint(tmp_path):
+  """load_machine (behind evaluate, export and the deployed machine) skips a corrupted newest
+  checkpoint like training does, and names the directory when none is readable."""
+  from alfi_tf.serving.deploy import DeployedMachine
+  workdir = str(tmp_path / "run")
+  trainer = seeded_trainer(TINY_TRAIN, workdir, log_every=1000)
+  trainer.train(stop_at_step=20)
+  at_step_20 = [v.numpy() for v in trainer.machine.weights]
+  trainer.train(stop_at_step=40)
+  for path in _checkpoint_files(workdir, 40):
+    with open(path, "r+b") as stream:
+      stream.truncate(16)
+  for actual, expected in zip(load_machine(workdir).weights, at_step_20):
+    np.testing.assert_array_equal(actual.numpy(), expected)
+  assert DeployedMachine.load(workdir).num_steps > 0
+  for path in _checkpoint_files(workdir, 20):
+    with open(path, "r+b") as stream:
+      stream.truncate(16)
+  with pytest.raises(RuntimeError, match=f"no readable checkpoint in {workdir}"):
+    load_machine(workdir)

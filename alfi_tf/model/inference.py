@@ -8,7 +8,7 @@ from typing import Dict, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.checks import check_observations
+from alfi_tf.checks import check_observations, check_transform_domain
 from alfi_tf.model.machine import InferenceMachine
 
 
@@ -71,7 +71,9 @@ class Inferrer:
       initial_mean: optional `[B, d]` raw starts; default draws from the prior.
     """
     simulator = self.machine.simulator
-    observations = check_observations(observations, simulator.observation_dim)
+    observations = check_transform_domain(
+        check_observations(observations, simulator.observation_dim),
+        self.machine.config.observation_transform)
     if initial_mean is not None:
       initial_mean = np.asarray(initial_mean, np.float32)
       if initial_mean.shape != (observations.shape[0], simulator.parameter_dim):

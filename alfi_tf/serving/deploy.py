@@ -114,13 +114,23 @@ class DeployedMachine:
     if not os.path.exists(asset):
       raise ValueError(f"{path} is a SavedModel but not an alfi-tf export (no "
                        "assets/alfi_metadata.json)")
-    with open(asset) as stream:
-      metadata = json.load(stream)
+    try:
+      with open(asset) as stream:
+        metadata = json.load(stream)
+    except (OSError, ValueError) as error:
+      raise ValueError(f"{path} is a damaged alfi-tf export ({asset} is not readable JSON: "
+                       f"{error})") from None
     if metadata.get("format_version") != EXPORT_FORMAT_VERSION:
       raise ValueError(f"{path} was exported by alfi-tf {metadata.get('alfi_tf_version')} in "
                        f"export format {metadata.get('format_version')}; this alfi-tf reads format "
                        f"{EXPORT_FORMAT_VERSION}: re-export it with this version")
-    return cls(tf.saved_model.load(path), metadata)
+    try:
+      module = tf.saved_model.load(path)
+    except (OSError, ValueError, tf.errors.OpError) as error:   # truncated or damaged files
+      reason = getattr(error, "message", None) or str(error)
+      raise ValueError(f"{path} is a damaged alfi-tf export (the SavedModel cannot be read: "
+                       f"{reason.strip().splitlines()[0][:300]}); export it again") from None
+    return cls(module, metadata)
 
   @property
   def parameter_names(self):
@@ -148,7 +158,9 @@ class DeployedMachine:
     return bool(self.metadata["tf_native_simulator"])
 
   def _observations(self, observations) -> tf.Tensor:
-    return tf.constant(check_observation_sets(observations, self.observation_dim))
+    transform = self.metadata["machine_config"]["observation_transform"]
+    return tf.constant(check_observation_sets(observations, self.observation_dim,
+                                              transform=transform))
 
   def infer(self, observations, seed: int = 0) -> InferenceResult:
     """Runs all `T` steps in one graph call, simulator included (TF-native simulators only)."""

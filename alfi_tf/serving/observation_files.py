@@ -12,13 +12,15 @@ from alfi_tf.checks import check_observation_sets
 SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv")
 
 
-def load_observations(path: str, observation_dim: int) -> np.ndarray:
+def load_observations(path: str, observation_dim: int, transform: str = "none") -> np.ndarray:
   """Loads observations as float32 `[B, n, d_x]`.
 
   * `.npy`: an array `[n, d_x]` (one data set), `[n]` (one data set with `d_x = 1`) or `[B, n, d_x]`.
   * `.npz`: the same, under the key `observations` (or the file's only array).
   * `.csv`: one observation per row, `d_x` comma-separated columns; one data set. Lines starting
     with `#`, and a header line of names, are skipped.
+
+  `transform` is the machine's `observation_transform`, whose domain the values must respect.
 
   Raises:
     FileNotFoundError / ValueError: with the file name and what was expected.
@@ -34,7 +36,8 @@ def load_observations(path: str, observation_dim: int) -> np.ndarray:
       raise
     reason = str(error) or type(error).__name__
     raise ValueError(f"{path}: not a readable {suffix} file of observations ({reason})") from None
-  return check_observation_sets(array, observation_dim, name=f"observations in {path}")
+  return check_observation_sets(array, observation_dim, name=f"observations in {path}",
+                                transform=transform)
 
 
 def _check_readable(path: str) -> None:

@@ -88,10 +88,46 @@ def problem_chunks(simulator: Simulator, num_problems: int, num_obs: int, seed: 
                                             deterministic=True), executor)
 
 
+def available_memory() -> Optional[int]:
+  """Bytes of memory available to a new allocation on this host (Linux), or None if unknown."""
+  try:
+    with open("/proc/meminfo") as stream:
+      for line in stream:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def problems_bytes(simulator: Simulator, num_problems: int, num_obs: int) -> int:
+  """Size in memory of `num_problems` float32 problems of `num_obs` observations."""
+  return 4 * num_problems * (num_obs * simulator.observation_dim + simulator.parameter_dim)
+
+
+def require_memory(needed: int, what: str, advice: str) -> None:
+  """Refuses, before allocating, what cannot fit in the memory available now.
+
+  Raises:
+    ValueError: naming `what`, the estimate, what is available and the `advice`.
+  """
+  available = available_memory()
+  if available is not None and needed > available:
+    raise ValueError(f"{what} needs about {needed / 2 ** 30:.3g} GiB of memory, but this machine "
+                     f"has {available / 2 ** 30:.3g} GiB available: {advice}")
+
+
 def generate_problems(simulator: Simulator, num_problems: int, num_obs: int, seed: int,
                       stream: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
                       executor: Optional[concurrent.futures.Executor] = None) -> Problems:
-  """Draws `num_problems` problems into memory (see `problem_chunks` for the arguments)."""
+  """Draws `num_problems` problems into memory (see `problem_chunks` for the arguments).
+
+  Raises:
+    ValueError: the problems would not fit in memory (the chunks and their concatenation).
+  """
+  require_memory(2 * problems_bytes(simulator, num_problems, num_obs),
+                 f"{num_problems} problems of {num_obs} observations",
+                 "draw fewer problems or observations")
   thetas, observations = [], []
   for theta, obs in problem_chunks(simulator, num_problems, num_obs, seed, stream, chunk_size,
                                    executor):

@@ -144,6 +144,27 @@ class MetaTrainingData(NamedTuple):
   validation: data_lib.Problems
 
 
+def require_memory_for(config: TrainConfig, simulator: Simulator) -> None:
+  """Refuses, before anything is simulated, a meta-training set that cannot fit in memory.
+
+  Every source holds a chunk of problems and the validation set at once; the `memory` and `online`
+  sources also hold the whole fixed set (twice while it is assembled).
+
+  Raises:
+    ValueError: with the estimate and the alternatives.
+  """
+  per_set = functools.partial(data_lib.problems_bytes, simulator, num_obs=config.num_obs)
+  needed = per_set(min(config.num_problems, data_lib.DEFAULT_CHUNK_SIZE)) + per_set(
+      config.num_validation_problems)
+  if config.data_source != "disk":
+    needed += 2 * per_set(config.num_problems)
+  data_lib.require_memory(
+      needed, f"a meta-training set of {config.num_problems} problems x {config.num_obs} "
+      f"observations ({config.data_source} source)",
+      "use --data_source=disk (streamed from disk) or --data_source=online with fewer "
+      "--num_problems, or fewer --num_obs")
+
+
 def meta_training_data(config: TrainConfig, simulator: Simulator, data_dir: str,
                        executor: Optional[concurrent.futures.Executor] = None) -> MetaTrainingData:
   """Creates (or, for a store, reuses) a run's meta-training and validation sets.

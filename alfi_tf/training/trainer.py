@@ -124,6 +124,7 @@ class Trainer:
     if jit_compile and isinstance(self.simulator, NumpySimulator):
       raise ValueError(f"jit_compile needs a TF-native simulator; {self.simulator.name!r} runs "
                        "numpy code (tf.numpy_function), which XLA cannot compile")
+    pipeline.require_memory_for(train_config, self.simulator)   # before the workdir is claimed
     self.is_chief = distribute.is_chief(self.strategy)
     self.workdir = Workdir(workdir)
     if self.is_chief:
