@@ -33,6 +33,13 @@ setup(
         "absl-py>=2.1,<3",
         "matplotlib>=3.8,<4",
     ],
+    entry_points={"console_scripts": [
+        "alfi-train=experiments.train:entry_point",
+        "alfi-evaluate=experiments.evaluate:entry_point",
+        "alfi-export=experiments.export:entry_point",
+        "alfi-infer=experiments.infer:entry_point",
+        "alfi-report=experiments.report:entry_point",
+    ]},
     extras_require={
         "test": ["pytest>=8,<10", "scipy>=1.11,<2", "hypothesis>=6.100,<7"],
     },

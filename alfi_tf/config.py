@@ -77,7 +77,8 @@ class MachineConfig:
   """Architecture and per-step simulation budget of the inference machine (spec §2).
 
   Attributes:
-    simulator: registered simulator name.
+    simulator: the simulator's spec: a registered name, `package.module:Attr` or
+      `path/to/file.py:Attr` (`alfi_tf.simulators.get_simulator`).
     proposal: the proposal family `q(theta | psi)` the machine refines.
     num_steps: `T`, the unrolled horizon used for training (inference may run longer).
     num_samples: `M`, parameter samples drawn from `q(theta | psi_t)` per step.

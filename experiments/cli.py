@@ -16,6 +16,7 @@ from absl import app, flags
 import tensorflow as tf
 
 from alfi_tf.simulators.base import simulator_error_message
+from experiments.config_flags import expand_flagfiles
 
 #: Failures a user can cause and fix: they get one message, not a traceback.
 KNOWN_FAILURES = (app.UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
@@ -24,8 +25,13 @@ KNOWN_FAILURES = (app.UsageError, ValueError, FileNotFoundError, FileExistsError
 
 
 def run(main: Callable[[List[str]], None]) -> None:
-  """`absl.app.run(main)` behind the error boundary (see the module docstring)."""
-  app.run(lambda argv: _guarded(main, argv))
+  """`absl.app.run(main)` behind the error boundary (see the module docstring), with
+  `--config=NAME` and `--flagfile=PATH` expanded first (`config_flags.expand_flagfiles`)."""
+  try:
+    argv = sys.argv[:1] + expand_flagfiles(sys.argv[1:])
+  except (ValueError, OSError) as error:
+    _fail(str(error))
+  app.run(lambda args: _guarded(main, args), argv=argv)
 
 
 def _guarded(main: Callable[[List[str]], None], argv: List[str]) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
-from typing import Any, Dict, Type
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 from absl import flags
 
@@ -41,6 +42,57 @@ def config_from_flags(config_class: Type[Any]) -> Any:
   return config_class(**values)
 
 
+#: The shipped flag files, selectable by name with `--config=NAME` from any directory.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def available_configs() -> List[str]:
+  """Names accepted by `--config`, sorted."""
+  return sorted(name[:-4] for name in os.listdir(CONFIG_DIR) if name.endswith(".cfg"))
+
+
+def expand_flagfiles(args: Sequence[str], including: Optional[str] = None) -> List[str]:
+  """Replaces `--config=NAME` and `--flagfile=PATH` by the flags in those files, recursively.
+
+  A nested `--flagfile=` is looked up as absl would (from the working directory), then beside the
+  file that includes it, so the shipped files work from any directory. Later flags win, as in absl.
+
+  Raises:
+    ValueError: an unknown config name, or a flag file that does not exist (with who included it).
+  """
+  expanded: List[str] = []
+  for arg in args:
+    if arg.startswith("--config="):
+      name = arg[len("--config="):]
+      if name not in available_configs():
+        raise ValueError(f"unknown --config={name!r}; the shipped configs are: "
+                         f"{', '.join(available_configs())} (or pass --flagfile=PATH)")
+      expanded.extend(_flags_in(os.path.join(CONFIG_DIR, f"{name}.cfg")))
+    elif arg.startswith("--flagfile="):
+      expanded.extend(_flags_in(_find_flagfile(arg[len("--flagfile="):], including)))
+    else:
+      expanded.append(arg)
+  return expanded
+
+
+def _find_flagfile(path: str, including: Optional[str]) -> str:
+  candidates = [path]
+  if including is not None:
+    directory = os.path.dirname(including)
+    candidates += [os.path.join(directory, path), os.path.join(directory, os.path.basename(path))]
+  for candidate in candidates:
+    if os.path.isfile(candidate):
+      return candidate
+  where = f" (included from {including})" if including else ""
+  raise ValueError(f"flag file {path} not found{where}")
+
+
+def _flags_in(path: str) -> List[str]:
+  with open(path) as stream:
+    lines = [line.strip() for line in stream]
+  return expand_flagfiles([line for line in lines if line.startswith("--")], including=path)
+
+
 def read_flagfile(path: str) -> Dict[str, str]:
   """`--name=value` lines of an absl flag file (nested `--flagfile=` included, later lines win).
 
@@ -48,20 +100,14 @@ def read_flagfile(path: str) -> Dict[str, str]:
   command lines. Bare `--name` means true and `--noname` false, as in absl.
   """
   values: Dict[str, str] = {}
-  with open(path) as stream:
-    for line in stream:
-      line = line.strip()
-      if not line.startswith("--"):
-        continue
-      name, separator, value = line[2:].partition("=")
-      if name == "flagfile":
-        values.update(read_flagfile(value))
-      elif separator:
-        values[name] = value
-      elif name.startswith("no"):    # a bare boolean flag, negated
-        values[name[2:]] = "false"
-      else:                          # a bare boolean flag
-        values[name] = "true"
+  for line in _flags_in(path):
+    name, separator, value = line[2:].partition("=")
+    if separator:
+      values[name] = value
+    elif name.startswith("no"):    # a bare boolean flag, negated
+      values[name[2:]] = "false"
+    else:                          # a bare boolean flag
+      values[name] = "true"
   return values
 
 

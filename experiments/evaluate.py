@@ -27,5 +27,10 @@ def main(argv):
   print(format_table(report))
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+  """The installed `alfi-evaluate` command."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry_point()

@@ -35,5 +35,10 @@ def main(argv):
   print(f"exported {machine.simulator.name} (T={num_steps}) to {path}")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+  """The installed `alfi-export` command."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry_point()

@@ -20,7 +20,7 @@ from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.metrics import central_interval_z
 from alfi_tf.simulators.command import CommandSimulator
 from alfi_tf.serving.observation_files import load_observations
-from alfi_tf.simulators import available_simulators, get_simulator
+from alfi_tf.simulators import get_simulator
 from alfi_tf.workdir import write_json_atomically
 from experiments import cli
 
@@ -46,11 +46,13 @@ def _run(machine: DeployedMachine, observations: np.ndarray):
     return machine.run(observations, simulate, FLAGS.seed)
   if machine.can_infer:
     return machine.infer(observations, FLAGS.seed)
-  name = machine.metadata["simulator"]
-  if name not in available_simulators():
-    raise app.UsageError(f"simulator {name!r} is not TF-native and not registered in alfi_tf: "
-                         "pass --simulator_command")
-  return machine.run(observations, get_simulator(name).simulate, FLAGS.seed)
+  spec = machine.metadata.get("simulator_spec", machine.metadata["simulator"])
+  try:
+    simulator = get_simulator(spec)
+  except ValueError as error:
+    raise app.UsageError(f"the export's simulator is not TF-native, so it runs here, but it cannot "
+                         f"be found ({error}); pass --simulator_command") from None
+  return machine.run(observations, simulator.simulate, FLAGS.seed)
 
 
 def _summary(machine: DeployedMachine, result) -> list:
@@ -99,5 +101,10 @@ def main(argv):
     print(f"wrote {FLAGS.plot}")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+  """The installed `alfi-infer` command."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry_point()

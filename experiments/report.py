@@ -30,5 +30,10 @@ def main(argv):
   print(f"wrote the results of {len(workdirs)} runs into {FLAGS.output}")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+  """The installed `alfi-report` command."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry_point()

@@ -10,15 +10,23 @@ Data-parallel training: `--strategy=mirrored` uses every GPU of the host (on a C
 with the same command and its own `TF_CONFIG` (see `alfi_tf/training/distribute.py` and the README).
 """
 
+import dataclasses
+import math
+import os
+import shlex
+from typing import List
+
 from absl import app, flags, logging
 
 from alfi_tf.config import MachineConfig, TrainConfig
-from alfi_tf.simulators import available_simulators
+from alfi_tf.simulators import ExternalSimulator, available_simulators, normalize_spec
 from alfi_tf.training import Trainer, distribute, set_global_seed
 from experiments import cli
 from experiments.config_flags import config_from_flags, define_flags_for
 
-define_flags_for(MachineConfig, {"simulator": "simulator name"})
+define_flags_for(MachineConfig, {
+    "simulator": "the simulator: a registered name, package.module:Attr or path/to/file.py:Attr "
+                 "(a Simulator subclass or a function returning one)"})
 define_flags_for(TrainConfig)
 flags.DEFINE_string("workdir", None, "run directory (config, checkpoints, summaries); in a "
                     "multi-worker run, a path every worker can read (shared filesystem)")
@@ -33,15 +41,66 @@ flags.DEFINE_integer("data_workers", 0, "processes generating a numpy simulator'
                      "(0: in-process)")
 flags.DEFINE_string("data_dir", None, "where --data_source=disk stores the meta-training set "
                     "(default WORKDIR/data); reused by runs with the same data settings")
+# An external program as the simulator (--simulator=command), with the infer binary's CSV protocol.
+flags.DEFINE_string("simulator_command", None, "with --simulator=command: the executable (and its "
+                    "leading arguments) run once per batch of parameter vectors; see "
+                    "alfi_tf/simulators/command.py for the protocol")
+flags.DEFINE_list("parameter_names", None, "with --simulator=command: the parameters' names")
+flags.DEFINE_list("prior_low", None, "with --simulator=command: the uniform prior's lower bounds")
+flags.DEFINE_list("prior_high", None, "with --simulator=command: the uniform prior's upper bounds")
+flags.DEFINE_integer("observation_dim", None, "with --simulator=command: numbers per observation")
+flags.DEFINE_float("simulator_timeout", 600.0, "with --simulator=command: seconds per call")
+flags.DEFINE_integer("simulator_retries", 2, "with --simulator=command: further attempts after a "
+                     "failed call", lower_bound=0)
+flags.register_validator("simulator_timeout", lambda seconds: math.isfinite(seconds) and seconds > 0,
+                         message="--simulator_timeout must be a positive number of seconds")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
+COMMAND_FLAGS = ("simulator_command", "parameter_names", "prior_low", "prior_high",
+                 "observation_dim")
+
+
+def _simulator_spec() -> str:
+  """The spec recorded for --simulator and, for an external program, its flags."""
+  if FLAGS.simulator != "command":
+    given = [f"--{name}" for name in COMMAND_FLAGS if FLAGS[name].present]
+    if given:
+      raise app.UsageError(f"{', '.join(given)} apply to --simulator=command")
+    if ":" not in FLAGS.simulator and FLAGS.simulator not in available_simulators():
+      raise app.UsageError(f"unknown --simulator={FLAGS.simulator!r}; valid names are: "
+                           f"{', '.join(available_simulators())} (or command, "
+                           "package.module:Attr, path/to/file.py:Attr)")
+    # A file is recorded with its absolute path: evaluate, export and infer find it from anywhere.
+    return normalize_spec(FLAGS.simulator)
+  missing = [f"--{name}" for name in COMMAND_FLAGS if FLAGS[name].value is None]
+  if missing:
+    raise app.UsageError(f"--simulator=command needs {', '.join(missing)}")
+  bounds = {name: _floats(name) for name in ("prior_low", "prior_high")}
+  return ExternalSimulator(_absolute_command(FLAGS.simulator_command), FLAGS.parameter_names,
+                           bounds["prior_low"],
+                           bounds["prior_high"], FLAGS.observation_dim, FLAGS.simulator_timeout,
+                           FLAGS.simulator_retries).spec
+
+
+def _absolute_command(command: str) -> str:
+  """The command with a relative path to its executable made absolute (recorded in the run, it must
+  work from any directory)."""
+  argv = shlex.split(command)
+  if argv and os.sep in argv[0] and os.path.exists(argv[0]):
+    argv[0] = os.path.abspath(argv[0])
+  return shlex.join(argv)
+
+
+def _floats(name: str) -> List[float]:
+  try:
+    return [float(value) for value in FLAGS[name].value]
+  except ValueError:
+    raise app.UsageError(f"--{name} must be comma-separated numbers, got "
+                         f"{','.join(FLAGS[name].value)!r}") from None
 
 
 def main(argv):
   del argv   # checked by cli.run
-  if FLAGS.simulator not in available_simulators():
-    raise app.UsageError(f"unknown --simulator={FLAGS.simulator!r}; valid names are: "
-                         f"{', '.join(available_simulators())}")
   if FLAGS.log_every <= 0:
     raise app.UsageError(f"--log_every must be positive, got {FLAGS.log_every}")
   for name in ("cpu_devices", "data_workers"):
@@ -51,7 +110,8 @@ def main(argv):
     raise app.UsageError(f"--data_dir applies to --data_source=disk, not {FLAGS.data_source}")
   if FLAGS.cpu_devices and FLAGS.strategy != "mirrored":
     raise app.UsageError(f"--cpu_devices applies to --strategy=mirrored, not {FLAGS.strategy}")
-  machine_config = config_from_flags(MachineConfig)
+  machine_config = dataclasses.replace(config_from_flags(MachineConfig),
+                                       simulator=_simulator_spec())
   train_config = config_from_flags(TrainConfig)
   if FLAGS.cpu_devices:
     distribute.configure_cpu_devices(FLAGS.cpu_devices)
@@ -59,7 +119,8 @@ def main(argv):
   set_global_seed(train_config.seed)   # the initial weights derive from the run's seed
   trainer = Trainer(machine_config, train_config, FLAGS.workdir, jit_compile=FLAGS.jit_compile,
                     log_every=FLAGS.log_every, strategy=strategy,
-                    data_workers=FLAGS.data_workers, data_dir=FLAGS.data_dir)
+                    data_workers=FLAGS.data_workers, data_dir=FLAGS.data_dir,
+                    progress_bar=False)   # progress lines through absl logging instead
   result = trainer.train()
   logging.info("finished: %s", result)
   if trainer.is_chief:
@@ -68,5 +129,10 @@ def main(argv):
           + ", ".join(f"{k}={v:.4f}" for k, v in result.validation_rmse.items()))
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+  """The installed `alfi-train` command."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry_point()

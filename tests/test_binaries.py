@@ -193,3 +193,36 @@ def test_training_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   for a, b in zip(load_machine(killed).weights, load_machine(straight).weights):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def _installed(command: str) -> str:
+  path = os.path.join(os.path.dirname(sys.executable), command)
+  assert os.path.exists(path), f"{command} is not installed: pip install -e . first"
+  return path
+
+
+def test_installed_commands_with_shipped_configs_from_any_directory(tmp_path):
+  """`alfi-train --config=NAME` from an unrelated directory: the shipped flag file and the one it
+  includes are found, and TensorFlow's CUDA start-up noise stays hidden on a machine without a GPU."""
+  env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+  workdir = str(tmp_path / "run")
+  trained = subprocess.run([_installed("alfi-train"), "--config=weinberg", *TINY_FLAGS,
+                            f"--workdir={workdir}"], cwd=str(tmp_path), env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  assert config["machine"]["simulator"] == "weinberg" and config["machine"]["encoder_out"] == 4
+  assert config["train"]["data_source"] == "online"   # from weinberg.cfg itself
+  nested = subprocess.run([_installed("alfi-evaluate"), f"--workdir={workdir}", "--num_problems=8",
+                           "--robustness_problems=2", "--robustness_starts=2"], cwd=str(tmp_path),
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert nested.returncode == 0, nested.stderr[-3000:]
+  for noise in ("Unable to register", "cuInit", "cuda"):
+    if not os.path.exists("/dev/nvidia0"):
+      assert noise not in trained.stderr and noise not in nested.stderr, noise
+
+
+def test_unknown_config_lists_the_shipped_ones(tmp_path):
+  result = run("experiments.train", "--config=poisonn", f"--workdir={tmp_path}")
+  assert result.returncode == 1
+  assert "unknown --config='poisonn'; the shipped configs are: base, gaussian" in result.stderr

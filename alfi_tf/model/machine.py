@@ -74,9 +74,9 @@ class InferenceMachine(keras.Model):
 
   def __init__(self, simulator: Simulator, config: MachineConfig, name: str = "alfi_machine"):
     super().__init__(name=name)
-    if config.simulator != simulator.name:
+    if config.simulator != simulator.spec:
       raise ValueError(f"config.simulator is {config.simulator!r} but the simulator is "
-                       f"{simulator.name!r}")
+                       f"{simulator.spec!r}")
     self.simulator = simulator
     self.config = config
     self.proposal = get_proposal(config.proposal, simulator.parameter_dim)
@@ -106,8 +106,9 @@ class InferenceMachine(keras.Model):
                  self.updater.initial_state(1))
 
   def get_config(self) -> Dict[str, Any]:
-    """The simulator (by registered name) and the machine's configuration."""
-    return {"name": self.name, "simulator": self.simulator.name,
+    """The simulator (by spec: a registered name or an import path) and the machine's
+    configuration."""
+    return {"name": self.name, "simulator": self.simulator.spec,
             "machine_config": to_dict(self.config)}
 
   @classmethod

@@ -53,6 +53,7 @@ def machine_metadata(machine: InferenceMachine, num_steps: int) -> Dict[str, Any
       "alfi_tf_version": __version__,
       "tensorflow_version": tf.__version__,
       "simulator": simulator.name,
+      "simulator_spec": simulator.spec,
       "tf_native_simulator": not isinstance(simulator, NumpySimulator),
       "parameter_names": list(simulator.parameter_names),
       "observation_dim": simulator.observation_dim,

@@ -1,7 +1,9 @@
-"""Simulators, selectable by name (`--simulator=NAME`).
+"""Simulators, selectable by spec (`--simulator=SPEC`): a registered name, `package.module:Attr` or
+`path/to/file.py:Attr`.
 
-Bring your own by subclassing `Simulator` (TF/TFP ops) or `NumpySimulator` (numpy code) and, to make
-it available to the binaries, `register_simulator(MySimulator)`.
+Bring your own by subclassing `Simulator` (TF/TFP ops) or `NumpySimulator` (numpy code) in a file
+of your own and pass its spec to the binaries (`--simulator=my_sims.py:Decay`), or register it by
+name from Python (`register_simulator(Decay)`).
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 from typing import Callable, Dict, List
 
 from alfi_tf.simulators.base import NumpySimulator, Simulator, SimulatorError, box_prior
+from alfi_tf.simulators.command import COMMAND_SPEC_PREFIX, CommandSimulator, ExternalSimulator
 from alfi_tf.simulators.gaussian import GaussianSimulator
 from alfi_tf.simulators.linear_regression import LinearRegressionSimulator
 from alfi_tf.simulators.lotka_volterra import LotkaVolterraSimulator
 from alfi_tf.simulators.multi_distribution import MultiDistributionSimulator
 from alfi_tf.simulators.poisson import PoissonSimulator
+from alfi_tf.simulators.specs import SPEC_FORMS, import_simulator, is_import_spec, normalize_spec
 from alfi_tf.simulators.weinberg import WeinbergSimulator
 
 _REGISTRY: Dict[str, Callable[[], Simulator]] = {}
@@ -35,12 +39,27 @@ def available_simulators() -> List[str]:
   return sorted(_REGISTRY)
 
 
-def get_simulator(name: str) -> Simulator:
-  """Instantiates the simulator registered under `name`."""
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown simulator {name!r}; valid names are: "
-                     f"{', '.join(available_simulators())}")
-  return _REGISTRY[name]()
+def get_simulator(spec: str) -> Simulator:
+  """Instantiates the simulator `spec` names: a registered name, an attribute to import
+  (`package.module:Attr`, `path/to/file.py:Attr`; see `alfi_tf.simulators.specs`), or an external
+  program (`command:{...}`, see `ExternalSimulator`).
+
+  The simulator remembers its spec (`Simulator.spec`), which machines record.
+
+  Raises:
+    ValueError: an unknown name (the valid ones are listed), or a spec that cannot be imported.
+  """
+  if spec.startswith(COMMAND_SPEC_PREFIX):
+    return ExternalSimulator.from_spec(spec)
+  if is_import_spec(spec):
+    simulator = import_simulator(spec)
+  elif spec in _REGISTRY:
+    simulator = _REGISTRY[spec]()
+  else:
+    raise ValueError(f"unknown simulator {spec!r}; valid names are: "
+                     f"{', '.join(available_simulators())} (or {SPEC_FORMS})")
+  simulator.spec = spec
+  return simulator
 
 
 for _factory in (PoissonSimulator, WeinbergSimulator, GaussianSimulator, LinearRegressionSimulator,
@@ -49,7 +68,7 @@ for _factory in (PoissonSimulator, WeinbergSimulator, GaussianSimulator, LinearR
 
 __all__ = [
     "Simulator", "NumpySimulator", "SimulatorError", "box_prior", "register_simulator",
-    "available_simulators",
+    "available_simulators", "normalize_spec", "CommandSimulator", "ExternalSimulator",
     "get_simulator", "PoissonSimulator", "WeinbergSimulator", "GaussianSimulator",
     "LinearRegressionSimulator", "MultiDistributionSimulator", "LotkaVolterraSimulator",
 ]

@@ -101,6 +101,16 @@ class Simulator(abc.ABC):
     return self._prior
 
   @property
+  def spec(self) -> str:
+    """How `get_simulator` finds this simulator again: its registered name, or the import spec it
+    was built from. Machines record it."""
+    return getattr(self, "_spec", None) or self.name
+
+  @spec.setter
+  def spec(self, value: str) -> None:
+    self._spec = value
+
+  @property
   def parameter_dim(self) -> int:
     """`d`, the number of parameters."""
     return len(self.parameter_names)

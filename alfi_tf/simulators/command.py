@@ -10,7 +10,12 @@ Protocol (one call per machine step), for a command `CMD`:
   `NUM_OBS` observations of the first parameter vector first, then those of the second, and so on.
   Lines starting with `#` are ignored.
 * `SEED`: an integer the simulator may use to be reproducible.
-* Exit status 0 on success; anything else is reported with the command's stderr.
+* Exit status 0 on success; anything else is reported with the command's stderr (after
+  `retries` further attempts, for transient failures).
+
+`CommandSimulator` is this protocol as a plain `simulate` function (ask/tell, the infer binary);
+`ExternalSimulator` makes a command a full `Simulator` with a box prior, so that a machine can be
+trained on it (`--simulator=command`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,16 @@ import shlex
 import signal
 import subprocess
 import tempfile
-from typing import Sequence
+import json
+from typing import Any, Dict, Sequence
 
 import numpy as np
+from absl import logging
+
+from alfi_tf.simulators.base import NumpySimulator, box_prior
+
+#: Specs of external simulators: the prefix, then their settings as JSON.
+COMMAND_SPEC_PREFIX = "command:"
 
 
 class CommandSimulator:
@@ -34,25 +46,44 @@ class CommandSimulator:
     parameter_names: written as the CSV header.
     observation_dim: `d_x`, checked against what the command returns.
     timeout: seconds allowed per call.
+    retries: further attempts after a failed call (exit status, timeout, missing or malformed
+      output) before the failure is reported.
   """
 
   def __init__(self, command: str, parameter_names: Sequence[str], observation_dim: int,
-               timeout: float = 600.0):
+               timeout: float = 600.0, retries: int = 0):
     self.argv = shlex.split(command)
     if not self.argv:
       raise ValueError("the simulator command is empty")
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
       raise ValueError("the simulator timeout must be a positive number of seconds, got "
                        f"{timeout!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+      raise ValueError(f"the simulator retries must be an integer >= 0, got {retries!r}")
+    self.retries = retries
     self.command = command
     self.parameter_names = list(parameter_names)
     self.observation_dim = observation_dim
     self.timeout = timeout
     self.calls = 0
+    #: How a call is named in errors: one call per inference step (ask/tell), by default.
+    self.call_label = "step"
 
   def __call__(self, parameters: np.ndarray, num_obs: int, seed: np.ndarray) -> np.ndarray:
     self.calls += 1
-    where = f"simulator command {self.command!r} (step {self.calls})"
+    where = f"simulator command {self.command!r} ({self.call_label} {self.calls})"
+    for attempt in range(self.retries + 1):
+      try:
+        return self._call_once(parameters, num_obs, seed, where)
+      except RuntimeError as error:
+        if attempt == self.retries:
+          tries = f" (tried {attempt + 1} times)" if attempt else ""
+          raise RuntimeError(f"{error}{tries}") from None
+        logging.warning("%s; retrying (%d of %d)", error, attempt + 1, self.retries)
+    raise AssertionError("unreachable")
+
+  def _call_once(self, parameters: np.ndarray, num_obs: int, seed: np.ndarray,
+                 where: str) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="alfi-sim-") as scratch:
       inputs = os.path.join(scratch, "parameters.csv")
       outputs = os.path.join(scratch, "simulations.csv")
@@ -97,3 +128,51 @@ class CommandSimulator:
                          f"expected {expected[0]} rows ({count} parameter vectors x "
                          f"{num_obs} observations) of {expected[1]}")
     return values.reshape(count, num_obs, self.observation_dim).astype(np.float32)
+
+
+class ExternalSimulator(NumpySimulator):
+  """An external program (the protocol above) as a trainable simulator with a box prior.
+
+  Args:
+    command: the executable and its leading arguments.
+    parameter_names: the `d` parameter names.
+    prior_low, prior_high: the uniform prior's box, `d` numbers each.
+    observation_dim: `d_x`.
+    timeout, retries: as for `CommandSimulator`.
+  """
+
+  name = "command"
+
+  def __init__(self, command: str, parameter_names: Sequence[str], prior_low: Sequence[float],
+               prior_high: Sequence[float], observation_dim: int, timeout: float = 600.0,
+               retries: int = 2):
+    low, high = np.asarray(prior_low, np.float64), np.asarray(prior_high, np.float64)
+    if low.shape != (len(parameter_names),) or high.shape != low.shape:
+      raise ValueError(f"the prior's low and high need one value per parameter "
+                       f"({len(parameter_names)}: {', '.join(parameter_names)}), got "
+                       f"{low.tolist()} and {high.tolist()}")
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
+      raise ValueError(f"the prior's box needs finite low < high, got low={low.tolist()}, "
+                       f"high={high.tolist()}")
+    super().__init__(parameter_names, observation_dim, box_prior(low.tolist(), high.tolist()))
+    self.run_command = CommandSimulator(command, parameter_names, observation_dim, timeout, retries)
+    self.run_command.call_label = "call"   # training calls it per data chunk and per step
+    self._settings = {"command": command, "parameter_names": list(parameter_names),
+                      "prior_low": low.tolist(), "prior_high": high.tolist(),
+                      "observation_dim": int(observation_dim), "timeout": timeout,
+                      "retries": retries}
+    self.spec = COMMAND_SPEC_PREFIX + json.dumps(self._settings, sort_keys=True)
+
+  @classmethod
+  def from_spec(cls, spec: str) -> "ExternalSimulator":
+    """The simulator a `command:{...}` spec describes."""
+    try:
+      settings: Dict[str, Any] = json.loads(spec[len(COMMAND_SPEC_PREFIX):])
+      return cls(**settings)
+    except (ValueError, TypeError) as error:
+      raise ValueError(f"simulator spec {spec!r} is not a valid command simulator: {error}") from None
+
+  def simulate_numpy(self, theta: np.ndarray, num_obs: int, rng: np.random.Generator) -> np.ndarray:
+    # The command's seed is drawn from the stateless generator: runs stay reproducible as far as
+    # the command honours its seed.
+    return self.run_command(theta, num_obs, rng.integers(0, 2 ** 31 - 1, size=2))

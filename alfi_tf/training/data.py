@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.simulators import NumpySimulator, Simulator
+from alfi_tf.simulators.specs import import_spec_module
 from alfi_tf.workdir import process_is_alive
 
 # Seed streams of one run: the same run seed gives independent training, validation and test sets.
@@ -143,24 +144,27 @@ class WorkerPool(concurrent.futures.ProcessPoolExecutor):
     num_workers: the number of processes.
   """
 
-  def __init__(self, num_workers: int):
-    # Spawned, not forked: forking a process that runs TensorFlow's threads is unsafe.
-    super().__init__(num_workers, mp_context=multiprocessing.get_context("spawn"))
+  def __init__(self, num_workers: int, simulator_spec: str = ""):
+    # Spawned, not forked: forking a process that runs TensorFlow's threads is unsafe. A simulator
+    # imported from a file is imported again in each worker, so its classes unpickle there.
+    super().__init__(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                     initializer=import_spec_module, initargs=(simulator_spec,))
     self.num_workers = num_workers
 
 
 def worker_pool(simulator: Simulator, num_workers: int) -> Optional[WorkerPool]:
   """A pool of `num_workers` processes for a numpy simulator's data generation, else None.
 
-  The simulator's class must be importable by module path in the workers, and a script that
-  creates the pool needs the usual `if __name__ == "__main__":` guard (`multiprocessing`'s spawn).
+  The simulator's class must be importable in the workers (by module path, or through the import
+  spec it was built from), and a script that creates the pool needs the usual
+  `if __name__ == "__main__":` guard (`multiprocessing`'s spawn).
   TF-native simulators get None: they already run in TensorFlow's thread pools, without the GIL.
   """
   if num_workers < 0:
     raise ValueError(f"num_workers must be >= 0, got {num_workers}")
   if num_workers <= 1 or not isinstance(simulator, NumpySimulator):
     return None
-  return WorkerPool(num_workers)
+  return WorkerPool(num_workers, simulator.spec)
 
 
 def with_worker_threads(dataset: tf.data.Dataset,
@@ -201,7 +205,7 @@ class ProblemStore:
              chunk_size: int = DEFAULT_CHUNK_SIZE) -> Dict[str, Any]:
     """What determines a store's content, as recorded in its manifest."""
     _check_sizes(num_problems, num_obs, chunk_size)
-    return {"simulator": simulator.name, "num_problems": num_problems, "num_obs": num_obs,
+    return {"simulator": simulator.spec, "num_problems": num_problems, "num_obs": num_obs,
             "seed": seed, "stream": stream, "chunk_size": chunk_size,
             "parameter_dim": simulator.parameter_dim,
             "observation_dim": simulator.observation_dim}

@@ -101,18 +101,21 @@ class Trainer:
     train_config: meta-training settings.
     workdir: run directory; an existing one must hold the same configuration and is resumed.
     jit_compile: compile each replica's forward and backward pass with XLA (TF-native simulators).
-    log_every: steps between progress lines.
+    log_every: steps between progress lines (absl logging) and TensorBoard scalars.
     strategy: a `tf.distribute.Strategy` (see `alfi_tf.training.distribute`); default: one device.
       The global batch is split evenly across its replicas. With one replica a run is bit-for-bit
       reproducible; with several, each replica's simulations use their own seed.
     data_workers: processes that generate a numpy simulator's problems (0 or 1: in-process).
     data_dir: where `data_source='disk'` keeps its problem store, default `workdir/data`.
+    progress_bar: show a `keras.utils.Progbar` of the steps, the loss and the validation RMSE: the
+      progress a notebook or script user sees without configuring absl logging (the binaries log
+      progress lines instead).
   """
 
   def __init__(self, machine_config: MachineConfig, train_config: TrainConfig, workdir: str,
                jit_compile: bool = False, log_every: int = 100,
                strategy: Optional[tf.distribute.Strategy] = None, data_workers: int = 0,
-               data_dir: Optional[str] = None):
+               data_dir: Optional[str] = None, progress_bar: bool = True):
     self.machine_config = machine_config
     self.train_config = train_config
     self.strategy = strategy or tf.distribute.get_strategy()
@@ -132,6 +135,7 @@ class Trainer:
     else:   # the chief records the run; the others only refuse a mismatching one
       self.workdir.check(machine_config, train_config)
     self.log_every = log_every
+    self.progress_bar = progress_bar
     self.data_workers = data_workers
     self.data_dir = data_dir or self.workdir.data
     with self.strategy.scope():
@@ -196,6 +200,7 @@ class Trainer:
     inferrer = Inferrer(self.machine, batch_size=cfg.num_validation_problems)
     loss = float("nan")
     validation: Dict[str, float] = {}
+    bar = self._progress_bar(stop)
     while self.step < stop:
       loss_tensor, gradient_norm = self._step(batches)
       loss, step, now = float(loss_tensor), self.step, time.time()
@@ -212,12 +217,21 @@ class Trainer:
         validation = self._validate(inferrer, validation_problems)
       if self.checkpoints.due(step, step == stop, clock.minutes_since_save(now)):
         self._save(step, clock)
+      if bar is not None:
+        bar.update(step, [("loss", loss)] + [(f"val_rmse/{k}", v) for k, v in validation.items()])
     self.writer.flush()
     result = TrainingResult(self.step, loss, validation, clock.train_seconds())
     if self.is_chief:
       self.workdir.write_summary({**result._asdict(), "data_seconds": clock.data_seconds,
                                   "replicas": self.replicas})
     return result
+
+  def _progress_bar(self, stop: int) -> Optional[keras.utils.Progbar]:
+    """A bar to `stop` showing the current loss and validation RMSE (not averages), or None."""
+    if not (self.progress_bar and self.is_chief):
+      return None
+    current = ["loss"] + [f"val_rmse/{name}" for name in self.simulator.parameter_names]
+    return keras.utils.Progbar(stop, stateful_metrics=current, unit_name="step")
 
   def _step(self, batches) -> Tuple[tf.Tensor, tf.Tensor]:
     """One optimisation step; a numpy simulator's failure is reported with the step it broke."""

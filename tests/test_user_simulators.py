@@ -1,0 +1,175 @@
+"""A simulator the library has never seen, through `--simulator=SPEC`: a file or a module path,
+recorded in the run so that evaluate, export and infer find it again without extra flags."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alfi_tf.simulators import get_simulator, normalize_spec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "oscillator", "oscillator.py")
+TINY_FLAGS = [
+    "--num_problems=32", "--num_obs=20", "--epochs=2", "--batch_size=16", "--num_steps=2",
+    "--num_samples=4", "--num_simulated_obs=4", "--encoder_hidden=8", "--encoder_out=4",
+    "--aggregator_hidden=8", "--aggregator_out=4", "--updater_hidden=8", "--lstm_units=4",
+    "--num_validation_problems=8", "--validate_every=2", "--checkpoint_every=2",
+]
+
+
+def run(module: str, *args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("spec", [
+    "examples/oscillator/oscillator.py:DampedOscillator",
+    "examples.oscillator.oscillator:DampedOscillator",
+    "examples/oscillator/oscillator.py:noisier",
+], ids=["file", "module", "factory_function"])
+def test_specs_build_the_simulator_and_remember_themselves(spec, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  simulator = get_simulator(spec)
+  assert simulator.spec == spec and simulator.parameter_names == ("damping", "frequency")
+  simulated = simulator.simulate(tf.constant([[0.5, 1.0]]), 3, tf.constant([1, 2]))
+  assert simulated.shape == (1, 3, 8) and np.all(np.isfinite(simulated.numpy()))
+
+
+def test_a_file_spec_is_recorded_with_its_absolute_path(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert normalize_spec("sims/a.py:A") == f"{tmp_path}/sims/a.py:A"
+  assert normalize_spec("pkg.mod:A") == "pkg.mod:A" and normalize_spec("poisson") == "poisson"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("missing/simulator.py:A", r"could not be imported: FileNotFoundError: no file .*missing/"
+                               r"simulator\.py \(was it moved or deleted\?\)"),
+    ("examples/oscillator/oscillator.py:Missing", "has no attribute 'Missing'"),
+    ("examples/oscillator/oscillator.py:NUM_TIMES", "names a int, not a Simulator subclass"),
+    ("examples/oscillator/oscillator.py:TIMES", "names a ndarray, not a Simulator subclass"),
+    ("no_such_package.module:A", "could not be imported: ModuleNotFoundError"),
+    ("oscillatr", "unknown simulator 'oscillatr'; valid names are: gaussian"),
+])
+def test_bad_specs_are_named(spec, message, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  with pytest.raises(ValueError, match=message):
+    get_simulator(spec)
+
+
+def test_a_broken_file_names_the_spec_and_the_error(tmp_path):
+  path = tmp_path / "broken.py"
+  path.write_text("def oops(:\n")
+  with pytest.raises(ValueError, match=rf"simulator spec '{path}:X' could not be imported: "
+                                       "SyntaxError"):
+    get_simulator(f"{path}:X")
+  path.write_text("from alfi_tf import Simulator\ndef make():\n  return 42\n")
+  with pytest.raises(ValueError, match="made a int, not an alfi_tf Simulator"):
+    get_simulator(f"{path}:make")
+
+
+def test_a_file_simulator_through_train_evaluate_export_and_infer(tmp_path):
+  """Train from one directory with a relative file spec; evaluate, export and infer from another,
+  with no simulator flag; then the file moves, and the error names the spec."""
+  user = tmp_path / "user"
+  (user / "sims").mkdir(parents=True)
+  shutil.copy(EXAMPLE, user / "sims" / "osc.py")
+  workdir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
+  trained = run("experiments.train", "--simulator=sims/osc.py:DampedOscillator", *TINY_FLAGS,
+                "--data_workers=2", f"--workdir={workdir}", cwd=str(user))
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  recorded = json.load(open(os.path.join(workdir, "config.json")))["machine"]["simulator"]
+  assert recorded == f"{user}/sims/osc.py:DampedOscillator"
+
+  evaluated = run("experiments.evaluate", f"--workdir={workdir}", "--num_problems=8",
+                  "--robustness_problems=2", "--robustness_starts=2")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "damping" in evaluated.stdout and "frequency" in evaluated.stdout
+  exported = run("experiments.export", f"--workdir={workdir}", f"--export_dir={export_dir}")
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  metadata = json.load(open(os.path.join(export_dir, "assets", "alfi_metadata.json")))
+  assert metadata["simulator_spec"] == recorded and not metadata["tf_native_simulator"]
+  observations = get_simulator(recorded).simulate(tf.constant([[0.4, 2.0]]), 20,
+                                                  tf.constant([5, 6])).numpy()[0]
+  np.save(tmp_path / "data.npy", observations)
+  inferred = run("experiments.infer", f"--model={export_dir}", f"--observations={tmp_path}/data.npy",
+                 f"--output={tmp_path}/result.json")
+  assert inferred.returncode == 0, inferred.stderr[-3000:]
+  result = json.load(open(tmp_path / "result.json"))
+  assert set(result["datasets"][0]["parameters"]) == {"damping", "frequency"}
+
+  os.rename(user / "sims" / "osc.py", user / "sims" / "moved.py")
+  moved = run("experiments.evaluate", f"--workdir={workdir}", "--num_problems=8")
+  assert moved.returncode == 1 and "Traceback" not in moved.stderr
+  assert (f"error: simulator spec '{recorded}' could not be imported: FileNotFoundError: no file "
+          f"{user}/sims/osc.py (was it moved or deleted?)") in moved.stderr
+
+
+COMMAND = os.path.join(ROOT, "examples", "oscillator", "oscillator.sh")
+COMMAND_FLAGS = ["--simulator=command", "--simulator_command=examples/oscillator/oscillator.sh",
+                 "--parameter_names=damping,frequency", "--prior_low=0.1,0.5",
+                 "--prior_high=1,3", "--observation_dim=8"]
+
+
+def test_an_external_program_through_train_evaluate_export_and_infer(tmp_path):
+  workdir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
+  trained = run("experiments.train", *COMMAND_FLAGS, *TINY_FLAGS, f"--workdir={workdir}")
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  spec = json.load(open(os.path.join(workdir, "config.json")))["machine"]["simulator"]
+  assert spec.startswith("command:") and COMMAND in spec   # the executable's absolute path
+  other_directory = str(tmp_path)
+  evaluated = run("experiments.evaluate", f"--workdir={workdir}", "--num_problems=8",
+                  "--robustness_problems=2", "--robustness_starts=2", cwd=other_directory)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  exported = run("experiments.export", f"--workdir={workdir}", f"--export_dir={export_dir}",
+                 cwd=other_directory)
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  np.save(tmp_path / "data.npy", get_simulator(spec).simulate(
+      tf.constant([[0.4, 2.0]]), 20, tf.constant([5, 6])).numpy()[0])
+  inferred = run("experiments.infer", f"--model={export_dir}", f"--observations={tmp_path}/data.npy",
+                 f"--output={tmp_path}/result.json", cwd=other_directory)
+  assert inferred.returncode == 0, inferred.stderr[-3000:]
+  assert "damping" in inferred.stdout and "frequency" in inferred.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (COMMAND_FLAGS[:1], "--simulator=command needs --simulator_command, --parameter_names, "
+                        "--prior_low, --prior_high, --observation_dim"),
+    (COMMAND_FLAGS[:-2] + ["--prior_high=1,x", "--observation_dim=8"],
+     "--prior_high must be comma-separated numbers, got '1,x'"),
+    (COMMAND_FLAGS[:-2] + ["--prior_high=1", "--observation_dim=8"],
+     "the prior's low and high need one value per parameter"),
+    (COMMAND_FLAGS[:-2] + ["--prior_high=0.05,3", "--observation_dim=8"],
+     "the prior's box needs finite low < high"),
+    (["--simulator=poisson", "--parameter_names=a"], "--parameter_names apply to --simulator=command"),
+    (COMMAND_FLAGS + ["--simulator_timeout=0"], "--simulator_timeout must be a positive number"),
+])
+def test_command_flags_are_validated(tmp_path, flags, message):
+  result = run("experiments.train", *flags, *TINY_FLAGS, f"--workdir={tmp_path / 'run'}")
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_transient_failure_is_retried_then_a_persistent_one_reported(tmp_path):
+  from alfi_tf.simulators import CommandSimulator
+  flaky = tmp_path / "flaky.sh"
+  flaky.write_text(f"#!/bin/sh\nif [ ! -e {tmp_path}/once ]; then touch {tmp_path}/once; "
+                   f"echo transient >&2; exit 3; fi\nexec {COMMAND} \"$@\"\n")
+  flaky.chmod(0o755)
+  parameters = np.array([[0.5, 1.0]])
+  simulated = CommandSimulator(str(flaky), ["damping", "frequency"], 8, retries=1)(
+      parameters, 4, np.array([1, 2]))
+  assert simulated.shape == (1, 4, 8)
+  broken = tmp_path / "broken.sh"
+  broken.write_text("#!/bin/sh\necho always broken >&2\nexit 7\n")
+  broken.chmod(0o755)
+  with pytest.raises(RuntimeError, match=r"failed with exit status 7: always broken \(tried 3 "
+                                         r"times\)"):
+    CommandSimulator(str(broken), ["damping", "frequency"], 8, retries=2)(parameters, 4,
+                                                                          np.array([1, 2]))
