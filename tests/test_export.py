@@ -222,11 +222,14 @@ def test_session_rejects_bad_simulations(weinberg):
   assert session.step == 1
   with pytest.raises(ValueError, match=r"step 2: simulations must have shape"):
     session.tell(np.zeros((NUM_SAMPLES, NUM_SIMULATED_OBS, 1)))
+  assert session.step == 1, "a rejected tell must not advance the session"
+  with pytest.raises(ValueError, match="step 2: simulations must be real numbers"):
+    session.tell(np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1), np.complex64))
+  # A failed simulation (NaN/inf) is left out of the step's mean over the samples, as in the graph.
   simulations = np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1))
   simulations[1, 2, 3, 0] = np.nan
-  with pytest.raises(ValueError, match="step 2: simulations contain NaN/inf"):
-    session.tell(simulations)
-  assert session.step == 1, "a rejected tell must not advance the session"
+  session.tell(simulations)
+  assert session.step == 2 and np.all(np.isfinite(session.result().mean))
 
 
 # 3. A numpy simulator: no `infer`, ask/tell with the simulator outside the graph.

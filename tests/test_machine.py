@@ -493,3 +493,31 @@ def test_observations_outside_the_transforms_domain_are_refused():
   with pytest.raises(ValueError, match=r"must be >= 0 for this machine \(it reads them through "
                                        r"log1p\); 1 value\(s\) are not, the first at \[1, 3, 0\] = -2"):
     Inferrer(machine, num_steps=2)(observations, seed=0)
+
+
+def test_a_failed_simulation_is_left_out_of_the_update():
+  """A simulated set with NaN/inf does not reach psi: whatever values it holds, the update is the
+  same, and finite; all-finite sets update as the plain mean over the samples did."""
+  machine = _machine()
+  _activate(machine)
+  _, observations = _problems("poisson")
+  state, loop_seed = machine.begin(observations, _seed(4))
+  proposal_seed, simulation_seed = machine.step_seeds(loop_seed, 0)
+  theta = machine.propose(state, proposal_seed)
+  parameters = tf.reshape(machine.simulation_parameters(theta), [-1, 1])
+  simulated = machine.simulator.simulate(parameters, 8, simulation_seed).numpy().reshape(
+      NUM_PROBLEMS, 4, 8, 1)                                      # [batch, M, N, d_x]
+  updates = []
+  for failure in (np.nan, np.inf):
+    broken = simulated.copy()
+    broken[1, 2, 5] = failure   # problem 1, sample 2: one failed set
+    updates.append(machine.update(state, theta, tf.constant(broken)).psi.numpy())
+  np.testing.assert_array_equal(updates[0], updates[1])
+  assert np.all(np.isfinite(updates[0]))
+  # Problems without a failed set are untouched by the mask.
+  finite = machine.update(state, theta, tf.constant(simulated)).psi.numpy()
+  np.testing.assert_array_equal(np.delete(updates[0], 1, axis=0), np.delete(finite, 1, axis=0))
+  assert not np.allclose(updates[0][1], finite[1])
+  # Every set failed: the step still leaves psi finite.
+  nothing = machine.update(state, theta, tf.fill(simulated.shape, np.nan)).psi.numpy()
+  assert np.all(np.isfinite(nothing))

@@ -2,6 +2,7 @@
 the step, never a raw `UnknownError` trace from inside `tf.numpy_function`."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -73,3 +74,58 @@ def test_other_tensorflow_errors_are_shortened():
   error = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor\nlong detail")
   assert cli._message(error) == ("TensorFlow ResourceExhaustedError: OOM when allocating tensor "
                                  "(--verbosity=1 shows the full trace)")
+
+
+class PatchySimulator(NumpySimulator):
+  """Gaussian observations around mu, but NaN for mu in (0.9, 1] (5% of its prior), or everywhere
+  above `broken_above`."""
+
+  name = "patchy"
+
+  def __init__(self, broken_above: float = 0.9):
+    super().__init__(parameter_names=["mu"], observation_dim=1, prior=box_prior([-1.0], [1.0]))
+    self.broken_above = broken_above
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    observations = theta[:, None, :] + rng.normal(size=(len(theta), num_obs, 1))
+    observations[theta[:, 0] > self.broken_above] = np.nan
+    return observations
+
+
+def test_problems_with_nan_observations_are_redrawn_and_counted():
+  from alfi_tf.training.data import TRAIN_STREAM, generate_problems
+  problems = generate_problems(PatchySimulator(), 400, 5, seed=0, stream=TRAIN_STREAM)
+  assert np.all(np.isfinite(problems.observations)) and problems.theta.max() <= 0.9
+  # About 5% of 400 problems were redrawn (3 standard errors: sqrt(400 * 0.05 * 0.95) = 4.4).
+  assert abs(problems.redrawn - 20) < 3 * 4.4, problems.redrawn
+  # A simulator that works everywhere gets exactly the problems it got before the policy.
+  fine = generate_problems(PatchySimulator(broken_above=2.0), 400, 5, seed=0, stream=TRAIN_STREAM)
+  assert fine.redrawn == 0
+  kept = problems.theta[:, 0] <= 0.9
+  np.testing.assert_array_equal(problems.theta[kept & (fine.theta[:, 0] <= 0.9)],
+                                fine.theta[kept & (fine.theta[:, 0] <= 0.9)])
+
+
+def test_a_simulator_broken_on_much_of_its_prior_stops_the_run_naming_where():
+  from alfi_tf.training.data import TRAIN_STREAM, generate_problems
+  with pytest.raises(SimulatorError, match=r"simulator 'patchy' returned NaN/inf observations for "
+                                           r"\d+ of 200 problems drawn from its prior \(more than "
+                                           r"10%\), e.g. at \(mu=0\.\d+\)"):
+    generate_problems(PatchySimulator(broken_above=0.5), 200, 5, seed=0, stream=TRAIN_STREAM)
+
+
+def test_training_on_a_simulator_with_a_nan_patch_completes_and_reports_the_counts(tmp_path):
+  register_simulator(PatchySimulator)
+  try:
+    machine_config = MachineConfig(simulator="patchy", num_steps=2, num_samples=4,
+                                   num_simulated_obs=4, encoder_hidden=4, encoder_out=4,
+                                   aggregator_hidden=4, aggregator_out=4, updater_hidden=4,
+                                   lstm_units=4, initial_scale=2.0)
+    train_config = TrainConfig(num_problems=64, num_obs=5, epochs=2, batch_size=16,
+                               num_validation_problems=16)
+    result = Trainer(machine_config, train_config, str(tmp_path), progress_bar=False).train()
+  finally:
+    del alfi_tf.simulators._REGISTRY[PatchySimulator.name]
+  assert result.steps == 8 and np.isfinite(result.final_loss)
+  summary = json.load(open(tmp_path / "training_summary.json"))
+  assert summary["redrawn_problems"] > 0

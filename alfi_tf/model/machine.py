@@ -213,9 +213,14 @@ class InferenceMachine(keras.Model):
     Args:
       state: the state at step t.
       theta: `[batch, M, d]` the standardised samples returned by `propose`.
-      simulated: `[batch, M, N, d_x]` raw observations simulated at `simulation_parameters(theta)`.
+      simulated: `[batch, M, N, d_x]` raw observations simulated at `simulation_parameters(theta)`;
+        sets with NaN/inf values are masked out of the update.
     """
     psi = state.psi
+    # A simulated set with NaN/inf is left out of the aggregator's mean (zeroed first, so that no
+    # NaN reaches the gradients either).
+    valid = tf.reduce_all(tf.math.is_finite(simulated), axis=[2, 3])            # [batch, M]
+    simulated = tf.where(valid[:, :, tf.newaxis, tf.newaxis], simulated, tf.zeros_like(simulated))
     simulated_encoding = self.encoder(self.standardize_observations(simulated))  # [batch, M, E]
     # Scores are random features of the samples; like the samples they carry no gradient.
     scores = standardize_over_samples(
@@ -223,7 +228,7 @@ class InferenceMachine(keras.Model):
     features = tf.concat([
         tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
         simulated_encoding, theta, scores], axis=-1)
-    context = self.aggregator(features)                                          # [batch, C]
+    context = self.aggregator(features, valid)                                   # [batch, C]
     delta, (h, c) = self.updater(tf.concat([context, psi], axis=-1), [state.lstm_h, state.lstm_c])
     return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
 

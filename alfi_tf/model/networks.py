@@ -47,14 +47,27 @@ class SetEncoder(keras.layers.Layer):
 
 
 class SampleAggregator(keras.layers.Layer):
-  """`g`: maps each sample's features `[batch, M, k]` to a vector, then averages over the M samples."""
+  """`g`: maps each sample's features `[batch, M, k]` to a vector, then averages over the M samples.
+
+  With `valid [batch, M]`, the average runs over the valid samples only (those whose simulations
+  came back finite): a simulator that fails for part of its prior does not poison the step. A
+  problem without any valid sample gets a zero context that step.
+  """
 
   def __init__(self, hidden: int, out: int, name: str = "sample_aggregator"):
     super().__init__(name=name)
     self.net = _mlp(hidden, out, None, name="per_sample")
 
-  def call(self, features: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_mean(self.net(features), axis=1)
+  def call(self, features: tf.Tensor, valid: Optional[tf.Tensor] = None) -> tf.Tensor:
+    per_sample = self.net(features)                                             # [batch, M, C]
+    mean = tf.reduce_mean(per_sample, axis=1)
+    if valid is None:
+      return mean
+    weights = tf.cast(valid, per_sample.dtype)[..., tf.newaxis]                 # [batch, M, 1]
+    masked_mean = (tf.reduce_sum(per_sample * weights, axis=1)
+                   / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0))
+    # The plain mean where every sample is valid: exactly what it was before masks existed.
+    return tf.where(tf.reduce_all(valid, axis=1, keepdims=True), mean, masked_mean)
 
 
 class Updater(keras.layers.Layer):

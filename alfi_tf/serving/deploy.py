@@ -63,15 +63,19 @@ class AskTellSession:
     parameters = self._outputs["parameters"]
     batch, samples = int(parameters.shape[0]), int(parameters.shape[1])
     expected = (batch, samples, self._machine.num_simulated_obs, self._machine.observation_dim)
-    array = np.asarray(simulations, dtype=np.float32)
+    array = np.asarray(simulations)
+    if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number)
+                                      or array.dtype == bool):
+      raise ValueError(f"step {self.step + 1}: simulations must be real numbers, got dtype "
+                       f"{array.dtype}")
+    # NaN/inf is allowed: such a simulated set is left out of the step (a failed simulation).
+    array = array.astype(np.float32)
     if array.shape == (batch * samples,) + expected[2:]:
       array = array.reshape(expected)
     if array.shape != expected:
       raise ValueError(f"step {self.step + 1}: simulations must have shape {expected} "
                        f"[batch, num_samples, num_simulated_obs, observation_dim] (or "
                        f"{(batch * samples,) + expected[2:]}), got {array.shape}")
-    if not np.all(np.isfinite(array)):
-      raise ValueError(f"step {self.step + 1}: simulations contain NaN/inf values")
     state = [self._outputs[key] for key in STATE_KEYS]
     self._outputs = self._machine.module.step(*state, tf.constant(array))
 

@@ -230,7 +230,8 @@ def simulator_error_message(error: BaseException) -> Optional[str]:
   return match.group(1).strip() if match else None
 
 
-def _describe_parameters(theta: np.ndarray, names: Sequence[str], shown: int = 3) -> str:
+def describe_parameters(theta: np.ndarray, names: Sequence[str], shown: int = 3) -> str:
+  """`(a=1, b=2); (a=3, b=4) (and K more)`: the first `shown` parameter vectors, for messages."""
   rows = [", ".join(f"{name}={value:.6g}" for name, value in zip(names, row))
           for row in np.asarray(theta)[:shown]]
   more = f" (and {len(theta) - shown} more)" if len(theta) > shown else ""
@@ -281,7 +282,7 @@ class NumpySimulator(Simulator):
     except Exception as error:   # a user's code: any exception, reported with its inputs
       raise SimulatorError(
           f"{where} raised {type(error).__name__}: {error} (for {theta.shape[0]} parameter "
-          f"vector(s): {_describe_parameters(theta, self.parameter_names)})") from error
+          f"vector(s): {describe_parameters(theta, self.parameter_names)})") from error
     want = (theta.shape[0], num_obs, self.observation_dim)
     if out.shape != want:
       raise SimulatorError(f"{where}: {type(self).__name__}.simulate_numpy returned shape "

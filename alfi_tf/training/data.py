@@ -10,6 +10,7 @@ pipeline either fills memory (`generate_problems`) or is written to disk and str
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import glob
 import json
 import multiprocessing
@@ -21,7 +22,8 @@ from typing import Any, Dict, Iterator, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.simulators import NumpySimulator, Simulator
+from alfi_tf.simulators import NumpySimulator, Simulator, SimulatorError
+from alfi_tf.simulators.base import describe_parameters
 from alfi_tf.simulators.specs import import_spec_module
 from alfi_tf.workdir import process_is_alive
 
@@ -32,16 +34,27 @@ TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 0, 1, 2
 DEFAULT_CHUNK_SIZE = 1024
 
 
+#: Problems whose observations came back NaN/inf are redrawn, at most this many rounds...
+MAX_REDRAW_ROUNDS = 8
+#: ... and only while at most this fraction of the problems drawn failed; beyond it the simulator
+#: is broken on a large part of its prior, and the run stops with an example of where.
+MAX_FAILED_FRACTION = 0.1
+#: Redraws use seed streams of their own: `REDRAW_STREAM_BASE + 16 * stream + round`.
+REDRAW_STREAM_BASE = 1000
+
+
 class Problems(NamedTuple):
   """A set of inference problems.
 
   Attributes:
     theta: `[K, d]` float32 true parameters.
     observations: `[K, n, d_x]` float32 observations.
+    redrawn: how many problems were drawn again because their observations had NaN/inf.
   """
 
   theta: np.ndarray
   observations: np.ndarray
+  redrawn: int = 0
 
 
 def stream_seed(seed: int, stream: int) -> tf.Tensor:
@@ -123,18 +136,61 @@ def generate_problems(simulator: Simulator, num_problems: int, num_obs: int, see
                       executor: Optional[concurrent.futures.Executor] = None) -> Problems:
   """Draws `num_problems` problems into memory (see `problem_chunks` for the arguments).
 
+  Problems whose observations hold NaN/inf (a simulator failing on part of its prior) are drawn
+  again from the prior, from seed streams of their own; `Problems.redrawn` counts them. Sets
+  without such failures are exactly what they were without this policy.
+
   Raises:
     ValueError: the problems would not fit in memory (the chunks and their concatenation).
+    SimulatorError: more than `MAX_FAILED_FRACTION` of the problems drawn failed.
   """
   require_memory(2 * problems_bytes(simulator, num_problems, num_obs),
                  f"{num_problems} problems of {num_obs} observations",
                  "draw fewer problems or observations")
+  draw = functools.partial(_draw_problems, simulator, num_obs=num_obs, seed=seed,
+                           chunk_size=chunk_size, executor=executor)
+  problems = draw(num_problems, stream=stream)
+  failed = _failed_rows(problems)
+  draws, failures = num_problems, 0
+  for round_index in range(MAX_REDRAW_ROUNDS):
+    if not failed.any():
+      break
+    count = int(failed.sum())
+    failures += count
+    _check_failures(simulator, problems.theta[failed], failures, draws)
+    again = draw(count, stream=REDRAW_STREAM_BASE + 16 * stream + round_index)
+    problems.theta[failed], problems.observations[failed] = again.theta, again.observations
+    draws += count
+    failed = _failed_rows(problems)
+  if failed.any():   # only a simulator failing almost everywhere gets here
+    _check_failures(simulator, problems.theta[failed], draws, draws)
+  return problems._replace(redrawn=failures)
+
+
+def _draw_problems(simulator: Simulator, num_problems: int, num_obs: int, seed: int, stream: int,
+                   chunk_size: int, executor) -> Problems:
   thetas, observations = [], []
   for theta, obs in problem_chunks(simulator, num_problems, num_obs, seed, stream, chunk_size,
                                    executor):
     thetas.append(theta.numpy())
     observations.append(obs.numpy())
   return Problems(np.concatenate(thetas), np.concatenate(observations))
+
+
+def _failed_rows(problems: Problems) -> np.ndarray:
+  """`[K]` whether each problem's observations hold a NaN/inf."""
+  return ~np.all(np.isfinite(problems.observations.reshape(len(problems.theta), -1)), axis=1)
+
+
+def _check_failures(simulator: Simulator, failed_theta: np.ndarray, failures: int,
+                    draws: int) -> None:
+  """Stops when more than `MAX_FAILED_FRACTION` of the draws failed, naming where."""
+  if failures > MAX_FAILED_FRACTION * draws:
+    raise SimulatorError(
+        f"simulator {simulator.spec!r} returned NaN/inf observations for {failures} of {draws} "
+        f"problems drawn from its prior (more than {MAX_FAILED_FRACTION:.0%}), e.g. at "
+        f"{describe_parameters(failed_theta, simulator.parameter_names)}: fix the simulator there, "
+        "or narrow its prior")
 
 
 class WorkerPool(concurrent.futures.ProcessPoolExecutor):

@@ -143,6 +143,11 @@ class MetaTrainingData(NamedTuple):
   store: Optional[data_lib.ProblemStore]
   validation: data_lib.Problems
 
+  @property
+  def redrawn(self) -> int:
+    """Problems drawn again because the simulator returned NaN/inf for them (in-memory sets)."""
+    return (self.problems.redrawn if self.problems is not None else 0) + self.validation.redrawn
+
 
 def require_memory_for(config: TrainConfig, simulator: Simulator) -> None:
   """Refuses, before anything is simulated, a meta-training set that cannot fit in memory.

@@ -63,8 +63,9 @@ class _Clock:
   """Wall-clock bookkeeping of one `train()` session: step rates, time since the last checkpoint
   and the run's training time (summed over sessions)."""
 
-  def __init__(self, step: int, data_seconds: float, previous_seconds: float):
-    self.data_seconds = data_seconds
+  def __init__(self, step: int, data_record: Dict[str, float], previous_seconds: float):
+    #: The data's record for the summary file: generation time, problems redrawn after a failure.
+    self.data_record = data_record
     self._previous_seconds = previous_seconds
     self._start = self._last_rate = self._last_save = time.time()
     self._last_rate_step = step
@@ -222,7 +223,7 @@ class Trainer:
     self.writer.flush()
     result = TrainingResult(self.step, loss, validation, clock.train_seconds())
     if self.is_chief:
-      self.workdir.write_summary({**result._asdict(), "data_seconds": clock.data_seconds,
+      self.workdir.write_summary({**result._asdict(), **clock.data_record,
                                   "replicas": self.replicas})
     return result
 
@@ -260,7 +261,12 @@ class Trainer:
     # The pipeline holds what it needs of the meta-training set; the rest goes with `data`.
     batches = iter(pipeline.training_batches(cfg, self.simulator, self.step, data.problems,
                                              data.store, executor))
-    return batches, data.validation, _Clock(self.step, data_seconds, previous_seconds)
+    clock = _Clock(self.step, {"data_seconds": data_seconds, "redrawn_problems": data.redrawn},
+                   previous_seconds)
+    if data.redrawn:
+      logging.warning("simulator %r returned NaN/inf observations for %d problems drawn from its "
+                      "prior; they were drawn again", self.simulator.spec, data.redrawn)
+    return batches, data.validation, clock
 
   def _log_progress(self, step: int, stop: int, loss: float, gradient_norm: float,
                     rate: float) -> None:
@@ -299,7 +305,7 @@ class Trainer:
     self.checkpoints.save(step)
     clock.saved()
     if self.is_chief:
-      self.workdir.write_summary({"steps": step, "data_seconds": clock.data_seconds,
+      self.workdir.write_summary({"steps": step, **clock.data_record,
                                   "train_seconds": clock.train_seconds()})
 
   def _write_scalars(self, scalars: Dict[str, float]) -> None:
