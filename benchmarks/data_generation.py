@@ -51,7 +51,8 @@ class PythonQueueSimulator(NumpySimulator):
 register_simulator(PythonQueueSimulator)
 
 flags.DEFINE_list("simulators", ["weinberg", "lotka_volterra", "python_queue"],
-                  "simulators to measure")
+                  "simulators to measure: registered names or specs (package.module:Attr, "
+                  "path/to/file.py:Attr)")
 flags.DEFINE_list("workers", ["0", "2"], "--data_workers settings to compare")
 flags.DEFINE_integer("num_problems", 4096, "problems per measurement")
 flags.DEFINE_integer("num_obs", 500, "observations per problem")

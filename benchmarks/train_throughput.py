@@ -20,9 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.simulators import normalize_spec
 from alfi_tf.training import Trainer, set_global_seed, training_batches
 from alfi_tf.training.data import TRAIN_STREAM, generate_problems
-from experiments.config_flags import config_from_values, read_flagfile
+from experiments.config_flags import CONFIG_DIR, config_from_values, read_flagfile
 
 flags.DEFINE_list("configs", ["poisson_paper", "weinberg_paper"], "flag files in experiments/configs")
 flags.DEFINE_integer("steps", 200, "timed steps per measurement window")
@@ -30,10 +31,10 @@ flags.DEFINE_integer("windows", 3, "timed windows (the median is reported)")
 flags.DEFINE_integer("warmup", 20, "untimed steps first (tracing, compilation)")
 flags.DEFINE_list("jit", ["false"], "XLA settings to measure, e.g. false,true (XLA compilation "
                   "of the unrolled loop takes minutes)")
+flags.DEFINE_string("simulator", None, "measure this simulator (a registered name, "
+                    "package.module:Attr or path/to/file.py:Attr) in each config's architecture "
+                    "instead of the config's own")
 FLAGS = flags.FLAGS
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "experiments", "configs")
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -60,7 +61,8 @@ def encoder_gflop_per_step(machine: MachineConfig, train: TrainConfig, observati
 def paper_configs(name: str) -> Tuple[MachineConfig, TrainConfig]:
   """The configs of `experiments/configs/NAME.cfg`, with a small training set and no validation."""
   values = read_flagfile(os.path.join(CONFIG_DIR, f"{name}.cfg"))
-  machine_config = config_from_values(MachineConfig, values)
+  simulator = {"simulator": normalize_spec(FLAGS.simulator)} if FLAGS.simulator else {}
+  machine_config = config_from_values(MachineConfig, values, **simulator)
   train_config = config_from_values(TrainConfig, values, num_problems=max(
       int(values["batch_size"]) * 4, 64), num_validation_problems=16, epochs=10_000,
       data_source="memory", validate_every=10 ** 9, checkpoint_every=10 ** 9)

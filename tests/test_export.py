@@ -568,7 +568,7 @@ def test_exports_killed_at_random_points_lose_nothing(lotka_volterra, tmp_path):
   args = [f"--workdir={lotka_volterra.workdir}", f"--export_dir={export_dir}", "--num_steps=2",
           "--overwrite"]
   assert run_binary("experiments.export", *args[:-1]).returncode == 0
-  for delay in np.random.default_rng(0).uniform(2.0, 7.0, size=2):
+  for delay in np.random.default_rng(0).uniform(1.5, 5.0, size=2):
     process = subprocess.Popen([sys.executable, "-m", "experiments.export", *args], cwd=ROOT,
                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

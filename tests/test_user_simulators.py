@@ -74,41 +74,52 @@ def test_a_broken_file_names_the_spec_and_the_error(tmp_path):
     get_simulator(f"{path}:make")
 
 
-def test_a_file_simulator_through_train_evaluate_export_and_infer(tmp_path):
-  """Train from one directory with a relative file spec; evaluate, export and infer from another,
-  with no simulator flag; then the file moves, and the error names the spec."""
-  user = tmp_path / "user"
-  (user / "sims").mkdir(parents=True)
-  shutil.copy(EXAMPLE, user / "sims" / "osc.py")
-  workdir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
-  trained = run("experiments.train", "--simulator=sims/osc.py:DampedOscillator", *TINY_FLAGS,
-                "--data_workers=2", f"--workdir={workdir}", cwd=str(user))
+def _train_evaluate_export_infer(tmp_path, spec: str, train_cwd: str) -> str:
+  """Trains from `train_cwd`, then evaluates, exports and infers from elsewhere, with no simulator
+  flag; returns the spec the run recorded."""
+  workdir, export_dir, elsewhere = (str(tmp_path / "run"), str(tmp_path / "export"),
+                                    str(tmp_path))
+  trained = run("experiments.train", f"--simulator={spec}", *TINY_FLAGS, "--data_workers=2",
+                f"--workdir={workdir}", cwd=train_cwd)
   assert trained.returncode == 0, trained.stderr[-3000:]
   recorded = json.load(open(os.path.join(workdir, "config.json")))["machine"]["simulator"]
-  assert recorded == f"{user}/sims/osc.py:DampedOscillator"
-
   evaluated = run("experiments.evaluate", f"--workdir={workdir}", "--num_problems=8",
-                  "--robustness_problems=2", "--robustness_starts=2")
+                  "--robustness_problems=2", "--robustness_starts=2", cwd=elsewhere)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert "damping" in evaluated.stdout and "frequency" in evaluated.stdout
-  exported = run("experiments.export", f"--workdir={workdir}", f"--export_dir={export_dir}")
+  exported = run("experiments.export", f"--workdir={workdir}", f"--export_dir={export_dir}",
+                 cwd=elsewhere)
   assert exported.returncode == 0, exported.stderr[-3000:]
   metadata = json.load(open(os.path.join(export_dir, "assets", "alfi_metadata.json")))
   assert metadata["simulator_spec"] == recorded and not metadata["tf_native_simulator"]
-  observations = get_simulator(recorded).simulate(tf.constant([[0.4, 2.0]]), 20,
-                                                  tf.constant([5, 6])).numpy()[0]
-  np.save(tmp_path / "data.npy", observations)
+  np.save(tmp_path / "data.npy", get_simulator(EXAMPLE + ":DampedOscillator").simulate(
+      tf.constant([[0.4, 2.0]]), 20, tf.constant([5, 6])).numpy()[0])
   inferred = run("experiments.infer", f"--model={export_dir}", f"--observations={tmp_path}/data.npy",
-                 f"--output={tmp_path}/result.json")
+                 f"--output={tmp_path}/result.json", cwd=elsewhere)
   assert inferred.returncode == 0, inferred.stderr[-3000:]
   result = json.load(open(tmp_path / "result.json"))
   assert set(result["datasets"][0]["parameters"]) == {"damping", "frequency"}
+  return recorded
 
+
+def test_a_file_simulator_through_train_evaluate_export_and_infer(tmp_path):
+  """A relative file spec, trained from the user's directory, found from anywhere after; when the
+  file moves, the error names the spec and the import error."""
+  user = tmp_path / "user"
+  (user / "sims").mkdir(parents=True)
+  shutil.copy(EXAMPLE, user / "sims" / "osc.py")
+  recorded = _train_evaluate_export_infer(tmp_path, "sims/osc.py:DampedOscillator", str(user))
+  assert recorded == f"{user}/sims/osc.py:DampedOscillator"
   os.rename(user / "sims" / "osc.py", user / "sims" / "moved.py")
-  moved = run("experiments.evaluate", f"--workdir={workdir}", "--num_problems=8")
+  moved = run("experiments.evaluate", f"--workdir={tmp_path / 'run'}", "--num_problems=8")
   assert moved.returncode == 1 and "Traceback" not in moved.stderr
   assert (f"error: simulator spec '{recorded}' could not be imported: FileNotFoundError: no file "
           f"{user}/sims/osc.py (was it moved or deleted?)") in moved.stderr
+
+
+def test_a_module_simulator_through_train_evaluate_export_and_infer(tmp_path):
+  spec = "examples.oscillator.oscillator:DampedOscillator"
+  assert _train_evaluate_export_infer(tmp_path, spec, ROOT) == spec
 
 
 COMMAND = os.path.join(ROOT, "examples", "oscillator", "oscillator.sh")
