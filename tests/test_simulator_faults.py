@@ -129,3 +129,17 @@ def test_training_on_a_simulator_with_a_nan_patch_completes_and_reports_the_coun
   assert result.steps == 8 and np.isfinite(result.final_loss)
   summary = json.load(open(tmp_path / "training_summary.json"))
   assert summary["redrawn_problems"] > 0
+
+
+def test_online_batches_redraw_problems_with_nan_observations():
+  from alfi_tf.training.pipeline import sample_finite_problems
+  patchy, fine = PatchySimulator(), PatchySimulator(broken_above=2.0)
+  seed = tf.constant([3, 4])
+  theta, observations = tf.function(
+      lambda: sample_finite_problems(patchy, 256, 5, seed))()
+  assert np.all(np.isfinite(observations.numpy())) and theta.numpy().max() <= 0.9
+  # Without failures: exactly `sample_problems`.
+  expected = fine.sample_problems(256, 5, seed)
+  actual = sample_finite_problems(fine, 256, 5, seed)
+  for a, b in zip(actual, expected):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

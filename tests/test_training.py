@@ -173,3 +173,16 @@ def test_read_paths_fall_back_past_a_corrupted_checkpoint(tmp_path):
       stream.truncate(16)
   with pytest.raises(RuntimeError, match=f"no readable checkpoint in {workdir}"):
     load_machine(workdir)
+
+
+def test_a_non_finite_step_stops_the_run_before_it_is_checkpointed(tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer = seeded_trainer(TINY_TRAIN, workdir, log_every=1000)
+  trainer.train(stop_at_step=20)
+  real_step = trainer.train_step
+  # A step whose loss is finite but whose gradients are not (they would poison the weights).
+  trainer.train_step = lambda *batch: (real_step(*batch)[0], tf.constant(float("inf")))
+  with pytest.raises(FloatingPointError, match=r"gradient norm inf\) at step 21 \(simulator "
+                                               r"'poisson'\)\. Either the simulator"):
+    trainer.train(stop_at_step=40)
+  assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-20")

@@ -1,44 +1,29 @@
 """Poisson counts with a log-rate parameter (spec §4): `theta ~ U(0.2, 7)`, `x ~ Poisson(exp theta)`.
 
-Which sampler runs where:
+Which sampler runs where: `tf.random.stateless_poisson` (a fast CPU kernel) everywhere except when
+traced for XLA (inside `tf.function(jit_compile=True)`), which cannot compile that op; there, TFP's
+Poisson sampler, whose XLA implementation is made of compilable ops (Knuth's method below rate 10,
+transformed rejection above): exact too, with other (equally distributed) numbers.
 
-* `simulate` (the machine's loop, evaluation, exports) draws with TFP's Poisson sampler. Eagerly
-  and in `tf.function` on CPU, TFP selects `tf.random.stateless_poisson` (Grappler's implementation
-  selector), so the draws are exactly that kernel's. Under XLA (`jit_compile=True`), which cannot
-  compile that kernel, TFP selects its own sampler made of compilable ops: exact too, with other,
-  equally distributed numbers.
-* Meta-datasets (`sample_problems`, simulated inside `tf.data`, where Grappler's selector does not
-  run) call `tf.random.stateless_poisson` directly. TFP's fallback there would be its XLA sampler,
-  which gives other numbers from the same seeds.
-
-Either way a NaN or infinite rate gives NaN counts instead of a sampler that never returns.
+TFP's sampler alone would not do: it picks `stateless_poisson` on CPU through Grappler's
+implementation selector, which does not run on `tf.data` functions, so the meta-datasets (simulated
+in `tf.data`) would get its rejection draws: other numbers from the same seeds.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-from typing import Optional
-
 import tensorflow as tf
 import tensorflow_probability as tfp
+# TF's own test for "being traced for XLA" (there is no public one); TFP's selection uses it too.
+from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
 
 from alfi_tf.simulators.base import Simulator, box_prior
 
 
-def _guarded_rates(theta: tf.Tensor):
-  """`(rate [batch], finite [batch])`: `exp(theta)` with non-finite rates replaced by 1.
-
-  A NaN rate (say from a diverged run) would never end a rejection loop: it gets a placeholder and
-  the caller puts NaN counts where `finite` is false, so the run fails loudly instead of hanging.
-  """
-  rate = tf.exp(tf.convert_to_tensor(theta, tf.float32)[:, 0])
-  finite = tf.math.is_finite(rate)
-  return tf.where(finite, rate, 1.0), finite
-
-
-def _as_observations(counts: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
-  """`[num_obs, batch]` counts -> `[batch, num_obs, 1]`, NaN where the rate was not finite."""
-  return tf.transpose(tf.where(finite, counts, float("nan")))[..., tf.newaxis]
+def _compiling_with_xla() -> bool:
+  """Whether the current graph is being traced for XLA (e.g. inside `tf.function(jit_compile=True)`)."""
+  return (not tf.executing_eagerly()
+          and control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
 class PoissonSimulator(Simulator):
@@ -55,17 +40,19 @@ class PoissonSimulator(Simulator):
                      prior=box_prior([low], [high]))
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor) -> tf.Tensor:
-    rate, finite = _guarded_rates(theta)
-    return _as_observations(tfp.distributions.Poisson(rate=rate).sample(num_obs, seed=seed),
-                            finite)
-
-  def _simulate_problems(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
-                         executor: Optional[concurrent.futures.Executor]) -> tf.Tensor:
-    del executor   # TF-native
-    rate, finite = _guarded_rates(theta)
-    counts = tf.random.stateless_poisson(tf.concat([[num_obs], tf.shape(rate)], axis=0), seed,
-                                         rate, dtype=tf.float32)               # [num_obs, batch]
-    return _as_observations(counts, finite)
+    theta = tf.convert_to_tensor(theta, tf.float32)
+    rate = tf.exp(theta[:, 0])                                              # [batch]
+    # A NaN rate (say from a diverged run) would never end `stateless_poisson` nor a rejection loop:
+    # it gets a placeholder rate and NaN counts, so the run fails loudly instead of hanging.
+    finite = tf.math.is_finite(rate)
+    rate = tf.where(finite, rate, 1.0)
+    if _compiling_with_xla():
+      counts = tfp.distributions.Poisson(rate=rate).sample(num_obs, seed=seed)
+    else:
+      counts = tf.random.stateless_poisson(tf.concat([[num_obs], tf.shape(rate)], axis=0), seed,
+                                           rate, dtype=tf.float32)         # [num_obs, batch]
+    counts = tf.where(finite, counts, float("nan"))
+    return tf.transpose(counts)[..., tf.newaxis]
 
   def log_likelihood(self, theta: tf.Tensor, observations: tf.Tensor) -> tf.Tensor:
     # float64: at high rates the terms reach ~1e6, where float32 rounding (~0.1) would flatten the

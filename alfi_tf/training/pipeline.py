@@ -40,6 +40,41 @@ def training_step_seeds(seed: int, step: tf.Tensor) -> Tuple[tf.Tensor, tf.Tenso
   return pair[0], pair[1]
 
 
+def sample_finite_problems(simulator: Simulator, count: int, num_obs: int, seed: tf.Tensor,
+                           executor: Optional[concurrent.futures.Executor] = None
+                           ) -> Tuple[tf.Tensor, tf.Tensor]:
+  """`simulator.sample_problems`, with problems whose observations hold NaN/inf drawn again.
+
+  In the graph (the `online` source): up to `MAX_REDRAW_ROUNDS` rounds, each drawing a whole fresh
+  batch from a seed of its own and keeping its rows where the current ones failed; a round costs
+  nothing when every row is finite, so a simulator that never fails gets exactly the problems it
+  got before. Rows still failing after the last round reach the loss, which names the simulator.
+
+  Returns:
+    `(theta [count, d], observations [count, num_obs, d_x])`.
+  """
+  theta, observations = simulator.sample_problems(count, num_obs, seed, executor=executor)
+  for round_index in range(data_lib.MAX_REDRAW_ROUNDS):
+    theta, observations = _redraw_failed(simulator, theta, observations, tf.random.experimental
+                                         .stateless_fold_in(seed, data_lib.REDRAW_STREAM_BASE
+                                                            + round_index), executor)
+  return theta, observations
+
+
+def _redraw_failed(simulator: Simulator, theta: tf.Tensor, observations: tf.Tensor,
+                   seed: tf.Tensor, executor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """One round of `sample_finite_problems`: failed rows replaced by those of a fresh batch."""
+  count, num_obs = observations.shape[0], observations.shape[1]
+  failed = ~tf.reduce_all(tf.math.is_finite(tf.reshape(observations, [count, -1])), axis=1)
+
+  def redraw():
+    again_theta, again = simulator.sample_problems(count, num_obs, seed, executor=executor)
+    return (tf.where(failed[:, tf.newaxis], again_theta, theta),
+            tf.where(failed[:, tf.newaxis, tf.newaxis], again, observations))
+
+  return tf.cond(tf.reduce_any(failed), redraw, lambda: (theta, observations))
+
+
 def _epoch_seed(config: TrainConfig, epoch: tf.Tensor) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(
       data_lib.stream_seed(config.seed, data_lib.TRAIN_STREAM), tf.cast(epoch, tf.int32))
@@ -96,9 +131,8 @@ def training_batches(config: TrainConfig, simulator: Simulator, start_step: int 
     batches = steps.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   elif source == "online":
     batches = data_lib.with_worker_threads(steps.map(
-        lambda step: simulator.sample_problems(config.batch_size, config.num_obs,
-                                               training_step_seeds(config.seed, step)[1],
-                                               executor=executor),
+        lambda step: sample_finite_problems(simulator, config.batch_size, config.num_obs,
+                                            training_step_seeds(config.seed, step)[1], executor),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), executor)
   elif source == "disk":
     if store is None:

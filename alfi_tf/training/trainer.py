@@ -205,9 +205,11 @@ class Trainer:
     while self.step < stop:
       loss_tensor, gradient_norm = self._step(batches)
       loss, step, now = float(loss_tensor), self.step, time.time()
-      if not np.isfinite(loss):
+      if not (np.isfinite(loss) and np.isfinite(float(gradient_norm))):
+        # Raised before this step is checkpointed: the last checkpoint holds finite weights.
         raise FloatingPointError(
-            f"training loss became {loss} at step {step} (simulator {self.simulator.name!r}). "
+            f"training loss became {loss} (gradient norm {float(gradient_norm)}) at step {step} "
+            f"(simulator {self.simulator.spec!r}). "
             "Either the simulator returned NaN/inf for some parameters of its prior (check it "
             "there: the machine samples anywhere in the prior's support), or the optimisation "
             "diverged (lower --learning_rate or --bound); the last checkpoint is intact")
