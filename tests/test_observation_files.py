@@ -13,24 +13,13 @@ from alfi_tf.checks import check_observation_sets, check_observations
 from alfi_tf.serving.observation_files import load_observations
 
 
-def test_empty_npy_names_the_file(tmp_path):
-  path = tmp_path / "empty.npy"
-  path.write_bytes(b"")
-  with pytest.raises(ValueError, match=rf"{path}: not a readable \.npy file of observations"):
-    load_observations(str(path), 1)
-
-
-def test_text_file_named_npy_names_the_file(tmp_path):
-  path = tmp_path / "text.npy"
-  path.write_text("1, 2, 3\n")
-  with pytest.raises(ValueError, match=rf"{path}: not a readable \.npy file"):
-    load_observations(str(path), 1)
-
-
-def test_broken_npz_names_the_file(tmp_path):
-  path = tmp_path / "broken.npz"
-  path.write_bytes(b"PK\x03\x04 not really a zip")
-  with pytest.raises(ValueError, match=rf"{path}: not a readable \.npz file"):
+@pytest.mark.parametrize("name, content", [
+    ("empty.npy", b""), ("text.npy", b"1, 2, 3\n"), ("broken.npz", b"PK\x03\x04 not really a zip"),
+])
+def test_unreadable_numpy_files_are_named(tmp_path, name, content):
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=rf"{path}: not a readable \.{name[-3:]} file of observations"):
     load_observations(str(path), 1)
 
 
