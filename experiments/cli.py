@@ -43,6 +43,10 @@ def _guarded(main: Callable[[List[str]], None], argv: List[str]) -> None:
     if flags.FLAGS.verbosity >= 1:
       raise
     _fail(_message(error))
+  except KeyboardInterrupt:
+    # Checkpoints and files are written atomically: a training run continues where it stopped.
+    print("interrupted (re-running the same command resumes a training run)", file=sys.stderr)
+    sys.exit(130)
 
 
 def _message(error: BaseException) -> str:
