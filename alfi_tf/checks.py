@@ -7,6 +7,15 @@ import numpy as np
 from alfi_tf.config import OBSERVATION_TRANSFORM_MINIMUM
 
 
+def require_real_numbers(array: np.ndarray, name: str) -> None:
+  """Raises a ValueError unless `array` holds real numbers (no strings, objects or complex values,
+  which a cast to float would reject or silently truncate)."""
+  if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+    raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+  if np.issubdtype(array.dtype, np.complexfloating):
+    raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
+
+
 def check_observations(observations, observation_dim: int, name: str = "observations") -> np.ndarray:
   """Validates a batch of observation sets and returns it as float32 `[K, n, d_x]`.
 
@@ -16,10 +25,7 @@ def check_observations(observations, observation_dim: int, name: str = "observat
   See `check_observation_sets` for the forms a user may hand over for one data set.
   """
   array = np.asarray(observations)
-  if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-    raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
-  if np.issubdtype(array.dtype, np.complexfloating):
-    raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
+  require_real_numbers(array, name)
   if array.ndim != 3:
     raise ValueError(f"{name} must have shape [num_problems, num_obs, {observation_dim}], "
                      f"got shape {array.shape}")

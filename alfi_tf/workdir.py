@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import socket
 import tempfile
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -190,8 +191,18 @@ class Workdir:
     write_json_atomically(self.file(SUMMARY_FILE), summary)
 
 
-def process_is_alive(pid: int) -> bool:
-  """Whether process `pid` runs on this host (to tell a killed writer's leftovers from a live one's)."""
+def leftovers_of_dead_processes(prefix: str) -> List[str]:
+  """The paths `PREFIX<pid>` or `PREFIX<pid>-<anything>` whose writer, process `<pid>` of this
+  host, no longer runs: what a killed writer left behind, told apart from a live writer's work."""
+  found = []
+  for path in sorted(glob.glob(glob.escape(prefix) + "*")):
+    pid = path[len(prefix):].split("-")[0]
+    if pid.isdigit() and not _process_is_alive(int(pid)):
+      found.append(path)
+  return found
+
+
+def _process_is_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
   except ProcessLookupError:

@@ -20,8 +20,9 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.serving.export import EXPORT_FORMAT_VERSION, STATE_KEYS, ExportModule
-from alfi_tf.checks import check_observation_sets
+from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
+                                    ExportModule)
+from alfi_tf.checks import check_observation_sets, require_real_numbers
 from alfi_tf.model.inference import InferenceResult
 from alfi_tf.workdir import load_machine
 
@@ -64,10 +65,7 @@ class AskTellSession:
     batch, samples = int(parameters.shape[0]), int(parameters.shape[1])
     expected = (batch, samples, self._machine.num_simulated_obs, self._machine.observation_dim)
     array = np.asarray(simulations)
-    if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number)
-                                      or array.dtype == bool):
-      raise ValueError(f"step {self.step + 1}: simulations must be real numbers, got dtype "
-                       f"{array.dtype}")
+    require_real_numbers(array, f"step {self.step + 1}: simulations")
     # NaN/inf is allowed: such a simulated set is left out of the step (a failed simulation).
     array = array.astype(np.float32)
     if array.shape == (batch * samples,) + expected[2:]:
@@ -114,10 +112,10 @@ class DeployedMachine:
 
   @classmethod
   def _from_export(cls, path: str) -> "DeployedMachine":
-    asset = os.path.join(path, "assets", "alfi_metadata.json")
+    asset = os.path.join(path, "assets", METADATA_ASSET)
     if not os.path.exists(asset):
       raise ValueError(f"{path} is a SavedModel but not an alfi-tf export (no "
-                       "assets/alfi_metadata.json)")
+                       f"assets/{METADATA_ASSET})")
     try:
       with open(asset) as stream:
         metadata = json.load(stream)

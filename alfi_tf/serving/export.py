@@ -16,7 +16,6 @@ The export needs only TensorFlow to load and run. Its signatures:
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from alfi_tf import __version__
 from alfi_tf.config import default_test_horizon, to_dict
 from alfi_tf.model.machine import InferenceMachine, LoopState
 from alfi_tf.simulators import NumpySimulator
-from alfi_tf.workdir import process_is_alive
+from alfi_tf.workdir import leftovers_of_dead_processes
 
 #: Bumped whenever the signatures or the state layout change; loaders refuse other versions.
 EXPORT_FORMAT_VERSION = 2
@@ -233,11 +232,7 @@ def _recover_interrupted_exports(export_dir: str) -> None:
   """
   parent, name = os.path.split(export_dir)
   for kind in ("tmp", "old"):
-    pattern = os.path.join(glob.escape(parent), f".{glob.escape(name)}.{kind}-*-*")
-    for leftover in glob.glob(pattern):
-      pid = os.path.basename(leftover)[len(f".{name}.{kind}-"):].split("-")[0]
-      if not pid.isdigit() or process_is_alive(int(pid)):
-        continue
+    for leftover in leftovers_of_dead_processes(os.path.join(parent, f".{name}.{kind}-")):
       retired_model = os.path.join(leftover, "model")
       if kind == "old" and not os.path.exists(export_dir) and is_export(retired_model):
         logging.warning("restoring the previous export %s, left aside by a killed export",

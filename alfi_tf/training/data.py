@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import glob
 import json
 import multiprocessing
 import os
@@ -25,7 +24,7 @@ import tensorflow as tf
 from alfi_tf.simulators import NumpySimulator, Simulator, SimulatorError
 from alfi_tf.simulators.base import describe_parameters
 from alfi_tf.simulators.specs import import_spec_module
-from alfi_tf.workdir import process_is_alive
+from alfi_tf.workdir import leftovers_of_dead_processes
 
 # Seed streams of one run: the same run seed gives independent training, validation and test sets.
 TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 0, 1, 2
@@ -162,8 +161,11 @@ def generate_problems(simulator: Simulator, num_problems: int, num_obs: int, see
     problems.theta[failed], problems.observations[failed] = again.theta, again.observations
     draws += count
     failed = _failed_rows(problems)
-  if failed.any():   # only a simulator failing almost everywhere gets here
-    _check_failures(simulator, problems.theta[failed], draws, draws)
+  if failed.any():   # each round stayed under the fraction, yet some draws never succeeded
+    raise SimulatorError(
+        f"simulator {simulator.spec!r} still returned NaN/inf observations for "
+        f"{int(failed.sum())} problems after {MAX_REDRAW_ROUNDS} redraws from its prior, e.g. at "
+        f"{describe_parameters(problems.theta[failed], simulator.parameter_names)}")
   return problems._replace(redrawn=failures)
 
 
@@ -313,11 +315,8 @@ class ProblemStore:
 
   def _remove_stale_partials(self) -> None:
     """Deletes partial stores left by killed processes of this host."""
-    prefix = f"{self.path}.partial-{socket.gethostname()}-"
-    for partial in glob.glob(glob.escape(prefix) + "*"):
-      pid = partial[len(prefix):]
-      if pid.isdigit() and not process_is_alive(int(pid)):
-        shutil.rmtree(partial, ignore_errors=True)
+    for partial in leftovers_of_dead_processes(f"{self.path}.partial-{socket.gethostname()}-"):
+      shutil.rmtree(partial, ignore_errors=True)
 
   def chunks(self) -> tf.data.Dataset:
     """The stored chunks `(theta [c, d], observations [c, n, d_x])`, in generation order."""
