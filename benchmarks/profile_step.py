@@ -124,7 +124,7 @@ def profile(name: str) -> Tuple[Dict[str, float], List[Tuple[str, float]]]:
       return trainer.optimizer.iterations
 
     def train_step():
-      return trainer.train_step(*next(batches))
+      return trainer.train_step(*next(batches)[:3])
 
     milliseconds = median_milliseconds({
         "step": train_step,

@@ -72,7 +72,8 @@ def paper_configs(name: str) -> Tuple[MachineConfig, TrainConfig]:
 def make_trainer(machine_config: MachineConfig, train_config: TrainConfig, workdir: str,
                  jit: bool) -> Tuple[Trainer, Iterator[Tuple[tf.Tensor, tf.Tensor, tf.Tensor]]]:
   """A Trainer with adapted statistics, and its input pipeline as `Trainer.train` runs it
-  (batches `(theta [B, d], observations [B, n, d_x], seed [2])`, prefetched ahead of the step)."""
+  (batches `(theta [B, d], observations [B, n, d_x], seed [2], redrawn)`, prefetched ahead of the
+  step)."""
   set_global_seed(train_config.seed)
   trainer = Trainer(machine_config, train_config, workdir, jit_compile=jit, log_every=10 ** 9)
   problems = generate_problems(trainer.simulator, train_config.num_problems,
@@ -86,15 +87,15 @@ def measure(name: str, jit: bool) -> dict:
   with tempfile.TemporaryDirectory() as workdir:
     trainer, batches = make_trainer(machine_config, train_config, workdir, jit)
     start = time.perf_counter()
-    float(trainer.train_step(*next(batches))[0])
+    float(trainer.train_step(*next(batches)[:3])[0])
     first_step_seconds = time.perf_counter() - start   # tracing, and compilation with XLA
     for _ in range(FLAGS.warmup):
-      trainer.train_step(*next(batches))
+      trainer.train_step(*next(batches)[:3])
     rates = []
     for _ in range(FLAGS.windows):
       start = time.perf_counter()
       for _ in range(FLAGS.steps):
-        loss, _ = trainer.train_step(*next(batches))
+        loss, _, _ = trainer.train_step(*next(batches)[:3])
       float(loss)   # wait for the last step
       rates.append(FLAGS.steps / (time.perf_counter() - start))
   rate = statistics.median(rates)

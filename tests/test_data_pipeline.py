@@ -126,8 +126,9 @@ def test_batches_are_a_pure_function_of_the_step(sources, source):
   config = TrainConfig(**{**CONFIG.__dict__, "data_source": source})
   everything = _batches(config, 0, **sources[source])
   assert len(everything) == config.total_steps == 15
-  theta, observations, seed = everything[0]
+  theta, observations, seed, redrawn = everything[0]
   assert theta.shape == (8, 1) and observations.shape == (8, 30, 1) and seed.shape == (2,)
+  assert all(element[3] == 0 for element in everything)   # Poisson never returns NaN
   for start in (7, 11):   # resuming mid-epoch gives the uninterrupted run's batches
     resumed = _batches(config, start, **sources[source])
     for expected, actual in zip(everything[start:], resumed):

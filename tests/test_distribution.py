@@ -91,7 +91,7 @@ def test_mirrored_step_sums_the_replicas_gradients_and_clips_once(tmp_path):
   theta, observations = tf.constant(problems.theta), tf.constant(problems.observations)
   seed = tf.constant([7, 8])
 
-  loss, norm = mirrored.train_step(theta, observations, seed)
+  loss, norm, _ = mirrored.train_step(theta, observations, seed)
 
   variables = single.machine.trainable_variables
   with tf.GradientTape() as tape:

@@ -3,6 +3,7 @@ the step, never a raw `UnknownError` trace from inside `tf.numpy_function`."""
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -114,7 +115,9 @@ def test_a_simulator_broken_on_much_of_its_prior_stops_the_run_naming_where():
     generate_problems(PatchySimulator(broken_above=0.5), 200, 5, seed=0, stream=TRAIN_STREAM)
 
 
-def test_training_on_a_simulator_with_a_nan_patch_completes_and_reports_the_counts(tmp_path):
+@pytest.mark.parametrize("data_source", ["memory", "online", "disk"])
+def test_training_on_a_simulator_with_a_nan_patch_completes_and_reports_the_counts(data_source,
+                                                                                  tmp_path):
   register_simulator(PatchySimulator)
   try:
     machine_config = MachineConfig(simulator="patchy", num_steps=2, num_samples=4,
@@ -122,24 +125,53 @@ def test_training_on_a_simulator_with_a_nan_patch_completes_and_reports_the_coun
                                    aggregator_hidden=4, aggregator_out=4, updater_hidden=4,
                                    lstm_units=4, initial_scale=2.0)
     train_config = TrainConfig(num_problems=64, num_obs=5, epochs=2, batch_size=16,
-                               num_validation_problems=16)
-    result = Trainer(machine_config, train_config, str(tmp_path), progress_bar=False).train()
+                               num_validation_problems=16, data_source=data_source)
+    result = Trainer(machine_config, train_config, str(tmp_path), progress_bar=False,
+                     log_every=1).train()
   finally:
     del alfi_tf.simulators._REGISTRY[PatchySimulator.name]
   assert result.steps == 8 and np.isfinite(result.final_loss)
   summary = json.load(open(tmp_path / "training_summary.json"))
-  assert summary["redrawn_problems"] > 0
+  # 5% of the prior fails: about 4 of 80 fixed problems (3 standard errors: 3 x 1.95), and, with
+  # proposals of spread 2 clipped into the prior, many of the 8 x 16 x 2 x 4 = 1024 simulated sets.
+  assert 0 < summary["redrawn_problems"] <= 4 + 3 * 1.95 + (16 * 8 * 0.05 + 3 * 2.5
+                                                             if data_source == "online" else 0)
+  assert (summary["online_redrawn_problems"] > 0) == (data_source == "online")
+  assert 0 < summary["masked_samples"] < 1024
+  last = {}
+  for name in os.listdir(tmp_path / "tb"):
+    for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "tb" / name)):
+      last.update({value.tag: tf.make_ndarray(value.tensor) for value in event.summary.value})
+  assert last["train/masked_samples"] == summary["masked_samples"]
+  assert last["train/redrawn_problems"] == summary["redrawn_problems"]
+
+
+def test_a_problem_store_refuses_a_simulator_broken_on_much_of_its_prior(tmp_path):
+  from alfi_tf.training.data import TRAIN_STREAM, ProblemStore
+  path = str(tmp_path / "train")
+  with pytest.raises(SimulatorError, match=r"simulator 'patchy' returned NaN/inf observations for "
+                                           r"\d+ of \d+ problems drawn from its prior \(more than "
+                                           r"10%\)"):
+    ProblemStore(path).create(PatchySimulator(broken_above=0.5), 200, 5, seed=0,
+                              stream=TRAIN_STREAM)
+  assert os.listdir(tmp_path) == []   # nothing half-written is left behind
+  store = ProblemStore(path).create(PatchySimulator(), 200, 5, seed=0, stream=TRAIN_STREAM)
+  assert 0 < store.redrawn < 20
+  assert all(np.isfinite(chunk.observations).all() for chunk in store.iterate_chunks())
 
 
 def test_online_batches_redraw_problems_with_nan_observations():
-  from alfi_tf.training.pipeline import sample_finite_problems
+  from alfi_tf.training.data import sample_finite_problems
   patchy, fine = PatchySimulator(), PatchySimulator(broken_above=2.0)
   seed = tf.constant([3, 4])
-  theta, observations = tf.function(
+  theta, observations, redrawn = tf.function(
       lambda: sample_finite_problems(patchy, 256, 5, seed))()
   assert np.all(np.isfinite(observations.numpy())) and theta.numpy().max() <= 0.9
+  # About 5% of 256 (3 standard errors: sqrt(256 * 0.05 * 0.95) = 3.5).
+  assert 0 < int(redrawn) < 12.8 + 3 * 3.5
   # Without failures: exactly `sample_problems`.
   expected = fine.sample_problems(256, 5, seed)
-  actual = sample_finite_problems(fine, 256, 5, seed)
+  *actual, redrawn = sample_finite_problems(fine, 256, 5, seed)
+  assert int(redrawn) == 0
   for a, b in zip(actual, expected):
     np.testing.assert_array_equal(a.numpy(), b.numpy())

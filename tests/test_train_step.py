@@ -13,6 +13,15 @@ from alfi_tf.training import generate_problems, make_train_step
 from tests.test_training import TINY_MACHINE
 
 
+def _loss_and_masked(machine):
+  """The step's loss function: the meta-loss and the masked-sample count of the machine's run."""
+  def loss_fn(theta, observations, seed):
+    trajectory = machine(observations, seed=seed)
+    return (losses.trajectory_loss(machine, trajectory, theta),
+            tf.cast(tf.reduce_sum(trajectory.masked_samples), tf.float32))
+  return loss_fn
+
+
 def _machine_and_optimizer(problems) -> tuple:
   machine = InferenceMachine(get_simulator("poisson"), TINY_MACHINE)
   machine.adapt(problems.theta, problems.observations)
@@ -31,10 +40,10 @@ def test_one_device_step_is_an_adam_step_on_the_clipped_meta_loss_gradient(grad_
   theta, observations = tf.constant(problems.theta), tf.constant(problems.observations)
   seed = tf.constant([7, 8])
   step = make_train_step(machine, optimizer, tf.distribute.get_strategy(),
-                         lambda *batch: losses.meta_loss(machine, *batch), global_batch_size=16,
+                         _loss_and_masked(machine), global_batch_size=16,
                          grad_clip_norm=grad_clip_norm)
 
-  loss, norm = step(theta, observations, seed)
+  loss, norm, masked = step(theta, observations, seed)
 
   variables = reference.trainable_variables
   with tf.GradientTape() as tape:
@@ -48,6 +57,7 @@ def test_one_device_step_is_an_adam_step_on_the_clipped_meta_loss_gradient(grad_
   np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-5)
   np.testing.assert_allclose(float(norm), float(expected_norm), rtol=1e-4)
   assert int(optimizer.iterations.numpy()) == 1
+  assert float(masked) == 0.0   # Poisson never returns NaN
   for a, b in zip(machine.trainable_variables, variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
 
@@ -59,5 +69,5 @@ def test_the_global_batch_must_split_evenly_across_replicas():
     optimizer = keras.optimizers.Adam(3e-3)
   with pytest.raises(ValueError, match=r"batch_size \(15\) must be a multiple of the number of "
                                        r"replicas \(2\)"):
-    make_train_step(machine, optimizer, strategy, lambda *batch: losses.meta_loss(machine, *batch),
+    make_train_step(machine, optimizer, strategy, _loss_and_masked(machine),
                     global_batch_size=15)

@@ -181,7 +181,8 @@ def test_a_non_finite_step_stops_the_run_before_it_is_checkpointed(tmp_path):
   trainer.train(stop_at_step=20)
   real_step = trainer.train_step
   # A step whose loss is finite but whose gradients are not (they would poison the weights).
-  trainer.train_step = lambda *batch: (real_step(*batch)[0], tf.constant(float("inf")))
+  trainer.train_step = lambda *batch: (real_step(*batch)[0], tf.constant(float("inf")),
+                                       tf.constant(0.0))
   with pytest.raises(FloatingPointError, match=r"gradient norm inf\) at step 21 \(simulator "
                                                r"'poisson'\)\. Either the simulator"):
     trainer.train(stop_at_step=40)

@@ -90,7 +90,13 @@ def meta_loss(machine, theta: tf.Tensor, observations: tf.Tensor, seed: tf.Tenso
   Returns:
     A scalar: the batch's mean of the weighted per-step losses.
   """
-  trajectory = machine(observations, seed=seed)
+  return trajectory_loss(machine, machine(observations, seed=seed), theta, loss, weights, beta)
+
+
+def trajectory_loss(machine, trajectory, theta: tf.Tensor, loss: str = "nll",
+                    weights: str = "exp", beta: float = 3.0) -> tf.Tensor:
+  """`meta_loss` of a trajectory the machine has already run (`machine(observations, seed)`), for
+  callers that also want the rest of the trajectory (e.g. its masked-sample counts)."""
   target = machine.theta_standardizer.forward(theta)
   per_step = step_losses(target, trajectory.psi, loss, machine.proposal)
   initial = None

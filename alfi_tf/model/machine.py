@@ -27,10 +27,13 @@ class Trajectory(NamedTuple):
   Attributes:
     initial_psi: `[batch, P]`, `psi_0`.
     psi: `[batch, T, P]`, `psi_1 .. psi_T`.
+    masked_samples: int32 `[batch, T]`, how many of each step's M simulated sets held NaN/inf and
+      were left out of the update (zero for a simulator that never fails).
   """
 
   initial_psi: tf.Tensor
   psi: tf.Tensor
+  masked_samples: tf.Tensor
 
 
 class LoopState(NamedTuple):
@@ -46,6 +49,11 @@ class LoopState(NamedTuple):
   lstm_h: tf.Tensor
   lstm_c: tf.Tensor
   real_encoding: tf.Tensor
+
+
+def finite_sets(simulated: tf.Tensor) -> tf.Tensor:
+  """Whether each simulated set is all finite: `[batch, M, N, d_x] -> [batch, M]` bool."""
+  return tf.reduce_all(tf.math.is_finite(simulated), axis=[2, 3])
 
 
 def standardize_over_samples(features: tf.Tensor, epsilon: float = 1e-5) -> tf.Tensor:
@@ -219,7 +227,7 @@ class InferenceMachine(keras.Model):
     psi = state.psi
     # A simulated set with NaN/inf is left out of the aggregator's mean (zeroed first, so that no
     # NaN reaches the gradients either).
-    valid = tf.reduce_all(tf.math.is_finite(simulated), axis=[2, 3])            # [batch, M]
+    valid = finite_sets(simulated)                                               # [batch, M]
     simulated = tf.where(valid[:, :, tf.newaxis, tf.newaxis], simulated, tf.zeros_like(simulated))
     simulated_encoding = self.encoder(self.standardize_observations(simulated))  # [batch, M, E]
     # Scores are random features of the samples; like the samples they carry no gradient.
@@ -248,13 +256,16 @@ class InferenceMachine(keras.Model):
     num_steps = num_steps or self.config.num_steps
     state, loop_seed = self.begin(observations, seed, initial_mean)
     initial_psi = state.psi
-    trajectory = []
+    trajectory, masked = [], []
     for t in range(num_steps):
       proposal_seed, simulation_seed = self.step_seeds(loop_seed, t)
       theta = self.propose(state, proposal_seed)                               # [batch, M, d]
-      state = self.update(state, theta, self._simulate(theta, simulation_seed))
+      simulated = self._simulate(theta, simulation_seed)
+      state = self.update(state, theta, simulated)
       trajectory.append(state.psi)
-    return Trajectory(initial_psi=initial_psi, psi=tf.stack(trajectory, axis=1))
+      masked.append(tf.reduce_sum(tf.cast(~finite_sets(simulated), tf.int32), axis=1))
+    return Trajectory(initial_psi=initial_psi, psi=tf.stack(trajectory, axis=1),
+                      masked_samples=tf.stack(masked, axis=1))
 
   def to_raw(self, psi: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Standardised `psi [..., P]` -> `(mean, std)` in raw parameter units, each `[..., d]`."""

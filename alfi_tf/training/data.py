@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import shutil
 import socket
-from typing import Any, Dict, Iterator, NamedTuple, Optional
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -70,7 +70,8 @@ def _check_sizes(num_problems: int, num_obs: int, chunk_size: int) -> None:
 
 def problem_chunks(simulator: Simulator, num_problems: int, num_obs: int, seed: int, stream: int,
                    chunk_size: int = DEFAULT_CHUNK_SIZE,
-                   executor: Optional[concurrent.futures.Executor] = None) -> tf.data.Dataset:
+                   executor: Optional[concurrent.futures.Executor] = None,
+                   redraw_failed: bool = False) -> tf.data.Dataset:
   """A dataset of the meta-dataset's chunks, simulated in parallel, in a deterministic order.
 
   Args:
@@ -81,9 +82,12 @@ def problem_chunks(simulator: Simulator, num_problems: int, num_obs: int, seed: 
     stream: which stream of that seed (`TRAIN_STREAM`, `VALIDATION_STREAM`, `TEST_STREAM`).
     chunk_size: problems per chunk (the last chunk holds the remainder).
     executor: optional process pool for numpy simulators (see `NumpySimulator`).
+    redraw_failed: draw problems whose observations hold NaN/inf again, in the graph
+      (`sample_finite_problems`), and add their count to each element.
 
   Returns:
-    Elements `(theta [c, d], observations [c, n, d_x])`, chunk after chunk.
+    Elements `(theta [c, d], observations [c, n, d_x])`, chunk after chunk, with a third, the int32
+    count of redrawn problems, when `redraw_failed`.
   """
   _check_sizes(num_problems, num_obs, chunk_size)
   base = stream_seed(seed, stream)
@@ -92,13 +96,58 @@ def problem_chunks(simulator: Simulator, num_problems: int, num_obs: int, seed: 
   def chunk(index: tf.Tensor):
     index = tf.cast(index, tf.int32)
     count = tf.minimum(chunk_size, num_problems - index * chunk_size)
-    return simulator.sample_problems(count, num_obs,
-                                     tf.random.experimental.stateless_fold_in(base, index),
-                                     executor=executor)
+    chunk_seed = tf.random.experimental.stateless_fold_in(base, index)
+    if redraw_failed:
+      return sample_finite_problems(simulator, count, num_obs, chunk_seed, executor)
+    return simulator.sample_problems(count, num_obs, chunk_seed, executor=executor)
 
   return with_worker_threads(
       tf.data.Dataset.range(num_chunks).map(chunk, num_parallel_calls=tf.data.AUTOTUNE,
                                             deterministic=True), executor)
+
+
+def sample_finite_problems(simulator: Simulator, count, num_obs: int, seed: tf.Tensor,
+                           executor: Optional[concurrent.futures.Executor] = None
+                           ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """`simulator.sample_problems`, with problems whose observations hold NaN/inf drawn again.
+
+  In the graph (the `online` source and the chunks of a `ProblemStore`): up to `MAX_REDRAW_ROUNDS`
+  rounds, each drawing a whole fresh batch from a seed of its own and keeping its rows where the
+  current ones failed; a round costs nothing when every row is finite, so a simulator that never
+  fails gets exactly the problems it got before. Rows still failing after the last round are
+  returned as they are (the caller decides: the loss names the simulator, a store refuses them).
+
+  Args:
+    count: how many problems (a Python int or a scalar tensor).
+
+  Returns:
+    `(theta [count, d], observations [count, num_obs, d_x], redrawn)`: `redrawn` (int32) counts
+    the failed rows drawn again, summed over the rounds.
+  """
+  theta, observations = simulator.sample_problems(count, num_obs, seed, executor=executor)
+  redrawn = tf.constant(0)
+  for round_index in range(MAX_REDRAW_ROUNDS):
+    theta, observations, failed = _redraw_failed(
+        simulator, theta, observations,
+        tf.random.experimental.stateless_fold_in(seed, REDRAW_STREAM_BASE + round_index), executor)
+    redrawn += failed
+  return theta, observations, redrawn
+
+
+def _redraw_failed(simulator: Simulator, theta: tf.Tensor, observations: tf.Tensor,
+                   seed: tf.Tensor, executor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """One round of `sample_finite_problems`: failed rows replaced by those of a fresh batch, and
+  how many rows failed."""
+  count, num_obs = tf.shape(observations)[0], observations.shape[1]
+  failed = ~tf.reduce_all(tf.math.is_finite(tf.reshape(observations, [count, -1])), axis=1)
+
+  def redraw():
+    again_theta, again = simulator.sample_problems(count, num_obs, seed, executor=executor)
+    return (tf.where(failed[:, tf.newaxis], again_theta, theta),
+            tf.where(failed[:, tf.newaxis, tf.newaxis], again, observations))
+
+  theta, observations = tf.cond(tf.reduce_any(failed), redraw, lambda: (theta, observations))
+  return theta, observations, tf.reduce_sum(tf.cast(failed, tf.int32))
 
 
 def available_memory() -> Optional[int]:
@@ -254,6 +303,9 @@ class ProblemStore:
   """
 
   MANIFEST = "alfi_problems.json"
+  #: Layout of the stored elements; part of the recipe, so a store of another layout is refused.
+  #: 2: `(theta, observations, redrawn)` per chunk.
+  FORMAT = 2
 
   def __init__(self, path: str):
     self.path = path
@@ -263,7 +315,8 @@ class ProblemStore:
              chunk_size: int = DEFAULT_CHUNK_SIZE) -> Dict[str, Any]:
     """What determines a store's content, as recorded in its manifest."""
     _check_sizes(num_problems, num_obs, chunk_size)
-    return {"simulator": simulator.spec, "num_problems": num_problems, "num_obs": num_obs,
+    return {"format": ProblemStore.FORMAT,
+            "simulator": simulator.spec, "num_problems": num_problems, "num_obs": num_obs,
             "seed": seed, "stream": stream, "chunk_size": chunk_size,
             "parameter_dim": simulator.parameter_dim,
             "observation_dim": simulator.observation_dim}
@@ -291,6 +344,12 @@ class ProblemStore:
 
     Several processes (workers of a multi-worker run on a shared filesystem) may call this at once:
     each writes its own temporary directory, the first rename wins and the others discard theirs.
+    Problems whose observations hold NaN/inf are drawn again (`sample_finite_problems`); the
+    manifest records how many (`redrawn`).
+
+    Raises:
+      SimulatorError: more than `MAX_FAILED_FRACTION` of the problems failed, or some still failed
+        after every redraw round (nothing is kept).
     """
     recipe = self.recipe(simulator, num_problems, num_obs, seed, stream, chunk_size)
     if not self.exists():
@@ -300,10 +359,15 @@ class ProblemStore:
       self._remove_stale_partials()
       partial = f"{self.path}.partial-{socket.gethostname()}-{os.getpid()}"
       shutil.rmtree(partial, ignore_errors=True)
-      problem_chunks(simulator, num_problems, num_obs, seed, stream, chunk_size,
-                     executor).save(partial)
+      problem_chunks(simulator, num_problems, num_obs, seed, stream, chunk_size, executor,
+                     redraw_failed=True).save(partial)
+      try:
+        redrawn = self._check_failures(partial, simulator, num_problems)
+      except SimulatorError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
       with open(os.path.join(partial, self.MANIFEST), "w") as stream_file:
-        json.dump(recipe, stream_file, indent=2, sort_keys=True)
+        json.dump({**recipe, "redrawn": redrawn}, stream_file, indent=2, sort_keys=True)
       try:
         os.rename(partial, self.path)
       except OSError:
@@ -312,6 +376,36 @@ class ProblemStore:
         shutil.rmtree(partial)   # another process completed the same store first
     self.check(recipe)
     return self
+
+  @staticmethod
+  def _check_failures(partial: str, simulator: Simulator, num_problems: int) -> int:
+    """The number of problems a freshly written store redrew; refuses one whose simulator failed
+    too often (the policy of `generate_problems`), naming parameters where it failed."""
+    stored = tf.data.Dataset.load(partial)
+    redrawn = int(stored.reduce(0, lambda total, element: total + element[2]))
+    still_failing = (stored.map(lambda theta, observations, _: (theta, observations))
+                     .unbatch()
+                     .filter(lambda theta, observations: ~tf.reduce_all(
+                         tf.math.is_finite(observations)))
+                     .map(lambda theta, observations: theta))
+    if redrawn > MAX_FAILED_FRACTION * (num_problems + redrawn):   # failures of all draws
+      raise SimulatorError(
+          f"simulator {simulator.spec!r} returned NaN/inf observations for {redrawn} of "
+          f"{num_problems + redrawn} problems drawn from its prior "
+          f"(more than {MAX_FAILED_FRACTION:.0%}): "
+          "fix the simulator where it fails, or narrow its prior")
+    failed = np.array([theta.numpy() for theta in still_failing.take(3)])
+    if len(failed):
+      raise SimulatorError(
+          f"simulator {simulator.spec!r} still returned NaN/inf observations for some problems "
+          f"after {MAX_REDRAW_ROUNDS} redraws from its prior, e.g. at "
+          f"{describe_parameters(failed, simulator.parameter_names)}")
+    return redrawn
+
+  @property
+  def redrawn(self) -> int:
+    """How many problems were drawn again because the simulator returned NaN/inf for them."""
+    return int(self.read_recipe().get("redrawn", 0))
 
   def _remove_stale_partials(self) -> None:
     """Deletes partial stores left by killed processes of this host."""
@@ -322,7 +416,8 @@ class ProblemStore:
     """The stored chunks `(theta [c, d], observations [c, n, d_x])`, in generation order."""
     if not self.exists():
       raise FileNotFoundError(f"no problem store at {self.path}")
-    return tf.data.Dataset.load(self.path)
+    return tf.data.Dataset.load(self.path).map(
+        lambda theta, observations, redrawn: (theta, observations))
 
   def problems(self) -> tf.data.Dataset:
     """The stored problems one by one, `(theta [d], observations [n, d_x])`, in order."""

@@ -40,41 +40,6 @@ def training_step_seeds(seed: int, step: tf.Tensor) -> Tuple[tf.Tensor, tf.Tenso
   return pair[0], pair[1]
 
 
-def sample_finite_problems(simulator: Simulator, count: int, num_obs: int, seed: tf.Tensor,
-                           executor: Optional[concurrent.futures.Executor] = None
-                           ) -> Tuple[tf.Tensor, tf.Tensor]:
-  """`simulator.sample_problems`, with problems whose observations hold NaN/inf drawn again.
-
-  In the graph (the `online` source): up to `MAX_REDRAW_ROUNDS` rounds, each drawing a whole fresh
-  batch from a seed of its own and keeping its rows where the current ones failed; a round costs
-  nothing when every row is finite, so a simulator that never fails gets exactly the problems it
-  got before. Rows still failing after the last round reach the loss, which names the simulator.
-
-  Returns:
-    `(theta [count, d], observations [count, num_obs, d_x])`.
-  """
-  theta, observations = simulator.sample_problems(count, num_obs, seed, executor=executor)
-  for round_index in range(data_lib.MAX_REDRAW_ROUNDS):
-    theta, observations = _redraw_failed(simulator, theta, observations, tf.random.experimental
-                                         .stateless_fold_in(seed, data_lib.REDRAW_STREAM_BASE
-                                                            + round_index), executor)
-  return theta, observations
-
-
-def _redraw_failed(simulator: Simulator, theta: tf.Tensor, observations: tf.Tensor,
-                   seed: tf.Tensor, executor) -> Tuple[tf.Tensor, tf.Tensor]:
-  """One round of `sample_finite_problems`: failed rows replaced by those of a fresh batch."""
-  count, num_obs = observations.shape[0], observations.shape[1]
-  failed = ~tf.reduce_all(tf.math.is_finite(tf.reshape(observations, [count, -1])), axis=1)
-
-  def redraw():
-    again_theta, again = simulator.sample_problems(count, num_obs, seed, executor=executor)
-    return (tf.where(failed[:, tf.newaxis], again_theta, theta),
-            tf.where(failed[:, tf.newaxis, tf.newaxis], again, observations))
-
-  return tf.cond(tf.reduce_any(failed), redraw, lambda: (theta, observations))
-
-
 def _epoch_seed(config: TrainConfig, epoch: tf.Tensor) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(
       data_lib.stream_seed(config.seed, data_lib.TRAIN_STREAM), tf.cast(epoch, tf.int32))
@@ -94,7 +59,8 @@ def _with_seeds(batches: tf.data.Dataset, config: TrainConfig,
                 start_step: int) -> tf.data.Dataset:
   seeds = tf.data.Dataset.range(start_step, config.total_steps).map(
       lambda step: training_step_seeds(config.seed, step)[0])
-  return tf.data.Dataset.zip(batches, seeds).map(lambda batch, seed: (*batch, seed))
+  return tf.data.Dataset.zip(batches, seeds).map(
+      lambda batch, seed: (batch[0], batch[1], seed, batch[2]))
 
 
 def training_batches(config: TrainConfig, simulator: Simulator, start_step: int = 0,
@@ -112,7 +78,9 @@ def training_batches(config: TrainConfig, simulator: Simulator, start_step: int 
     executor: optional process pool for a numpy simulator's online problems.
 
   Returns:
-    Elements `(theta [B, d], observations [B, n, d_x], machine_seed [2])`, prefetched.
+    Elements `(theta [B, d], observations [B, n, d_x], machine_seed [2], redrawn)`, prefetched;
+    `redrawn` (int32) counts the online problems drawn again because the simulator returned NaN/inf
+    for them (0 for the fixed sets, whose redraws happen when they are generated).
   """
   if not 0 <= start_step <= config.total_steps:
     raise ValueError(f"start_step must be in [0, {config.total_steps}], got {start_step}")
@@ -126,13 +94,14 @@ def training_batches(config: TrainConfig, simulator: Simulator, start_step: int 
 
     def gather(step):
       indices = batch_indices(config, step)
-      return tf.gather(theta_all, indices), tf.gather(observations_all, indices)
+      return tf.gather(theta_all, indices), tf.gather(observations_all, indices), tf.constant(0)
 
     batches = steps.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   elif source == "online":
     batches = data_lib.with_worker_threads(steps.map(
-        lambda step: sample_finite_problems(simulator, config.batch_size, config.num_obs,
-                                            training_step_seeds(config.seed, step)[1], executor),
+        lambda step: data_lib.sample_finite_problems(
+            simulator, config.batch_size, config.num_obs,
+            training_step_seeds(config.seed, step)[1], executor),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), executor)
   elif source == "disk":
     if store is None:
@@ -157,7 +126,8 @@ def _streamed_batches(config: TrainConfig, store: data_lib.ProblemStore,
             .shuffle(min(config.shuffle_buffer, config.num_problems), seed=shuffle_seed,
                      reshuffle_each_iteration=False)
             .batch(config.batch_size, drop_remainder=True)
-            .take(config.steps_per_epoch))
+            .take(config.steps_per_epoch)
+            .map(lambda theta, observations: (theta, observations, tf.constant(0))))
 
   return (tf.data.Dataset.range(first_epoch, config.epochs)
           .flat_map(epoch_batches)
@@ -179,8 +149,9 @@ class MetaTrainingData(NamedTuple):
 
   @property
   def redrawn(self) -> int:
-    """Problems drawn again because the simulator returned NaN/inf for them (in-memory sets)."""
-    return (self.problems.redrawn if self.problems is not None else 0) + self.validation.redrawn
+    """Problems drawn again because the simulator returned NaN/inf for them."""
+    fixed = self.problems.redrawn if self.problems is not None else self.store.redrawn
+    return fixed + self.validation.redrawn
 
 
 def require_memory_for(config: TrainConfig, simulator: Simulator) -> None:
@@ -217,6 +188,10 @@ def meta_training_data(config: TrainConfig, simulator: Simulator, data_dir: str,
     data_dir: where the `disk` source keeps its store (in `data_dir/train`).
     executor: optional process pool for a numpy simulator.
   """
+  # The (small) validation set first: a simulator broken on much of its prior stops the run there,
+  # with examples of where, before a large meta-training set is simulated.
+  validation = data_lib.generate_problems(simulator, config.num_validation_problems,
+                                          config.num_obs, config.seed, data_lib.VALIDATION_STREAM)
   problems, store = None, None
   recipe = (simulator, config.num_problems, config.num_obs, config.seed, data_lib.TRAIN_STREAM)
   if config.data_source == "disk":
@@ -224,8 +199,6 @@ def meta_training_data(config: TrainConfig, simulator: Simulator, data_dir: str,
                                                                           executor=executor)
   else:
     problems = data_lib.generate_problems(*recipe, executor=executor)
-  validation = data_lib.generate_problems(simulator, config.num_validation_problems,
-                                          config.num_obs, config.seed, data_lib.VALIDATION_STREAM)
   return MetaTrainingData(problems, store, validation)
 
 

@@ -12,11 +12,12 @@ from typing import Callable, List, Optional, Tuple
 import keras
 import tensorflow as tf
 
-#: `(theta [b, d], observations [b, n, d_x], seed [2]) -> the batch's mean loss`, e.g.
-#: `losses.meta_loss` bound to a machine and the run's loss settings.
-LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
-#: `(theta [B, d], observations [B, n, d_x], seed [2]) -> (loss, gradient norm)`.
-TrainStep = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
+#: `(theta [b, d], observations [b, n, d_x], seed [2]) -> (the batch's mean loss, masked samples)`:
+#: the machine's meta-loss (e.g. `Trainer.meta_loss`) and how many of its simulated sets held NaN/inf
+#: (a float32 scalar count, see `Trajectory.masked_samples`).
+LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
+#: `(theta [B, d], observations [B, n, d_x], seed [2]) -> (loss, gradient norm, masked samples)`.
+TrainStep = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
 
 
 def check_global_batch(global_batch_size: int, replicas: int) -> None:
@@ -61,25 +62,28 @@ def make_train_step(machine: keras.Model, optimizer: keras.optimizers.Optimizer,
     jit_compile: compile each replica's forward and backward pass with XLA.
 
   Returns:
-    A `tf.function` `(theta [B, d], observations [B, n, d_x], seed [2]) -> (loss, norm)`: the
-    batch's loss and the global norm of its summed, unclipped gradients. `seed` seeds the machine's
-    proposals and simulations; each replica folds in its index.
+    A `tf.function` `(theta [B, d], observations [B, n, d_x], seed [2]) -> (loss, norm, masked)`:
+    the batch's loss, the global norm of its summed, unclipped gradients and the number of simulated
+    sets masked out for NaN/inf, over all replicas. `seed` seeds the machine's proposals and
+    simulations; each replica folds in its index.
   """
   replicas = strategy.num_replicas_in_sync
   check_global_batch(global_batch_size, replicas)
   share = global_batch_size // replicas
 
   def replica_gradients(theta: tf.Tensor, observations: tf.Tensor,
-                        seed: tf.Tensor) -> Tuple[tf.Tensor, List[tf.Tensor]]:
-    """This replica's share of the loss (its mean loss / replicas) and its gradients."""
+                        seed: tf.Tensor) -> Tuple[tf.Tensor, List[tf.Tensor], tf.Tensor]:
+    """This replica's share of the loss (its mean loss / replicas), its gradients and its count
+    of masked samples."""
     with tf.GradientTape() as tape:
-      loss = loss_fn(theta, observations, seed) / replicas
-    return loss, tape.gradient(loss, machine.trainable_variables)
+      loss, masked = loss_fn(theta, observations, seed)
+      loss = loss / replicas
+    return loss, tape.gradient(loss, machine.trainable_variables), masked
 
   gradients_of = tf.function(replica_gradients, jit_compile=jit_compile)
 
   def meta_minimize(theta: tf.Tensor, observations: tf.Tensor,
-                    seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+                    seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Runs on each replica: its slice of the batch, the summed gradients, one Adam update."""
     context = tf.distribute.get_replica_context()
     if replicas > 1:
@@ -87,15 +91,16 @@ def make_train_step(machine: keras.Model, optimizer: keras.optimizers.Optimizer,
       theta = theta[replica * share:(replica + 1) * share]
       observations = observations[replica * share:(replica + 1) * share]
       seed = tf.random.experimental.stateless_fold_in(seed, replica)
-    loss, gradients = gradients_of(theta, observations, seed)
+    loss, gradients, masked = gradients_of(theta, observations, seed)
     gradients, norm = _sum_and_clip(context, gradients, replicas, grad_clip_norm)
     optimizer.apply_gradients(zip(gradients, machine.trainable_variables))
-    return loss, norm
+    return loss, norm, masked
 
   def train_step(theta: tf.Tensor, observations: tf.Tensor,
-                 seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    loss, norm = strategy.run(meta_minimize, args=(theta, observations, seed))
+                 seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    loss, norm, masked = strategy.run(meta_minimize, args=(theta, observations, seed))
     return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
+            strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, masked, axis=None))
 
   return tf.function(train_step)

@@ -60,15 +60,35 @@ class TrainingResult(NamedTuple):
 
 
 class _Clock:
-  """Wall-clock bookkeeping of one `train()` session: step rates, time since the last checkpoint
-  and the run's training time (summed over sessions)."""
+  """Bookkeeping of one `train()` session: step rates, time since the last checkpoint, and the
+  run's totals (summed over resumed sessions): training time, problems redrawn and simulated sets
+  masked out because the simulator returned NaN/inf."""
 
-  def __init__(self, step: int, data_record: Dict[str, float], previous_seconds: float):
-    #: The data's record for the summary file: generation time, problems redrawn after a failure.
-    self.data_record = data_record
-    self._previous_seconds = previous_seconds
+  def __init__(self, step: int, data_seconds: float, data_redrawn: int,
+               previous: Dict[str, float]):
+    self._data_seconds, self._data_redrawn = data_seconds, data_redrawn
+    self._previous_seconds = previous.get("train_seconds", 0.0)
+    #: Online problems redrawn and simulated sets masked, over the run's steps so far.
+    self.online_redrawn = int(previous.get("online_redrawn_problems", 0))
+    self.masked_samples = int(previous.get("masked_samples", 0))
     self._start = self._last_rate = self._last_save = time.time()
     self._last_rate_step = step
+
+  def count(self, redrawn: int, masked: int) -> None:
+    """Adds one step's online redraws and masked samples."""
+    self.online_redrawn += redrawn
+    self.masked_samples += masked
+
+  @property
+  def redrawn(self) -> int:
+    """Problems redrawn in the run: the fixed sets' and the online batches'."""
+    return self._data_redrawn + self.online_redrawn
+
+  def record(self) -> Dict[str, float]:
+    """The totals for `training_summary.json`."""
+    return {"data_seconds": self._data_seconds, "train_seconds": self.train_seconds(),
+            "redrawn_problems": self.redrawn, "online_redrawn_problems": self.online_redrawn,
+            "masked_samples": self.masked_samples}
 
   def steps_per_second(self, step: int, now: float) -> float:
     """The rate since the previous call (or the session's start)."""
@@ -151,9 +171,9 @@ class Trainer:
                                         train_config.checkpoint_every,
                                         train_config.checkpoint_every_minutes)
     # One compiled optimisation step on a global batch (also used by the benchmarks).
-    self.train_step = make_train_step(self.machine, self.optimizer, self.strategy, self.meta_loss,
-                                      train_config.batch_size, train_config.grad_clip_norm,
-                                      jit_compile)
+    self.train_step = make_train_step(self.machine, self.optimizer, self.strategy,
+                                      self._loss_and_masked_samples, train_config.batch_size,
+                                      train_config.grad_clip_norm, jit_compile)
     self.writer = tf.summary.create_noop_writer()   # the chief's event file opens in `train`
 
   @property
@@ -171,6 +191,15 @@ class Trainer:
     cfg = self.train_config
     return losses.meta_loss(self.machine, theta, observations, seed, cfg.loss, cfg.time_weights,
                             cfg.beta)
+
+  def _loss_and_masked_samples(self, theta: tf.Tensor, observations: tf.Tensor,
+                               seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`meta_loss` and how many simulated sets of the run held NaN/inf (`step.LossFn`)."""
+    cfg = self.train_config
+    trajectory = self.machine(observations, seed=seed)
+    loss = losses.trajectory_loss(self.machine, trajectory, theta, cfg.loss, cfg.time_weights,
+                                  cfg.beta)
+    return loss, tf.cast(tf.reduce_sum(trajectory.masked_samples), tf.float32)
 
   def train(self, stop_at_step: Optional[int] = None) -> TrainingResult:
     """Runs (or resumes) meta-training to `train_config.total_steps`.
@@ -203,7 +232,7 @@ class Trainer:
     validation: Dict[str, float] = {}
     bar = self._progress_bar(stop)
     while self.step < stop:
-      loss_tensor, gradient_norm = self._step(batches)
+      loss_tensor, gradient_norm = self._step(batches, clock)
       loss, step, now = float(loss_tensor), self.step, time.time()
       if not (np.isfinite(loss) and np.isfinite(float(gradient_norm))):
         # Raised before this step is checkpointed: the last checkpoint holds finite weights.
@@ -214,18 +243,19 @@ class Trainer:
             "there: the machine samples anywhere in the prior's support), or the optimisation "
             "diverged (lower --learning_rate or --bound); the last checkpoint is intact")
       if step % self.log_every == 0 or step == stop:
-        self._log_progress(step, stop, loss, float(gradient_norm),
-                           clock.steps_per_second(step, now))
+        self._log_progress(step, stop, loss, float(gradient_norm), clock, now)
       if self.is_chief and (step % cfg.validate_every == 0 or step == stop):
         validation = self._validate(inferrer, validation_problems)
       if self.checkpoints.due(step, step == stop, clock.minutes_since_save(now)):
         self._save(step, clock)
       if bar is not None:
-        bar.update(step, [("loss", loss)] + [(f"val_rmse/{k}", v) for k, v in validation.items()])
+        faults = [("redrawn", clock.redrawn), ("masked", clock.masked_samples)]
+        bar.update(step, [("loss", loss)] + [(f"val_rmse/{k}", v) for k, v in validation.items()]
+                   + [(name, count) for name, count in faults if count])
     self.writer.flush()
     result = TrainingResult(self.step, loss, validation, clock.train_seconds())
     if self.is_chief:
-      self.workdir.write_summary({**result._asdict(), **clock.data_record,
+      self.workdir.write_summary({**result._asdict(), **clock.record(),
                                   "replicas": self.replicas})
     return result
 
@@ -233,13 +263,18 @@ class Trainer:
     """A bar to `stop` showing the current loss and validation RMSE (not averages), or None."""
     if not (self.progress_bar and self.is_chief):
       return None
-    current = ["loss"] + [f"val_rmse/{name}" for name in self.simulator.parameter_names]
+    current = (["loss", "redrawn", "masked"]
+               + [f"val_rmse/{name}" for name in self.simulator.parameter_names])
     return keras.utils.Progbar(stop, stateful_metrics=current, unit_name="step")
 
-  def _step(self, batches) -> Tuple[tf.Tensor, tf.Tensor]:
-    """One optimisation step; a numpy simulator's failure is reported with the step it broke."""
+  def _step(self, batches, clock: _Clock) -> Tuple[tf.Tensor, tf.Tensor]:
+    """One optimisation step, its redraws and masked samples counted on `clock`; a numpy
+    simulator's failure is reported with the step it broke."""
     with _simulator_failures_named(f"training step {self.step + 1}"):
-      return self.train_step(*next(batches))
+      theta, observations, seed, redrawn = next(batches)
+      loss, gradient_norm, masked = self.train_step(theta, observations, seed)
+    clock.count(int(redrawn), int(masked))
+    return loss, gradient_norm
 
   def _start(self, executor) -> Tuple[Iterator[Tuple[tf.Tensor, tf.Tensor, tf.Tensor]],
                                       data_lib.Problems, _Clock]:
@@ -255,34 +290,38 @@ class Trainer:
     data_seconds = time.time() - data_start
     logging.info("generated %d training (%s) and %d validation problems in %.1fs",
                  cfg.num_problems, cfg.data_source, cfg.num_validation_problems, data_seconds)
-    previous_seconds = 0.0
+    previous: Dict[str, float] = {}
     if self.checkpoints.restore() is not None:
-      previous_seconds = self.workdir.read_summary().get("train_seconds", 0.0)
+      previous = self.workdir.read_summary()
     else:
       pipeline.adapt_machine(self.machine, data)
     # The pipeline holds what it needs of the meta-training set; the rest goes with `data`.
     batches = iter(pipeline.training_batches(cfg, self.simulator, self.step, data.problems,
                                              data.store, executor))
-    clock = _Clock(self.step, {"data_seconds": data_seconds, "redrawn_problems": data.redrawn},
-                   previous_seconds)
+    clock = _Clock(self.step, data_seconds, data.redrawn, previous)
     if data.redrawn:
       logging.warning("simulator %r returned NaN/inf observations for %d problems drawn from its "
                       "prior; they were drawn again", self.simulator.spec, data.redrawn)
     return batches, data.validation, clock
 
   def _log_progress(self, step: int, stop: int, loss: float, gradient_norm: float,
-                    rate: float) -> None:
-    """A progress line and the training scalars; `rate` in steps/s."""
+                    clock: _Clock, now: float) -> None:
+    """A progress line and the training scalars."""
     mc = self.machine_config
+    rate = clock.steps_per_second(step, now)
     simulations = rate * (self.train_config.batch_size * mc.num_steps * mc.num_samples
                           * mc.num_simulated_obs)
-    logging.info("step %d/%d loss %.4f  %.1f steps/s  %.3g simulations/s  ETA %.0fs", step,
+    # Only a simulator that returned NaN/inf adds its counts to the line.
+    faults = (f"  redrawn problems {clock.redrawn}  masked samples {clock.masked_samples}"
+              if clock.redrawn or clock.masked_samples else "")
+    logging.info("step %d/%d loss %.4f  %.1f steps/s  %.3g simulations/s  ETA %.0fs%s", step,
                  self.train_config.total_steps, loss, rate, simulations,
-                 (stop - step) / max(rate, 1e-9))
+                 (stop - step) / max(rate, 1e-9), faults)
     self._write_scalars({
         "train/loss": loss, "train/gradient_norm": gradient_norm,
         "train/learning_rate": float(self.optimizer.learning_rate),
-        "train/steps_per_second": rate, "train/simulations_per_second": simulations})
+        "train/steps_per_second": rate, "train/simulations_per_second": simulations,
+        "train/redrawn_problems": clock.redrawn, "train/masked_samples": clock.masked_samples})
 
   def _validate(self, inferrer: Inferrer, problems: data_lib.Problems) -> Dict[str, float]:
     """Logs and records the RMSE of `mu_t` on the validation problems at every step `t`.
@@ -307,8 +346,7 @@ class Trainer:
     self.checkpoints.save(step)
     clock.saved()
     if self.is_chief:
-      self.workdir.write_summary({"steps": step, **clock.data_record,
-                                  "train_seconds": clock.train_seconds()})
+      self.workdir.write_summary({"steps": step, **clock.record()})
 
   def _write_scalars(self, scalars: Dict[str, float]) -> None:
     with self.writer.as_default(step=self.step):
