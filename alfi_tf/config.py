@@ -18,7 +18,8 @@ LOSSES = ("nll", "mse", "l1")
 TIME_WEIGHTS = ("exp", "constant", "last", "observed_improvement")
 DATA_SOURCES = ("memory", "disk", "online")
 #: Proposal families `q(theta | psi)` (`alfi_tf.model.proposals`).
-PROPOSALS = ("diagonal_gaussian",)
+PROPOSALS = ("diagonal_gaussian", "full_covariance_gaussian", "gaussian_mixture",
+             "fixed_variance_gaussian", "point")
 #: Elementwise transforms of observations before standardisation (`alfi_tf.model.normalization`).
 OBSERVATION_TRANSFORMS = ("none", "log1p", "asinh")
 #: The smallest observation each transform is defined for (`log1p` reads counts); others take any.
@@ -88,7 +89,11 @@ class MachineConfig:
     aggregator_hidden, aggregator_out: the per-sample network `g` (mean over samples).
     updater_hidden: MLP before the LSTM cell; lstm_units: LSTM state size.
     bound, bound_type: `Delta psi` is bounded to `[-bound, bound]` by `bound * tanh` or a hard clip.
-    initial_scale: `sigma_0` of the proposal, in standardised units.
+    initial_scale: `sigma_0` of the proposal, in standardised units (the fixed spread of
+      `fixed_variance_gaussian`).
+    mixture_components: `K`, the components of the `gaussian_mixture` proposal.
+    score_features: give the aggregator each sample's score `grad_psi log q(theta | psi)` (the
+      authors' `use_grad`); off, it sees only the encodings and the sample.
     observation_transform: elementwise transform of observations before standardisation.
   """
 
@@ -108,12 +113,14 @@ class MachineConfig:
   bound_type: str = "tanh"
   initial_scale: float = 0.1
   observation_transform: str = "none"
+  mixture_components: int = 3
+  score_features: bool = True
 
   def __post_init__(self):
     require_well_formed(self)
     require_positive(self, "num_steps", "num_samples", "num_simulated_obs", "encoder_hidden",
                       "encoder_out", "aggregator_hidden", "aggregator_out", "updater_hidden",
-                      "lstm_units", "bound", "initial_scale")
+                      "lstm_units", "bound", "initial_scale", "mixture_components")
     if self.num_samples < 2:
       raise ValueError(f"num_samples must be at least 2 (scores are standardised across samples), "
                        f"got {self.num_samples}")

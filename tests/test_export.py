@@ -232,6 +232,28 @@ def test_session_rejects_bad_simulations(weinberg):
   assert session.step == 2 and np.all(np.isfinite(session.result().mean))
 
 
+@pytest.mark.parametrize("proposal", ["full_covariance_gaussian", "gaussian_mixture"])
+def test_other_proposal_families_export_and_step_alike(proposal, tmp_path):
+  from alfi_tf.model.machine import InferenceMachine
+  simulator = get_simulator("weinberg")
+  set_global_seed(1)
+  machine = InferenceMachine(simulator, MachineConfig(simulator="weinberg", proposal=proposal,
+                                                      mixture_components=2, **TINY))
+  theta, observations = simulator.sample_problems(32, NUM_OBS, tf.constant([1, 2]))
+  machine.adapt(theta.numpy(), observations.numpy())
+  layer = machine.updater.output_net.layers[-1]   # so that psi moves
+  layer.bias.assign(0.05 * np.arange(1, layer.bias.shape[0] + 1, dtype=np.float32)
+                    / layer.bias.shape[0])
+  export_machine(machine, str(tmp_path / "model"), EXPORT_STEPS)
+  deployed = DeployedMachine.load(str(tmp_path / "model"))
+  assert deployed.metadata["machine_config"]["proposal"] == proposal
+  observations = _observations("weinberg")
+  inferred = deployed.infer(observations, seed=3)
+  _assert_results_equal(deployed.run(observations, simulator.simulate, seed=3), inferred)
+  assert np.abs(np.diff(inferred.trajectory_mean, axis=1)).min() > 1e-5
+  assert np.all(inferred.std > 0)
+
+
 # 3. A numpy simulator: no `infer`, ask/tell with the simulator outside the graph.
 
 

@@ -521,3 +521,44 @@ def test_a_failed_simulation_is_left_out_of_the_update():
   # Every set failed: the step still leaves psi finite.
   nothing = machine.update(state, theta, tf.fill(simulated.shape, np.nan)).psi.numpy()
   assert np.all(np.isfinite(nothing))
+
+
+# --- Every proposal family and the score-feature switch, through the machine. ---
+
+@pytest.mark.parametrize("proposal", ["diagonal_gaussian", "full_covariance_gaussian",
+                                      "gaussian_mixture", "fixed_variance_gaussian", "point"])
+def test_every_proposal_family_runs_trains_and_infers(proposal):
+  machine = _machine("weinberg", proposal=proposal, mixture_components=2)
+  _activate(machine, scale=0.05)
+  _, observations = _problems("weinberg")
+  trajectory = machine(observations, seed=_seed(3))
+  assert trajectory.psi.shape == (NUM_PROBLEMS, 3, machine.proposal.psi_size)
+  assert np.all(np.isfinite(trajectory.psi.numpy()))
+  loss = "nll" if machine.proposal.has_density else "mse"
+  machine.compile(keras.optimizers.Adam(3e-3), loss=loss)
+  data = _fit_dataset("weinberg", num_problems=32)
+  before = machine.evaluate(data, verbose=0)
+  machine.fit(data, epochs=6, verbose=0, shuffle=False)
+  assert machine.evaluate(data, verbose=0) < before
+  result = Inferrer(machine, batch_size=4)(observations, seed=1)
+  assert result.mean.shape == result.std.shape == (NUM_PROBLEMS, 2)
+  assert np.all(np.isfinite(result.trajectory_std))
+
+
+def test_point_proposal_refuses_the_nll_loss():
+  machine = _machine(proposal="point")
+  with pytest.raises(ValueError, match="loss 'nll' needs a proposal with a density; the 'point' "
+                                       "proposal has none: use loss 'mse' or 'l1'"):
+    machine.compile(keras.optimizers.Adam(3e-3))
+
+
+def test_without_score_features_the_aggregator_sees_encodings_and_samples_only():
+  with_scores, without = _machine("weinberg"), _machine("weinberg", score_features=False)
+  first_layer = lambda machine: machine.aggregator.net.layers[0].kernel.shape[0]
+  assert first_layer(with_scores) - first_layer(without) == with_scores.proposal.psi_size
+  _activate(without)
+  _, observations = _problems("weinberg")
+  with tf.GradientTape() as tape:
+    loss = losses.meta_loss(without, *_problems("weinberg"), _seed(1))
+  assert all(g is not None for g in tape.gradient(loss, without.trainable_variables))
+  assert np.all(np.isfinite(without(observations, seed=_seed(3)).psi.numpy()))

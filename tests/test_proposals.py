@@ -17,8 +17,10 @@ import tensorflow_probability as tfp
 
 from alfi_tf.config import PROPOSALS
 from alfi_tf.model.machine import standardize_over_samples
-from alfi_tf.model.proposals import FAMILIES, get_proposal
+from alfi_tf.model.proposals import FAMILIES, Proposal, get_proposal
 from alfi_tf.model.proposals.diagonal_gaussian import DiagonalGaussian, join_psi, split_psi
+from alfi_tf.model.proposals import (FixedVarianceGaussian, FullCovarianceGaussian,
+                                     GaussianMixture, Point)
 
 tfd = tfp.distributions
 
@@ -158,6 +160,14 @@ def test_standardize_over_samples_of_a_constant_feature_is_zero():
 # --- The interface, for every family. ---
 
 FAMILY_NAMES = sorted(FAMILIES)
+DENSITIES = [name for name in FAMILY_NAMES if FAMILIES[name].has_density]
+
+
+def _perturbed_psi(family: Proposal, batch: int, seed: int, dtype=tf.float64) -> tf.Tensor:
+  """An initial `psi` moved by noise in every coordinate (correlations, unequal weights...)."""
+  rng = np.random.default_rng(seed)
+  psi = family.initial_psi(tf.constant(rng.normal(size=(batch, family.parameter_dim)), dtype))
+  return psi + tf.constant(0.3 * rng.normal(size=psi.shape), dtype)
 
 
 def test_config_lists_every_family():
@@ -171,45 +181,132 @@ def test_unknown_family_is_named():
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_initial_psi_is_centred_with_the_initial_scale(name):
-  family = get_proposal(name, 3)
+  family = get_proposal(name, 3, initial_scale=0.25)
   mean = tf.constant([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]])
-  psi = family.initial_psi(mean, 0.25)
+  psi = family.initial_psi(mean)
   assert psi.shape == (2, family.psi_size)
-  np.testing.assert_allclose(family.mean(psi).numpy(), mean.numpy(), rtol=1e-6)
-  np.testing.assert_allclose(family.stddev(psi).numpy(), 0.25, rtol=1e-6)
+  np.testing.assert_allclose(family.mean(psi).numpy(), mean.numpy(), rtol=1e-6, atol=1e-6)
+  expected_std = 0.25 if family.has_density else 0.0
+  np.testing.assert_allclose(family.stddev(psi).numpy(), expected_std, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_raw_moments_undo_the_standardisation(name):
-  family = get_proposal(name, 2)
-  psi = family.initial_psi(tf.constant([[1.0, -2.0]]), 0.5)
+  family = get_proposal(name, 2, initial_scale=0.5)
+  psi = family.initial_psi(tf.constant([[1.0, -2.0]]))
   mean, std = family.raw_moments(psi, tf.constant([10.0, 0.0]), tf.constant([2.0, 3.0]))
   np.testing.assert_allclose(mean.numpy(), [[12.0, -6.0]], rtol=1e-6)
-  np.testing.assert_allclose(std.numpy(), [[1.0, 1.5]], rtol=1e-6)
+  np.testing.assert_allclose(std.numpy(), [[1.0, 1.5]] if family.has_density else [[0.0, 0.0]],
+                             rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_score_is_the_autodiff_gradient_for_every_family(name):
-  family = get_proposal(name, 2)
-  rng = np.random.default_rng(7)
-  psi = family.initial_psi(tf.constant(rng.normal(size=(3, 2)), tf.float64), 0.7)
-  psi = psi + tf.constant(0.1 * rng.normal(size=psi.shape), tf.float64)
-  theta = tf.constant(rng.normal(size=(3, 4, 2)), tf.float64)
-  tiled = tf.tile(psi[:, tf.newaxis], [1, 4, 1])
-  with tf.GradientTape() as tape:
-    tape.watch(tiled)
-    total = tf.reduce_sum(family.log_prob(theta, tiled))
-  np.testing.assert_allclose(family.score(theta, psi).numpy(), tape.gradient(total, tiled).numpy(),
-                             rtol=1e-10, atol=1e-12)
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("name", DENSITIES)
+def test_closed_form_score_is_the_autodiff_gradient(name, d):
+  family = get_proposal(name, d, initial_scale=0.7)
+  psi = _perturbed_psi(family, 3, seed=d)
+  theta = tf.constant(np.random.default_rng(7).normal(size=(3, 4, d)), tf.float64)
+  closed_form = family.score(theta, psi)
+  assert closed_form.shape == (3, 4, family.psi_size)
+  # `Proposal.score` is the interface's autodiff default, which the families override.
+  np.testing.assert_allclose(closed_form.numpy(), Proposal.score(family, theta, psi).numpy(),
+                             rtol=1e-9, atol=1e-11)
+
+
+def _tfp_distribution(family: Proposal, psi: tf.Tensor) -> tfd.Distribution:
+  """The same distribution built from TFP's own parts."""
+  if isinstance(family, FullCovarianceGaussian):
+    mean, scale_tril, _ = family.split(psi)
+    return tfd.MultivariateNormalTriL(mean, scale_tril)
+  if isinstance(family, GaussianMixture):
+    logits, means, log_scales = family.split(psi)
+    return tfd.MixtureSameFamily(tfd.Categorical(logits=logits),
+                                 tfd.MultivariateNormalDiag(means, tf.exp(log_scales)))
+  return tfd.MultivariateNormalDiag(family.mean(psi), family.stddev(psi))
+
+
+@pytest.mark.parametrize("name", DENSITIES)
+def test_log_prob_matches_tfp(name):
+  family = get_proposal(name, 3, initial_scale=0.4)
+  psi = _perturbed_psi(family, 5, seed=11)
+  theta = tf.constant(np.random.default_rng(3).normal(size=(5, 3)), tf.float64)
+  np.testing.assert_allclose(family.log_prob(theta, psi).numpy(),
+                             _tfp_distribution(family, psi).log_prob(theta).numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", DENSITIES)
+def test_density_integrates_to_one(name):
+  family = get_proposal(name, 2, initial_scale=0.5)
+  psi = _perturbed_psi(family, 1, seed=5)
+  grid = np.linspace(-8.0, 8.0, 401)
+  theta = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+  density = np.exp(family.log_prob(tf.constant(theta), psi).numpy())
+  assert abs(density.sum() * (grid[1] - grid[0]) ** 2 - 1.0) < 1e-4
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_samples_have_the_family_mean_and_stddev(name):
-  family = get_proposal(name, 2)
-  psi = family.initial_psi(tf.constant([[1.0, -3.0]]), 0.5)
-  num_samples = 20000
+  family = get_proposal(name, 2, initial_scale=0.5)
+  psi = tf.cast(_perturbed_psi(family, 2, seed=13), tf.float32)
+  num_samples = 40000
   samples = family.sample(psi, num_samples, _seed(9)).numpy().astype(np.float64)
-  assert samples.shape == (1, num_samples, 2)
+  assert samples.shape == (2, num_samples, 2)
   mean, std = family.mean(psi).numpy(), family.stddev(psi).numpy()
+  if not family.has_density:   # a point mass: every sample is the mean
+    np.testing.assert_array_equal(samples, np.broadcast_to(mean[:, np.newaxis], samples.shape))
+    return
   deviation = (samples.mean(axis=1) - mean) / (std / math.sqrt(num_samples))
   assert np.all(np.abs(deviation) < TOLERANCE_SE), deviation
+  # SE of the sample variance, from the sample's fourth central moment (mixtures are not Gaussian).
+  centred = samples - samples.mean(axis=1, keepdims=True)
+  variance_se = np.sqrt((np.mean(centred ** 4, axis=1) - np.var(samples, axis=1) ** 2) / num_samples)
+  deviation = (np.var(samples, axis=1) - std ** 2) / variance_se
+  assert np.all(np.abs(deviation) < TOLERANCE_SE), deviation
+
+
+def test_full_covariance_samples_have_its_correlation():
+  family = FullCovarianceGaussian(2)
+  # L = [[1, 0], [.8, .5]], its diagonal in log space, packed as tfp.math.fill_triangular reads it.
+  packed = tfp.math.fill_triangular_inverse(tf.constant([[[0.0, 0.0], [0.8, math.log(0.5)]]]))
+  psi = tf.concat([tf.zeros([1, 2]), packed], axis=-1)
+  covariance = family.covariance(psi).numpy()[0]
+  np.testing.assert_allclose(covariance, [[1.0, 0.8], [0.8, 0.89]], rtol=1e-6)
+  samples = family.sample(psi, 40000, _seed(2)).numpy()[0].astype(np.float64)
+  correlation = np.corrcoef(samples.T)[0, 1]
+  expected = 0.8 / math.sqrt(0.89)
+  # SE of a sample correlation: (1 - rho^2) / sqrt(M).
+  assert abs(correlation - expected) < TOLERANCE_SE * (1 - expected ** 2) / math.sqrt(40000)
+
+
+def test_mixture_components_start_apart_with_equal_weights():
+  family = GaussianMixture(2, initial_scale=0.4, num_components=4)
+  logits, means, log_scales = family.split(family.initial_psi(tf.constant([[1.0, 2.0]])))
+  np.testing.assert_array_equal(logits.numpy(), 0.0)
+  assert len({tuple(row) for row in means.numpy()[0].round(6)}) == 4
+  np.testing.assert_allclose(np.exp(log_scales.numpy()), 0.4 * math.sqrt(0.5), rtol=1e-6)
+
+
+def test_fixed_variance_keeps_its_spread():
+  family = FixedVarianceGaussian(2, initial_scale=0.3)
+  psi = tf.constant([[1.0, 2.0]])
+  np.testing.assert_allclose(family.stddev(psi + 5.0).numpy(), 0.3, rtol=1e-6)
+  assert family.psi_size == 2
+
+
+def test_point_has_no_density_and_zero_scores():
+  family = Point(2)
+  psi = tf.constant([[1.0, 2.0]])
+  theta = family.sample(psi, 3, _seed(1))
+  np.testing.assert_array_equal(family.score(theta, psi).numpy(), 0.0)
+  with pytest.raises(ValueError, match="has no density"):
+    family.log_prob(theta, psi)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_sample_is_a_function_of_the_seed_for_every_family(name):
+  family = get_proposal(name, 2, initial_scale=0.5)
+  psi = tf.cast(_perturbed_psi(family, 2, seed=1), tf.float32)
+  first = family.sample(psi, 6, _seed(3)).numpy()
+  np.testing.assert_array_equal(first, family.sample(psi, 6, _seed(3)).numpy())
+  if family.has_density:
+    assert not np.array_equal(first, family.sample(psi, 6, _seed(4)).numpy())

@@ -11,6 +11,13 @@ import tensorflow as tf
 from alfi_tf.model.proposals import Proposal
 
 
+def check_loss_for(proposal: Proposal, kind: str) -> None:
+  """Refuses the `nll` loss for a proposal (instance or family) without a density."""
+  if kind == "nll" and not proposal.has_density:
+    raise ValueError(f"loss 'nll' needs a proposal with a density; the {proposal.name!r} proposal "
+                     "has none: use loss 'mse' or 'l1' (--loss=mse)")
+
+
 def step_losses(theta: tf.Tensor, psi: tf.Tensor, kind: str, proposal: Proposal) -> tf.Tensor:
   """Loss of each step of each problem.
 

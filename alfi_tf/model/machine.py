@@ -87,7 +87,8 @@ class InferenceMachine(keras.Model):
                        f"{simulator.spec!r}")
     self.simulator = simulator
     self.config = config
-    self.proposal = get_proposal(config.proposal, simulator.parameter_dim)
+    self.proposal = get_proposal(config.proposal, simulator.parameter_dim, config.initial_scale,
+                                 config.mixture_components)
     self._meta_loss_settings: Dict[str, Any] = {}
     d = simulator.parameter_dim
     self.theta_standardizer = Standardizer(d, name="theta_standardizer")
@@ -108,8 +109,9 @@ class InferenceMachine(keras.Model):
     d, dx, psi_size = (self.simulator.parameter_dim, self.simulator.observation_dim,
                        self.proposal.psi_size)
     self.encoder(tf.zeros([1, 1, dx]))
-    # Per sample: real and simulated encodings, the sample itself and its score features.
-    self.aggregator(tf.zeros([1, 1, 2 * self.encoder.size + d + psi_size]))
+    # Per sample: real and simulated encodings, the sample itself and (optionally) its score.
+    score_size = psi_size if self.config.score_features else 0
+    self.aggregator(tf.zeros([1, 1, 2 * self.encoder.size + d + score_size]))
     self.updater(tf.zeros([1, self.config.aggregator_out + psi_size]),
                  self.updater.initial_state(1))
 
@@ -157,8 +159,7 @@ class InferenceMachine(keras.Model):
     """`psi_0`: centred on a prior draw (or `initial_mean [batch, d]`, raw units), spread sigma_0."""
     if initial_mean is None:
       initial_mean = tf.cast(self.simulator.prior.sample(batch_size, seed=seed), tf.float32)
-    return self.proposal.initial_psi(self.theta_standardizer.forward(initial_mean),
-                                     self.config.initial_scale)
+    return self.proposal.initial_psi(self.theta_standardizer.forward(initial_mean))
 
   def simulation_parameters(self, theta_standardized: tf.Tensor) -> tf.Tensor:
     """Standardised samples `[batch, M, d]` -> the raw parameters to simulate, `[batch, M, d]`.
@@ -230,12 +231,13 @@ class InferenceMachine(keras.Model):
     valid = finite_sets(simulated)                                               # [batch, M]
     simulated = tf.where(valid[:, :, tf.newaxis, tf.newaxis], simulated, tf.zeros_like(simulated))
     simulated_encoding = self.encoder(self.standardize_observations(simulated))  # [batch, M, E]
-    # Scores are random features of the samples; like the samples they carry no gradient.
-    scores = standardize_over_samples(
-        tf.stop_gradient(self.proposal.score(theta, psi)))                       # [batch, M, P]
-    features = tf.concat([
-        tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
-        simulated_encoding, theta, scores], axis=-1)
+    features = [tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
+                simulated_encoding, theta]
+    if self.config.score_features:
+      # Scores are random features of the samples; like the samples they carry no gradient.
+      features.append(standardize_over_samples(
+          tf.stop_gradient(self.proposal.score(theta, psi))))                    # [batch, M, P]
+    features = tf.concat(features, axis=-1)
     context = self.aggregator(features, valid)                                   # [batch, C]
     delta, (h, c) = self.updater(tf.concat([context, psi], axis=-1), [state.lstm_h, state.lstm_c])
     return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
@@ -300,6 +302,7 @@ class InferenceMachine(keras.Model):
     `jit_compile` defaults to False (Keras' "auto" would pick XLA, which numpy simulators and
     TensorFlow's CPU Poisson sampler do not support).
     """
+    losses.check_loss_for(self.proposal, loss)
     self._meta_loss_settings = {"loss": loss, "weights": time_weights, "beta": beta}
     super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 

@@ -17,6 +17,7 @@ from alfi_tf.metrics import rmse_per_step
 from alfi_tf.model import losses
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.model.proposals import FAMILIES
 from alfi_tf.simulators import NumpySimulator, get_simulator
 from alfi_tf.simulators.base import SimulatorError, simulator_error_message
 from alfi_tf.training import data as data_lib
@@ -148,7 +149,9 @@ class Trainer:
     if jit_compile and isinstance(self.simulator, NumpySimulator):
       raise ValueError(f"jit_compile needs a TF-native simulator; {self.simulator.name!r} runs "
                        "numpy code (tf.numpy_function), which XLA cannot compile")
-    pipeline.require_memory_for(train_config, self.simulator)   # before the workdir is claimed
+    # Refused before the workdir is claimed:
+    losses.check_loss_for(FAMILIES[machine_config.proposal], train_config.loss)
+    pipeline.require_memory_for(train_config, self.simulator)
     self.is_chief = distribute.is_chief(self.strategy)
     self.workdir = Workdir(workdir)
     if self.is_chief:

@@ -24,15 +24,27 @@ class Proposal(abc.ABC):
 
   Args:
     parameter_dim: `d`.
+    initial_scale: the spread `sigma_0` of the initial proposal (`initial_psi`), standardised.
   """
 
   #: Registry name, used by `MachineConfig.proposal`.
   name: str = ""
+  #: Whether `log_prob` is a density (False for a point mass, which the NLL loss cannot train).
+  has_density: bool = True
 
-  def __init__(self, parameter_dim: int):
+  def __init__(self, parameter_dim: int, initial_scale: float = 0.1):
     if parameter_dim < 1:
       raise ValueError(f"parameter_dim must be positive, got {parameter_dim}")
+    if not initial_scale > 0:
+      raise ValueError(f"initial_scale must be positive, got {initial_scale}")
     self.parameter_dim = parameter_dim
+    self.initial_scale = initial_scale
+
+  @classmethod
+  def create(cls, parameter_dim: int, initial_scale: float, mixture_components: int) -> "Proposal":
+    """The family from the machine's settings; families with more settings override this."""
+    del mixture_components   # only mixtures have components
+    return cls(parameter_dim, initial_scale)
 
   @property
   @abc.abstractmethod
@@ -40,8 +52,8 @@ class Proposal(abc.ABC):
     """`P`, the number of proposal parameters."""
 
   @abc.abstractmethod
-  def initial_psi(self, mean: tf.Tensor, initial_scale: float) -> tf.Tensor:
-    """`psi_0 [batch, P]` of a proposal centred on `mean [batch, d]` with spread `initial_scale`."""
+  def initial_psi(self, mean: tf.Tensor) -> tf.Tensor:
+    """`psi_0 [batch, P]` of a proposal centred on `mean [batch, d]`, spread `initial_scale`."""
 
   @abc.abstractmethod
   def sample(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor) -> tf.Tensor:
@@ -55,9 +67,18 @@ class Proposal(abc.ABC):
   def log_prob(self, theta: tf.Tensor, psi: tf.Tensor) -> tf.Tensor:
     """`log q(theta | psi)`: `theta [..., d]` and `psi [..., P]` broadcast -> `[...]`."""
 
-  @abc.abstractmethod
   def score(self, theta: tf.Tensor, psi: tf.Tensor) -> tf.Tensor:
-    """`grad_psi log q(theta | psi)`: `theta [batch, M, d]`, `psi [batch, P]` -> `[batch, M, P]`."""
+    """`grad_psi log q(theta | psi)`: `theta [batch, M, d]`, `psi [batch, P]` -> `[batch, M, P]`.
+
+    By automatic differentiation of `log_prob` (one copy of `psi` per sample, so the gradient of
+    the sum with respect to a copy is that sample's score); families override it with their
+    closed form, which the tests check against this.
+    """
+    tiled = tf.repeat(psi[:, tf.newaxis], tf.shape(theta)[1], axis=1)      # [batch, M, P]
+    with tf.GradientTape() as tape:
+      tape.watch(tiled)
+      total = tf.reduce_sum(self.log_prob(theta, tiled))
+    return tape.gradient(total, tiled)
 
   @abc.abstractmethod
   def mean(self, psi: tf.Tensor) -> tf.Tensor:
@@ -76,3 +97,8 @@ class Proposal(abc.ABC):
       loc, scale: `[d]` the standardisation `theta = loc + scale * z`.
     """
     return loc + scale * self.mean(psi), scale * self.stddev(psi)
+
+
+def sample_shape(psi: tf.Tensor, num_samples: int, parameter_dim: int) -> tf.Tensor:
+  """`[batch, M, d]`, the shape of `sample`'s result for `psi [batch, P]`."""
+  return tf.stack([tf.shape(psi)[0], num_samples, parameter_dim])

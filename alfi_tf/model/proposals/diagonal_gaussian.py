@@ -16,7 +16,7 @@ from typing import Tuple
 
 import tensorflow as tf
 
-from alfi_tf.model.proposals.base import Proposal
+from alfi_tf.model.proposals.base import Proposal, sample_shape
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -41,13 +41,14 @@ class DiagonalGaussian(Proposal):
   def psi_size(self) -> int:
     return 2 * self.parameter_dim
 
-  def initial_psi(self, mean: tf.Tensor, initial_scale: float) -> tf.Tensor:
-    return join_psi(mean, tf.fill(tf.shape(mean), tf.cast(math.log(initial_scale), mean.dtype)))
+  def initial_psi(self, mean: tf.Tensor) -> tf.Tensor:
+    log_scale = tf.constant(math.log(self.initial_scale), mean.dtype)
+    return join_psi(mean, tf.fill(tf.shape(mean), log_scale))
 
   def sample(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor) -> tf.Tensor:
     mean, log_scale = split_psi(tf.stop_gradient(psi))
-    noise = tf.random.stateless_normal(
-        tf.concat([tf.shape(mean)[:1], [num_samples], tf.shape(mean)[1:]], axis=0), seed=seed)
+    noise = tf.random.stateless_normal(sample_shape(psi, num_samples, self.parameter_dim),
+                                       seed=seed, dtype=psi.dtype)
     return mean[:, tf.newaxis] + tf.exp(log_scale)[:, tf.newaxis] * noise
 
   def log_prob(self, theta: tf.Tensor, psi: tf.Tensor) -> tf.Tensor:
