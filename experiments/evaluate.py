@@ -15,6 +15,8 @@ define_flags_for(EvaluationConfig, {
     "num_problems": "held-out problems",
     "num_steps": "test horizon T (0: max(15, training horizon))",
     "seed": "seed of the held-out problems (default: the run's seed, test stream)",
+    "num_starts": "runs per held-out data set from independent starts, pooled (R times the "
+                  "simulations)",
 })
 flags.DEFINE_string("workdir", None, "a trained run directory")
 flags.mark_flag_as_required("workdir")

@@ -29,6 +29,11 @@ flags.DEFINE_string("observations", None, "observations: .npy, .npz or .csv")
 flags.DEFINE_integer("seed", 0, "seed of the inference run")
 flags.DEFINE_string("simulator_command", None, "external simulator executable, run once per step")
 flags.DEFINE_float("simulator_timeout", 600.0, "seconds allowed per simulator command call")
+flags.DEFINE_integer("num_starts", 1, "runs per data set from independent starts, combined as an "
+                     "equal-weight mixture (alfi_tf.model.inference.pool_starts); R times the "
+                     "simulations")
+flags.register_validator("num_starts", lambda starts: starts >= 1,
+                         message="--num_starts must be a positive integer")
 flags.DEFINE_string("output", "inference.json", "JSON file for the estimates and trajectory")
 flags.DEFINE_string("plot", None, "optional PNG of the trajectory of mean +- std")
 flags.register_validator("simulator_timeout", lambda seconds: math.isfinite(seconds) and seconds > 0,
@@ -43,16 +48,16 @@ def _run(machine: DeployedMachine, observations: np.ndarray):
   if FLAGS.simulator_command:
     simulate = CommandSimulator(FLAGS.simulator_command, machine.parameter_names,
                                 machine.observation_dim, timeout=FLAGS.simulator_timeout)
-    return machine.run(observations, simulate, FLAGS.seed)
+    return machine.run(observations, simulate, FLAGS.seed, FLAGS.num_starts)
   if machine.can_infer:
-    return machine.infer(observations, FLAGS.seed)
+    return machine.infer(observations, FLAGS.seed, FLAGS.num_starts)
   spec = machine.metadata.get("simulator_spec", machine.metadata["simulator"])
   try:
     simulator = get_simulator(spec)
   except ValueError as error:
     raise app.UsageError(f"the export's simulator is not TF-native, so it runs here, but it cannot "
                          f"be found ({error}); pass --simulator_command") from None
-  return machine.run(observations, simulator.simulate, FLAGS.seed)
+  return machine.run(observations, simulator.simulate, FLAGS.seed, FLAGS.num_starts)
 
 
 def _summary(machine: DeployedMachine, result) -> list:
@@ -91,6 +96,7 @@ def main(argv):
             f"{f'[{low68:.5g}, {high68:.5g}]':>26}{f'[{low95:.5g}, {high95:.5g}]':>26}")
   write_json_atomically(FLAGS.output, {
       "model": FLAGS.model, "observations": FLAGS.observations, "seed": FLAGS.seed,
+      "num_starts": FLAGS.num_starts,
       "simulator": machine.metadata["simulator"], "num_steps": machine.num_steps,
       "parameter_names": list(machine.parameter_names), "datasets": datasets})
   print(f"wrote {FLAGS.output}")

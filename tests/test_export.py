@@ -342,11 +342,12 @@ def test_infer_binary_with_simulator_command(weinberg, tmp_path):
   completed = run_binary(
       "experiments.infer", f"--model={weinberg.export_dir}", f"--observations={observations}",
       f"--simulator_command={_command(tmp_path, 'weinberg_sim.py', WEINBERG_SCRIPT)}",
-      f"--output={output}", f"--plot={plot}", "--seed=2")
+      f"--output={output}", f"--plot={plot}", "--seed=2", "--num_starts=2")
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert "data set 1 (40 observations)" in completed.stdout
   payload = json.loads(output.read_text())
   assert payload["num_steps"] == EXPORT_STEPS and payload["simulator"] == "weinberg"
+  assert payload["num_starts"] == 2   # two pooled runs per data set, still one answer each
   assert payload["parameter_names"] == ["beam_energy", "fermi_constant"]
   assert len(payload["datasets"]) == 2
   for dataset in payload["datasets"]:
@@ -364,6 +365,22 @@ def test_infer_binary_with_simulator_command(weinberg, tmp_path):
     np.testing.assert_allclose(dataset["trajectory_mean"][-1],
                                [e["estimate"] for e in dataset["parameters"].values()])
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
+
+
+def test_infer_binary_rejects_a_bad_number_of_starts(weinberg):
+  completed = run_binary("experiments.infer", f"--model={weinberg.export_dir}",
+                         "--observations=x.npy", "--num_starts=0")
+  assert completed.returncode == 1
+  assert "--num_starts must be a positive integer" in completed.stderr
+  assert "Traceback" not in completed.stderr
+
+
+def test_multi_start_ask_tell_equals_multi_start_infer(weinberg):
+  machine = weinberg.deployed
+  pooled = machine.infer(weinberg.observations, seed=3, num_starts=3)
+  assert pooled.mean.shape == (2, 2)
+  _assert_results_equal(machine.run(weinberg.observations, weinberg.simulator.simulate, seed=3,
+                                    num_starts=3), pooled)
 
 
 def test_infer_binary_reports_a_failing_command(weinberg, tmp_path):

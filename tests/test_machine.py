@@ -562,3 +562,33 @@ def test_without_score_features_the_aggregator_sees_encodings_and_samples_only()
     loss = losses.meta_loss(without, *_problems("weinberg"), _seed(1))
   assert all(g is not None for g in tape.gradient(loss, without.trainable_variables))
   assert np.all(np.isfinite(without(observations, seed=_seed(3)).psi.numpy()))
+
+
+# --- Multi-start inference. ---
+
+def test_pooled_starts_are_the_moments_of_the_equal_weight_mixture():
+  from alfi_tf.model.inference import InferenceResult, pool_starts
+  # One data set, R = 2 runs of d = 1: N(0, 1^2) and N(2, 1^2) -> mean 1, variance 1 + 1.
+  mean, std = np.array([[0.0], [2.0]]), np.array([[1.0], [1.0]])
+  result = InferenceResult(mean, std, mean[:, np.newaxis], std[:, np.newaxis], mean)
+  pooled = pool_starts(result, 2)
+  np.testing.assert_allclose(pooled.mean, [[1.0]])
+  np.testing.assert_allclose(pooled.std, [[math.sqrt(2.0)]], rtol=1e-6)
+  np.testing.assert_allclose(pooled.trajectory_std, [[[math.sqrt(2.0)]]], rtol=1e-6)
+  assert pool_starts(result, 1) is result
+
+
+def test_multi_start_inference_pools_independent_runs(inferrer):
+  _, observations = _problems("poisson")
+  pooled = inferrer(observations, seed=4, num_starts=3)
+  assert pooled.mean.shape == (NUM_PROBLEMS, 1)
+  assert pooled.trajectory_mean.shape == (NUM_PROBLEMS, inferrer.num_steps, 1)
+  runs = inferrer(np.repeat(observations, 3, axis=0), seed=4)
+  means = runs.mean.reshape(NUM_PROBLEMS, 3, 1)
+  assert np.all(means.std(axis=1) > 0), "the runs start apart"
+  np.testing.assert_allclose(pooled.mean, means.mean(axis=1), rtol=1e-6)
+  # The pooled spread covers the disagreement between the runs.
+  assert np.all(pooled.std >= runs.std.reshape(NUM_PROBLEMS, 3, 1).min(axis=1))
+  assert np.all(pooled.std ** 2 >= means.var(axis=1) - 1e-9)
+  with pytest.raises(ValueError, match="num_starts must be a positive integer, got 0"):
+    inferrer(observations, seed=4, num_starts=0)

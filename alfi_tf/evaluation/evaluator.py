@@ -30,6 +30,8 @@ class EvaluationConfig:
     predictive_problems: problems shown in the posterior-predictive histograms.
     grid_points: grid points per parameter of the exact posterior (None: default).
     batch_size: problems per inference call.
+    num_starts: runs per held-out data set, combined by `pool_starts` (robustness keeps one run
+      per start: it measures the single runs).
   """
 
   num_problems: int = 500
@@ -40,11 +42,12 @@ class EvaluationConfig:
   predictive_problems: int = 4
   grid_points: Optional[int] = None
   batch_size: int = 256
+  num_starts: int = 1
 
   def __post_init__(self):
     require_well_formed(self)
     require_positive(self, "num_problems", "robustness_problems", "robustness_starts",
-                     "predictive_problems", "batch_size")
+                     "predictive_problems", "batch_size", "num_starts")
     if self.num_steps < 0:
       raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
     if self.grid_points is not None and self.grid_points < 3:
@@ -83,7 +86,7 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
   test = data_lib.generate_problems(simulator, config.num_problems, train_config.num_obs, seed,
                                     data_lib.TEST_STREAM)
   inferrer = Inferrer(machine, num_steps=num_steps, batch_size=config.batch_size)
-  result = inferrer(test.observations, seed=seed + 1)
+  result = inferrer(test.observations, seed=seed + 1, num_starts=config.num_starts)
   references = reference_estimates(simulator, test.observations, config.grid_points)
   reference_rmse = _reference_rmse(simulator, references, test.theta)
   rmse_steps = metrics.rmse_per_step(result.trajectory_mean, test.theta)
@@ -93,7 +96,8 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       "num_obs": train_config.num_obs,
       "num_steps": num_steps,
       "training_horizon": machine_config.num_steps,
-      "simulations_per_inference": num_steps * machine_config.num_samples
+      "num_starts": config.num_starts,
+      "simulations_per_inference": config.num_starts * num_steps * machine_config.num_samples
                                    * machine_config.num_simulated_obs,
       **_accuracy(names, rmse_steps, reference_rmse),
       **_calibration(names, result, test.theta, references),

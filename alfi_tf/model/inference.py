@@ -39,6 +39,48 @@ class InferenceResult(NamedTuple):
     return cls(*(np.concatenate(parts) for parts in zip(*results)))
 
 
+def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
+  """Combines `R = num_starts` runs per data set into one answer per data set.
+
+  The runs' final proposals are pooled as an equal-weight mixture, summarised by its mean and
+  marginal standard deviation (the law of total variance):
+
+      mean = (1/R) sum_r mean_r,     std^2 = (1/R) sum_r std_r^2 + (1/R) sum_r (mean_r - mean)^2,
+
+  at every step of the trajectory alike. Where the runs agree this is their common answer; where
+  some start has not settled, the spread between the runs widens `std`, so the answer says so
+  instead of reporting one run's overconfident `std`.
+
+  Args:
+    result: `B * R` rows, the `R` runs of data set `b` in rows `b R .. b R + R - 1`.
+    num_starts: `R`.
+
+  Returns:
+    `B` rows; `initial_mean` is the runs' average start.
+  """
+  if num_starts == 1:
+    return result
+  by_start = [np.reshape(field, (-1, num_starts) + field.shape[1:]) for field in result]
+  fields = dict(zip(InferenceResult._fields, by_start))
+
+  def pooled(mean: np.ndarray, std: np.ndarray):
+    pooled_mean = mean.mean(axis=1)
+    variance = np.mean(np.square(std), axis=1) + np.var(mean, axis=1)
+    return pooled_mean.astype(np.float32), np.sqrt(variance).astype(np.float32)
+
+  mean, std = pooled(fields["mean"], fields["std"])
+  trajectory_mean, trajectory_std = pooled(fields["trajectory_mean"], fields["trajectory_std"])
+  return InferenceResult(mean, std, trajectory_mean, trajectory_std,
+                         fields["initial_mean"].mean(axis=1))
+
+
+def repeat_for_starts(observations: np.ndarray, num_starts: int) -> np.ndarray:
+  """`[B, ...] -> [B * R, ...]`, each data set repeated `R` times in a row (see `pool_starts`)."""
+  if num_starts < 1:
+    raise ValueError(f"num_starts must be a positive integer, got {num_starts}")
+  return np.repeat(observations, num_starts, axis=0)
+
+
 class Inferrer:
   """Runs `machine` over many problems in batches with one compiled graph per input shape.
 
@@ -61,7 +103,8 @@ class Inferrer:
     return self.machine.infer(observations, seed, self.num_steps, initial_mean)
 
   def __call__(self, observations: np.ndarray, seed: int,
-               initial_mean: Optional[np.ndarray] = None) -> InferenceResult:
+               initial_mean: Optional[np.ndarray] = None,
+               num_starts: int = 1) -> InferenceResult:
     """Infers parameters for `observations [B, n, d_x]` (raw).
 
     Args:
@@ -69,6 +112,8 @@ class Inferrer:
       seed: integer seed; batch `i` splits `fold_in([seed, 0], i)` into the seed of its prior-drawn
         starts and the seed of the machine's run.
       initial_mean: optional `[B, d]` raw starts; default draws from the prior.
+      num_starts: `R` runs per data set, each from its own start and with its own simulations,
+        batched together and combined by `pool_starts` (`R` times the simulations).
     """
     simulator = self.machine.simulator
     observations = check_transform_domain(
@@ -79,6 +124,13 @@ class Inferrer:
       if initial_mean.shape != (observations.shape[0], simulator.parameter_dim):
         raise ValueError(f"initial_mean must have shape "
                          f"{(observations.shape[0], simulator.parameter_dim)}, got {initial_mean.shape}")
+      initial_mean = repeat_for_starts(initial_mean, num_starts)
+    observations = repeat_for_starts(observations, num_starts)
+    return pool_starts(self._run_all(observations, seed, initial_mean), num_starts)
+
+  def _run_all(self, observations: np.ndarray, seed: int,
+               initial_mean: Optional[np.ndarray]) -> InferenceResult:
+    """Every row of `observations [B, n, d_x]`, `batch_size` rows per call."""
     results = []
     base_seed = tf.constant([seed, 0], tf.int32)
     for index, start in enumerate(range(0, observations.shape[0], self.batch_size)):

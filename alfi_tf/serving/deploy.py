@@ -23,7 +23,7 @@ import tensorflow as tf
 from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
                                     ExportModule)
 from alfi_tf.checks import check_observation_sets, require_real_numbers
-from alfi_tf.model.inference import InferenceResult
+from alfi_tf.model.inference import InferenceResult, pool_starts, repeat_for_starts
 from alfi_tf.workdir import load_machine
 
 #: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
@@ -164,29 +164,38 @@ class DeployedMachine:
     return tf.constant(check_observation_sets(observations, self.observation_dim,
                                               transform=transform))
 
-  def infer(self, observations, seed: int = 0) -> InferenceResult:
-    """Runs all `T` steps in one graph call, simulator included (TF-native simulators only)."""
+  def _repeated(self, observations, num_starts: int) -> tf.Tensor:
+    """The checked observations `[B, n, d_x]`, each data set repeated for `num_starts` runs."""
+    return tf.constant(repeat_for_starts(self._observations(observations).numpy(), num_starts))
+
+  def infer(self, observations, seed: int = 0, num_starts: int = 1) -> InferenceResult:
+    """Runs all `T` steps in one graph call, simulator included (TF-native simulators only).
+
+    With `num_starts = R > 1`, each data set is run `R` times from its own starts, in the same
+    call, and the runs are combined by `alfi_tf.model.inference.pool_starts`.
+    """
     if not self.can_infer:
       raise ValueError(f"simulator {self.metadata['simulator']!r} is not TF-native, so the export "
                        "has no infer(); drive it with run(observations, simulate) or start()")
-    outputs = self.module.infer(self._observations(observations), tf.constant([seed, 0]))
-    return InferenceResult.from_outputs(outputs)
+    outputs = self.module.infer(self._repeated(observations, num_starts), tf.constant([seed, 0]))
+    return pool_starts(InferenceResult.from_outputs(outputs), num_starts)
 
   def start(self, observations, seed: int = 0) -> AskTellSession:
     """Begins an ask/tell run on `observations [B, n, d_x]` (or one data set, `[n, d_x]`)."""
     return AskTellSession(self, self.module.start(self._observations(observations),
                                                   tf.constant([seed, 0])))
 
-  def run(self, observations, simulate: SimulateFn, seed: int = 0) -> InferenceResult:
+  def run(self, observations, simulate: SimulateFn, seed: int = 0,
+          num_starts: int = 1) -> InferenceResult:
     """Runs all steps with `simulate(parameters [B*M, d], num_obs, seed [2])` as the simulator.
 
     With the same simulator and seed this equals `infer` (the simulator gets the very seeds the
-    in-graph loop would have used).
+    in-graph loop would have used), `num_starts` included.
     """
-    session = self.start(observations, seed)
+    session = self.start(self._repeated(observations, num_starts).numpy(), seed)
     while not session.done:
       parameters = session.ask()
       flat = parameters.reshape(-1, parameters.shape[-1])
       simulated = simulate(flat, self.num_simulated_obs, session.simulation_seed)
       session.tell(np.asarray(simulated))
-    return session.result()
+    return pool_starts(session.result(), num_starts)
