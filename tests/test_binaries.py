@@ -89,6 +89,9 @@ def test_report_renders_results_table(trained_workdir, tmp_path):
     (["--batch_size=-4"], "batch_size must be positive, got -4"),
     (["--num_samples=1"], "num_samples must be at least 2"),
     (["--loss=hinge"], "loss must be one of"),
+    (["--proposal=point"], "loss 'nll' needs a proposal with a density; the 'point' proposal has "
+                           "none: use loss 'mse' or 'l1' (--loss=mse)"),
+    (["--mixture_components=0"], "mixture_components must be positive, got 0"),
     (["--bound=0"], "bound must be positive"),
     (["--data_source=tape"], "data_source must be one of ('memory', 'disk', 'online')"),
     (["--shuffle_buffer=0"], "shuffle_buffer must be positive, got 0"),
