@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Dict, Sequence
 
@@ -54,3 +55,33 @@ def ks_statistic(sample_a: np.ndarray, sample_b: np.ndarray) -> float:
   cdf_a = np.searchsorted(a, points, side="right") / a.size
   cdf_b = np.searchsorted(b, points, side="right") / b.size
   return float(np.max(np.abs(cdf_a - cdf_b)))
+
+
+def probability_integral_transform(mean: np.ndarray, std: np.ndarray,
+                                   theta: np.ndarray) -> np.ndarray:
+  """Simulation-based calibration's normalised ranks: `u = Phi((theta - mean) / std)`, `[K, d]`.
+
+  With `theta* ~ prior` and the answer `N(mean, std^2)` the exact posterior, `u ~ U(0, 1)` per
+  parameter (Talts et al. 2018; this is the continuous limit of SBC's rank of `theta*` among
+  posterior draws, for the Gaussian answer the machine reports). Too many `u` near 0 and 1: the
+  answer is overconfident; piled in the middle: underconfident; tilted: biased.
+  """
+  z = (np.asarray(theta, np.float64) - mean) / np.maximum(std, 1e-12)
+  return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+
+
+def uniformity_distance(values: np.ndarray) -> np.ndarray:
+  """Kolmogorov-Smirnov distance `sup_u |ECDF(u) - u|` of each column of `values [K, d]` from
+  `U(0, 1)`: `[d]`."""
+  ordered = np.sort(np.asarray(values), axis=0)
+  count = ordered.shape[0]
+  above = np.arange(1, count + 1)[:, np.newaxis] / count - ordered
+  below = ordered - np.arange(count)[:, np.newaxis] / count
+  return np.maximum(above.max(axis=0), below.max(axis=0))
+
+
+def dkw_band(count: int, level: float = 0.95) -> float:
+  """Half-width of the simultaneous `level` confidence band of an ECDF of `count` draws (the
+  Dvoretzky-Kiefer-Wolfowitz inequality, Massart's constant): a calibrated answer's
+  `uniformity_distance` stays within it with probability at least `level`."""
+  return math.sqrt(math.log(2.0 / (1.0 - level)) / (2.0 * count))

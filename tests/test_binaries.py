@@ -58,8 +58,9 @@ def test_evaluate_end_to_end(trained_workdir):
   assert set(metrics["references"]) == {"prior_mean", "mle", "posterior_mean"}
   assert set(metrics["coverage"]) == {"0.68", "0.95"}
   assert metrics["robustness"]["starts"] == 3
+  assert set(metrics["sbc"]["within_band"]) == {"beam_energy", "fermi_constant"}
   for figure in ("rmse_per_step.png", "error_boxplots.png", "predictive_histograms.png",
-                 "robustness.png"):
+                 "robustness.png", "sbc.png"):
     assert os.path.getsize(os.path.join(trained_workdir, figure)) > 1000, figure
   tb = os.path.join(trained_workdir, "tb")
   tags = {value.tag for name in os.listdir(tb)

@@ -95,6 +95,35 @@ def test_ks_statistic_matches_scipy(draw):
   np.testing.assert_allclose(metrics.ks_statistic(a, b), expected, rtol=1e-12)
 
 
+def test_probability_integral_transform_matches_scipy():
+  rng = np.random.default_rng(3)
+  mean, std, theta = rng.normal(size=(50, 2)), rng.uniform(0.1, 2.0, (50, 2)), rng.normal(size=(50, 2))
+  np.testing.assert_allclose(metrics.probability_integral_transform(mean, std, theta),
+                             stats.norm.cdf(theta, mean, std), rtol=1e-10, atol=1e-14)
+
+
+def test_uniformity_distance_matches_scipy():
+  values = np.random.default_rng(4).beta(2.0, 1.5, size=(300, 3))
+  expected = [stats.kstest(values[:, i], "uniform").statistic for i in range(3)]
+  np.testing.assert_allclose(metrics.uniformity_distance(values), expected, rtol=1e-12)
+
+
+def test_sbc_tells_calibrated_from_overconfident_answers():
+  # Posterior N(mean, std^2) and theta* drawn from it: a calibrated answer, and one with half the std.
+  rng = np.random.default_rng(5)
+  count = 2000
+  mean, std = rng.normal(size=(count, 2)), rng.uniform(0.5, 2.0, (count, 2))
+  theta = mean + std * rng.normal(size=(count, 2))
+  band = metrics.dkw_band(count)
+  assert band == pytest.approx(math.sqrt(math.log(40.0) / (2 * count)))   # 0.0304
+  calibrated = metrics.uniformity_distance(metrics.probability_integral_transform(mean, std, theta))
+  overconfident = metrics.uniformity_distance(
+      metrics.probability_integral_transform(mean, std / 2, theta))
+  assert np.all(calibrated <= band), calibrated
+  # Halving std moves the ECDF to Phi(Phi^-1(u) / 2): at its furthest 0.16 from u, five bands away.
+  assert np.all(overconfident > 3 * band), overconfident
+
+
 def test_ks_statistic_of_identical_samples_is_zero():
   sample = np.random.default_rng(4).poisson(2.0, size=100)
   assert metrics.ks_statistic(sample, sample[::-1]) == 0.0

@@ -100,7 +100,7 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       "simulations_per_inference": config.num_starts * num_steps * machine_config.num_samples
                                    * machine_config.num_simulated_obs,
       **_accuracy(names, rmse_steps, reference_rmse),
-      **_calibration(names, result, test.theta, references),
+      **_calibration(run, names, result, test.theta, references),
       **_derived_parameters(simulator, result.mean, test.theta, references),
       "robustness": _robustness(inferrer, test, seed, config, names, run),
       "predictive": _predictive(machine, test, result.mean, seed, config, run),
@@ -109,7 +109,7 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
                     result.mean, references, test.theta)
   write_json_atomically(run.file("metrics.json"), report)
   _figures_to_tensorboard(run, ("rmse_per_step", "error_boxplots", "predictive_histograms",
-                                "robustness"))
+                                "robustness", "sbc"))
   return report
 
 
@@ -137,10 +137,11 @@ def _accuracy(names: List[str], rmse_steps: np.ndarray,
   }
 
 
-def _calibration(names: List[str], result: InferenceResult, theta: np.ndarray,
+def _calibration(run: Workdir, names: List[str], result: InferenceResult, theta: np.ndarray,
                  references: Dict[str, np.ndarray]) -> Dict[str, Any]:
-  """Interval coverage (final and per step) and Gaussian NLL of the proposals at the truths
-  `theta [K, d]`, and of the exact posterior where the references have its std."""
+  """Interval coverage (final and per step), Gaussian NLL and SBC (with `sbc.png`) of the
+  proposals at the truths `theta [K, d]`, and of the exact posterior where the references have its
+  std."""
   section = {
       "coverage": _coverage(names, result.mean, result.std, theta),
       "coverage_per_step": {
@@ -148,6 +149,7 @@ def _calibration(names: List[str], result: InferenceResult, theta: np.ndarray,
           for level, values in metrics.interval_coverage(
               result.trajectory_mean, result.trajectory_std, theta[:, np.newaxis]).items()},
       "nll": _per_parameter(names, metrics.gaussian_nll(result.mean, result.std, theta)),
+      "sbc": _simulation_based_calibration(run, names, result, theta),
   }
   if "posterior_std" in references:
     # A Gaussian with the exact posterior's moments: the calibration a perfect machine would reach.
@@ -155,6 +157,18 @@ def _calibration(names: List[str], result: InferenceResult, theta: np.ndarray,
     section["posterior_nll"] = _per_parameter(names, metrics.gaussian_nll(mean, std, theta))
     section["posterior_coverage"] = _coverage(names, mean, std, theta)
   return section
+
+
+def _simulation_based_calibration(run: Workdir, names: List[str], result: InferenceResult,
+                                  theta: np.ndarray) -> Dict[str, Any]:
+  """SBC of the final answers (`sbc.png`): the uniformity distance of the normalised ranks per
+  parameter, the 95% simultaneous band it stays within when the answer is calibrated, the verdict."""
+  pit = metrics.probability_integral_transform(result.mean, result.std, theta)
+  distance = metrics.uniformity_distance(pit)
+  band = metrics.dkw_band(pit.shape[0])
+  plots.plot_calibration(run.file("sbc.png"), names, pit, band)
+  return {"uniformity_distance": _per_parameter(names, distance), "band_95": band,
+          "within_band": {name: bool(value <= band) for name, value in zip(names, distance)}}
 
 
 def _derived_parameters(simulator: Simulator, final_mean: np.ndarray, theta: np.ndarray,

@@ -129,3 +129,31 @@ def plot_trajectory(path: str, names: Sequence[str], means: np.ndarray, stds: np
   if means.shape[0] <= 8:
     axes[0].legend(fontsize=7)
   _save(figure, path)
+
+
+def plot_calibration(path: str, names: Sequence[str], pit: np.ndarray, band: float,
+                     bins: int = 20) -> None:
+  """Simulation-based calibration per parameter: the histogram of the normalised ranks `pit [K, d]`
+  (with the 99% range of a bin's count under uniformity) above the ECDF's difference from the
+  uniform CDF (with the simultaneous band of half-width `band`)."""
+  figure, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.4), squeeze=False)
+  count = pit.shape[0]
+  expected = count / bins
+  spread = 2.576 * np.sqrt(expected * (1.0 - 1.0 / bins))   # binomial, normal approximation
+  grid = np.linspace(0.0, 1.0, 201)
+  for index, name in enumerate(names):
+    top, bottom = axes[0, index], axes[1, index]
+    top.hist(pit[:, index], bins=bins, range=(0.0, 1.0), color="tab:blue", alpha=0.8)
+    top.axhspan(max(expected - spread, 0.0), expected + spread, color="tab:gray", alpha=0.3,
+                label="99% if calibrated")
+    top.set_title(name)
+    top.set_xlabel("normalised rank of the true value")
+    ecdf = np.searchsorted(np.sort(pit[:, index]), grid, side="right") / count
+    bottom.plot(grid, ecdf - grid, color="tab:blue")
+    bottom.fill_between(grid, -band, band, color="tab:gray", alpha=0.3, label="95% band")
+    bottom.axhline(0.0, color="k", alpha=0.3)
+    bottom.set_xlabel("normalised rank u")
+    bottom.set_ylabel("ECDF(u) - u")
+  axes[0, 0].legend(fontsize=8)
+  axes[1, 0].legend(fontsize=8)
+  _save(figure, path)

@@ -120,7 +120,10 @@ def _streamed_batches(config: TrainConfig, store: data_lib.ProblemStore,
   def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
     seed = _epoch_seed(config, epoch)
     # A 63-bit op seed from the stateless epoch seed: the order depends on the run seed and the
-    # epoch only.
+    # epoch only. This function's graph forgets the global seed: `shuffle` would otherwise mix it
+    # into the order, and with a global seed of 0 (`set_global_seed(0)`, the default run seed) it
+    # compares the tensor seed with 0 in Python and fails (tensorflow/tensorflow#17284).
+    tf.compat.v1.get_default_graph().seed = None
     shuffle_seed = tf.cast(seed[0], tf.int64) * (2 ** 31) + tf.cast(seed[1], tf.int64) % (2 ** 31)
     return (store.problems()
             .shuffle(min(config.shuffle_buffer, config.num_problems), seed=shuffle_seed,
