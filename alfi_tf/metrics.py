@@ -48,6 +48,16 @@ def gaussian_nll(mean: np.ndarray, std: np.ndarray, theta: np.ndarray) -> np.nda
   return np.mean(0.5 * z * z + np.log(std) + 0.5 * np.log(2.0 * np.pi), axis=0)
 
 
+def gaussian_kl(mean: np.ndarray, std: np.ndarray, reference_mean: np.ndarray,
+                reference_std: np.ndarray) -> np.ndarray:
+  """Mean `KL(N(mean, std^2) || N(reference_mean, reference_std^2))` over the problems, per
+  parameter: `[K, d]` each -> `[d]`."""
+  std, reference_std = np.maximum(std, 1e-12), np.maximum(reference_std, 1e-12)
+  ratio = np.square(std / reference_std)
+  shift = np.square((np.asarray(mean) - reference_mean) / reference_std)
+  return np.mean(0.5 * (ratio + shift - 1.0 - np.log(ratio)), axis=0)
+
+
 def ks_statistic(sample_a: np.ndarray, sample_b: np.ndarray) -> float:
   """Two-sample Kolmogorov-Smirnov statistic `sup |F_a - F_b|` of two 1-D samples."""
   a, b = np.sort(np.ravel(sample_a)), np.sort(np.ravel(sample_b))

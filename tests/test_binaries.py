@@ -84,8 +84,9 @@ def test_report_renders_results_table(trained_workdir, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--simulator=poison"], "unknown --simulator='poison'; valid names are: gaussian, "
-                             "linear_regression, lotka_volterra, multi_distribution, poisson, "
-                             "weinberg"),
+                             "linear_gaussian_10, linear_gaussian_2, linear_gaussian_20, "
+                             "linear_gaussian_5, linear_regression, lotka_volterra, "
+                             "multi_distribution, poisson, weinberg"),
     (["--num_steps=0"], "num_steps must be positive, got 0"),
     (["--batch_size=-4"], "batch_size must be positive, got -4"),
     (["--num_samples=1"], "num_samples must be at least 2"),

@@ -23,8 +23,9 @@ from alfi_tf.simulators.lotka_volterra import solve_log_populations
 from alfi_tf.simulators.multi_distribution import MIXING_MATRIX
 from alfi_tf.simulators.weinberg import WeinbergSimulator, inverse_cdf, normaliser
 
-ALL_NAMES = ("gaussian", "linear_regression", "lotka_volterra", "multi_distribution", "poisson",
-             "weinberg")
+ALL_NAMES = ("gaussian", "linear_gaussian_10", "linear_gaussian_2", "linear_gaussian_20",
+             "linear_gaussian_5", "linear_regression", "lotka_volterra", "multi_distribution",
+             "poisson", "weinberg")
 # Deviations beyond this many standard errors fail a statistical check (two-sided p ~ 6e-7).
 TOLERANCE_SE = 5.0
 
@@ -65,9 +66,10 @@ def _prior_draws(simulator: Simulator, batch: int = 3) -> tf.Tensor:
 def test_prior_and_simulation_shapes(simulator):
   theta = _prior_draws(simulator)
   assert theta.dtype == tf.float32 and theta.shape == (3, simulator.parameter_dim)
-  low, high = simulator.parameter_bounds
-  assert low.shape == high.shape == (simulator.parameter_dim,)
-  assert np.all((low <= theta.numpy()) & (theta.numpy() <= high))
+  if simulator.parameter_bounds is not None:   # a box prior (linear_gaussian_<d>'s is Gaussian)
+    low, high = simulator.parameter_bounds
+    assert low.shape == high.shape == (simulator.parameter_dim,)
+    assert np.all((low <= theta.numpy()) & (theta.numpy() <= high))
   observations = simulator.simulate(theta, 7, _seed(1))
   assert observations.dtype == tf.float32
   assert observations.shape == (3, 7, simulator.observation_dim)
@@ -125,7 +127,8 @@ def test_tractability_flags(name, has_likelihood, has_reference):
 
 @pytest.mark.parametrize("name, theta", [
     ("poisson", [[1.0], [3.0]]), ("gaussian", [[2.0, -1.0], [-4.0, 0.5]]),
-    ("linear_regression", [[0.3, 0.8, 1.2, 0.4], [1.0, 0.1, 0.5, -0.7]])])
+    ("linear_regression", [[0.3, 0.8, 1.2, 0.4], [1.0, 0.1, 0.5, -0.7]]),
+    ("linear_gaussian_5", [[0.3, -1.0, 0.5, 2.0, 0.0], [1.0, 0.1, -0.5, 0.7, -1.2]])])
 def test_maximum_likelihood_maximises_log_likelihood(name, theta):
   simulator = get_simulator(name)
   observations = _simulate(simulator, theta, 200)
@@ -669,3 +672,40 @@ def test_lotka_volterra_replicates_are_noisy_copies_of_the_trajectory():
   n = noise.shape[1]
   _assert_within_standard_errors(noise.mean(axis=1), 0.0, 0.1 / np.sqrt(n))
   _assert_within_standard_errors(noise.std(axis=1), 0.1, 0.1 / np.sqrt(2 * n))
+
+
+# --- linear_gaussian_<d>: the scaling benchmark's exact posterior. ---
+
+def test_linear_gaussian_posterior_is_the_normalised_likelihood_times_prior():
+  """Against an independent route: the posterior as the Gaussian whose log-density is
+  log-likelihood + log-prior (the Hessian gives the precision, the gradient's root the mean)."""
+  simulator = get_simulator("linear_gaussian_5")
+  theta = _prior_draws(simulator, batch=2)
+  observations = simulator.simulate(theta, 50, _seed(3))
+  mean = simulator.posterior_mean(observations, _seed(0)).numpy().astype(np.float64)
+  std = simulator.posterior_std(observations).numpy()
+  point = tf.Variable(tf.constant(mean[:, np.newaxis], tf.float64))          # [2, 1, 5]
+  with tf.GradientTape() as outer:
+    with tf.GradientTape() as inner:
+      log_posterior = (simulator.log_likelihood(point, observations)
+                       - 0.5 * tf.reduce_sum(tf.square(point), axis=-1))
+    gradient = inner.gradient(log_posterior, point)[:, 0]                    # [2, 5]
+  hessian = outer.batch_jacobian(gradient, point)[:, :, 0]                   # [2, 5, 5]
+  covariance = np.linalg.inv(-hessian.numpy())
+  # The mean is the mode: the Newton step from it vanishes (to float32 rounding of the mean).
+  newton_step = np.einsum("bij,bj->bi", covariance, gradient.numpy())
+  np.testing.assert_allclose(newton_step, 0.0, atol=1e-6)
+  np.testing.assert_allclose(std, np.sqrt(np.diagonal(covariance, axis1=1, axis2=2)), rtol=1e-5)
+  # Neighbouring parameters are confounded: a correlated posterior.
+  correlation = covariance[0, 0, 1] / np.sqrt(covariance[0, 0, 0] * covariance[0, 1, 1])
+  assert correlation < -0.3
+
+
+def test_linear_gaussian_posterior_covers_the_truth():
+  """Coverage of the exact posterior's 68% intervals over prior draws is 0.68 (3 SE)."""
+  simulator = get_simulator("linear_gaussian_10")
+  theta, observations = simulator.sample_problems(400, 20, _seed(8))
+  mean = simulator.posterior_mean(observations, _seed(0)).numpy()
+  std = simulator.posterior_std(observations).numpy()
+  covered = np.mean(np.abs(theta.numpy() - mean) <= 0.9945 * std)
+  assert abs(covered - 0.68) < 3 * math.sqrt(0.68 * 0.32 / 4000)

@@ -156,6 +156,10 @@ def _calibration(run: Workdir, names: List[str], result: InferenceResult, theta:
     mean, std = references["posterior_mean"], references["posterior_std"]
     section["posterior_nll"] = _per_parameter(names, metrics.gaussian_nll(mean, std, theta))
     section["posterior_coverage"] = _coverage(names, mean, std, theta)
+    # The answer's divergence from the exact posterior, through its marginal Gaussian summary
+    # (exact where the posterior is Gaussian, e.g. linear_gaussian_<d>).
+    section["marginal_kl_to_posterior"] = _per_parameter(
+        names, metrics.gaussian_kl(result.mean, result.std, mean, std))
   return section
 
 

@@ -112,7 +112,8 @@ def reference_estimates(simulator: Simulator, observations: np.ndarray,
 
   Keys: `mle` (the simulator's closed form or reference estimator, else the grid mode),
   `posterior_mean` (the simulator's exact `posterior_mean`, else the grid posterior's),
-  `posterior_std` (grid posterior), and `derived/<name>/posterior_mean|mle` for
+  `posterior_std` (the simulator's exact `posterior_std`, else the grid posterior's), and
+  `derived/<name>/posterior_mean|mle` for
   derived parameters.
   """
   references: Dict[str, np.ndarray] = {}
@@ -122,6 +123,9 @@ def reference_estimates(simulator: Simulator, observations: np.ndarray,
   if simulator.has_posterior_mean:
     references["posterior_mean"] = simulator.posterior_mean(
         tf.constant(observations, tf.float32), tf.constant([0, 1], tf.int32)).numpy()
+    if simulator.has_posterior_std:
+      references["posterior_std"] = simulator.posterior_std(
+          tf.constant(observations, tf.float32)).numpy()
   elif supports_grid_posterior(simulator):
     posterior = GridPosteriorEvaluator(simulator, grid_points).posterior(observations)
     references["posterior_mean"] = posterior.mean

@@ -8,11 +8,13 @@ name from Python (`register_simulator(Decay)`).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, List
 
 from alfi_tf.simulators.base import NumpySimulator, Simulator, SimulatorError, box_prior
 from alfi_tf.simulators.command import COMMAND_SPEC_PREFIX, CommandSimulator, ExternalSimulator
 from alfi_tf.simulators.gaussian import GaussianSimulator
+from alfi_tf.simulators.linear_gaussian import SCALING_DIMENSIONS, LinearGaussianSimulator
 from alfi_tf.simulators.linear_regression import LinearRegressionSimulator
 from alfi_tf.simulators.lotka_volterra import LotkaVolterraSimulator
 from alfi_tf.simulators.multi_distribution import MultiDistributionSimulator
@@ -65,10 +67,14 @@ def get_simulator(spec: str) -> Simulator:
 for _factory in (PoissonSimulator, WeinbergSimulator, GaussianSimulator, LinearRegressionSimulator,
                  MultiDistributionSimulator, LotkaVolterraSimulator):
   register_simulator(_factory)
+for _dim in SCALING_DIMENSIONS:
+  register_simulator(functools.partial(LinearGaussianSimulator, _dim),
+                     name=f"linear_gaussian_{_dim}")
 
 __all__ = [
     "Simulator", "NumpySimulator", "SimulatorError", "box_prior", "register_simulator",
     "available_simulators", "normalize_spec", "CommandSimulator", "ExternalSimulator",
     "get_simulator", "PoissonSimulator", "WeinbergSimulator", "GaussianSimulator",
     "LinearRegressionSimulator", "MultiDistributionSimulator", "LotkaVolterraSimulator",
+    "LinearGaussianSimulator",
 ]

@@ -180,6 +180,11 @@ class Simulator(abc.ABC):
     """
     raise NotImplementedError(f"simulator {self.name!r} has no exact posterior mean")
 
+  def posterior_std(self, observations: tf.Tensor) -> tf.Tensor:
+    """The exact posterior's marginal standard deviations `[batch, d]`, where they have a closed
+    form (simulators whose posterior the evaluation integrates on a grid need not implement it)."""
+    raise NotImplementedError(f"simulator {self.name!r} has no exact posterior std")
+
   @property
   def has_reference_estimator(self) -> bool:
     """Whether `maximum_likelihood` is implemented."""
@@ -189,6 +194,11 @@ class Simulator(abc.ABC):
   def has_posterior_mean(self) -> bool:
     """Whether `posterior_mean` is implemented."""
     return type(self).posterior_mean is not Simulator.posterior_mean
+
+  @property
+  def has_posterior_std(self) -> bool:
+    """Whether `posterior_std` is implemented."""
+    return type(self).posterior_std is not Simulator.posterior_std
 
   def sample_problems(self, num_problems: int, num_obs: int, seed: tf.Tensor,
                       executor: Optional[concurrent.futures.Executor] = None
