@@ -3,11 +3,12 @@
 The package is layered the way the method flows (imports only go down; `docs/architecture.md`):
 
   simulators   `Simulator` (TF/TFP ops) and `NumpySimulator` (numpy through `tf.numpy_function`),
-               `box_prior`, the registry (`register_simulator`, `get_simulator`), six built-in
+               `box_prior`, the registry (`register_simulator`, `get_simulator`), the built-in
                simulators and `CommandSimulator` (an external program).
   model        the `InferenceMachine` (a Keras model: `compile` / `fit` / `save` work), its
-               `Proposal` families, `meta_loss`, and batched inference (`Inferrer`, whose answer is
-               an `InferenceResult`).
+               `Proposal` families (diagonal, full-covariance, mixture, fixed-variance, point),
+               `meta_loss`, and batched inference (`Inferrer`, whose answer is an
+               `InferenceResult`; `pool_starts` combines runs from several starts).
   workdir      a training run's directory and `load_machine`, shared by training and serving.
   training     the `Trainer`: meta-training with exact resume, TensorBoard and `tf.distribute`.
   serving      `export_machine` (a SavedModel needing only TensorFlow), `DeployedMachine` (infer or
@@ -33,10 +34,12 @@ __version__ = "0.2.0"
 # pylint: disable=wrong-import-position
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.evaluation.evaluator import EvaluationConfig, evaluate
-from alfi_tf.model.inference import InferenceResult, Inferrer
+from alfi_tf.model.inference import InferenceResult, Inferrer, pool_starts
 from alfi_tf.model.losses import meta_loss
 from alfi_tf.model.machine import InferenceMachine
-from alfi_tf.model.proposals import DiagonalGaussian, Proposal, get_proposal
+from alfi_tf.model.proposals import (DiagonalGaussian, FixedVarianceGaussian,
+                                     FullCovarianceGaussian, GaussianMixture, Point, Proposal,
+                                     get_proposal)
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.serving.export import export_machine
 from alfi_tf.serving.observation_files import load_observations
@@ -53,8 +56,9 @@ __all__ = [
     "register_simulator",
     "get_simulator", "available_simulators",
     # model
-    "MachineConfig", "InferenceMachine", "Proposal", "DiagonalGaussian", "get_proposal",
-    "meta_loss", "Inferrer", "InferenceResult",
+    "MachineConfig", "InferenceMachine", "Proposal", "DiagonalGaussian", "FullCovarianceGaussian",
+    "GaussianMixture", "FixedVarianceGaussian", "Point", "get_proposal", "meta_loss", "Inferrer",
+    "InferenceResult", "pool_starts",
     # training
     "TrainConfig", "set_global_seed", "Trainer", "TrainingResult", "load_machine",
     # serving
