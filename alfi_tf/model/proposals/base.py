@@ -99,6 +99,20 @@ class Proposal(abc.ABC):
     return loc + scale * self.mean(psi), scale * self.stddev(psi)
 
 
+class LocationProposal(Proposal):
+  """A family whose only parameters are its location: `psi = mu`, `P = d` (its spread is fixed)."""
+
+  @property
+  def psi_size(self) -> int:
+    return self.parameter_dim
+
+  def initial_psi(self, mean: tf.Tensor) -> tf.Tensor:
+    return tf.identity(mean)
+
+  def mean(self, psi: tf.Tensor) -> tf.Tensor:
+    return psi
+
+
 def sample_shape(psi: tf.Tensor, num_samples: int, parameter_dim: int) -> tf.Tensor:
   """`[batch, M, d]`, the shape of `sample`'s result for `psi [batch, P]`."""
   return tf.stack([tf.shape(psi)[0], num_samples, parameter_dim])

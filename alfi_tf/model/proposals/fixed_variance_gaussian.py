@@ -15,22 +15,15 @@ import math
 
 import tensorflow as tf
 
-from alfi_tf.model.proposals.base import Proposal, sample_shape
+from alfi_tf.model.proposals.base import LocationProposal, sample_shape
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
 
-class FixedVarianceGaussian(Proposal):
+class FixedVarianceGaussian(LocationProposal):
   """`N(mu, sigma_0^2 I)` with `psi = mu`, `P = d`."""
 
   name = "fixed_variance_gaussian"
-
-  @property
-  def psi_size(self) -> int:
-    return self.parameter_dim
-
-  def initial_psi(self, mean: tf.Tensor) -> tf.Tensor:
-    return tf.identity(mean)
 
   def sample(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor) -> tf.Tensor:
     noise = tf.random.stateless_normal(sample_shape(psi, num_samples, self.parameter_dim),
@@ -44,9 +37,6 @@ class FixedVarianceGaussian(Proposal):
 
   def score(self, theta: tf.Tensor, psi: tf.Tensor) -> tf.Tensor:
     return (theta - psi[:, tf.newaxis]) / self.initial_scale ** 2
-
-  def mean(self, psi: tf.Tensor) -> tf.Tensor:
-    return psi
 
   def stddev(self, psi: tf.Tensor) -> tf.Tensor:
     return tf.fill(tf.shape(psi), tf.constant(self.initial_scale, psi.dtype))

@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from alfi_tf.model.proposals.base import Proposal
+from alfi_tf.model.proposals.base import LocationProposal
 
 
-class Point(Proposal):
+class Point(LocationProposal):
   """`delta(theta - mu)` with `psi = mu`, `P = d`."""
 
   name = "point"
   has_density = False
-
-  @property
-  def psi_size(self) -> int:
-    return self.parameter_dim
-
-  def initial_psi(self, mean: tf.Tensor) -> tf.Tensor:
-    return tf.identity(mean)
 
   def sample(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor) -> tf.Tensor:
     del seed   # deterministic
@@ -36,9 +29,6 @@ class Point(Proposal):
 
   def score(self, theta: tf.Tensor, psi: tf.Tensor) -> tf.Tensor:
     return tf.zeros_like(theta)   # P = d: one zero per sample and parameter
-
-  def mean(self, psi: tf.Tensor) -> tf.Tensor:
-    return psi
 
   def stddev(self, psi: tf.Tensor) -> tf.Tensor:
     return tf.zeros_like(psi)
