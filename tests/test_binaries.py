@@ -59,6 +59,8 @@ def test_evaluate_end_to_end(trained_workdir):
   assert set(metrics["coverage"]) == {"0.68", "0.95"}
   assert metrics["robustness"]["starts"] == 3
   assert set(metrics["sbc"]["within_band"]) == {"beam_energy", "fermi_constant"}
+  assert set(metrics["derived_rmse"]["asymmetry"]) == {"alfi", "alfi_proposal_average", "mle",
+                                                       "posterior_mean"}
   for figure in ("rmse_per_step.png", "error_boxplots.png", "predictive_histograms.png",
                  "robustness.png", "sbc.png"):
     assert os.path.getsize(os.path.join(trained_workdir, figure)) > 1000, figure

@@ -149,6 +149,10 @@ def _assert_same(result, mean, std, trajectory_mean, trajectory_std):
 def _assert_results_equal(actual, expected):
   _assert_same(actual, expected.mean, expected.std, expected.trajectory_mean,
                expected.trajectory_std)
+  if expected.psi is None:   # pooled starts
+    assert actual.psi is None
+  else:
+    np.testing.assert_allclose(actual.psi, expected.psi, **TOLERANCE)
 
 
 # 1. `infer` in a process with TensorFlow only.

@@ -592,3 +592,18 @@ def test_multi_start_inference_pools_independent_runs(inferrer):
   assert np.all(pooled.std ** 2 >= means.var(axis=1) - 1e-9)
   with pytest.raises(ValueError, match="num_starts must be a positive integer, got 0"):
     inferrer(observations, seed=4, num_starts=0)
+
+
+def test_the_result_carries_the_final_proposal(inferrer):
+  _, observations = _problems("poisson")
+  result = inferrer(observations, seed=4)
+  machine = inferrer.machine
+  assert result.psi.shape == (NUM_PROBLEMS, machine.proposal.psi_size)
+  mean, std = machine.to_raw(tf.constant(result.psi))
+  np.testing.assert_allclose(mean.numpy(), result.mean, rtol=1e-6)
+  np.testing.assert_allclose(std.numpy(), result.std, rtol=1e-6)
+  draws = machine.sample_final_proposal(tf.constant(result.psi), 4000, _seed(1)).numpy()
+  assert draws.shape == (NUM_PROBLEMS, 4000, 1)
+  deviation = (draws.mean(axis=1) - result.mean) / (result.std / math.sqrt(4000))
+  assert np.all(np.abs(deviation) < 5), deviation
+  assert inferrer(observations, seed=4, num_starts=2).psi is None   # pooled: no single proposal

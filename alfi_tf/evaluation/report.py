@@ -36,6 +36,9 @@ def _rows(name: str, metrics: Dict[str, Any], summary: Dict[str, Any]) -> List[s
     rows.append(f"| | | | {derived} (derived) | {_format(entry['alfi'])} "
                 f"| {_format(entry.get('mle'))} | {_format(entry.get('posterior_mean'))} "
                 f"| | | | | |")
+    if "alfi_proposal_average" in entry:
+      rows.append(f"| | | | {derived} (derived, E_q) | {_format(entry['alfi_proposal_average'])} "
+                  f"| | | | | | | |")
   return rows
 
 

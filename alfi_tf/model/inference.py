@@ -20,6 +20,9 @@ class InferenceResult(NamedTuple):
       and its uncertainty.
     trajectory_mean, trajectory_std: `[B, T, d]`, the same after each step 1..T.
     initial_mean: `[B, d]`, the start `mu_0`.
+    psi: `[B, P]`, the final proposal's own parameters (standardised; `machine.proposal` reads
+      them, e.g. to sample the final proposal), or None where there is no single final proposal
+      (runs pooled by `pool_starts`, exports written before it was recorded).
   """
 
   mean: np.ndarray
@@ -27,16 +30,19 @@ class InferenceResult(NamedTuple):
   trajectory_mean: np.ndarray
   trajectory_std: np.ndarray
   initial_mean: np.ndarray
+  psi: Optional[np.ndarray] = None
 
   @classmethod
   def from_outputs(cls, outputs: Dict[str, tf.Tensor]) -> "InferenceResult":
     """Picks the result out of `InferenceMachine.infer`'s (or an export signature's) outputs."""
-    return cls(*(np.asarray(outputs[key]) for key in cls._fields))
+    return cls(*(None if outputs.get(key) is None else np.asarray(outputs[key])
+                 for key in cls._fields))
 
   @classmethod
   def concatenate(cls, results) -> "InferenceResult":
     """One result from the results of consecutive batches of observation sets."""
-    return cls(*(np.concatenate(parts) for parts in zip(*results)))
+    return cls(*(None if any(part is None for part in parts) else np.concatenate(parts)
+                 for parts in zip(*results)))
 
 
 def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
@@ -56,12 +62,13 @@ def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
     num_starts: `R`.
 
   Returns:
-    `B` rows; `initial_mean` is the runs' average start.
+    `B` rows; `initial_mean` is the runs' average start, and `psi` None (a mixture of R
+    proposals is not one of the family's).
   """
   if num_starts == 1:
     return result
-  by_start = [np.reshape(field, (-1, num_starts) + field.shape[1:]) for field in result]
-  fields = dict(zip(InferenceResult._fields, by_start))
+  fields = {name: np.reshape(field, (-1, num_starts) + field.shape[1:])
+            for name, field in result._asdict().items() if field is not None}
 
   def pooled(mean: np.ndarray, std: np.ndarray):
     pooled_mean = mean.mean(axis=1)

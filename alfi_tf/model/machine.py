@@ -283,13 +283,20 @@ class InferenceMachine(keras.Model):
 
     Returns:
       `mean`, `std` `[B, d]` (the final proposal), `trajectory_mean`, `trajectory_std` `[B, T, d]`
-      (steps 1..T) and `initial_mean` `[B, d]` (the start `mu_0`).
+      (steps 1..T), `initial_mean` `[B, d]` (the start `mu_0`) and `psi` `[B, P]` (the final
+      proposal's parameters, standardised).
     """
     trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
     mean, std = self.to_raw(trajectory.psi)
     initial, _ = self.to_raw(trajectory.initial_psi)
     return {"mean": mean[:, -1], "std": std[:, -1], "trajectory_mean": mean,
-            "trajectory_std": std, "initial_mean": initial}
+            "trajectory_std": std, "initial_mean": initial, "psi": trajectory.psi[:, -1]}
+
+  def sample_final_proposal(self, psi: tf.Tensor, num_samples: int,
+                            seed: tf.Tensor) -> tf.Tensor:
+    """Draws from `q(theta | psi)` in raw parameter units: `psi [B, P]` -> `[B, num_samples, d]`
+    (not clipped to the prior's box: these are the answer's draws, not simulation inputs)."""
+    return self.theta_standardizer.inverse(self.proposal.sample(psi, num_samples, seed))
 
   # The Keras training surface. `fit` gets batches `(theta [B, d], observations [B, n, d_x], seed)`
   # with an int32 seed `[2]` per batch (or `[B, 2]` per problem, of which the first is used), and
