@@ -86,6 +86,8 @@ class MachineConfig:
     num_simulated_obs: `N`, observations simulated for each parameter sample.
     encoder_hidden, encoder_out: the set encoder `f` (tanh output, mean pooling).
     moment_features: append each set's per-dimension mean and log std to its encoding.
+    cross_moment_features: append each set's mean of the products `x_j x_k` (standardised
+      observations) to its encoding: the pooled second moments of regression-like models.
     aggregator_hidden, aggregator_out: the per-sample network `g` (mean over samples).
     updater_hidden: MLP before the LSTM cell; lstm_units: LSTM state size.
     bound, bound_type: `Delta psi` is bounded to `[-bound, bound]` by `bound * tanh` or a hard clip.
@@ -105,6 +107,7 @@ class MachineConfig:
   encoder_hidden: int = 50
   encoder_out: int = 40
   moment_features: bool = False
+  cross_moment_features: bool = False
   aggregator_hidden: int = 50
   aggregator_out: int = 50
   updater_hidden: int = 50

@@ -607,3 +607,26 @@ def test_the_result_carries_the_final_proposal(inferrer):
   deviation = (draws.mean(axis=1) - result.mean) / (result.std / math.sqrt(4000))
   assert np.all(np.abs(deviation) < 5), deviation
   assert inferrer(observations, seed=4, num_starts=2).psi is None   # pooled: no single proposal
+
+
+# --- The set encoder's explicit moments. ---
+
+def test_set_encoder_appends_the_sets_moments_and_cross_moments():
+  from alfi_tf.model.networks import SetEncoder
+  encoder = SetEncoder(8, 4, moment_features=True, observation_dim=3, cross_moment_features=True)
+  observations = np.random.default_rng(2).normal(size=(2, 5, 50, 3)).astype(np.float32)
+  encoded = encoder(tf.constant(observations)).numpy()
+  assert encoder.size == 4 + 2 * 3 + 6 and encoded.shape == (2, 5, encoder.size)
+  np.testing.assert_allclose(encoded[..., 4:7], observations.mean(axis=-2), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(encoded[..., 7:10], np.log(observations.std(axis=-2)), atol=1e-5)
+  products = np.einsum("...ni,...nj->...ij", observations, observations) / 50
+  rows, columns = np.triu_indices(3)
+  np.testing.assert_allclose(encoded[..., 10:], products[..., rows, columns], rtol=1e-5, atol=1e-6)
+
+
+def test_cross_moment_features_widen_the_machines_encoding():
+  plain = _machine("weinberg")
+  crossed = _machine("weinberg", cross_moment_features=True)
+  assert crossed.encoder.size == plain.encoder.size + 1   # d_x = 1: one product, x^2
+  _, observations = _problems("weinberg")
+  assert np.all(np.isfinite(crossed(observations, seed=_seed(1)).psi.numpy()))

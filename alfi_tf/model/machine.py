@@ -95,7 +95,7 @@ class InferenceMachine(keras.Model):
     self.observation_standardizer = Standardizer(simulator.observation_dim,
                                                  name="observation_standardizer")
     self.encoder = SetEncoder(config.encoder_hidden, config.encoder_out, config.moment_features,
-                              simulator.observation_dim)
+                              simulator.observation_dim, config.cross_moment_features)
     self.aggregator = SampleAggregator(config.aggregator_hidden, config.aggregator_out)
     self.updater = Updater(config.updater_hidden, config.lstm_units, self.proposal.psi_size,
                            config.bound, config.bound_type)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -22,28 +23,42 @@ class SetEncoder(keras.layers.Layer):
   matrix so that every set in the (possibly large) batch goes through one matmul per layer.
 
   With `moment_features`, the set's own mean and log standard deviation per observation dimension are
-  appended (`size = out + 2 d_x`). Mean pooling can only express a spread through the curvature of
-  `f`, which at n = 500 and a narrow distribution is far below the precision an MLP reaches; the
-  explicit moments hand that information to the machine directly.
+  appended (`+ 2 d_x`). Mean pooling can only express a spread through the curvature of `f`, which
+  at n = 500 and a narrow distribution is far below the precision an MLP reaches; the explicit
+  moments hand that information to the machine directly.
+
+  With `cross_moment_features`, the set's mean of the products `x_j x_k` (`j <= k`) is appended
+  too (`+ d_x (d_x + 1) / 2`): the pooled second moments that carry a regression's information
+  (`D^T D`, `D^T y`) and that a per-observation MLP followed by a mean can only approximate.
   """
 
   def __init__(self, hidden: int, out: int, moment_features: bool = False,
-               observation_dim: int = 0, name: str = "set_encoder"):
+               observation_dim: int = 0, cross_moment_features: bool = False,
+               name: str = "set_encoder"):
     super().__init__(name=name)
     self.out = out
     self.moment_features = moment_features
-    self.size = out + (2 * observation_dim if moment_features else 0)
+    self.cross_moment_features = cross_moment_features
+    self._upper = np.triu_indices(observation_dim)
+    self.size = (out + (2 * observation_dim if moment_features else 0)
+                 + (len(self._upper[0]) if cross_moment_features else 0))
     self.net = _mlp(hidden, out, "tanh", name="per_observation")
 
   def call(self, observations: tf.Tensor) -> tf.Tensor:
     shape = tf.shape(observations)
     flat = tf.reshape(observations, [-1, observations.shape[-1]])
     encoded = tf.reshape(self.net(flat), tf.concat([shape[:-1], [self.out]], axis=0))
-    pooled = tf.reduce_mean(encoded, axis=-2)
-    if not self.moment_features:
-      return pooled
-    mean, variance = tf.nn.moments(observations, axes=[-2])
-    return tf.concat([pooled, mean, 0.5 * tf.math.log(variance + 1e-6)], axis=-1)
+    features = [tf.reduce_mean(encoded, axis=-2)]
+    if self.moment_features:
+      mean, variance = tf.nn.moments(observations, axes=[-2])
+      features += [mean, 0.5 * tf.math.log(variance + 1e-6)]
+    if self.cross_moment_features:
+      products = tf.einsum("...ni,...nj->...ij", observations, observations)
+      products /= tf.cast(tf.shape(observations)[-2], observations.dtype)
+      rows, columns = self._upper
+      features.append(tf.gather(tf.reshape(products, tf.concat([shape[:-2], [-1]], axis=0)),
+                                rows * observations.shape[-1] + columns, axis=-1))
+    return tf.concat(features, axis=-1)
 
 
 class SampleAggregator(keras.layers.Layer):
