@@ -1,0 +1,70 @@
+r"""Stragglers and multi-start: how often single runs end far from the exact posterior, and what
+pooling R runs per data set buys (simulators with an exact posterior: Poisson, Gaussian, Weinberg,
+linear_gaussian_<d>).
+
+  python -m benchmarks.stragglers --workdir=runs/poisson --num_steps=30 --seeds=0,1,2 --starts=1,8
+
+For each number of starts R and inference seed, on --num_problems held-out problems (the run's
+test stream), per parameter: RMSE of mu_t at t = 10, at --report_step and at the horizon, divided
+by the exact posterior mean's; the flatness max/min of the RMSE from t = 10 to the horizon; how
+many problems are more than 4 posterior standard deviations from the truth at some t >= 10; and
+the coverage of the 68% / 95% intervals at --report_step.
+"""
+
+from absl import app, flags
+import numpy as np
+
+from alfi_tf import Inferrer, load_machine
+from alfi_tf.evaluation.references import reference_estimates
+from alfi_tf.training import data as data_lib
+from alfi_tf.workdir import Workdir
+
+flags.DEFINE_string("workdir", None, "a trained run")
+flags.DEFINE_integer("num_problems", 500, "held-out problems")
+flags.DEFINE_integer("num_steps", 30, "inference horizon")
+flags.DEFINE_integer("report_step", 15, "the step whose RMSE ratio and coverage are reported")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "inference seeds")
+flags.DEFINE_list("starts", ["1", "8"], "runs per data set (pooled by alfi_tf.pool_starts)")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+FIRST_STEP = 10
+
+
+def _row(result, theta, posterior_mean, posterior_std, parameter: int) -> str:
+  mean = result.trajectory_mean[..., parameter]
+  std = result.trajectory_std[..., parameter]
+  truth = theta[:, parameter, np.newaxis]
+  bayes = np.sqrt(np.mean(np.square(posterior_mean[:, parameter] - theta[:, parameter])))
+  rmse = np.sqrt(np.mean(np.square(mean - truth), axis=0)) / bayes
+  late = rmse[FIRST_STEP - 1:]
+  off = np.abs(mean - truth)[:, FIRST_STEP - 1:] / posterior_std[:, parameter, np.newaxis]
+  t = FLAGS.report_step - 1
+  error = np.abs(mean[:, t] - truth[:, 0])
+  coverage = [np.mean(error <= z * std[:, t]) for z in (0.9945, 1.96)]
+  return (f"RMSE/Bayes t={FIRST_STEP} {rmse[FIRST_STEP - 1]:.3f} t={t + 1} {rmse[t]:.3f} "
+          f"t={len(rmse)} {rmse[-1]:.3f}; flatness {late.max() / late.min():.3f}; "
+          f">4 posterior std at t>={FIRST_STEP}: {int(np.sum(np.any(off > 4, axis=1)))}; "
+          f"coverage {coverage[0]:.3f} / {coverage[1]:.3f}")
+
+
+def main(argv):
+  del argv
+  machine = load_machine(FLAGS.workdir)
+  _, train_config = Workdir(FLAGS.workdir).read_config()
+  test = data_lib.generate_problems(machine.simulator, FLAGS.num_problems, train_config.num_obs,
+                                    train_config.seed, data_lib.TEST_STREAM)
+  references = reference_estimates(machine.simulator, test.observations)
+  if "posterior_std" not in references:
+    raise app.UsageError(f"simulator {machine.simulator.spec!r} has no exact posterior std")
+  inferrer = Inferrer(machine, num_steps=FLAGS.num_steps, batch_size=FLAGS.num_problems)
+  for starts in map(int, FLAGS.starts):
+    for seed in map(int, FLAGS.seeds):
+      result = inferrer(test.observations, seed=seed, num_starts=starts)
+      for index, name in enumerate(machine.simulator.parameter_names):
+        print(f"R={starts} seed={seed} {name}: " + _row(
+            result, test.theta, references["posterior_mean"], references["posterior_std"], index))
+
+
+if __name__ == "__main__":
+  app.run(main)
