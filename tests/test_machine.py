@@ -590,8 +590,9 @@ def test_multi_start_inference_pools_independent_runs(inferrer):
   # The pooled spread covers the disagreement between the runs.
   assert np.all(pooled.std >= runs.std.reshape(NUM_PROBLEMS, 3, 1).min(axis=1))
   assert np.all(pooled.std ** 2 >= means.var(axis=1) - 1e-9)
-  with pytest.raises(ValueError, match="num_starts must be a positive integer, got 0"):
-    inferrer(observations, seed=4, num_starts=0)
+  for bad in (0, 2.5, True):
+    with pytest.raises(ValueError, match=f"num_starts must be a positive integer, got {bad!r}"):
+      inferrer(observations, seed=4, num_starts=bad)
 
 
 def test_the_result_carries_the_final_proposal(inferrer):

@@ -83,8 +83,9 @@ def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
 
 def repeat_for_starts(observations: np.ndarray, num_starts: int) -> np.ndarray:
   """`[B, ...] -> [B * R, ...]`, each data set repeated `R` times in a row (see `pool_starts`)."""
-  if num_starts < 1:
-    raise ValueError(f"num_starts must be a positive integer, got {num_starts}")
+  if (isinstance(num_starts, (bool, np.bool_)) or not isinstance(num_starts, (int, np.integer))
+      or num_starts < 1):
+    raise ValueError(f"num_starts must be a positive integer, got {num_starts!r}")
   return np.repeat(observations, num_starts, axis=0)
 
 
