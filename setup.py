@@ -41,7 +41,8 @@ setup(
         "alfi-report=experiments.report:entry_point",
     ]},
     extras_require={
-        "test": ["pytest>=8,<10", "scipy>=1.11,<2", "hypothesis>=6.100,<7"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "scipy>=1.11,<2",
+                 "hypothesis>=6.100,<7"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
