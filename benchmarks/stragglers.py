@@ -14,7 +14,7 @@ the coverage of the 68% / 95% intervals at --report_step.
 from absl import app, flags
 import numpy as np
 
-from alfi_tf import Inferrer, load_machine
+from alfi_tf import Inferrer, load_machine, metrics
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.training import data as data_lib
 from alfi_tf.workdir import Workdir
@@ -32,20 +32,19 @@ FIRST_STEP = 10
 
 
 def _row(result, theta, posterior_mean, posterior_std, parameter: int) -> str:
-  mean = result.trajectory_mean[..., parameter]
-  std = result.trajectory_std[..., parameter]
-  truth = theta[:, parameter, np.newaxis]
-  bayes = np.sqrt(np.mean(np.square(posterior_mean[:, parameter] - theta[:, parameter])))
-  rmse = np.sqrt(np.mean(np.square(mean - truth), axis=0)) / bayes
+  rmse = (metrics.rmse_per_step(result.trajectory_mean, theta)[:, parameter]
+          / metrics.rmse(posterior_mean, theta)[parameter])                  # [T], / Bayes
   late = rmse[FIRST_STEP - 1:]
-  off = np.abs(mean - truth)[:, FIRST_STEP - 1:] / posterior_std[:, parameter, np.newaxis]
+  error = np.abs(result.trajectory_mean[:, FIRST_STEP - 1:, parameter]
+                 - theta[:, np.newaxis, parameter])
+  off = error / posterior_std[:, np.newaxis, parameter]
   t = FLAGS.report_step - 1
-  error = np.abs(mean[:, t] - truth[:, 0])
-  coverage = [np.mean(error <= z * std[:, t]) for z in (0.9945, 1.96)]
+  coverage = metrics.interval_coverage(result.trajectory_mean[:, t], result.trajectory_std[:, t],
+                                       theta)
   return (f"RMSE/Bayes t={FIRST_STEP} {rmse[FIRST_STEP - 1]:.3f} t={t + 1} {rmse[t]:.3f} "
           f"t={len(rmse)} {rmse[-1]:.3f}; flatness {late.max() / late.min():.3f}; "
           f">4 posterior std at t>={FIRST_STEP}: {int(np.sum(np.any(off > 4, axis=1)))}; "
-          f"coverage {coverage[0]:.3f} / {coverage[1]:.3f}")
+          f"coverage {coverage['0.68'][parameter]:.3f} / {coverage['0.95'][parameter]:.3f}")
 
 
 def main(argv):

@@ -216,7 +216,8 @@ class InferenceMachine(keras.Model):
     """Draws the step's `M` standardised samples `[batch, M, d]` from `q(theta | psi_t)`."""
     return self.proposal.sample(state.psi, self.config.num_samples, seed)
 
-  def update(self, state: LoopState, theta: tf.Tensor, simulated: tf.Tensor) -> LoopState:
+  def update(self, state: LoopState, theta: tf.Tensor, simulated: tf.Tensor,
+             valid: Optional[tf.Tensor] = None) -> LoopState:
     """One update `psi_{t+1} = psi_t + Delta psi_t` from the simulations of the proposed samples.
 
     Args:
@@ -224,11 +225,13 @@ class InferenceMachine(keras.Model):
       theta: `[batch, M, d]` the standardised samples returned by `propose`.
       simulated: `[batch, M, N, d_x]` raw observations simulated at `simulation_parameters(theta)`;
         sets with NaN/inf values are masked out of the update.
+      valid: `finite_sets(simulated)`, when the caller has it already.
     """
     psi = state.psi
     # A simulated set with NaN/inf is left out of the aggregator's mean (zeroed first, so that no
     # NaN reaches the gradients either).
-    valid = finite_sets(simulated)                                               # [batch, M]
+    if valid is None:
+      valid = finite_sets(simulated)                                             # [batch, M]
     simulated = tf.where(valid[:, :, tf.newaxis, tf.newaxis], simulated, tf.zeros_like(simulated))
     simulated_encoding = self.encoder(self.standardize_observations(simulated))  # [batch, M, E]
     features = [tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
@@ -263,9 +266,10 @@ class InferenceMachine(keras.Model):
       proposal_seed, simulation_seed = self.step_seeds(loop_seed, t)
       theta = self.propose(state, proposal_seed)                               # [batch, M, d]
       simulated = self._simulate(theta, simulation_seed)
-      state = self.update(state, theta, simulated)
+      valid = finite_sets(simulated)                                           # [batch, M]
+      state = self.update(state, theta, simulated, valid)
       trajectory.append(state.psi)
-      masked.append(tf.reduce_sum(tf.cast(~finite_sets(simulated), tf.int32), axis=1))
+      masked.append(tf.reduce_sum(tf.cast(~valid, tf.int32), axis=1))
     return Trajectory(initial_psi=initial_psi, psi=tf.stack(trajectory, axis=1),
                       masked_samples=tf.stack(masked, axis=1))
 

@@ -164,9 +164,9 @@ class DeployedMachine:
     return tf.constant(check_observation_sets(observations, self.observation_dim,
                                               transform=transform))
 
-  def _repeated(self, observations, num_starts: int) -> tf.Tensor:
+  def _repeated(self, observations, num_starts: int) -> np.ndarray:
     """The checked observations `[B, n, d_x]`, each data set repeated for `num_starts` runs."""
-    return tf.constant(repeat_for_starts(self._observations(observations).numpy(), num_starts))
+    return repeat_for_starts(self._observations(observations).numpy(), num_starts)
 
   def infer(self, observations, seed: int = 0, num_starts: int = 1) -> InferenceResult:
     """Runs all `T` steps in one graph call, simulator included (TF-native simulators only).
@@ -177,7 +177,8 @@ class DeployedMachine:
     if not self.can_infer:
       raise ValueError(f"simulator {self.metadata['simulator']!r} is not TF-native, so the export "
                        "has no infer(); drive it with run(observations, simulate) or start()")
-    outputs = self.module.infer(self._repeated(observations, num_starts), tf.constant([seed, 0]))
+    outputs = self.module.infer(tf.constant(self._repeated(observations, num_starts)),
+                                tf.constant([seed, 0]))
     return pool_starts(InferenceResult.from_outputs(outputs), num_starts)
 
   def start(self, observations, seed: int = 0) -> AskTellSession:
@@ -192,7 +193,7 @@ class DeployedMachine:
     With the same simulator and seed this equals `infer` (the simulator gets the very seeds the
     in-graph loop would have used), `num_starts` included.
     """
-    session = self.start(self._repeated(observations, num_starts).numpy(), seed)
+    session = self.start(self._repeated(observations, num_starts), seed)
     while not session.done:
       parameters = session.ask()
       flat = parameters.reshape(-1, parameters.shape[-1])

@@ -211,10 +211,7 @@ def generate_problems(simulator: Simulator, num_problems: int, num_obs: int, see
     draws += count
     failed = _failed_rows(problems)
   if failed.any():   # each round stayed under the fraction, yet some draws never succeeded
-    raise SimulatorError(
-        f"simulator {simulator.spec!r} still returned NaN/inf observations for "
-        f"{int(failed.sum())} problems after {MAX_REDRAW_ROUNDS} redraws from its prior, e.g. at "
-        f"{describe_parameters(problems.theta[failed], simulator.parameter_names)}")
+    raise _unrecovered(simulator, problems.theta[failed])
   return problems._replace(redrawn=failures)
 
 
@@ -235,13 +232,23 @@ def _failed_rows(problems: Problems) -> np.ndarray:
 
 def _check_failures(simulator: Simulator, failed_theta: np.ndarray, failures: int,
                     draws: int) -> None:
-  """Stops when more than `MAX_FAILED_FRACTION` of the draws failed, naming where."""
+  """Stops when more than `MAX_FAILED_FRACTION` of the draws failed, naming where (when
+  `failed_theta` holds examples: the draws themselves may have been replaced since)."""
   if failures > MAX_FAILED_FRACTION * draws:
+    where = (f", e.g. at {describe_parameters(failed_theta, simulator.parameter_names)}"
+             if len(failed_theta) else "")
     raise SimulatorError(
         f"simulator {simulator.spec!r} returned NaN/inf observations for {failures} of {draws} "
-        f"problems drawn from its prior (more than {MAX_FAILED_FRACTION:.0%}), e.g. at "
-        f"{describe_parameters(failed_theta, simulator.parameter_names)}: fix the simulator there, "
-        "or narrow its prior")
+        f"problems drawn from its prior (more than {MAX_FAILED_FRACTION:.0%}){where}: fix the "
+        "simulator where it fails, or narrow its prior")
+
+
+def _unrecovered(simulator: Simulator, failed_theta: np.ndarray) -> SimulatorError:
+  """The error for problems `failed_theta [k, d]` that failed in every redraw round."""
+  return SimulatorError(
+      f"simulator {simulator.spec!r} still returned NaN/inf observations for {len(failed_theta)} "
+      f"problems after {MAX_REDRAW_ROUNDS} redraws from its prior, e.g. at "
+      f"{describe_parameters(failed_theta, simulator.parameter_names)}")
 
 
 class WorkerPool(concurrent.futures.ProcessPoolExecutor):
@@ -381,25 +388,17 @@ class ProblemStore:
   def _check_failures(partial: str, simulator: Simulator, num_problems: int) -> int:
     """The number of problems a freshly written store redrew; refuses one whose simulator failed
     too often (the policy of `generate_problems`), naming parameters where it failed."""
-    stored = tf.data.Dataset.load(partial)
-    redrawn = int(stored.reduce(0, lambda total, element: total + element[2]))
-    still_failing = (stored.map(lambda theta, observations, _: (theta, observations))
-                     .unbatch()
-                     .filter(lambda theta, observations: ~tf.reduce_all(
-                         tf.math.is_finite(observations)))
-                     .map(lambda theta, observations: theta))
-    if redrawn > MAX_FAILED_FRACTION * (num_problems + redrawn):   # failures of all draws
-      raise SimulatorError(
-          f"simulator {simulator.spec!r} returned NaN/inf observations for {redrawn} of "
-          f"{num_problems + redrawn} problems drawn from its prior "
-          f"(more than {MAX_FAILED_FRACTION:.0%}): "
-          "fix the simulator where it fails, or narrow its prior")
-    failed = np.array([theta.numpy() for theta in still_failing.take(3)])
+    redrawn, failed = 0, []
+    for theta, observations, chunk_redrawn in tf.data.Dataset.load(partial):   # one pass
+      redrawn += int(chunk_redrawn)
+      chunk = Problems(theta.numpy(), observations.numpy())
+      failed.append(chunk.theta[_failed_rows(chunk)])
+    # The failed draws were replaced in the store, so the fraction is reported without examples.
+    _check_failures(simulator, np.empty((0, simulator.parameter_dim)), redrawn,
+                    num_problems + redrawn)
+    failed = np.concatenate(failed)
     if len(failed):
-      raise SimulatorError(
-          f"simulator {simulator.spec!r} still returned NaN/inf observations for some problems "
-          f"after {MAX_REDRAW_ROUNDS} redraws from its prior, e.g. at "
-          f"{describe_parameters(failed, simulator.parameter_names)}")
+      raise _unrecovered(simulator, failed)
     return redrawn
 
   @property

@@ -191,9 +191,7 @@ class Trainer:
       observations: `[batch, n, d_x]` their observations.
       seed: int32 `[2]`, the seed of the machine's proposals and simulations.
     """
-    cfg = self.train_config
-    return losses.meta_loss(self.machine, theta, observations, seed, cfg.loss, cfg.time_weights,
-                            cfg.beta)
+    return self._loss_and_masked_samples(theta, observations, seed)[0]
 
   def _loss_and_masked_samples(self, theta: tf.Tensor, observations: tf.Tensor,
                                seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
