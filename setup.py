@@ -39,6 +39,7 @@ setup(
         "alfi-export=experiments.export:entry_point",
         "alfi-infer=experiments.infer:entry_point",
         "alfi-report=experiments.report:entry_point",
+        "alfi-npe=experiments.npe:entry_point",
     ]},
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "scipy>=1.11,<2",

@@ -24,6 +24,7 @@ LAYERS = {
     "alfi_tf.model": 2,
     "alfi_tf.workdir": 3,
     "alfi_tf.training": 4, "alfi_tf.serving": 4,
+    "alfi_tf.baselines": 4.5,
     "alfi_tf.evaluation": 5,
     "experiments": 6, "benchmarks": 6,
 }

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from alfi_tf import metrics
 from alfi_tf.config import default_test_horizon, require_positive, require_well_formed
-from alfi_tf.evaluation import plots
+from alfi_tf.evaluation import budgets, plots
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.model.inference import InferenceResult, Inferrer
 from alfi_tf.simulators import Simulator
@@ -97,8 +97,10 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       "num_steps": num_steps,
       "training_horizon": machine_config.num_steps,
       "num_starts": config.num_starts,
-      "simulations_per_inference": config.num_starts * num_steps * machine_config.num_samples
-                                   * machine_config.num_simulated_obs,
+      "simulations_per_inference": budgets.alfi_inference_simulations(
+          machine_config, num_steps, config.num_starts),
+      "training_simulations": budgets.alfi_training_simulations(
+          machine_config, train_config, run.read_summary().get("steps", 0))["total"],
       **_accuracy(names, rmse_steps, reference_rmse),
       **_calibration(run, names, result, test.theta, references),
       **_derived_parameters(machine, result, test.theta, references, seed),

@@ -39,7 +39,7 @@ class Simulator(abc.ABC):
   Subclasses set the class attribute `name`, call `super().__init__(...)` with their
   `parameter_names`, `observation_dim` and `prior`, and implement `simulate`. Where the likelihood is
   tractable they may also implement `log_likelihood` and `maximum_likelihood`, which the evaluation
-  uses as exact references (grid posterior, MLE).
+  uses as exact references (grid posterior, MLE), and `summary_statistics`, for the ABC baseline.
 
   Shapes: `theta` is `[batch, d]` with `d = len(parameter_names)`; observations are
   `[batch, num_obs, observation_dim]`. Everything is float32.
@@ -159,6 +159,22 @@ class Simulator(abc.ABC):
     """The maximum-likelihood (or the spec's reference) estimate, `[batch, d]`."""
     raise NotImplementedError(f"simulator {self.name!r} has no reference estimator")
 
+  def summary_statistics(self, observations: tf.Tensor) -> tf.Tensor:
+    """Hand-chosen (ideally sufficient) summary statistics of each observation set, for the ABC
+    baseline (`alfi_tf.baselines.abc`).
+
+    They must depend on the set only through averages over its observations (sample moments and
+    functions of them, not sums or extremes), so that a set of `N` simulated observations and an
+    observed set of `n` are comparable.
+
+    Args:
+      observations: `[batch, n, observation_dim]`.
+
+    Returns:
+      `[batch, s]` float32.
+    """
+    raise NotImplementedError(f"simulator {self.name!r} has no summary statistics")
+
   def derived_parameters(self, theta: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Identifiable functions of `theta [batch, d]` worth reporting errors for, each `[batch]`.
 
@@ -189,6 +205,11 @@ class Simulator(abc.ABC):
   def has_reference_estimator(self) -> bool:
     """Whether `maximum_likelihood` is implemented."""
     return type(self).maximum_likelihood is not Simulator.maximum_likelihood
+
+  @property
+  def has_summary_statistics(self) -> bool:
+    """Whether `summary_statistics` is implemented."""
+    return type(self).summary_statistics is not Simulator.summary_statistics
 
   @property
   def has_posterior_mean(self) -> bool:

@@ -58,3 +58,10 @@ class GaussianSimulator(Simulator):
     # log of the ML (ddof=0) standard deviation, sqrt(S / n); -inf for a single observation (n = 1).
     log_scale = 0.5 * tf.math.log(squared_deviations / count)
     return tf.stack([sample_mean, log_scale], axis=-1)
+
+  def summary_statistics(self, observations: tf.Tensor) -> tf.Tensor:
+    """`(sample mean, log sample std)`, `[batch, 2]`: sufficient, and the same as the MLE.
+
+    The std is the ML (ddof=0) one, a function of averages; its log is -inf for a single observation.
+    """
+    return self.maximum_likelihood(observations)

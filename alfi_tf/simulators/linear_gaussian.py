@@ -70,6 +70,11 @@ class LinearGaussianSimulator(Simulator):
                                           mean[..., tf.newaxis], lower=True)[..., 0]
     return tf.cast(estimate, tf.float32)
 
+  def summary_statistics(self, observations: tf.Tensor) -> tf.Tensor:
+    """The sample mean of each dimension, `[batch, d]`: sufficient, as the posterior depends on the
+    data only through `sum_i x_i` (and `n`)."""
+    return tf.reduce_mean(tf.convert_to_tensor(observations, tf.float32), axis=1)
+
   def _posterior(self, observations: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """`(mean [batch, d], covariance [d, d])` of the exact posterior, float64."""
     x = tf.cast(tf.convert_to_tensor(observations, tf.float32), tf.float64)

@@ -117,6 +117,18 @@ class LinearRegressionSimulator(Simulator):
     return tf.cast(tf.concat([tf.atan(coefficients[:, :p]), coefficients[:, p:]], axis=-1),
                    tf.float32)
 
+  def summary_statistics(self, observations: tf.Tensor) -> tf.Tensor:
+    """The least-squares fit as angles and offset (the MLE), `[batch, p + 1]`.
+
+    The likelihood depends on the data through `beta_ls` and the design's Gram matrix `D^T D / n`
+    only (`log_likelihood`), so these, with `D^T D / n`, are sufficient; all are functions of the
+    set's pooled second moments. `D^T D / n` and the residual sum of squares (the noise level is
+    known) are ancillary: their distribution does not involve `theta`, so as ABC distances they
+    would only add noise, and they are left out. Slopes are mapped to angles because `tan` sends
+    the top of the prior to slopes of ~1e7, which no scale fits. Needs `n >= p + 1` observations.
+    """
+    return self.maximum_likelihood(observations)
+
   def posterior_mean(self, observations: tf.Tensor, seed: tf.Tensor,
                      num_samples: int = 4096) -> tf.Tensor:
     """The Bayes posterior mean of `theta` under the uniform prior, by importance sampling.

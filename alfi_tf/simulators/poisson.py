@@ -69,3 +69,8 @@ class PoissonSimulator(Simulator):
     # An all-zero set has no finite MLE; half a count is the usual continuity correction.
     n = tf.cast(tf.shape(observations)[1], tf.float32)
     return tf.math.log(tf.maximum(mean, 0.5 / n))[:, tf.newaxis]
+
+  def summary_statistics(self, observations: tf.Tensor) -> tf.Tensor:
+    """The sample mean of the counts, `[batch, 1]`: sufficient, as the likelihood depends on the data
+    only through `sum(x)` (the parameter is the log-rate, but the statistic is the plain mean)."""
+    return tf.reduce_mean(tf.convert_to_tensor(observations, tf.float32), axis=1)

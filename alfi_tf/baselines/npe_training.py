@@ -1,0 +1,114 @@
+"""Training an NPE baseline into a directory, and loading it back.
+
+A run directory holds `npe_config.json` (the `NPEConfig`), `npe.keras` (the trained
+`PosteriorEstimator`, written atomically) and `training_summary.json` (budget and wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, NamedTuple
+
+import keras
+import numpy as np
+from absl import logging
+
+from alfi_tf.baselines.npe import NPEConfig, PosteriorEstimator
+from alfi_tf.config import to_dict
+from alfi_tf.simulators import get_simulator
+from alfi_tf.training import data as data_lib
+from alfi_tf.workdir import write_json_atomically
+
+MODEL_FILE, CONFIG_FILE, SUMMARY_FILE = "npe.keras", "npe_config.json", "training_summary.json"
+
+
+class NPERun(NamedTuple):
+  """A trained estimator and its `training_summary.json` content."""
+
+  estimator: PosteriorEstimator
+  summary: Dict[str, Any]
+
+
+def train_npe(config: NPEConfig, workdir: str, verbose: int = 0) -> NPERun:
+  """Draws `config.num_problems` pairs from the prior, trains NPE on them, saves it in `workdir`.
+
+  Args:
+    config: the estimator and its training.
+    workdir: a new or empty directory (a trained estimator there is never overwritten).
+    verbose: Keras' `fit` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+
+  Raises:
+    FileExistsError: `workdir` already holds a trained estimator.
+    SimulatorError: the simulator fails on too much of its prior (see `data.generate_problems`).
+  """
+  model_path = os.path.join(workdir, MODEL_FILE)
+  if os.path.exists(model_path):
+    raise FileExistsError(f"workdir {workdir!r} already holds a trained NPE estimator "
+                          f"({MODEL_FILE}); choose a new directory")
+  os.makedirs(workdir, exist_ok=True)
+  write_json_atomically(os.path.join(workdir, CONFIG_FILE), to_dict(config))
+  start = time.monotonic()
+  simulator = get_simulator(config.simulator)
+  problems = data_lib.generate_problems(simulator, config.num_problems, config.num_obs,
+                                        config.seed, data_lib.TRAIN_STREAM)
+  keras.utils.set_random_seed(config.seed)
+  estimator = PosteriorEstimator(simulator, config)
+  num_validation = max(1, config.num_problems // 10)
+  theta, observations = problems.theta, problems.observations
+  estimator.adapt(theta[num_validation:], observations[num_validation:])
+  history = _fit(estimator, config,
+                 {"theta": theta[num_validation:], "observations": observations[num_validation:]},
+                 {"theta": theta[:num_validation], "observations": observations[:num_validation]},
+                 verbose)
+  temporary = model_path + ".partial.keras"
+  estimator.save(temporary)
+  os.replace(temporary, model_path)
+  validation = history.history["val_loss"]
+  summary = {
+      "training_simulations": config.training_simulations,
+      "redrawn_problems": problems.redrawn,
+      "epochs_run": len(validation),
+      "best_validation_loss": float(np.nanmin(validation)),
+      "training_seconds": time.monotonic() - start,
+  }
+  write_json_atomically(os.path.join(workdir, SUMMARY_FILE), summary)
+  logging.info("NPE trained in %.0f s (%d epochs), best validation loss %.4f: %s",
+               summary["training_seconds"], summary["epochs_run"],
+               summary["best_validation_loss"], workdir)
+  return NPERun(estimator, summary)
+
+
+def _fit(estimator: PosteriorEstimator, config: NPEConfig, train: Dict[str, np.ndarray],
+         validation: Dict[str, np.ndarray], verbose: int) -> keras.callbacks.History:
+  """Adam with cosine decay, early stopping on the validation loss (best weights kept)."""
+  steps = config.epochs * -(-len(train["theta"]) // config.batch_size)
+  schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
+  # Clipping keeps a spline flow's first steps, on badly fitting densities, from diverging.
+  estimator.compile(keras.optimizers.Adam(schedule, clipnorm=5.0), jit_compile=False)
+  return estimator.fit(
+      train, validation_data=(validation,), batch_size=config.batch_size, epochs=config.epochs,
+      verbose=verbose, callbacks=[
+          keras.callbacks.TerminateOnNaN(),
+          keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                        restore_best_weights=True)])
+
+
+def load_npe(workdir: str) -> PosteriorEstimator:
+  """The estimator `train_npe` saved in `workdir`.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no trained estimator.
+  """
+  model_path = os.path.join(workdir, MODEL_FILE)
+  if not os.path.exists(model_path):
+    raise FileNotFoundError(f"{workdir!r} holds no trained NPE estimator ({MODEL_FILE} missing); "
+                            f"train one first")
+  return keras.saving.load_model(model_path)
+
+
+def read_summary(workdir: str) -> Dict[str, Any]:
+  """`training_summary.json` of an NPE run."""
+  with open(os.path.join(workdir, SUMMARY_FILE)) as stream:
+    return json.load(stream)

@@ -1,0 +1,48 @@
+"""Simulation budgets, counted the same way for every method: simulated *observations* (one draw
+`x ~ p(x | theta)`), split into what training spends once and what each data set then costs.
+
+* ALFI trains on its meta-training problems (`num_problems * n`, plus `batch * n` fresh problems a
+  step with `--data_source=online`) and the validation set (`num_validation_problems * n`), and
+  simulates `T M N` observations per problem at every step (`batch * T M N` a step) and at every
+  validation (`num_validation_problems * T M N`). A data set then costs `R T_test M N` (R starts).
+* NPE trains on `num_problems * n` and costs nothing per data set.
+* Rejection ABC trains nothing and costs `J N_ABC` per data set (`J` candidate draws).
+
+A run resumed after an interruption simulates its fixed sets again; these counts are those of one
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from alfi_tf.config import MachineConfig, TrainConfig
+
+
+def alfi_training_simulations(machine_config: MachineConfig, train_config: TrainConfig,
+                              steps: int) -> Dict[str, int]:
+  """What `steps` meta-training steps simulate, by item, and their `total`.
+
+  Validation runs every `validate_every` steps and after the last one (as `Trainer.train` does),
+  at the training horizon.
+  """
+  n, batch = train_config.num_obs, train_config.batch_size
+  per_problem_run = (machine_config.num_steps * machine_config.num_samples
+                     * machine_config.num_simulated_obs)
+  validations = steps // train_config.validate_every + (steps % train_config.validate_every > 0)
+  counts = {
+      "meta_training_problems": train_config.num_problems * n,
+      "online_problems": steps * batch * n if train_config.data_source == "online" else 0,
+      "validation_problems": train_config.num_validation_problems * n,
+      "training_steps": steps * batch * per_problem_run,
+      "validation_runs": validations * train_config.num_validation_problems * per_problem_run,
+  }
+  counts["total"] = sum(counts.values())
+  return counts
+
+
+def alfi_inference_simulations(machine_config: MachineConfig, num_steps: int,
+                               num_starts: int = 1) -> int:
+  """Simulated observations per data set: `num_starts * num_steps * M * N`."""
+  return (num_starts * num_steps * machine_config.num_samples
+          * machine_config.num_simulated_obs)

@@ -1,0 +1,66 @@
+r"""Trains the NPE baseline and scores it on held-out problems against the exact references.
+
+  python -m experiments.npe --simulator=poisson --observation_transform=log1p \
+      --num_problems=20000 --workdir=runs/npe_poisson
+
+Writes the estimator (`npe.keras`), `training_summary.json` and `metrics.json` (the same figures
+`benchmarks.comparison` tabulates for ALFI and ABC) into the workdir and prints a summary line.
+A workdir that already holds a trained estimator is scored again, not retrained.
+"""
+
+import os
+
+from absl import flags
+
+from alfi_tf.baselines.npe import NPEConfig
+from alfi_tf.baselines.npe_training import MODEL_FILE, load_npe, train_npe
+from alfi_tf.evaluation import comparison
+from alfi_tf.evaluation.references import reference_estimates
+from alfi_tf.workdir import write_json_atomically
+from experiments import cli
+from experiments.config_flags import config_from_flags, define_flags_for
+
+define_flags_for(NPEConfig, {
+    "simulator": "registered name or import spec of the simulator",
+    "density": "NPE's density: gaussian (full covariance) or flow (neural spline flow)",
+    "num_problems": "training pairs (theta*, X) from the prior: the budget is num_problems * n",
+    "num_obs": "observations per data set, n",
+    "epochs": "the most training epochs (early stopping on a held-out tenth)",
+})
+flags.DEFINE_string("workdir", None, "directory for the trained estimator and its scores")
+flags.DEFINE_integer("test_problems", 500, "held-out problems to score on")
+flags.DEFINE_integer("test_seed", 12345, "seed of the held-out problems (their test stream)")
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 per epoch")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv   # checked by cli.run
+  config = config_from_flags(NPEConfig)
+  if FLAGS.test_problems < 1:
+    raise ValueError(f"--test_problems must be positive, got {FLAGS.test_problems}")
+  if not os.path.exists(os.path.join(FLAGS.workdir, MODEL_FILE)):
+    train_npe(config, FLAGS.workdir, verbose=FLAGS.verbose)
+  trained = load_npe(FLAGS.workdir)   # its own configuration, should the flags differ
+  simulator, config = trained.simulator, trained.config
+  test = comparison.held_out_problems(simulator, FLAGS.test_problems, config.num_obs,
+                                      FLAGS.test_seed)
+  report = comparison.score(comparison.npe_answer(FLAGS.workdir, test, FLAGS.test_seed + 1),
+                            test.theta, reference_estimates(simulator, test.observations),
+                            simulator.parameter_names)
+  write_json_atomically(os.path.join(FLAGS.workdir, "metrics.json"), report)
+  ratios = ", ".join(f"{name} {value:.3f}" for name, value in report["rmse_ratio"].items())
+  coverage = ", ".join(f"{level}: " + " ".join(f"{v:.2f}" for v in values.values())
+                       for level, values in report["coverage"].items())
+  print(f"NPE ({config.density}, {report['training_simulations']:.3g} training simulations): "
+        f"RMSE / {report['reference']} {ratios}; coverage {coverage}; NLL {report['nll']:.3f}")
+
+
+def entry_point() -> None:
+  """The installed `alfi-npe` command."""
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  entry_point()

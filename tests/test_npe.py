@@ -1,0 +1,188 @@
+"""The NPE baseline: its densities (closed forms, change of variables), training and persistence."""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from alfi_tf.baselines import npe_training
+from alfi_tf.baselines.gaussian_density import ConditionalGaussian
+from alfi_tf.baselines.npe import NPEConfig, PosteriorEstimator
+from alfi_tf.baselines.spline_flow import ConditionalSplineFlow, coupling_masks
+from alfi_tf.simulators import get_simulator
+from alfi_tf.training import data as data_lib
+
+tfd = tfp.distributions
+CONTEXT = 5
+
+
+def _randomized(layer: keras.layers.Layer, seed: int, scale: float = 0.5) -> keras.layers.Layer:
+  """`layer` with every weight redrawn: the zero-initialised output layers make a fresh head an
+  identity map, which would hide errors in the change of variables."""
+  rng = np.random.default_rng(seed)
+  for weight in layer.weights:
+    weight.assign(scale * rng.standard_normal(weight.shape).astype(np.float32))
+  return layer
+
+
+def _flow(parameter_dim: int, seed: int = 0) -> ConditionalSplineFlow:
+  flow = ConditionalSplineFlow(parameter_dim, num_layers=3, hidden=16, num_bins=6, bound=3.0)
+  flow.build((None, CONTEXT))
+  return _randomized(flow, seed, scale=0.25)
+
+
+def _context(batch: int, seed: int = 1) -> tf.Tensor:
+  return tf.constant(np.random.default_rng(seed).standard_normal([batch, CONTEXT]), tf.float32)
+
+
+def test_gaussian_head_log_prob_and_moments_match_the_closed_form():
+  head = ConditionalGaussian(3)
+  head.build((None, CONTEXT))
+  _randomized(head, seed=2, scale=0.3)
+  context = _context(4)
+  theta = tf.constant(np.random.default_rng(3).standard_normal([4, 3]), tf.float32)
+  mean, scale_tril, _ = head.affine(context)
+  exact = tfd.MultivariateNormalTriL(mean, scale_tril)
+  np.testing.assert_allclose(head.log_prob(theta, context), exact.log_prob(theta), rtol=1e-5,
+                             atol=1e-5)
+  head_mean, head_std = head.mean_and_std(context)
+  np.testing.assert_allclose(head_mean, exact.mean(), rtol=1e-6)
+  np.testing.assert_allclose(head_std, exact.stddev(), rtol=1e-5)
+
+
+def test_coupling_masks_alternate_and_a_single_parameter_is_always_transformed():
+  np.testing.assert_array_equal(coupling_masks(3, 2), [[1, 0, 1], [0, 1, 0]])
+  np.testing.assert_array_equal(coupling_masks(1, 3), [[0], [0], [0]])
+
+
+def test_an_untrained_flow_is_exactly_its_gaussian_head():
+  flow = ConditionalSplineFlow(2, num_layers=2, hidden=8)
+  flow.build((None, CONTEXT))
+  _randomized(flow.gaussian, seed=4, scale=0.3)
+  context = _context(6)
+  theta = tf.constant(np.random.default_rng(5).standard_normal([6, 2]), tf.float32)
+  np.testing.assert_allclose(flow.log_prob(theta, context),
+                             flow.gaussian.log_prob(theta, context), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("parameter_dim", [1, 2, 3])
+def test_flow_log_det_is_the_log_determinant_of_the_normalizing_map(parameter_dim):
+  """Change of variables: the flow's log-determinant against autodiff's full Jacobian."""
+  flow = _flow(parameter_dim)
+  context = _context(8)
+  theta = tf.constant(1.5 * np.random.default_rng(6).standard_normal([8, parameter_dim]),
+                      tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(theta)
+    u, log_det = flow.normalize(theta, context)
+  jacobian = tape.batch_jacobian(u, theta)
+  _, autodiff_log_det = tf.linalg.slogdet(tf.cast(jacobian, tf.float64))
+  np.testing.assert_allclose(log_det, autodiff_log_det, rtol=1e-4, atol=1e-4)
+  base = tfd.MultivariateNormalDiag(tf.zeros(parameter_dim), tf.ones(parameter_dim))
+  np.testing.assert_allclose(flow.log_prob(theta, context), base.log_prob(u) + log_det,
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("parameter_dim", [1, 2])
+def test_flow_generate_inverts_normalize(parameter_dim):
+  flow = _flow(parameter_dim, seed=7)
+  context = _context(16, seed=8)
+  u = tf.random.stateless_normal([16, parameter_dim], seed=[1, 2])
+  theta = flow.generate(u, context)
+  recovered, _ = flow.normalize(theta, context)
+  np.testing.assert_allclose(recovered, u, atol=2e-4)
+
+
+def test_one_dimensional_flow_density_integrates_to_one_and_matches_its_samples():
+  flow = _flow(1, seed=9)
+  context = _context(2, seed=10)
+  grid = np.linspace(-40.0, 40.0, 40001, dtype=np.float32)
+  for row in range(2):
+    repeated = tf.repeat(context[row:row + 1], len(grid), axis=0)
+    density = np.exp(flow.log_prob(grid[:, None], repeated).numpy())
+    mass = np.trapz(density, grid)
+    assert abs(mass - 1.0) < 1e-3, mass
+    # The sampler draws from the same density: its mean within 4 standard errors of the grid's.
+    samples = flow.sample(context[row:row + 1], 20000, seed=tf.constant([3, row])).numpy().ravel()
+    grid_mean = np.trapz(density * grid, grid)
+    assert abs(samples.mean() - grid_mean) < 4 * samples.std() / math.sqrt(len(samples))
+
+
+def _small_config(**overrides) -> NPEConfig:
+  settings = dict(simulator="poisson", density="flow", num_problems=300, num_obs=50,
+                  observation_transform="log1p", encoder_hidden=16, encoder_out=8,
+                  context_hidden=16, flow_layers=2, flow_hidden=16, epochs=3, patience=3,
+                  batch_size=64, seed=0)
+  settings.update(overrides)
+  return NPEConfig(**settings)
+
+
+@pytest.mark.parametrize("density", ["gaussian", "flow"])
+def test_a_few_training_steps_reduce_the_loss(density):
+  config = _small_config(density=density)
+  simulator = get_simulator("poisson")
+  problems = data_lib.generate_problems(simulator, 256, 50, seed=1, stream=data_lib.TRAIN_STREAM)
+  keras.utils.set_random_seed(0)
+  estimator = PosteriorEstimator(simulator, config)
+  estimator.adapt(problems.theta, problems.observations)
+  estimator.compile(keras.optimizers.Adam(3e-3))
+  inputs = {"theta": problems.theta, "observations": problems.observations}
+  before = float(estimator.evaluate(inputs, batch_size=256, verbose=0))
+  estimator.fit(inputs, batch_size=64, epochs=8, verbose=0, shuffle=False)
+  after = float(estimator.evaluate(inputs, batch_size=256, verbose=0))
+  assert after < before - 0.5, (before, after)
+
+
+def test_train_npe_saves_a_loadable_estimator_and_counts_its_budget(tmp_path):
+  config = _small_config()
+  workdir = str(tmp_path / "npe")
+  run = npe_training.train_npe(config, workdir)
+  assert run.summary["training_simulations"] == 300 * 50 == config.training_simulations
+  assert 1 <= run.summary["epochs_run"] <= 3
+  with open(os.path.join(workdir, npe_training.CONFIG_FILE)) as stream:
+    assert NPEConfig(**json.load(stream)) == config
+  loaded = npe_training.load_npe(workdir)
+  test = data_lib.generate_problems(get_simulator("poisson"), 5, 50, 0, data_lib.TEST_STREAM)
+  np.testing.assert_allclose(loaded.log_prob(test.theta, test.observations),
+                             run.estimator.log_prob(test.theta, test.observations), rtol=1e-6)
+  posterior = loaded.posterior(test.observations, num_samples=64, seed=3, batch_size=2)
+  assert posterior.samples.shape == (5, 64, 1)
+  np.testing.assert_allclose(posterior.mean, posterior.samples.mean(axis=1), rtol=1e-5)
+  again = loaded.posterior(test.observations, num_samples=64, seed=3, batch_size=2)
+  np.testing.assert_array_equal(posterior.samples, again.samples)
+  with pytest.raises(FileExistsError, match="already holds"):
+    npe_training.train_npe(config, workdir)
+
+
+def test_load_npe_without_a_trained_estimator_says_so(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no trained NPE"):
+    npe_training.load_npe(str(tmp_path))
+
+
+def test_gaussian_head_posterior_moments_are_exact():
+  config = _small_config(density="gaussian")
+  estimator = PosteriorEstimator(get_simulator("poisson"), config)
+  _randomized(estimator.density, seed=11, scale=0.2)
+  test = data_lib.generate_problems(get_simulator("poisson"), 3, 50, 0, data_lib.TEST_STREAM)
+  posterior = estimator.posterior(test.observations, num_samples=4000, seed=0)
+  # Exact moments; the samples agree within 5 standard errors.
+  standard_error = posterior.std / math.sqrt(4000)
+  assert np.all(np.abs(posterior.samples.mean(axis=1) - posterior.mean) < 5 * standard_error)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", float("nan"), "learning_rate must be a finite number"),
+    ("density", "maf", "density must be one of"),
+    ("num_problems", 1, "num_problems must be at least 2"),
+    ("epochs", 0, "epochs must be positive"),
+    ("spline_bins", 1, "spline_bins must be at least 2"),
+    ("observation_transform", "log", "observation_transform must be one of"),
+])
+def test_npe_config_rejects_bad_values_by_name(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    _small_config(**{field: value})
