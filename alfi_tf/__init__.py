@@ -13,7 +13,11 @@ The package is layered the way the method flows (imports only go down; `docs/arc
   training     the `Trainer`: meta-training with exact resume, TensorBoard and `tf.distribute`.
   serving      `export_machine` (a SavedModel needing only TensorFlow), `DeployedMachine` (infer or
                ask/tell with any simulator) and `load_observations` (.npy / .npz / .csv).
-  evaluation   `evaluate` a trained workdir on held-out problems against exact references.
+  baselines    what ALFI is compared against: amortised neural posterior estimation
+               (`PosteriorEstimator`, `NPEConfig`, `train_npe`, `load_npe`) and rejection ABC
+               (`RejectionABC`, `ABCConfig`).
+  evaluation   `evaluate` a trained workdir on held-out problems against exact references; the
+               `comparison` of ALFI, NPE and ABC at counted simulation `budgets`.
 
 A typical session:
 
@@ -32,6 +36,9 @@ __version__ = "0.2.0"
 
 # The imports come after `__version__`: the export module records it.
 # pylint: disable=wrong-import-position
+from alfi_tf.baselines.abc import ABCConfig, ABCResult, RejectionABC
+from alfi_tf.baselines.npe import NPEConfig, PosteriorEstimator
+from alfi_tf.baselines.npe_training import load_npe, train_npe
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.evaluation.evaluator import EvaluationConfig, evaluate
 from alfi_tf.model.inference import InferenceResult, Inferrer, pool_starts
@@ -63,6 +70,9 @@ __all__ = [
     "TrainConfig", "set_global_seed", "Trainer", "TrainingResult", "load_machine",
     # serving
     "export_machine", "DeployedMachine", "load_observations",
+    # baselines
+    "NPEConfig", "PosteriorEstimator", "train_npe", "load_npe", "ABCConfig", "RejectionABC",
+    "ABCResult",
     # evaluation
     "EvaluationConfig", "evaluate",
 ]

@@ -37,13 +37,19 @@ MACHINE = MachineConfig(simulator="counting", num_steps=2, num_samples=4, num_si
                         updater_hidden=4, lstm_units=4)
 
 
-def test_alfi_training_simulations_are_what_a_training_run_simulates(counting, tmp_path):
-  # 64 problems / batch 16 x 2 epochs = 8 steps; validation after steps 3, 6 and 8.
+def _train(tmp_path, data_source: str, validate_every: int):
+  """Trains 8 steps (64 problems / batch 16 x 2 epochs); returns the counted budget."""
   train = TrainConfig(num_problems=64, num_obs=5, epochs=2, batch_size=16,
-                      num_validation_problems=16, validate_every=3, data_source="memory")
+                      num_validation_problems=16, validate_every=validate_every,
+                      data_source=data_source)
   set_global_seed(0)
   result = Trainer(MACHINE, train, str(tmp_path), progress_bar=False).train()
-  counts = budgets.alfi_training_simulations(MACHINE, train, result.steps)
+  assert result.steps == 8
+  return budgets.alfi_training_simulations(MACHINE, train, result.steps)
+
+
+def test_alfi_training_simulations_are_what_a_training_run_simulates(counting, tmp_path):
+  counts = _train(tmp_path, "memory", validate_every=3)   # validation after steps 3, 6 and 8
   per_run = 2 * 4 * 3
   assert counts == {"meta_training_problems": 64 * 5, "online_problems": 0,
                     "validation_problems": 16 * 5, "training_steps": 8 * 16 * per_run,
@@ -53,11 +59,7 @@ def test_alfi_training_simulations_are_what_a_training_run_simulates(counting, t
 
 
 def test_online_training_counts_its_fresh_problems(counting, tmp_path):
-  train = TrainConfig(num_problems=64, num_obs=5, epochs=2, batch_size=16,
-                      num_validation_problems=16, validate_every=4, data_source="online")
-  set_global_seed(0)
-  result = Trainer(MACHINE, train, str(tmp_path), progress_bar=False).train()
-  counts = budgets.alfi_training_simulations(MACHINE, train, result.steps)
+  counts = _train(tmp_path, "online", validate_every=4)
   assert counts["online_problems"] == 8 * 16 * 5 and counts["validation_runs"] == 2 * 16 * 24
   # The pipeline may simulate a few batches ahead of the last step; those are spent but unused.
   assert counts["total"] <= CountingSimulator.simulated <= counts["total"] + 4 * 16 * 5

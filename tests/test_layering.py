@@ -1,7 +1,7 @@
 """The package's layering: imports only go down, and no module imports itself in a cycle.
 
     base (config, checks, metrics) <- simulators <- model <- workdir <- training | serving
-        <- evaluation <- binaries (experiments, benchmarks)
+        <- baselines <- evaluation <- binaries (experiments, benchmarks)
 
 `training` and `serving` are siblings: neither imports the other. The top-level `alfi_tf/__init__.py`
 is the curated public API and may import from every layer (nothing inside the package imports it

@@ -47,10 +47,10 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0) -> NPERun:
   if os.path.exists(model_path):
     raise FileExistsError(f"workdir {workdir!r} already holds a trained NPE estimator "
                           f"({MODEL_FILE}); choose a new directory")
+  simulator = get_simulator(config.simulator)   # an unknown simulator: nothing written yet
   os.makedirs(workdir, exist_ok=True)
   write_json_atomically(os.path.join(workdir, CONFIG_FILE), to_dict(config))
   start = time.monotonic()
-  simulator = get_simulator(config.simulator)
   problems = data_lib.generate_problems(simulator, config.num_problems, config.num_obs,
                                         config.seed, data_lib.TRAIN_STREAM)
   keras.utils.set_random_seed(config.seed)
