@@ -58,6 +58,10 @@ def test_evaluate_end_to_end(trained_workdir):
   assert set(metrics["references"]) == {"prior_mean", "mle", "posterior_mean"}
   assert set(metrics["coverage"]) == {"0.68", "0.95"}
   assert metrics["robustness"]["starts"] == 3
+  # Online problems 6 x 16 x 40, fixed 48 x 40 and validation 8 x 40 observations; 6 steps x 16
+  # problems and 2 validations x 8 problems, each T M N = 2 x 4 x 8; per data set 3 x 4 x 8.
+  assert metrics["training_simulations"] == 3840 + 1920 + 320 + 6 * 16 * 64 + 2 * 8 * 64
+  assert metrics["simulations_per_inference"] == 96
   assert set(metrics["sbc"]["within_band"]) == {"beam_energy", "fermi_constant"}
   assert set(metrics["derived_rmse"]["asymmetry"]) == {"alfi", "alfi_proposal_average", "mle",
                                                        "posterior_mean"}

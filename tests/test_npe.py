@@ -186,3 +186,12 @@ def test_gaussian_head_posterior_moments_are_exact():
 def test_npe_config_rejects_bad_values_by_name(field, value, message):
   with pytest.raises(ValueError, match=message):
     _small_config(**{field: value})
+
+
+def test_posterior_names_bad_observations():
+  estimator = PosteriorEstimator(get_simulator("poisson"), _small_config())
+  with pytest.raises(ValueError, match=r"observations contains 1 NaN/inf value\(s\), the first at "
+                                       r"\[0, 1, 0\]"):
+    estimator.posterior(np.array([[[1.0], [np.nan]]]))
+  with pytest.raises(ValueError, match=r"observations must have shape \[num_problems, num_obs, 1\]"):
+    estimator.posterior(np.ones([3, 4]))

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from alfi_tf.checks import check_observations
 from alfi_tf.config import (OBSERVATION_TRANSFORMS, require_choice, require_positive,
                             require_well_formed, to_dict)
 from alfi_tf.baselines.gaussian_density import ConditionalGaussian
@@ -214,7 +215,15 @@ class PosteriorEstimator(keras.Model):
 
   def posterior(self, observations: np.ndarray, num_samples: int = 1000, seed: int = 0,
                 batch_size: int = 256) -> Posterior:
-    """Posterior draws and moments for `observations [K, n, d_x]`, `batch_size` sets at a time."""
+    """Posterior draws and moments for `observations [K, n, d_x]`, `batch_size` sets at a time.
+
+    Raises:
+      ValueError: `observations` of the wrong shape, empty or not finite (with the location).
+    """
+    observations = check_observations(observations, self.simulator.observation_dim)
+    if num_samples < 2 or batch_size < 1:
+      raise ValueError(f"num_samples must be at least 2 and batch_size positive, got "
+                       f"{num_samples} and {batch_size}")
     means, stds, samples = [], [], []
     draw = tf.function(self._draw, reduce_retracing=True)
     for index, start in enumerate(range(0, len(observations), batch_size)):

@@ -115,10 +115,6 @@ class ConditionalSplineFlow(keras.layers.Layer):
       coupling.build((None, self.parameter_dim + context_size))
     self.gaussian.build(context_shape)
 
-  def call(self, context: tf.Tensor) -> tf.Tensor:
-    """The affine map's `psi [batch, d + d(d+1)/2]` (what the Gaussian head would answer)."""
-    return self.gaussian(context)
-
   def normalize(self, theta: tf.Tensor, context: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Normalising direction: `theta [batch, d] -> (u [batch, d], log |du / dtheta| [batch])`."""
     mean, scale_tril, log_diagonal = self.gaussian.affine(context)
