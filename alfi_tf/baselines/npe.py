@@ -59,7 +59,8 @@ class NPEConfig:
       and the bins per spline.
     epochs: the most passes over the training pairs; training stops earlier when the validation
       loss has not improved for `patience` epochs (the best weights are kept).
-    batch_size, learning_rate: Adam with a cosine decay to zero over `epochs`.
+    batch_size, learning_rate: Adam, its rate halved whenever the validation loss has not
+      improved for `patience // 4` epochs.
     seed: the training pairs' seed (training stream) and the weights' initialisation.
   """
 

@@ -82,15 +82,22 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0) -> NPERun:
 
 def _fit(estimator: PosteriorEstimator, config: NPEConfig, train: Dict[str, np.ndarray],
          validation: Dict[str, np.ndarray], verbose: int) -> keras.callbacks.History:
-  """Adam with cosine decay, early stopping on the validation loss (best weights kept)."""
-  steps = config.epochs * -(-len(train["theta"]) // config.batch_size)
-  schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
+  """Adam, its learning rate halved whenever the validation loss stalls for `patience // 4`
+  epochs, stopped after `patience` epochs without improvement (the best weights are kept).
+
+  A fixed schedule does not fit NPE: a posterior a thousandth of the prior's width makes the loss
+  so sensitive to the density's location that Adam at a rate that learns quickly early on jumps
+  around the optimum later, and early stopping then ends the run on a noisy plateau.
+  """
   # Clipping keeps a spline flow's first steps, on badly fitting densities, from diverging.
-  estimator.compile(keras.optimizers.Adam(schedule, clipnorm=5.0), jit_compile=False)
+  estimator.compile(keras.optimizers.Adam(config.learning_rate, clipnorm=5.0), jit_compile=False)
   return estimator.fit(
       train, validation_data=(validation,), batch_size=config.batch_size, epochs=config.epochs,
       verbose=verbose, callbacks=[
           keras.callbacks.TerminateOnNaN(),
+          keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                            patience=max(1, config.patience // 4),
+                                            min_lr=config.learning_rate / 1000),
           keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                         restore_best_weights=True)])
 
