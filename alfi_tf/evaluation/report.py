@@ -63,13 +63,14 @@ def render_results(workdirs: Sequence[str]) -> str:
   return "\n".join([settings, "", *lines, "", "RMSE of μ_t per step:", "", *curves])
 
 
-def replace_marked_section(path: str, body: str) -> None:
+def replace_marked_section(path: str, body: str, begin_marker: str = BEGIN_MARKER,
+                           end_marker: str = END_MARKER) -> None:
   """Replaces the text between the markers of `path` (appending them if absent), atomically."""
   text = open(path).read() if os.path.exists(path) else ""
-  block = f"{BEGIN_MARKER}\n{body}\n{END_MARKER}"
-  if BEGIN_MARKER in text and END_MARKER in text:
-    start = text.index(BEGIN_MARKER)
-    end = text.index(END_MARKER) + len(END_MARKER)
+  block = f"{begin_marker}\n{body}\n{end_marker}"
+  if begin_marker in text and end_marker in text:
+    start = text.index(begin_marker)
+    end = text.index(end_marker) + len(end_marker)
     text = text[:start] + block + text[end:]
   else:
     text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
