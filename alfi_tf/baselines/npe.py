@@ -58,7 +58,8 @@ class NPEConfig:
     flow_layers, flow_hidden, spline_bins: the spline flow's couplings, their conditioners' width
       and the bins per spline.
     epochs: the most passes over the training pairs; training stops earlier when the validation
-      loss has not improved for `patience` epochs (the best weights are kept).
+      loss has not improved for `patience` epochs (the best weights are kept). A flow trains in
+      two such stages: its Gaussian part alone, then everything (`npe_training`).
     batch_size, learning_rate: Adam, its rate halved whenever the validation loss has not
       improved for `patience // 4` epochs.
     seed: the training pairs' seed (training stream) and the weights' initialisation.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, NamedTuple, Tuple
 
 import keras
 import numpy as np
@@ -58,19 +58,18 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0) -> NPERun:
   num_validation = max(1, config.num_problems // 10)
   theta, observations = problems.theta, problems.observations
   estimator.adapt(theta[num_validation:], observations[num_validation:])
-  history = _fit(estimator, config,
-                 {"theta": theta[num_validation:], "observations": observations[num_validation:]},
-                 {"theta": theta[:num_validation], "observations": observations[:num_validation]},
-                 verbose)
+  epochs_run, best_validation_loss = _train_in_stages(
+      estimator, config,
+      {"theta": theta[num_validation:], "observations": observations[num_validation:]},
+      {"theta": theta[:num_validation], "observations": observations[:num_validation]}, verbose)
   temporary = model_path + ".partial.keras"
   estimator.save(temporary)
   os.replace(temporary, model_path)
-  validation = history.history["val_loss"]
   summary = {
       "training_simulations": config.training_simulations,
       "redrawn_problems": problems.redrawn,
-      "epochs_run": len(validation),
-      "best_validation_loss": float(np.nanmin(validation)),
+      "epochs_run": epochs_run,
+      "best_validation_loss": best_validation_loss,
       "training_seconds": time.monotonic() - start,
   }
   write_json_atomically(os.path.join(workdir, SUMMARY_FILE), summary)
@@ -78,6 +77,29 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0) -> NPERun:
                summary["training_seconds"], summary["epochs_run"],
                summary["best_validation_loss"], workdir)
   return NPERun(estimator, summary)
+
+
+def _train_in_stages(estimator: PosteriorEstimator, config: NPEConfig,
+                     train: Dict[str, np.ndarray], validation: Dict[str, np.ndarray],
+                     verbose: int) -> Tuple[int, float]:
+  """Fits the estimator; a flow first with its couplings frozen. Returns (epochs, best loss).
+
+  A spline maps [-B, B] onto itself, so it can only narrow the density's core by spreading the
+  rest of its mass into wide tails. Trained from the start, the splines do just that while the
+  affine scale is still too wide, and the flow ends with a sharp core and heavy tails (Poisson at
+  1e7 simulations: std 15-50x the exact posterior's, mean 1.67x Bayes). So the flow's Gaussian
+  part is fitted alone first (identity couplings), then everything together.
+  """
+  couplings = getattr(estimator.density, "couplings", [])
+  epochs_run = 0
+  if couplings:
+    for coupling in couplings:
+      coupling.trainable = False
+    epochs_run += len(_fit(estimator, config, train, validation, verbose).history["val_loss"])
+    for coupling in couplings:
+      coupling.trainable = True
+  losses = _fit(estimator, config, train, validation, verbose).history["val_loss"]
+  return epochs_run + len(losses), float(np.nanmin(losses))
 
 
 def _fit(estimator: PosteriorEstimator, config: NPEConfig, train: Dict[str, np.ndarray],
