@@ -202,16 +202,18 @@ def render_table(simulator: str, scores: Dict[str, Any]) -> str:
 def plot_learning_curves(all_scores: Dict[str, Dict[str, Any]], path: str) -> None:
   """Mean RMSE ratio against training simulations, one panel per simulator."""
   from matplotlib import pyplot as plt   # only the report needs matplotlib
+  from matplotlib.ticker import ScalarFormatter
   count = len(all_scores)
   columns = min(count, 3)
   rows = -(-count // columns)
   figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
   for axis, (simulator, scores) in zip(axes.ravel(), all_scores.items()):
-    for prefix, style in (("alfi_", "o-"), ("npe_flow_", "s-"), ("npe_gaussian_", "D")):
+    for prefix, style, color in (("alfi_", "o-", "tab:blue"), ("npe_flow_", "s-", "tab:orange"),
+                                 ("npe_gaussian_", "D", "tab:green")):
       points = sorted((s["training_simulations"], np.mean(list(s["rmse_ratio"].values())))
                       for label, s in scores.items() if label.startswith(prefix))
       if points:
-        axis.plot(*zip(*points), style, label=prefix.rstrip("_"))
+        axis.plot(*zip(*points), style, color=color, label=prefix.rstrip("_"))
     for label, color in (("abc_equal_budget", "tab:red"), ("abc_100x_budget", "tab:purple")):
       if label in scores:
         axis.axhline(np.mean(list(scores[label]["rmse_ratio"].values())), color=color,
@@ -219,6 +221,8 @@ def plot_learning_curves(all_scores: Dict[str, Dict[str, Any]], path: str) -> No
     axis.axhline(1.0, color="k", alpha=0.3)
     axis.set(title=simulator, xscale="log", yscale="log", xlabel="training simulations",
              ylabel=f"RMSE ÷ {next(iter(scores.values()))['reference'].replace('_', ' ')}")
+    axis.yaxis.set_major_formatter(ScalarFormatter())
+    axis.yaxis.set_minor_formatter(ScalarFormatter())
     axis.legend(fontsize=7)
   for axis in axes.ravel()[count:]:
     axis.set_visible(False)
