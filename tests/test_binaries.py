@@ -257,7 +257,6 @@ def test_npe_binary_trains_scores_and_rescores_without_retraining(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--learning_rate=nan"], "learning_rate must be a finite number, got nan"),
-    (["--density=maf"], "density must be one of ('gaussian', 'flow'), got 'maf'"),
     (["--test_problems=0"], "--test_problems must be positive, got 0"),
     (["--simulator=nope"], "unknown simulator 'nope'"),
 ])
