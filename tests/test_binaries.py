@@ -237,8 +237,8 @@ def test_unknown_config_lists_the_shipped_ones(tmp_path):
   assert "unknown --config='poisonn'; the shipped configs are: base, gaussian" in result.stderr
 
 
-NPE_TINY_FLAGS = ["--simulator=poisson", "--observation_transform=log1p", "--num_problems=64",
-                  "--num_obs=20", "--epochs=2", "--encoder_hidden=8", "--encoder_out=4",
+NPE_TINY_FLAGS = ["--simulator=poisson", "--observation_transform=log1p", "--num_problems=32",
+                  "--num_obs=20", "--epochs=1", "--encoder_hidden=8", "--encoder_out=4",
                   "--context_hidden=8", "--flow_layers=1", "--flow_hidden=8",
                   "--test_problems=16", "--verbose=0"]
 
@@ -247,9 +247,9 @@ def test_npe_binary_trains_scores_and_rescores_without_retraining(tmp_path):
   workdir = tmp_path / "npe"
   result = run("experiments.npe", *NPE_TINY_FLAGS, f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "NPE (flow, 1.28e+03 training simulations): RMSE / posterior_mean log_rate" in result.stdout
+  assert "NPE (flow, 640 training simulations): RMSE / posterior_mean log_rate" in result.stdout
   metrics = json.load(open(workdir / "metrics.json"))
-  assert metrics["training_simulations"] == 64 * 20 and metrics["simulations_per_inference"] == 0
+  assert metrics["training_simulations"] == 32 * 20 and metrics["simulations_per_inference"] == 0
   model_time = os.path.getmtime(workdir / "npe.keras")
   again = run("experiments.npe", *NPE_TINY_FLAGS, f"--workdir={workdir}")
   assert again.returncode == 0 and os.path.getmtime(workdir / "npe.keras") == model_time

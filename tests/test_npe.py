@@ -140,10 +140,10 @@ def test_a_few_training_steps_reduce_the_loss(density):
 
 
 def test_train_npe_saves_a_loadable_estimator_and_counts_its_budget(tmp_path):
-  config = _small_config(epochs=1)
+  config = _small_config(epochs=1, num_problems=96)
   workdir = str(tmp_path / "npe")
   run = npe_training.train_npe(config, workdir)
-  assert run.summary["training_simulations"] == 300 * 50 == config.training_simulations
+  assert run.summary["training_simulations"] == 96 * 50 == config.training_simulations
   assert run.summary["epochs_run"] == 2   # the Gaussian stage, then the whole flow
   with open(os.path.join(workdir, npe_training.CONFIG_FILE)) as stream:
     assert NPEConfig(**json.load(stream)) == config
