@@ -33,7 +33,7 @@ import numpy as np
 
 from alfi_tf.baselines.abc import ABCConfig
 from alfi_tf.baselines.npe import NPEConfig
-from alfi_tf.baselines.npe_training import MODEL_FILE, load_npe, train_npe
+from alfi_tf.baselines.npe_training import is_trained, load_npe, train_npe
 from alfi_tf.evaluation import comparison
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.evaluation.report import replace_marked_section
@@ -123,7 +123,7 @@ def _short(budget: int) -> str:
 
 def _npe_method(workdir: str, config: NPEConfig, test) -> Callable[[], comparison.Answer]:
   def run() -> comparison.Answer:
-    if not os.path.exists(os.path.join(workdir, MODEL_FILE)):
+    if not is_trained(workdir):
       train_npe(config, workdir, verbose=0)
     return comparison.npe_answer(workdir, test(), FLAGS.seed + 1)
   return run

@@ -13,7 +13,7 @@ import os
 from absl import flags
 
 from alfi_tf.baselines.npe import NPEConfig
-from alfi_tf.baselines.npe_training import MODEL_FILE, load_npe, train_npe
+from alfi_tf.baselines.npe_training import is_trained, load_npe, train_npe
 from alfi_tf.evaluation import comparison
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.workdir import write_json_atomically
@@ -40,7 +40,7 @@ def main(argv):
   config = config_from_flags(NPEConfig)
   if FLAGS.test_problems < 1:
     raise ValueError(f"--test_problems must be positive, got {FLAGS.test_problems}")
-  if not os.path.exists(os.path.join(FLAGS.workdir, MODEL_FILE)):
+  if not is_trained(FLAGS.workdir):
     train_npe(config, FLAGS.workdir, verbose=FLAGS.verbose)
   trained = load_npe(FLAGS.workdir)   # its own configuration, should the flags differ
   simulator, config = trained.simulator, trained.config

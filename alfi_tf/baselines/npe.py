@@ -33,6 +33,7 @@ from alfi_tf.config import (OBSERVATION_TRANSFORMS, require_choice, require_posi
                             require_well_formed, to_dict)
 from alfi_tf.baselines.gaussian_density import ConditionalGaussian
 from alfi_tf.baselines.spline_flow import ConditionalSplineFlow
+from alfi_tf.model.loss_model import LossModel
 from alfi_tf.model.networks import SetEncoder
 from alfi_tf.model.normalization import Standardizer, transform_observations
 from alfi_tf.simulators import Simulator, get_simulator
@@ -118,7 +119,7 @@ class Posterior(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="alfi_tf")
-class PosteriorEstimator(keras.Model):
+class PosteriorEstimator(LossModel):
   """`q(theta | s(X))`: a summary network and a conditional density, trained with `fit`.
 
   `fit` takes `{"theta": [B, d], "observations": [B, n, d_x]}` and minimises the mean negative
@@ -183,7 +184,7 @@ class PosteriorEstimator(keras.Model):
     """`log q(theta | X)` in raw parameter units, `[B]`."""
     standardized = self.theta_standardizer.forward(theta)
     return (self.density.log_prob(standardized, self.context(observations))
-            - tf.reduce_sum(tf.math.log(self.theta_standardizer.std)))
+            + self.theta_standardizer.forward_log_det_jacobian())
 
   def sample(self, observations: tf.Tensor, num_samples: int, seed: tf.Tensor) -> tf.Tensor:
     """`[B, num_samples, d]` raw draws from `q(theta | X)`."""
@@ -196,24 +197,10 @@ class PosteriorEstimator(keras.Model):
     return -self.density.log_prob(self.theta_standardizer.forward(inputs["theta"]),
                                   self.context(inputs["observations"]))
 
-  def _batch_loss(self, data, training: bool = False) -> tf.Tensor:
+  def batch_loss(self, data, training: bool = False) -> tf.Tensor:
+    """The mean negative log-density of a batch `{"theta", "observations"}`."""
     inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     return tf.reduce_mean(self(inputs, training=training))
-
-  def train_step(self, data) -> Dict[str, tf.Tensor]:
-    with tf.GradientTape() as tape:
-      loss = self._batch_loss(data, training=True)
-    self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
-    return self._logs(loss)
-
-  def test_step(self, data) -> Dict[str, tf.Tensor]:
-    return self._logs(self._batch_loss(data))
-
-  def _logs(self, loss: tf.Tensor) -> Dict[str, tf.Tensor]:
-    for metric in self.metrics:
-      if metric.name == "loss":
-        metric.update_state(loss)
-    return {metric.name: metric.result() for metric in self.metrics}
 
   def posterior(self, observations: np.ndarray, num_samples: int = 1000, seed: int = 0,
                 batch_size: int = 256) -> Posterior:
@@ -239,8 +226,9 @@ class PosteriorEstimator(keras.Model):
 
   def _draw(self, observations: tf.Tensor, num_samples: int,
             seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    samples = self.sample(observations, num_samples, seed)
+    context = self.context(observations)             # the set encoder runs once per batch
+    samples = self.theta_standardizer.inverse(self.density.sample(context, num_samples, seed))
     if isinstance(self.density, ConditionalGaussian):    # exact moments, not Monte Carlo
-      mean, std = self.density.mean_and_std(self.context(observations))
+      mean, std = self.density.mean_and_std(context)
       return (self.theta_standardizer.inverse(mean), std * self.theta_standardizer.std, samples)
     return tf.reduce_mean(samples, axis=1), tf.math.reduce_std(samples, axis=1), samples

@@ -43,8 +43,7 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0) -> NPERun:
     FileExistsError: `workdir` already holds a trained estimator.
     SimulatorError: the simulator fails on too much of its prior (see `data.generate_problems`).
   """
-  model_path = os.path.join(workdir, MODEL_FILE)
-  if os.path.exists(model_path):
+  if is_trained(workdir):
     raise FileExistsError(f"workdir {workdir!r} already holds a trained NPE estimator "
                           f"({MODEL_FILE}); choose a new directory")
   simulator = get_simulator(config.simulator)   # an unknown simulator: nothing written yet
@@ -62,6 +61,7 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0) -> NPERun:
       estimator, config,
       {"theta": theta[num_validation:], "observations": observations[num_validation:]},
       {"theta": theta[:num_validation], "observations": observations[:num_validation]}, verbose)
+  model_path = os.path.join(workdir, MODEL_FILE)
   temporary = model_path + ".partial.keras"
   estimator.save(temporary)
   os.replace(temporary, model_path)
@@ -124,17 +124,21 @@ def _fit(estimator: PosteriorEstimator, config: NPEConfig, train: Dict[str, np.n
                                         restore_best_weights=True)])
 
 
+def is_trained(workdir: str) -> bool:
+  """Whether `workdir` holds an estimator `train_npe` finished (it writes the model last)."""
+  return os.path.exists(os.path.join(workdir, MODEL_FILE))
+
+
 def load_npe(workdir: str) -> PosteriorEstimator:
   """The estimator `train_npe` saved in `workdir`.
 
   Raises:
     FileNotFoundError: `workdir` holds no trained estimator.
   """
-  model_path = os.path.join(workdir, MODEL_FILE)
-  if not os.path.exists(model_path):
+  if not is_trained(workdir):
     raise FileNotFoundError(f"{workdir!r} holds no trained NPE estimator ({MODEL_FILE} missing); "
                             f"train one first")
-  return keras.saving.load_model(model_path)
+  return keras.saving.load_model(os.path.join(workdir, MODEL_FILE))
 
 
 def read_summary(workdir: str) -> Dict[str, Any]:

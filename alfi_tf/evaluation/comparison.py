@@ -58,7 +58,8 @@ def held_out_problems(simulator: Simulator, num_problems: int, num_obs: int,
 def alfi_answer(workdir: str, test: data_lib.Problems, seed: int, num_steps: int = 15,
                 num_starts: int = 1) -> Answer:
   """A trained ALFI workdir's answer (its final proposal's density where it has one)."""
-  machine_config, train_config = Workdir(workdir).read_config()
+  run = Workdir(workdir)
+  machine_config, train_config = run.read_config()
   machine = load_machine(workdir)
   inferrer = Inferrer(machine, num_steps=num_steps)
   start = time.monotonic()
@@ -68,8 +69,8 @@ def alfi_answer(workdir: str, test: data_lib.Problems, seed: int, num_steps: int
   if result.psi is not None and machine.proposal.has_density:
     standardized = machine.theta_standardizer.forward(tf.constant(test.theta))
     log_prob = (machine.proposal.log_prob(standardized, tf.constant(result.psi))
-                - tf.reduce_sum(tf.math.log(machine.theta_standardizer.std))).numpy()
-  summary = Workdir(workdir).read_summary()
+                + machine.theta_standardizer.forward_log_det_jacobian()).numpy()
+  summary = run.read_summary()
   return Answer(
       "alfi", result.mean, result.std, log_prob,
       budgets.alfi_training_simulations(machine_config, train_config,

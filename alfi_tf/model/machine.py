@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from alfi_tf.config import MachineConfig, to_dict
 from alfi_tf.model import losses
+from alfi_tf.model.loss_model import LossModel
 from alfi_tf.model.networks import SampleAggregator, SetEncoder, Updater
 from alfi_tf.model.normalization import Moments, Standardizer, transform_observations
 from alfi_tf.model.proposals import get_proposal
@@ -63,7 +64,7 @@ def standardize_over_samples(features: tf.Tensor, epsilon: float = 1e-5) -> tf.T
 
 
 @keras.saving.register_keras_serializable(package="alfi_tf")
-class InferenceMachine(keras.Model):
+class InferenceMachine(LossModel):
   """Meta-learned inference: proposes, simulates, compares, updates `psi`, T times.
 
   The standardisation statistics of parameters and observations are weights of the model (set them
@@ -332,23 +333,9 @@ class InferenceMachine(keras.Model):
     self.compile(optimizer=optimizer, **settings)
     self.optimizer.build(self.trainable_variables)
 
-  def _batch_meta_loss(self, data) -> tf.Tensor:
+  def batch_loss(self, data, training: bool = False) -> tf.Tensor:
+    """`losses.meta_loss` of a batch `(theta, observations, seed)`."""
+    del training   # the machine has no layers that train differently
     theta, observations, seed = data
     seed = tf.reshape(tf.cast(seed, tf.int32), [-1, 2])[0]
     return losses.meta_loss(self, theta, observations, seed, **self._meta_loss_settings)
-
-  def _logs(self, loss: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Updates Keras' loss tracker (the running mean over an epoch) and returns the logs."""
-    for metric in self.metrics:
-      if metric.name == "loss":
-        metric.update_state(loss)
-    return {metric.name: metric.result() for metric in self.metrics}
-
-  def train_step(self, data) -> Dict[str, tf.Tensor]:
-    with tf.GradientTape() as tape:
-      loss = self._batch_meta_loss(data)
-    self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
-    return self._logs(loss)
-
-  def test_step(self, data) -> Dict[str, tf.Tensor]:
-    return self._logs(self._batch_meta_loss(data))

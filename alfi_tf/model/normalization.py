@@ -97,5 +97,9 @@ class Standardizer(keras.layers.Layer):
     """Standardised -> raw."""
     return z * self.std + self.mean
 
+  def forward_log_det_jacobian(self) -> tf.Tensor:
+    """`log |dz / dx| = -sum log std`: added to a log-density of `z` it gives one of raw `x`."""
+    return -tf.reduce_sum(tf.math.log(self.std))
+
   def call(self, x: tf.Tensor) -> tf.Tensor:
     return self.forward(x)

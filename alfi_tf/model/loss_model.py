@@ -1,0 +1,36 @@
+"""A Keras model whose `fit` minimises one scalar loss per batch: the Keras training surface shared
+by the inference machine and the NPE baseline."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import keras
+import tensorflow as tf
+
+
+class LossModel(keras.Model):
+  """`train_step` / `test_step` around `batch_loss`, reporting Keras' running mean of the loss.
+
+  Subclasses implement `batch_loss(data, training)`; there are no targets and no compiled loss.
+  """
+
+  def batch_loss(self, data, training: bool = False) -> tf.Tensor:
+    """The scalar loss of one batch `data` as `fit` / `evaluate` hand it over."""
+    raise NotImplementedError(f"{type(self).__name__} must implement batch_loss")
+
+  def _logs(self, loss: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Updates Keras' loss tracker (the running mean over an epoch) and returns the logs."""
+    for metric in self.metrics:
+      if metric.name == "loss":
+        metric.update_state(loss)
+    return {metric.name: metric.result() for metric in self.metrics}
+
+  def train_step(self, data) -> Dict[str, tf.Tensor]:
+    with tf.GradientTape() as tape:
+      loss = self.batch_loss(data, training=True)
+    self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
+    return self._logs(loss)
+
+  def test_step(self, data) -> Dict[str, tf.Tensor]:
+    return self._logs(self.batch_loss(data))
