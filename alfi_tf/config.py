@@ -88,6 +88,8 @@ class MachineConfig:
     moment_features: append each set's per-dimension mean and log std to its encoding.
     cross_moment_features: append each set's mean of the products `x_j x_k` (standardised
       observations) to its encoding: the pooled second moments of regression-like models.
+    relative_encoding: measure every set against the real data's mean and std before the set
+      encoder (`SetEncoder`'s `relative`; needs `moment_features`).
     aggregator_hidden, aggregator_out: the per-sample network `g` (mean over samples).
     updater_hidden: MLP before the LSTM cell; lstm_units: LSTM state size.
     bound, bound_type: `Delta psi` is bounded to `[-bound, bound]` by `bound * tanh` or a hard clip.
@@ -108,6 +110,7 @@ class MachineConfig:
   encoder_out: int = 40
   moment_features: bool = False
   cross_moment_features: bool = False
+  relative_encoding: bool = False
   aggregator_hidden: int = 50
   aggregator_out: int = 50
   updater_hidden: int = 50
@@ -127,6 +130,9 @@ class MachineConfig:
     if self.num_samples < 2:
       raise ValueError(f"num_samples must be at least 2 (scores are standardised across samples), "
                        f"got {self.num_samples}")
+    if self.relative_encoding and not self.moment_features:
+      raise ValueError("relative_encoding needs moment_features (they carry the real data's "
+                       "reference mean and std)")
     require_choice(self, "proposal", PROPOSALS)
     require_choice(self, "bound_type", BOUND_TYPES)
     require_choice(self, "observation_transform", OBSERVATION_TRANSFORMS)

@@ -8,19 +8,14 @@ import sys
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.binary_runs import ROOT, assert_one_message, assert_rejected, run, run_many
+
 TINY_FLAGS = [
     "--num_problems=48", "--num_obs=40", "--epochs=2", "--batch_size=16", "--num_steps=2",
     "--num_samples=4", "--num_simulated_obs=8", "--encoder_hidden=8", "--encoder_out=4",
     "--aggregator_hidden=8", "--aggregator_out=4", "--updater_hidden=8", "--lstm_units=4",
     "--num_validation_problems=8", "--validate_every=3", "--checkpoint_every=3",
 ]
-
-
-def run(module: str, *args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +42,7 @@ def test_rerunning_train_resumes_without_retraining(trained_workdir):
   assert "trained 6 steps" in result.stdout
 
 
-def test_evaluate_end_to_end(trained_workdir):
+def test_evaluate_end_to_end_and_report(trained_workdir, tmp_path):
   result = run("experiments.evaluate", f"--workdir={trained_workdir}", "--num_problems=12",
                "--num_steps=3", "--robustness_problems=2", "--robustness_starts=3",
                "--predictive_problems=2", "--grid_points=21")
@@ -73,22 +68,18 @@ def test_evaluate_end_to_end(trained_workdir):
           for event in tf.compat.v1.train.summary_iterator(os.path.join(tb, name))
           for value in event.summary.value}
   assert {"evaluation/rmse_per_step", "evaluation/robustness", "train/loss"} <= tags, tags
-
-
-def test_report_renders_results_table(trained_workdir, tmp_path):
-  run("experiments.evaluate", f"--workdir={trained_workdir}", "--num_problems=8",
-      "--robustness_problems=1", "--robustness_starts=2", "--grid_points=11")
+  # The report renders the table from the evaluated run, keeping the prose around it.
   output = tmp_path / "results.md"
   output.write_text("# Results\n\nProse that must survive.\n")
-  result = run("experiments.report", f"--runs={os.path.dirname(trained_workdir)}",
-               f"--output={output}")
-  assert result.returncode == 0, result.stderr[-3000:]
+  reported = run("experiments.report", f"--runs={os.path.dirname(trained_workdir)}",
+                 f"--output={output}")
+  assert reported.returncode == 0, reported.stderr[-3000:]
   text = output.read_text()
   assert "Prose that must survive." in text
   assert "| weinberg |" in text and "asymmetry (derived)" in text
 
 
-@pytest.mark.parametrize("flags, message", [
+TRAIN_BAD_FLAGS = [
     (["--simulator=poison"], "unknown --simulator='poison'; valid names are: gaussian, "
                              "linear_gaussian_10, linear_gaussian_2, linear_gaussian_20, "
                              "linear_gaussian_5, linear_regression, lotka_volterra, "
@@ -117,57 +108,46 @@ def test_report_renders_results_table(trained_workdir, tmp_path):
     # Refused with an estimate before anything is allocated (the kernel used to kill the run).
     (["--num_problems=2000000000"], "GiB of memory, but this machine has"),
     (["--num_obs=1000000000", "--data_source=disk"], "use --data_source=disk (streamed from disk)"),
-])
-def test_train_rejects_bad_flags(tmp_path, flags, message):
-  workdir = tmp_path / "run"
-  result = run("experiments.train", "--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS,
-               *flags, f"--workdir={workdir}")
-  assert result.returncode != 0
-  assert message in result.stderr
-  _assert_one_message(result)
-  assert not workdir.exists(), "nothing may be written for a rejected configuration"
+]
 
 
-def _assert_one_message(result: subprocess.CompletedProcess) -> None:
-  """A failure is one message: no Python traceback, no pages of flag help before it."""
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  assert "flags:\n" not in result.stderr, result.stderr[-3000:]
+def test_train_rejects_bad_flags(tmp_path):
+  assert_rejected("experiments.train", TRAIN_BAD_FLAGS,
+                  ["--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS], tmp_path)
 
 
-def test_train_refuses_workdir_of_other_run(trained_workdir):
-  result = run("experiments.train", "--flagfile=experiments/configs/weinberg.cfg", *TINY_FLAGS,
-               "--num_samples=6", f"--workdir={trained_workdir}")
-  assert result.returncode != 0
-  assert "machine.num_samples: workdir has 4, requested 6" in result.stderr
+def test_train_refuses_workdirs_it_cannot_use_and_unknown_configs(trained_workdir, tmp_path):
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  cases = [
+      (["--flagfile=experiments/configs/weinberg.cfg", *TINY_FLAGS, "--num_samples=6",
+        f"--workdir={trained_workdir}"], "machine.num_samples: workdir has 4, requested 6"),
+      (["--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS, f"--workdir={a_file}"],
+       f"error: workdir {a_file} exists and is not a directory"),
+      (["--config=poisonn", f"--workdir={tmp_path / 'run'}"],
+       "unknown --config='poisonn'; the shipped configs are: base, gaussian"),
+  ]
+  for (flags, message), result in zip(cases, run_many("experiments.train",
+                                                      [flags for flags, _ in cases])):
+    assert result.returncode == 1 and message in result.stderr, (flags, result.stderr[-3000:])
+    assert_one_message(result)
+  assert a_file.read_text() == "x" and not (tmp_path / "run").exists()
 
 
-def test_evaluate_rejects_non_workdir(tmp_path):
-  result = run("experiments.evaluate", f"--workdir={tmp_path}")
-  assert result.returncode == 1
-  assert "is not a training workdir" in result.stderr
-  _assert_one_message(result)
-
-
-def test_train_names_a_workdir_that_is_a_file(tmp_path):
-  path = tmp_path / "file"
-  path.write_text("x")
-  result = run("experiments.train", "--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS,
-               f"--workdir={path}")
-  assert result.returncode == 1
-  assert f"error: workdir {path} exists and is not a directory" in result.stderr
-  _assert_one_message(result)
+def test_evaluate_rejects_a_non_workdir_and_bad_flags(trained_workdir, tmp_path):
+  cases = [([f"--workdir={tmp_path}"], "is not a training workdir"),
+           ([f"--workdir={trained_workdir}", "--num_problems=0"],
+            "num_problems must be positive, got 0")]
+  for (flags, message), result in zip(cases, run_many("experiments.evaluate",
+                                                      [flags for flags, _ in cases])):
+    assert result.returncode == 1 and message in result.stderr, (flags, result.stderr[-3000:])
+    assert_one_message(result)
 
 
 def test_verbosity_keeps_the_traceback_for_debugging(tmp_path):
   result = run("experiments.evaluate", f"--workdir={tmp_path}", "--verbosity=1")
   assert result.returncode != 0
   assert "Traceback" in result.stderr and "is not a training workdir" in result.stderr
-
-
-def test_evaluate_rejects_bad_flags(trained_workdir):
-  result = run("experiments.evaluate", f"--workdir={trained_workdir}", "--num_problems=0")
-  assert result.returncode != 0
-  assert "num_problems must be positive, got 0" in result.stderr
 
 
 def test_training_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
@@ -231,12 +211,6 @@ def test_installed_commands_with_shipped_configs_from_any_directory(tmp_path):
       assert noise not in trained.stderr and noise not in exported.stderr, noise
 
 
-def test_unknown_config_lists_the_shipped_ones(tmp_path):
-  result = run("experiments.train", "--config=poisonn", f"--workdir={tmp_path}")
-  assert result.returncode == 1
-  assert "unknown --config='poisonn'; the shipped configs are: base, gaussian" in result.stderr
-
-
 NPE_TINY_FLAGS = ["--simulator=poisson", "--observation_transform=log1p", "--num_problems=32",
                   "--num_obs=20", "--epochs=1", "--encoder_hidden=8", "--encoder_out=4",
                   "--context_hidden=8", "--flow_layers=1", "--flow_hidden=8",
@@ -255,14 +229,9 @@ def test_npe_binary_trains_scores_and_rescores_without_retraining(tmp_path):
   assert again.returncode == 0 and os.path.getmtime(workdir / "npe.keras") == model_time
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--learning_rate=nan"], "learning_rate must be a finite number, got nan"),
-    (["--test_problems=0"], "--test_problems must be positive, got 0"),
-    (["--simulator=nope"], "unknown simulator 'nope'"),
-])
-def test_npe_binary_rejects_bad_flags(tmp_path, flags, message):
-  workdir = tmp_path / "npe"
-  result = run("experiments.npe", *NPE_TINY_FLAGS, *flags, f"--workdir={workdir}")
-  assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
-  _assert_one_message(result)
-  assert not workdir.exists(), "nothing may be written for a rejected configuration"
+def test_npe_binary_rejects_bad_flags(tmp_path):
+  assert_rejected("experiments.npe", [
+      (["--learning_rate=nan"], "learning_rate must be a finite number, got nan"),
+      (["--test_problems=0"], "--test_problems must be positive, got 0"),
+      (["--simulator=nope"], "unknown simulator 'nope'"),
+  ], NPE_TINY_FLAGS, tmp_path)

@@ -29,8 +29,7 @@ from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training.trainer import Trainer, set_global_seed
 from alfi_tf.workdir import load_machine
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.binary_runs import ROOT, assert_one_message, run_many
 TRAIN_STEPS = 2
 EXPORT_STEPS = 3
 NUM_SAMPLES = 4
@@ -371,13 +370,6 @@ def test_infer_binary_with_simulator_command(weinberg, tmp_path):
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
 
 
-def test_infer_binary_rejects_a_bad_number_of_starts(weinberg):
-  completed = run_binary("experiments.infer", f"--model={weinberg.export_dir}",
-                         "--observations=x.npy", "--num_starts=0")
-  assert completed.returncode == 1
-  assert "--num_starts must be a positive integer" in completed.stderr
-  assert "Traceback" not in completed.stderr
-
 
 def test_multi_start_ask_tell_equals_multi_start_infer(weinberg):
   machine = weinberg.deployed
@@ -474,31 +466,10 @@ def test_deployed_machine_takes_one_data_set_as_the_cli_does(weinberg):
     assert machine.start(one_set, seed=2).ask().shape[0] == 1
 
 
-def test_infer_binary_rejects_bad_observations(weinberg, tmp_path):
-  # One case through the binary (each run is a fresh process): the checks are the ones above, the
-  # plumbing (exit status, message with the file name, no output file) is common to all of them.
-  observations, output = tmp_path / "nan.npy", tmp_path / "out.json"
-  _, corrupt, _ = BAD_OBSERVATIONS[3]
-  np.save(observations, corrupt(weinberg.observations))
-  completed = run_binary("experiments.infer", f"--model={weinberg.export_dir}",
-                         f"--observations={observations}", f"--output={output}")
-  assert completed.returncode != 0
-  assert (f"observations in {observations} contains 2 NaN/inf value(s), the first at [0, 5, 0]"
-          in completed.stderr)
-  assert not output.exists()
-
-
 def test_model_that_is_neither_export_nor_workdir(tmp_path):
   (tmp_path / "notes.txt").write_text("not a model")
   with pytest.raises(FileNotFoundError, match="neither an alfi-tf export .* nor a training work"):
     DeployedMachine.load(str(tmp_path))
-  observations, output = tmp_path / "observations.npy", tmp_path / "out.json"
-  np.save(observations, np.zeros((1, 5, 1), np.float32))
-  completed = run_binary("experiments.infer", f"--model={tmp_path}",
-                         f"--observations={observations}", f"--output={output}")
-  assert completed.returncode != 0
-  assert "neither an alfi-tf export" in completed.stderr
-  assert not output.exists()
 
 
 def test_saved_model_that_is_not_an_alfi_export(tmp_path):
@@ -519,9 +490,38 @@ def test_a_damaged_export_is_named(weinberg, tmp_path, damaged):
     stream.truncate(40)
   with pytest.raises(ValueError, match=rf"{copy} is a damaged alfi-tf export"):
     DeployedMachine.load(str(copy))
-  result = run_binary("experiments.infer", f"--model={copy}", f"--observations={copy}/none.npy")
-  assert result.returncode == 1 and "is a damaged alfi-tf export" in result.stderr
-  assert "Traceback" not in result.stderr
+
+
+def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
+  """The checks above through the binary: exit status 1, one message naming the file, and no
+  output file (one case per kind of check; the checks themselves are tested above)."""
+  nan_observations, zeros, neither = (tmp_path / "nan.npy", tmp_path / "zeros.npy",
+                                      tmp_path / "neither")
+  np.save(nan_observations, BAD_OBSERVATIONS[3][1](weinberg.observations))
+  np.save(zeros, np.zeros((1, 5, 1), np.float32))
+  neither.mkdir()
+  (neither / "notes.txt").write_text("not a model")
+  damaged = {}
+  for name in ("saved_model.pb", f"assets/{METADATA_ASSET}"):
+    damaged[name] = tmp_path / f"damaged_{os.path.basename(name)}"
+    shutil.copytree(weinberg.export_dir, damaged[name])
+    with open(damaged[name] / name, "r+b") as stream:
+      stream.truncate(40)
+  cases = [
+      ([f"--model={weinberg.export_dir}", "--observations=x.npy", "--num_starts=0"],
+       "--num_starts must be a positive integer"),
+      ([f"--model={weinberg.export_dir}", f"--observations={nan_observations}"],
+       f"observations in {nan_observations} contains 2 NaN/inf value(s), the first at [0, 5, 0]"),
+      ([f"--model={neither}", f"--observations={zeros}"], "neither an alfi-tf export"),
+  ] + [([f"--model={copy}", f"--observations={zeros}"], f"{copy} is a damaged alfi-tf export")
+       for copy in damaged.values()]
+  outputs = [tmp_path / f"out{index}.json" for index in range(len(cases))]
+  results = run_many("experiments.infer", [[*flags, f"--output={output}"]
+                                           for (flags, _), output in zip(cases, outputs)])
+  for (flags, message), output, result in zip(cases, outputs, results):
+    assert result.returncode == 1 and message in result.stderr, (flags, result.stderr[-3000:])
+    assert_one_message(result)
+    assert not output.exists(), flags
 
 
 def test_export_of_another_format_version_is_refused(weinberg, tmp_path):

@@ -631,3 +631,40 @@ def test_cross_moment_features_widen_the_machines_encoding():
   assert crossed.encoder.size == plain.encoder.size + 1   # d_x = 1: one product, x^2
   _, observations = _problems("weinberg")
   assert np.all(np.isfinite(crossed(observations, seed=_seed(1)).psi.numpy()))
+
+
+def test_a_relative_set_encoder_measures_sets_against_the_reference():
+  from alfi_tf.model.networks import SetEncoder
+  encoder = SetEncoder(8, 4, moment_features=True, observation_dim=2, cross_moment_features=True,
+                       relative=True)
+  rng = np.random.default_rng(3)
+  real = rng.normal([5.0, -1.0], [0.05, 2.0], size=(3, 100, 2)).astype(np.float32)
+  simulated = rng.normal([5.1, 0.0], [0.1, 2.0], size=(3, 4, 20, 2)).astype(np.float32)
+  real_encoding = encoder(tf.constant(real))
+  mean, log_std = encoder.reference(real_encoding)          # the real set's own, absolute moments
+  np.testing.assert_allclose(mean, real.mean(axis=1), rtol=1e-5)
+  np.testing.assert_allclose(log_std, np.log(real.std(axis=1)), atol=1e-3)
+  # Shifting and scaling the real data and every simulated set alike leaves the relative parts.
+  reference = (mean[:, tf.newaxis], log_std[:, tf.newaxis])
+  encoded = encoder(tf.constant(simulated), reference).numpy()
+  moved = encoder(tf.constant(3 * real + 7))
+  moved_reference = tuple(r[:, tf.newaxis] for r in encoder.reference(moved))
+  moved_encoded = encoder(tf.constant(3 * simulated + 7), moved_reference).numpy()
+  np.testing.assert_allclose(moved_encoded, encoded, atol=1e-3)
+  np.testing.assert_allclose(moved.numpy()[:, :4], real_encoding.numpy()[:, :4], atol=1e-3)
+  # A simulated set's moments are relative: asinh of its mean's offset in reference std, and its
+  # log std's excess.
+  scale = real.std(axis=1)[:, np.newaxis]
+  np.testing.assert_allclose(encoded[..., 4:6], np.arcsinh(
+      (simulated.mean(axis=2) - real.mean(axis=1)[:, np.newaxis]) / scale), rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(encoded[..., 6:8], np.log(simulated.std(axis=2) / scale), atol=1e-3)
+  with pytest.raises(ValueError, match="needs moment_features"):
+    SetEncoder(8, 4, observation_dim=2, relative=True)
+
+
+def test_a_relative_machine_runs_and_its_config_needs_moment_features():
+  machine = _machine("weinberg", moment_features=True, relative_encoding=True)
+  _, observations = _problems("weinberg")
+  assert np.all(np.isfinite(machine(observations, seed=_seed(1)).psi.numpy()))
+  with pytest.raises(ValueError, match="relative_encoding needs moment_features"):
+    MachineConfig(relative_encoding=True)

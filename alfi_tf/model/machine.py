@@ -96,7 +96,8 @@ class InferenceMachine(LossModel):
     self.observation_standardizer = Standardizer(simulator.observation_dim,
                                                  name="observation_standardizer")
     self.encoder = SetEncoder(config.encoder_hidden, config.encoder_out, config.moment_features,
-                              simulator.observation_dim, config.cross_moment_features)
+                              simulator.observation_dim, config.cross_moment_features,
+                              config.relative_encoding)
     self.aggregator = SampleAggregator(config.aggregator_hidden, config.aggregator_out)
     self.updater = Updater(config.updater_hidden, config.lstm_units, self.proposal.psi_size,
                            config.bound, config.bound_type)
@@ -234,7 +235,11 @@ class InferenceMachine(LossModel):
     if valid is None:
       valid = finite_sets(simulated)                                             # [batch, M]
     simulated = tf.where(valid[:, :, tf.newaxis, tf.newaxis], simulated, tf.zeros_like(simulated))
-    simulated_encoding = self.encoder(self.standardize_observations(simulated))  # [batch, M, E]
+    reference = None
+    if self.config.relative_encoding:   # the real data's (mean, log std), [batch, 1, d_x] each
+      reference = tuple(r[:, tf.newaxis] for r in self.encoder.reference(state.real_encoding))
+    simulated_encoding = self.encoder(self.standardize_observations(simulated),
+                                      reference)                                 # [batch, M, E]
     features = [tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
                 simulated_encoding, theta]
     if self.config.score_features:

@@ -30,35 +30,83 @@ class SetEncoder(keras.layers.Layer):
   With `cross_moment_features`, the set's mean of the products `x_j x_k` (`j <= k`) is appended
   too (`+ d_x (d_x + 1) / 2`): the pooled second moments that carry a regression's information
   (`D^T D`, `D^T y`) and that a per-observation MLP followed by a mean can only approximate.
+
+  With `relative` (which needs `moment_features`), observations are measured against a reference
+  set's mean `m` and standard deviation `s` (per dimension) before the MLP and the cross moments:
+  `asinh((x - m) / s)`. The real data are their own reference; simulated sets are measured against
+  the real data's, read back from the real encoding's moment features (`reference`). A fixed
+  standardisation fitted to the whole prior leaves a narrow real set (a high Poisson rate, a
+  regression with steep slopes) a sliver of the MLP's input range, where near and far simulations
+  look alike; relative to the real set, the MLP's resolution sits where the answer is, at every
+  scale, and `asinh` keeps far simulations finite. Then the real set's moment features stay
+  absolute (they carry the reference and its location), and a simulated set's are relative:
+  `asinh((mean - m) / s)` and `log std - log s`.
   """
+
+  #: The smallest reference spread, in standardised units: a constant column (a regression's
+  #: intercept column, all-zero counts) measures as `x - m` scaled by this.
+  MIN_STD = 1e-3
 
   def __init__(self, hidden: int, out: int, moment_features: bool = False,
                observation_dim: int = 0, cross_moment_features: bool = False,
-               name: str = "set_encoder"):
+               relative: bool = False, name: str = "set_encoder"):
     super().__init__(name=name)
+    if relative and not moment_features:
+      raise ValueError("a relative set encoder needs moment_features (they carry the reference)")
     self.out = out
     self.moment_features = moment_features
     self.cross_moment_features = cross_moment_features
+    self.relative = relative
+    self.observation_dim = observation_dim
     self._upper = np.triu_indices(observation_dim)
     self.size = (out + (2 * observation_dim if moment_features else 0)
                  + (len(self._upper[0]) if cross_moment_features else 0))
     self.net = _mlp(hidden, out, "tanh", name="per_observation")
 
-  def call(self, observations: tf.Tensor) -> tf.Tensor:
+  def reference(self, encoding: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The `(mean, log std)` `[..., d_x]` a (real) set's `encoding [..., size]` carries."""
+    dx = self.observation_dim
+    return encoding[..., self.out:self.out + dx], encoding[..., self.out + dx:self.out + 2 * dx]
+
+  def call(self, observations: tf.Tensor,
+           reference: Optional[Tuple[tf.Tensor, tf.Tensor]] = None) -> tf.Tensor:
+    """`observations [..., n, d_x]` -> `[..., size]`; `reference`: `(mean, log std)`, each
+    `[..., d_x]`, of the set to measure against (relative encoders; default the set itself)."""
+    mean, log_std = self._moments(observations)
+    if self.relative:
+      is_reference = reference is None
+      reference_mean, reference_log_std = (mean, log_std) if is_reference else reference
+      scale = tf.exp(reference_log_std)
+      observations = tf.math.asinh((observations - reference_mean[..., tf.newaxis, :])
+                                   / scale[..., tf.newaxis, :])
+      if not is_reference:
+        mean, log_std = (tf.math.asinh((mean - reference_mean) / scale),
+                         log_std - reference_log_std)
+    features = [self._pooled(observations)]
+    if self.moment_features:
+      features += [mean, log_std]
+    if self.cross_moment_features:
+      features.append(self._cross_moments(observations))
+    return tf.concat(features, axis=-1)
+
+  def _moments(self, observations: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Per-dimension mean and log std (floored at `MIN_STD`) over the set, each `[..., d_x]`."""
+    mean, variance = tf.nn.moments(observations, axes=[-2])
+    return mean, 0.5 * tf.math.log(variance + self.MIN_STD ** 2)
+
+  def _pooled(self, observations: tf.Tensor) -> tf.Tensor:
     shape = tf.shape(observations)
     flat = tf.reshape(observations, [-1, observations.shape[-1]])
     encoded = tf.reshape(self.net(flat), tf.concat([shape[:-1], [self.out]], axis=0))
-    features = [tf.reduce_mean(encoded, axis=-2)]
-    if self.moment_features:
-      mean, variance = tf.nn.moments(observations, axes=[-2])
-      features += [mean, 0.5 * tf.math.log(variance + 1e-6)]
-    if self.cross_moment_features:
-      products = tf.einsum("...ni,...nj->...ij", observations, observations)
-      products /= tf.cast(tf.shape(observations)[-2], observations.dtype)
-      rows, columns = self._upper
-      features.append(tf.gather(tf.reshape(products, tf.concat([shape[:-2], [-1]], axis=0)),
-                                rows * observations.shape[-1] + columns, axis=-1))
-    return tf.concat(features, axis=-1)
+    return tf.reduce_mean(encoded, axis=-2)
+
+  def _cross_moments(self, observations: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(observations)
+    products = tf.einsum("...ni,...nj->...ij", observations, observations)
+    products /= tf.cast(shape[-2], observations.dtype)
+    rows, columns = self._upper
+    return tf.gather(tf.reshape(products, tf.concat([shape[:-2], [-1]], axis=0)),
+                     rows * observations.shape[-1] + columns, axis=-1)
 
 
 class SampleAggregator(keras.layers.Layer):
