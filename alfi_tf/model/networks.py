@@ -72,22 +72,29 @@ class SetEncoder(keras.layers.Layer):
            reference: Optional[Tuple[tf.Tensor, tf.Tensor]] = None) -> tf.Tensor:
     """`observations [..., n, d_x]` -> `[..., size]`; `reference`: `(mean, log std)`, each
     `[..., d_x]`, of the set to measure against (relative encoders; default the set itself)."""
-    mean, log_std = self._moments(observations)
+    moments = self._moments(observations) if self.moment_features else None
     if self.relative:
-      is_reference = reference is None
-      reference_mean, reference_log_std = (mean, log_std) if is_reference else reference
-      scale = tf.exp(reference_log_std)
-      observations = tf.math.asinh((observations - reference_mean[..., tf.newaxis, :])
-                                   / scale[..., tf.newaxis, :])
-      if not is_reference:
-        mean, log_std = (tf.math.asinh((mean - reference_mean) / scale),
-                         log_std - reference_log_std)
+      observations, moments = self._relative(observations, moments, reference)
     features = [self._pooled(observations)]
-    if self.moment_features:
-      features += [mean, log_std]
+    if moments is not None:
+      features += list(moments)
     if self.cross_moment_features:
       features.append(self._cross_moments(observations))
     return tf.concat(features, axis=-1)
+
+  def _relative(self, observations: tf.Tensor, moments: Tuple[tf.Tensor, tf.Tensor],
+                reference: Optional[Tuple[tf.Tensor, tf.Tensor]]
+                ) -> Tuple[tf.Tensor, Tuple[tf.Tensor, tf.Tensor]]:
+    """The observations measured against `reference` (default their own moments), and the
+    moment features to report: absolute for the reference set itself, else relative to it."""
+    reference_mean, reference_log_std = moments if reference is None else reference
+    scale = tf.exp(reference_log_std)
+    relative = tf.math.asinh((observations - reference_mean[..., tf.newaxis, :])
+                             / scale[..., tf.newaxis, :])
+    if reference is None:
+      return relative, moments
+    mean, log_std = moments
+    return relative, (tf.math.asinh((mean - reference_mean) / scale), log_std - reference_log_std)
 
   def _moments(self, observations: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Per-dimension mean and log std (floored at `MIN_STD`) over the set, each `[..., d_x]`."""
