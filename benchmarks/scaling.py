@@ -97,12 +97,14 @@ def main(argv):
          "--robustness_problems=4", "--robustness_starts=4")
     rows.append(_row(dim, workdir))
     print(_table(rows))
+  figure = os.path.join(os.path.dirname(FLAGS.output) or ".", "figures", "scaling.png")
+  os.makedirs(os.path.dirname(figure), exist_ok=True)   # also the page's own directory
   with open(FLAGS.output, "w") as stream:
     stream.write("# Scaling benchmark\n\nRegenerate with `python -m benchmarks.scaling "
                  f"--root=runs/scaling` (held-out problems: {FLAGS.num_problems} per d; extra "
                  f"training flags: {' '.join(FLAGS.flags) or 'none'}).\n\n" + _table(rows)
                  + f"\n![scaling](figures/scaling.png)\n")
-  _figure(rows, os.path.join(os.path.dirname(FLAGS.output) or ".", "figures", "scaling.png"))
+  _figure(rows, figure)
 
 
 if __name__ == "__main__":
