@@ -23,19 +23,25 @@ import traceback
 from typing import List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+
+
+def binary_env(**extra: str) -> dict:
+  """A fresh copy of the binaries' environment: TensorFlow quiet, this checkout importable, plus
+  `extra` variables."""
+  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, **extra}
 
 
 def run(module: str, *args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
   """`python -m module *args` in `cwd`, in its own process."""
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=_ENV,
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=binary_env(),
                         capture_output=True, text=True, timeout=300)
 
 
 def run_many(module: str, cases: Sequence[Sequence[str]],
              cwd: str = ROOT) -> List[subprocess.CompletedProcess]:
   """Each argument list of `cases` through `module`'s command, all in one child process."""
-  child = subprocess.run([sys.executable, "-m", "tests.binary_runs", module], cwd=cwd, env=_ENV,
+  child = subprocess.run([sys.executable, "-m", "tests.binary_runs", module], cwd=cwd,
+                         env=binary_env(),
                          input=json.dumps([list(case) for case in cases]), capture_output=True,
                          text=True, timeout=300)
   assert child.returncode == 0, child.stderr[-3000:]
@@ -50,16 +56,24 @@ def assert_one_message(result: subprocess.CompletedProcess) -> None:
   assert "flags:\n" not in result.stderr, result.stderr[-3000:]
 
 
+def assert_refused(module: str, cases: Sequence[Tuple[Sequence[str], str]]) -> None:
+  """Each `(arguments, message)` case of `module` exits with status 1 and one message that
+  contains `message`."""
+  results = run_many(module, [arguments for arguments, _ in cases])
+  for (arguments, message), result in zip(cases, results):
+    assert result.returncode == 1 and message in result.stderr, (arguments,
+                                                                 result.stderr[-3000:])
+    assert_one_message(result)
+
+
 def assert_rejected(module: str, cases: Sequence[Tuple[Sequence[str], str]],
                     common_flags: Sequence[str], tmp_path: pathlib.Path) -> None:
-  """Each `(flags, message)` case of `module` fails with one message that contains `message`, and
-  writes nothing to its workdir."""
+  """`assert_refused` for configurations: each `(flags, message)` case, after `common_flags` and
+  with a workdir of its own, is refused, and nothing is written to its workdir."""
   workdirs = [tmp_path / f"case{index}" for index in range(len(cases))]
-  results = run_many(module, [[*common_flags, *flags, f"--workdir={workdir}"]
-                              for (flags, _), workdir in zip(cases, workdirs)])
-  for (flags, message), workdir, result in zip(cases, workdirs, results):
-    assert result.returncode != 0 and message in result.stderr, (flags, result.stderr[-3000:])
-    assert_one_message(result)
+  assert_refused(module, [([*common_flags, *flags, f"--workdir={workdir}"], message)
+                          for (flags, message), workdir in zip(cases, workdirs)])
+  for (flags, _), workdir in zip(cases, workdirs):
     assert not workdir.exists(), f"{flags}: nothing may be written for a rejected configuration"
 
 

@@ -17,9 +17,9 @@ from alfi_tf.config import TrainConfig
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.training import Trainer
 from alfi_tf.workdir import load_machine
+from tests.binary_runs import ROOT, binary_env
 from tests.test_training import TINY_TRAIN, seeded_trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = {"cluster": {"worker": ["localhost:2222", "localhost:2223"]},
         "task": {"type": "worker", "index": 1}}
 
@@ -154,10 +154,6 @@ def _train_command(workdir, *flags):
   return [sys.executable, "-m", "experiments.train", *TINY_FLAGS, f"--workdir={workdir}", *flags]
 
 
-def _env(**extra):
-  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, **extra}
-
-
 def _validation_rmse(workdir) -> float:
   with open(os.path.join(workdir, "training_summary.json")) as stream:
     return json.load(stream)["validation_rmse"]["log_rate"]
@@ -166,8 +162,8 @@ def _validation_rmse(workdir) -> float:
 @pytest.fixture(scope="module")
 def single_device_rmse(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("single") / "run"
-  result = subprocess.run(_train_command(workdir), cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(_train_command(workdir), cwd=ROOT, env=binary_env(),
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return _validation_rmse(workdir)
 
@@ -180,8 +176,8 @@ def test_two_worker_training_on_localhost(tmp_path, single_device_rmse):
       _train_command(workdir, "--strategy=multi_worker", "--checkpoint_every_minutes=1e-6"),
       cwd=ROOT, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True,
-      env=_env(TF_CONFIG=json.dumps({"cluster": cluster,
-                                     "task": {"type": "worker", "index": index}})))
+      env=binary_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                           "task": {"type": "worker", "index": index}})))
       for index in range(2)]
   try:
     outputs = [worker.communicate(timeout=300) for worker in workers]
@@ -203,7 +199,7 @@ def test_two_worker_training_on_localhost(tmp_path, single_device_rmse):
 def test_mirrored_binary_over_two_cpu_devices(tmp_path, single_device_rmse):
   workdir = tmp_path / "run"
   result = subprocess.run(_train_command(workdir, "--strategy=mirrored", "--cpu_devices=2"),
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=binary_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "trained 80 steps on 2 replica(s)" in result.stdout
   rmse = _validation_rmse(workdir)
@@ -218,8 +214,8 @@ def test_mirrored_binary_over_two_cpu_devices(tmp_path, single_device_rmse):
 def test_binary_names_an_invalid_tf_config(tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(_train_command(workdir, "--strategy=multi_worker"), cwd=ROOT,
-                          env=_env(TF_CONFIG='{"cluster": {"worker": ["localhost:99999"]}, '
-                                             '"task": {"type": "worker", "index": 0}}'),
+                          env=binary_env(TF_CONFIG='{"cluster": {"worker": ["localhost:99999"]}, '
+                                                   '"task": {"type": "worker", "index": 0}}'),
                           capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "invalid TF_CONFIG: cluster.worker[0] has no valid port" in result.stderr

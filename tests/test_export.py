@@ -29,7 +29,7 @@ from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training.trainer import Trainer, set_global_seed
 from alfi_tf.workdir import load_machine
-from tests.binary_runs import ROOT, assert_one_message, run_many
+from tests.binary_runs import ROOT, assert_refused, binary_env, run
 TRAIN_STEPS = 2
 EXPORT_STEPS = 3
 NUM_SAMPLES = 4
@@ -99,15 +99,6 @@ print("tf-only ok")
 """
 
 
-def _env(**extra: str) -> dict:
-  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, **extra}
-
-
-def run_binary(module: str, *args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=300)
-
-
 def _observations(name: str, num_problems: int = 2, seed: int = 11) -> np.ndarray:
   _, observations = get_simulator(name).sample_problems(num_problems, NUM_OBS,
                                                         tf.constant([seed, 0]))
@@ -162,7 +153,7 @@ def test_export_infers_in_a_tensorflow_only_process(weinberg, tmp_path):
   observations_npy, output_npz = tmp_path / "observations.npy", tmp_path / "outputs.npz"
   np.save(observations_npy, weinberg.observations)
   (tmp_path / "tf_only.py").write_text(TF_ONLY_SCRIPT)
-  env = _env()
+  env = binary_env()
   del env["PYTHONPATH"]
   process = subprocess.Popen(
       [sys.executable, "tf_only.py", weinberg.export_dir, str(observations_npy), str(seed),
@@ -342,7 +333,7 @@ def test_infer_binary_with_simulator_command(weinberg, tmp_path):
   observations = tmp_path / "observations.npy"
   np.save(observations, weinberg.observations)
   output, plot = tmp_path / "out.json", tmp_path / "trajectory.png"
-  completed = run_binary(
+  completed = run(
       "experiments.infer", f"--model={weinberg.export_dir}", f"--observations={observations}",
       f"--simulator_command={_command(tmp_path, 'weinberg_sim.py', WEINBERG_SCRIPT)}",
       f"--output={output}", f"--plot={plot}", "--seed=2", "--num_starts=2")
@@ -370,7 +361,6 @@ def test_infer_binary_with_simulator_command(weinberg, tmp_path):
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
 
 
-
 def test_multi_start_ask_tell_equals_multi_start_infer(weinberg):
   machine = weinberg.deployed
   pooled = machine.infer(weinberg.observations, seed=3, num_starts=3)
@@ -384,7 +374,7 @@ def test_infer_binary_reports_a_failing_command(weinberg, tmp_path):
   np.save(observations, weinberg.observations)
   output = tmp_path / "out.json"
   command = _command(tmp_path, "broken_sim.py", FAILING_SCRIPT)
-  completed = run_binary("experiments.infer", f"--model={weinberg.export_dir}",
+  completed = run("experiments.infer", f"--model={weinberg.export_dir}",
                          f"--observations={observations}", f"--simulator_command={command}",
                          f"--output={output}")
   assert completed.returncode != 0
@@ -516,11 +506,9 @@ def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
   ] + [([f"--model={copy}", f"--observations={zeros}"], f"{copy} is a damaged alfi-tf export")
        for copy in damaged.values()]
   outputs = [tmp_path / f"out{index}.json" for index in range(len(cases))]
-  results = run_many("experiments.infer", [[*flags, f"--output={output}"]
-                                           for (flags, _), output in zip(cases, outputs)])
-  for (flags, message), output, result in zip(cases, outputs, results):
-    assert result.returncode == 1 and message in result.stderr, (flags, result.stderr[-3000:])
-    assert_one_message(result)
+  assert_refused("experiments.infer", [([*flags, f"--output={output}"], message)
+                                       for (flags, message), output in zip(cases, outputs)])
+  for (flags, _), output in zip(cases, outputs):
     assert not output.exists(), flags
 
 
@@ -542,22 +530,22 @@ def test_exporting_over_an_existing_directory(lotka_volterra, tmp_path):
   export_dir.mkdir(parents=True)
   (export_dir / "keep.txt").write_text("precious")
   args = [f"--workdir={lotka_volterra.workdir}", f"--export_dir={export_dir}", "--num_steps=2"]
-  refused = run_binary("experiments.export", *args)
+  refused = run("experiments.export", *args)
   assert refused.returncode != 0
   assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
   assert os.listdir(export_dir) == ["keep.txt"]
   assert (export_dir / "keep.txt").read_text() == "precious"
   # --overwrite only ever replaces an alfi-tf export: this directory is not one.
-  refused = run_binary("experiments.export", *args, "--overwrite")
+  refused = run("experiments.export", *args, "--overwrite")
   assert refused.returncode != 0
   assert "is not an alfi-tf export" in refused.stderr and "nothing was deleted" in refused.stderr
   assert os.listdir(export_dir) == ["keep.txt"]
 
   (export_dir / "keep.txt").unlink()
   export_dir.rmdir()
-  first = run_binary("experiments.export", *args)
+  first = run("experiments.export", *args)
   assert first.returncode == 0, first.stderr[-3000:]
-  replaced = run_binary("experiments.export", *args[:-1], "--num_steps=3", "--overwrite")
+  replaced = run("experiments.export", *args[:-1], "--num_steps=3", "--overwrite")
   assert replaced.returncode == 0, replaced.stderr[-3000:]
   assert "exported lotka_volterra (T=3)" in replaced.stdout
   assert os.listdir(export_dir.parent) == ["lv"], "no .tmp-/.old- siblings may remain"
@@ -568,7 +556,7 @@ def test_exporting_over_an_existing_directory(lotka_volterra, tmp_path):
 def test_overwrite_never_deletes_a_training_run(lotka_volterra):
   """The export directory pointed at the workdir itself: refused, and the run is intact."""
   before = sorted(os.listdir(lotka_volterra.workdir))
-  refused = run_binary("experiments.export", f"--workdir={lotka_volterra.workdir}",
+  refused = run("experiments.export", f"--workdir={lotka_volterra.workdir}",
                        f"--export_dir={lotka_volterra.workdir}", "--overwrite")
   assert refused.returncode != 0
   assert "is not an alfi-tf export" in refused.stderr
@@ -610,10 +598,11 @@ def test_exports_killed_at_random_points_lose_nothing(lotka_volterra, tmp_path):
   export_dir = tmp_path / "lv"
   args = [f"--workdir={lotka_volterra.workdir}", f"--export_dir={export_dir}", "--num_steps=2",
           "--overwrite"]
-  assert run_binary("experiments.export", *args[:-1]).returncode == 0
+  assert run("experiments.export", *args[:-1]).returncode == 0
   for delay in np.random.default_rng(0).uniform(1.5, 5.0, size=2):
     process = subprocess.Popen([sys.executable, "-m", "experiments.export", *args], cwd=ROOT,
-                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=binary_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     try:
       process.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -622,7 +611,7 @@ def test_exports_killed_at_random_points_lose_nothing(lotka_volterra, tmp_path):
     # Whatever the moment, a loadable export is in place or set aside for the next run.
     retired = [path for path in tmp_path.glob(".lv.old-*/model")]
     assert (export_dir / "saved_model.pb").exists() or retired, os.listdir(tmp_path)
-    completed = run_binary("experiments.export", *args)
+    completed = run("experiments.export", *args)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert os.listdir(tmp_path) == ["lv"], os.listdir(tmp_path)
     assert DeployedMachine.load(str(export_dir)).num_steps == 2
@@ -649,7 +638,7 @@ def _saved_model_cli() -> str:
 
 def test_saved_model_cli_show_lists_the_signatures(weinberg):
   completed = subprocess.run([_saved_model_cli(), "show", "--all", "--dir", weinberg.export_dir],
-                             env=_env(), capture_output=True, text=True, timeout=300)
+                             env=binary_env(), capture_output=True, text=True, timeout=300)
   assert completed.returncode == 0, completed.stderr[-3000:]
   for name in SIGNATURES:
     assert f"signature_def['{name}']" in completed.stdout, name
@@ -666,7 +655,7 @@ def test_saved_model_cli_runs_infer(weinberg, tmp_path):
        "--signature_def", "infer", "--inputs",
        f"observations={tmp_path / 'observations.npy'};seed={tmp_path / 'seed.npy'}",
        "--outdir", str(tmp_path / "outputs")],
-      env=_env(), capture_output=True, text=True, timeout=300)
+      env=binary_env(), capture_output=True, text=True, timeout=300)
   assert completed.returncode == 0, completed.stderr[-3000:]
   expected = weinberg.deployed.infer(observations, seed=8)
   _assert_same(expected, *(np.load(tmp_path / "outputs" / f"{key}.npy") for key in
