@@ -214,16 +214,16 @@ class PosteriorEstimator(LossModel):
       raise ValueError(f"num_samples must be at least 2 and batch_size positive, got "
                        f"{num_samples} and {batch_size}")
     means, stds, samples = [], [], []
-    draw = tf.function(self._draw, reduce_retracing=True)
     for index, start in enumerate(range(0, len(observations), batch_size)):
       batch = tf.constant(observations[start:start + batch_size], tf.float32)
       batch_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0]), index)
-      mean, std, draws = (value.numpy() for value in draw(batch, num_samples, batch_seed))
+      mean, std, draws = (value.numpy() for value in self._draw(batch, num_samples, batch_seed))
       means.append(mean)
       stds.append(std)
       samples.append(draws)
     return Posterior(np.concatenate(means), np.concatenate(stds), np.concatenate(samples))
 
+  @tf.function(reduce_retracing=True)  # one trace per instance, not one per `posterior` call
   def _draw(self, observations: tf.Tensor, num_samples: int,
             seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     context = self.context(observations)             # the set encoder runs once per batch
