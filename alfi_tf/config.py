@@ -163,6 +163,11 @@ class TrainConfig:
         provides the standardisation statistics and the length of an epoch), which removes any
         overfitting to the K training problems.
     shuffle_buffer: problems in the `disk` source's shuffle buffer.
+    calibration_problems: fresh problems (a seed stream of their own) on which the answer's std
+      are recalibrated once training ends (`alfi_tf.training.calibration`); 0 leaves them as the
+      proposals give them.
+    calibration_horizon: the steps calibrated (later steps use the last one's factors);
+      0 means twice the training horizon.
   """
 
   num_problems: int = 10000
@@ -182,6 +187,8 @@ class TrainConfig:
   seed: int = 0
   data_source: str = "memory"
   shuffle_buffer: int = 10000
+  calibration_problems: int = 1024
+  calibration_horizon: int = 0
 
   def __post_init__(self):
     require_well_formed(self)
@@ -198,6 +205,11 @@ class TrainConfig:
       raise ValueError(f"checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
     if self.grad_clip_norm < 0:
       raise ValueError(f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
+    for name in ("calibration_problems", "calibration_horizon"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+    if self.calibration_problems == 1:
+      raise ValueError("calibration_problems must be 0 (off) or at least 2, got 1")
     require_choice(self, "loss", LOSSES)
     require_choice(self, "time_weights", TIME_WEIGHTS)
     require_choice(self, "data_source", DATA_SOURCES)

@@ -23,6 +23,7 @@ from alfi_tf.simulators import get_simulator
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "training_summary.json"
+CALIBRATION_FILE = "calibration.json"
 LOCK_FILE = "lock"
 
 
@@ -190,6 +191,17 @@ class Workdir:
   def write_summary(self, summary: Dict[str, Any]) -> None:
     write_json_atomically(self.file(SUMMARY_FILE), summary)
 
+  def read_calibration(self) -> Optional[Dict[str, Any]]:
+    """The run's `calibration.json` (`alfi_tf.training.calibration`), or None."""
+    path = self.file(CALIBRATION_FILE)
+    if not os.path.exists(path):
+      return None
+    with open(path) as stream:
+      return json.load(stream)
+
+  def write_calibration(self, calibration: Dict[str, Any]) -> None:
+    write_json_atomically(self.file(CALIBRATION_FILE), calibration)
+
 
 def leftovers_of_dead_processes(prefix: str) -> List[str]:
   """The paths `PREFIX<pid>` or `PREFIX<pid>-<anything>` whose writer, process `<pid>` of this
@@ -263,6 +275,26 @@ def load_machine(workdir: str, checkpoint: Optional[str] = None) -> InferenceMac
   restorer = tf.train.Checkpoint(machine=machine)
   if checkpoint is not None:
     restorer.restore(checkpoint).expect_partial()
-  elif restore_checkpoint(restorer, run.checkpoints, partial=True) is None:
-    raise FileNotFoundError(f"no checkpoint in {run.checkpoints}: train first")
+  else:
+    checkpoint = restore_checkpoint(restorer, run.checkpoints, partial=True)
+    if checkpoint is None:
+      raise FileNotFoundError(f"no checkpoint in {run.checkpoints}: train first")
+  apply_calibration(machine, run.read_calibration(), checkpoint)
   return machine
+
+
+def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str, Any]],
+                      checkpoint: str) -> None:
+  """Gives `machine` the std factors of `calibration` when they were fitted to `checkpoint`.
+
+  Factors fitted to another checkpoint (training went on after the calibration, or an older
+  checkpoint was restored) would misstate the widths, so they are left off, with a warning.
+  """
+  if calibration is None:
+    return
+  if calibration.get("checkpoint") != os.path.basename(checkpoint):
+    logging.warning("%s was fitted to checkpoint %s, not to %s: the answers' std are not "
+                    "recalibrated (resume training to the end to refit them)", CALIBRATION_FILE,
+                    calibration.get("checkpoint"), os.path.basename(checkpoint))
+    return
+  machine.set_std_scales(calibration["std_scales"])

@@ -15,6 +15,7 @@ TINY_FLAGS = [
     "--num_samples=4", "--num_simulated_obs=8", "--encoder_hidden=8", "--encoder_out=4",
     "--aggregator_hidden=8", "--aggregator_out=4", "--updater_hidden=8", "--lstm_units=4",
     "--num_validation_problems=8", "--validate_every=3", "--checkpoint_every=3",
+    "--calibration_problems=32", "--calibration_horizon=3",
 ]
 
 
@@ -54,8 +55,10 @@ def test_evaluate_end_to_end_and_report(trained_workdir, tmp_path):
   assert set(metrics["coverage"]) == {"0.68", "0.95"}
   assert metrics["robustness"]["starts"] == 3
   # Online problems 6 x 16 x 40, fixed 48 x 40 and validation 8 x 40 observations; 6 steps x 16
-  # problems and 2 validations x 8 problems, each T M N = 2 x 4 x 8; per data set 3 x 4 x 8.
-  assert metrics["training_simulations"] == 3840 + 1920 + 320 + 6 * 16 * 64 + 2 * 8 * 64
+  # problems and 2 validations x 8 problems, each T M N = 2 x 4 x 8; the calibration's 32 x 40
+  # observations and 32 problems x T_c M N = 3 x 4 x 8; per data set 3 x 4 x 8.
+  assert metrics["training_simulations"] == (3840 + 1920 + 320 + 6 * 16 * 64 + 2 * 8 * 64
+                                             + 32 * 40 + 32 * 96)
   assert metrics["simulations_per_inference"] == 96
   assert set(metrics["sbc"]["within_band"]) == {"beam_energy", "fermi_constant"}
   assert set(metrics["derived_rmse"]["asymmetry"]) == {"alfi", "alfi_proposal_average", "mle",

@@ -41,7 +41,7 @@ def _train(tmp_path, data_source: str, validate_every: int):
   """Trains 8 steps (64 problems / batch 16 x 2 epochs); returns the counted budget."""
   train = TrainConfig(num_problems=64, num_obs=5, epochs=2, batch_size=16,
                       num_validation_problems=16, validate_every=validate_every,
-                      data_source=data_source)
+                      data_source=data_source, calibration_problems=8, calibration_horizon=3)
   set_global_seed(0)
   result = Trainer(MACHINE, train, str(tmp_path), progress_bar=False).train()
   assert result.steps == 8
@@ -51,10 +51,13 @@ def _train(tmp_path, data_source: str, validate_every: int):
 def test_alfi_training_simulations_are_what_a_training_run_simulates(counting, tmp_path):
   counts = _train(tmp_path, "memory", validate_every=3)   # validation after steps 3, 6 and 8
   per_run = 2 * 4 * 3
+  calibration_run = 3 * 4 * 3                              # T_c M N
   assert counts == {"meta_training_problems": 64 * 5, "online_problems": 0,
                     "validation_problems": 16 * 5, "training_steps": 8 * 16 * per_run,
-                    "validation_runs": 3 * 16 * per_run,
-                    "total": 64 * 5 + 16 * 5 + 8 * 16 * per_run + 3 * 16 * per_run}
+                    "validation_runs": 3 * 16 * per_run, "calibration_problems": 8 * 5,
+                    "calibration_runs": 8 * calibration_run,
+                    "total": 64 * 5 + 16 * 5 + 8 * 16 * per_run + 3 * 16 * per_run
+                             + 8 * 5 + 8 * calibration_run}
   assert CountingSimulator.simulated == counts["total"]
 
 

@@ -147,6 +147,7 @@ TINY_FLAGS = [
     "--encoder_out=8", "--aggregator_hidden=16", "--aggregator_out=8", "--updater_hidden=16",
     "--lstm_units=8", "--bound=1.0", "--observation_transform=log1p", "--learning_rate=3e-3",
     "--num_validation_problems=16", "--validate_every=40", "--checkpoint_every=20", "--seed=3",
+    "--calibration_problems=32", "--calibration_horizon=4",
 ]
 
 

@@ -3,7 +3,8 @@ external simulators), metadata, the `export` / `infer` binaries, `saved_model_cl
 
 Two tiny workdirs are trained once per module (2 Adam steps at learning rate 1e-2, so `psi` moves):
 a TF-native `weinberg` machine and a numpy-bridged `lotka_volterra` one. Both are exported with a
-horizon (T=3) other than the training one (T=2).
+horizon (T=3) other than the training one (T=2), and their std recalibrated for steps 1..2 only, so
+the export's step 3 uses step 2's factors.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ TINY = dict(num_steps=TRAIN_STEPS, num_samples=NUM_SAMPLES, num_simulated_obs=NU
             updater_hidden=8, lstm_units=4, bound=1.0)
 TINY_TRAIN = TrainConfig(num_problems=32, num_obs=NUM_OBS, epochs=1, batch_size=16,
                          learning_rate=1e-2, num_validation_problems=8, validate_every=100,
-                         checkpoint_every=100, seed=4)
+                         checkpoint_every=100, seed=4, calibration_problems=64,
+                         calibration_horizon=TRAIN_STEPS)
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 SIGNATURES = ("infer", "start", "step", "metadata")
 
@@ -266,7 +268,9 @@ def test_numpy_simulator_ask_tell_equals_in_graph_bridge(lotka_volterra):
   machine = load_machine(lotka_volterra.workdir)
   trajectory = machine(tf.constant(lotka_volterra.observations), seed=tf.constant([seed, 0]),
                        num_steps=EXPORT_STEPS)
-  mean, std = machine.to_raw(trajectory.psi)
+  # The export's answer is recalibrated as the run's `calibration.json` says.
+  mean, std = machine.answer(trajectory.psi, tf.range(1, EXPORT_STEPS + 1))
+  assert machine.std_scales is not None
   assert result.trajectory_mean.shape == (2, EXPORT_STEPS, 4)
   np.testing.assert_allclose(result.trajectory_mean, mean.numpy(), **TOLERANCE)
   np.testing.assert_allclose(result.trajectory_std, std.numpy(), **TOLERANCE)

@@ -603,7 +603,8 @@ def test_the_result_carries_the_final_proposal(inferrer):
   mean, std = machine.to_raw(tf.constant(result.psi))
   np.testing.assert_allclose(mean.numpy(), result.mean, rtol=1e-6)
   np.testing.assert_allclose(std.numpy(), result.std, rtol=1e-6)
-  draws = machine.sample_final_proposal(tf.constant(result.psi), 4000, _seed(1)).numpy()
+  draws = machine.sample_final_proposal(tf.constant(result.psi), 4000, _seed(1),
+                                        step=result.trajectory_mean.shape[1]).numpy()
   assert draws.shape == (NUM_PROBLEMS, 4000, 1)
   deviation = (draws.mean(axis=1) - result.mean) / (result.std / math.sqrt(4000))
   assert np.all(np.abs(deviation) < 5), deviation

@@ -136,7 +136,8 @@ def test_training_on_a_simulator_with_a_nan_patch_completes_and_reports_the_coun
                                    aggregator_hidden=4, aggregator_out=4, updater_hidden=4,
                                    lstm_units=4, initial_scale=2.0)
     train_config = TrainConfig(num_problems=64, num_obs=5, epochs=2, batch_size=16,
-                               num_validation_problems=16, data_source=data_source)
+                               num_validation_problems=16, data_source=data_source,
+                               calibration_problems=32, calibration_horizon=3)
     result = Trainer(machine_config, train_config, str(tmp_path), progress_bar=False,
                      log_every=1).train()
   finally:

@@ -18,7 +18,8 @@ TINY_MACHINE = MachineConfig(simulator="poisson", num_steps=3, num_samples=4, nu
                              observation_transform="log1p")
 TINY_TRAIN = TrainConfig(num_problems=64, num_obs=50, epochs=20, batch_size=16,
                          learning_rate=3e-3, num_validation_problems=16, validate_every=40,
-                         checkpoint_every=20, seed=3)
+                         checkpoint_every=20, seed=3, calibration_problems=32,
+                         calibration_horizon=4)
 
 
 def seeded_trainer(train_config: TrainConfig, workdir: str, **kwargs) -> Trainer:

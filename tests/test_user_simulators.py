@@ -18,6 +18,7 @@ TINY_FLAGS = [
     "--num_samples=4", "--num_simulated_obs=4", "--encoder_hidden=8", "--encoder_out=4",
     "--aggregator_hidden=8", "--aggregator_out=4", "--updater_hidden=8", "--lstm_units=4",
     "--num_validation_problems=8", "--validate_every=2", "--checkpoint_every=2",
+    "--calibration_problems=32", "--calibration_horizon=3",
 ]
 
 

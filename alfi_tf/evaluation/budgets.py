@@ -4,7 +4,9 @@
 * ALFI trains on its meta-training problems (`num_problems * n`, plus `batch * n` fresh problems a
   step with `--data_source=online`) and the validation set (`num_validation_problems * n`), and
   simulates `T M N` observations per problem at every step (`batch * T M N` a step) and at every
-  validation (`num_validation_problems * T M N`). A data set then costs `R T_test M N` (R starts).
+  validation (`num_validation_problems * T M N`); a finished run recalibrates its std on
+  `calibration_problems * n` fresh problems, each run for the calibration horizon `T_c`
+  (`calibration_problems * T_c M N`). A data set then costs `R T_test M N` (R starts).
 * NPE trains on `num_problems * n` and costs nothing per data set.
 * Rejection ABC trains nothing and costs `J N_ABC` per data set (`J` candidate draws).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Dict
 
 from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.training.calibration import calibration_horizon
 
 
 def alfi_training_simulations(machine_config: MachineConfig, train_config: TrainConfig,
@@ -24,7 +27,7 @@ def alfi_training_simulations(machine_config: MachineConfig, train_config: Train
   """What `steps` meta-training steps simulate, by item, and their `total`.
 
   Validation runs every `validate_every` steps and after the last one (as `Trainer.train` does),
-  at the training horizon.
+  at the training horizon; the calibration once the run reaches its last step.
   """
   n, batch = train_config.num_obs, train_config.batch_size
   per_problem_run = (machine_config.num_steps * machine_config.num_samples
@@ -36,7 +39,13 @@ def alfi_training_simulations(machine_config: MachineConfig, train_config: Train
       "validation_problems": train_config.num_validation_problems * n,
       "training_steps": steps * batch * per_problem_run,
       "validation_runs": validations * train_config.num_validation_problems * per_problem_run,
+      "calibration_problems": 0, "calibration_runs": 0,
   }
+  if steps == train_config.total_steps:
+    horizon = calibration_horizon(machine_config, train_config)
+    counts["calibration_problems"] = train_config.calibration_problems * n
+    counts["calibration_runs"] = (train_config.calibration_problems * horizon
+                                  * machine_config.num_samples * machine_config.num_simulated_obs)
   counts["total"] = sum(counts.values())
   return counts
 

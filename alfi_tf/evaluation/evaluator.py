@@ -194,7 +194,8 @@ def _derived_parameters(machine, result: InferenceResult, theta: np.ndarray,
   averaged = {}
   if result.psi is not None:
     draws = machine.sample_final_proposal(tf.constant(result.psi), PROPOSAL_DRAWS,
-                                          tf.constant([seed + 5, 0], tf.int32))
+                                          tf.constant([seed + 5, 0], tf.int32),
+                                          step=result.trajectory_mean.shape[1])
     flat = tf.reshape(draws, [-1, simulator.parameter_dim])
     averaged = {name: tf.reduce_mean(tf.reshape(values, [-1, PROPOSAL_DRAWS]), axis=1).numpy()
                 for name, values in simulator.derived_parameters(flat).items()}

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from alfi_tf.config import MachineConfig, to_dict
 from alfi_tf.model import losses
+from alfi_tf.model.calibration import check_std_scales
 from alfi_tf.model.loss_model import LossModel
 from alfi_tf.model.networks import SampleAggregator, SetEncoder, Updater
 from alfi_tf.model.normalization import Moments, Standardizer, transform_observations
@@ -68,7 +69,9 @@ class InferenceMachine(LossModel):
   """Meta-learned inference: proposes, simulates, compares, updates `psi`, T times.
 
   The standardisation statistics of parameters and observations are weights of the model (set them
-  with `adapt`), so they are saved and restored with it.
+  with `adapt`), so they are saved and restored with it. The answer's widths can be recalibrated
+  after training (`set_std_scales`, `alfi_tf.model.calibration`); the factors travel with the
+  workdir (`calibration.json`), the `.keras` file and the export.
 
   Example:
     >>> simulator = get_simulator("poisson")
@@ -105,6 +108,7 @@ class InferenceMachine(LossModel):
     self._bounds = None if bounds is None else tuple(tf.constant(b, tf.float32) for b in bounds)
     self._build_weights()
     self.built = True
+    self.set_std_scales(None)
 
   def _build_weights(self) -> None:
     """Creates every weight now, so checkpoints can be restored before the first call."""
@@ -120,13 +124,37 @@ class InferenceMachine(LossModel):
   def get_config(self) -> Dict[str, Any]:
     """The simulator (by spec: a registered name or an import path) and the machine's
     configuration."""
+    scales = self.std_scales
     return {"name": self.name, "simulator": self.simulator.spec,
-            "machine_config": to_dict(self.config)}
+            "machine_config": to_dict(self.config),
+            "std_scales": None if scales is None else scales.tolist()}
 
   @classmethod
   def from_config(cls, config: Dict[str, Any]) -> "InferenceMachine":
-    return cls(get_simulator(config["simulator"]), MachineConfig(**config["machine_config"]),
-               name=config["name"])
+    machine = cls(get_simulator(config["simulator"]), MachineConfig(**config["machine_config"]),
+                  name=config["name"])
+    machine.set_std_scales(config.get("std_scales"))
+    return machine
+
+  @property
+  def std_scales(self) -> Optional[np.ndarray]:
+    """The calibration factors `[C, d]` of steps 1..C (later steps use step C's), or None."""
+    return None if self._std_scale_table.shape[0] == 1 else self._std_scale_table.numpy()[1:]
+
+  def set_std_scales(self, scales: Optional[np.ndarray]) -> None:
+    """Sets the factors `[C, d]` that multiply the answer's std after steps 1..C (and after any
+    later step, step C's); None removes them. A constant rather than a weight: the factors are
+    fitted after training, and checkpoints written before they existed must still restore."""
+    d = self.simulator.parameter_dim
+    table = [np.ones([1, d], np.float32)]       # row 0: the start, never rescaled
+    if scales is not None:
+      table.append(check_std_scales(scales, d))
+    self._std_scale_table = tf.constant(np.concatenate(table))
+
+  def std_scale_at(self, steps: tf.Tensor) -> tf.Tensor:
+    """The factors after `steps` (int, any shape `S`; 0 is the start) -> `[*S, d]`."""
+    last = self._std_scale_table.shape[0] - 1
+    return tf.gather(self._std_scale_table, tf.minimum(tf.cast(steps, tf.int32), last))
 
   def adapt(self, theta: np.ndarray, observations: np.ndarray) -> None:
     """Sets the standardisation statistics from the meta-training set.
@@ -284,6 +312,15 @@ class InferenceMachine(LossModel):
     return self.proposal.raw_moments(psi, self.theta_standardizer.mean,
                                      self.theta_standardizer.std)
 
+  def answer(self, psi: tf.Tensor, steps: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The answer after `steps`: `to_raw(psi)` with the std recalibrated (`set_std_scales`).
+
+    Args:
+      psi: `[B, P]` after one step (`steps` a scalar) or `[B, T, P]` after each of `steps [T]`.
+    """
+    mean, std = self.to_raw(psi)
+    return mean, std * self.std_scale_at(steps)
+
   def infer(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
             initial_mean: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
     """The answer for `B` observation sets, in raw parameter units: the one inference body behind
@@ -292,21 +329,25 @@ class InferenceMachine(LossModel):
     Args: as for `call`.
 
     Returns:
-      `mean`, `std` `[B, d]` (the final proposal), `trajectory_mean`, `trajectory_std` `[B, T, d]`
-      (steps 1..T), `initial_mean` `[B, d]` (the start `mu_0`) and `psi` `[B, P]` (the final
+      `mean`, `std` `[B, d]` (the final proposal, its std recalibrated), `trajectory_mean`,
+      `trajectory_std` `[B, T, d]` (steps 1..T), `initial_mean` `[B, d]` (the start `mu_0`) and `psi` `[B, P]` (the final
       proposal's parameters, standardised).
     """
     trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
-    mean, std = self.to_raw(trajectory.psi)
+    mean, std = self.answer(trajectory.psi, tf.range(1, trajectory.psi.shape[1] + 1))
     initial, _ = self.to_raw(trajectory.initial_psi)
     return {"mean": mean[:, -1], "std": std[:, -1], "trajectory_mean": mean,
             "trajectory_std": std, "initial_mean": initial, "psi": trajectory.psi[:, -1]}
 
-  def sample_final_proposal(self, psi: tf.Tensor, num_samples: int,
-                            seed: tf.Tensor) -> tf.Tensor:
-    """Draws from `q(theta | psi)` in raw parameter units: `psi [B, P]` -> `[B, num_samples, d]`
-    (not clipped to the prior's box: these are the answer's draws, not simulation inputs)."""
-    return self.theta_standardizer.inverse(self.proposal.sample(psi, num_samples, seed))
+  def sample_final_proposal(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor,
+                            step: int) -> tf.Tensor:
+    """Draws from the answer after `step` in raw parameter units: `psi [B, P]` ->
+    `[B, num_samples, d]`, draws of `q(theta | psi)` spread about its mean by the step's std
+    factors (`set_std_scales`); not clipped to the prior's box: these are the answer's draws, not
+    simulation inputs."""
+    draws = self.theta_standardizer.inverse(self.proposal.sample(psi, num_samples, seed))
+    mean = self.to_raw(psi)[0][:, tf.newaxis]
+    return mean + self.std_scale_at(step) * (draws - mean)
 
   # The Keras training surface. `fit` gets batches `(theta [B, d], observations [B, n, d_x], seed)`
   # with an int32 seed `[2]` per batch (or `[B, 2]` per problem, of which the first is used), and

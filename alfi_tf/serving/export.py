@@ -61,6 +61,7 @@ def machine_metadata(machine: InferenceMachine, num_steps: int) -> Dict[str, Any
       "num_samples": config.num_samples,
       "num_simulated_obs": config.num_simulated_obs,
       "machine_config": to_dict(config),
+      "std_scales": None if machine.std_scales is None else machine.std_scales.tolist(),
       "standardization": {
           "theta_mean": machine.theta_standardizer.mean.numpy().tolist(),
           "theta_std": machine.theta_standardizer.std.numpy().tolist(),
@@ -125,8 +126,9 @@ class ExportModule(tf.Module):
     """The next samples to simulate plus every state tensor, as one flat dict."""
     proposal_seed, simulation_seed = self.machine.step_seeds(loop_seed, step)
     samples = self.machine.propose(state, proposal_seed)
-    mean, std = self.machine.to_raw(state.psi)
-    trajectory_mean, trajectory_std = self.machine.to_raw(trajectory)
+    mean, std = self.machine.answer(state.psi, step)
+    trajectory_mean, trajectory_std = self.machine.answer(
+        trajectory, tf.range(1, tf.shape(trajectory)[1] + 1))
     initial_mean, _ = self.machine.to_raw(initial_psi)
     return {
         "psi": state.psi, "lstm_h": state.lstm_h, "lstm_c": state.lstm_c,

@@ -1,7 +1,9 @@
 """Meta-training: meta-datasets, input pipelines, tf.distribute, the train step, checkpoints and the
 Trainer. The public names:
 
-  Trainer              meta-trains one workdir: progress, TensorBoard, validation, checkpoints.
+  Trainer              meta-trains one workdir: progress, TensorBoard, validation, checkpoints,
+                       and at the end the recalibration of the answer's std (`calibrate`).
+  calibrate            fits and sets a trained machine's std factors on fresh problems.
   TrainingResult       the summary of a finished run.
   set_global_seed      seeds the initial weights; call it with the run's seed before a `Trainer`.
   make_train_step      one Adam step on a global batch, the replicas' gradients summed and clipped.
@@ -17,6 +19,7 @@ Trainer. The public names:
   make_strategy        a `tf.distribute` strategy by name (default, mirrored, multi_worker).
 """
 
+from alfi_tf.training.calibration import calibrate
 from alfi_tf.training.checkpoints import CheckpointKeeper
 from alfi_tf.training.data import Problems, ProblemStore, generate_problems
 from alfi_tf.training.distribute import make_strategy
@@ -26,7 +29,7 @@ from alfi_tf.training.step import make_train_step
 from alfi_tf.training.trainer import Trainer, TrainingResult, set_global_seed
 
 __all__ = [
-    "Trainer", "TrainingResult", "set_global_seed", "make_train_step", "CheckpointKeeper",
+    "Trainer", "TrainingResult", "set_global_seed", "calibrate", "make_train_step", "CheckpointKeeper",
     "Problems", "generate_problems", "ProblemStore", "MetaTrainingData", "meta_training_data",
     "adapt_machine", "training_batches", "training_step_seeds", "make_strategy",
 ]

@@ -26,8 +26,9 @@ from alfi_tf.simulators.base import describe_parameters
 from alfi_tf.simulators.specs import import_spec_module
 from alfi_tf.workdir import leftovers_of_dead_processes
 
-# Seed streams of one run: the same run seed gives independent training, validation and test sets.
-TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 0, 1, 2
+# Seed streams of one run: the same run seed gives independent training, validation, test and
+# calibration sets.
+TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM, CALIBRATION_STREAM = 0, 1, 2, 3
 
 #: Problems simulated per call; part of the recipe (each chunk has its own seed).
 DEFAULT_CHUNK_SIZE = 1024

@@ -1,5 +1,6 @@
 """The Trainer: meta-training of one workdir, scheduled around a compiled (optionally distributed)
-Adam step: progress lines, TensorBoard scalars, validation, checkpoints and the run's summary."""
+Adam step: progress lines, TensorBoard scalars, validation, checkpoints, the run's summary and, at
+the end, the recalibration of the answer's std."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from alfi_tf.simulators import NumpySimulator, get_simulator
 from alfi_tf.simulators.base import SimulatorError, simulator_error_message
 from alfi_tf.training import data as data_lib
 from alfi_tf.training import distribute, pipeline
+from alfi_tf.training.calibration import calibrate_run
 from alfi_tf.training.checkpoints import CheckpointKeeper
 from alfi_tf.training.step import check_global_batch, make_train_step
 from alfi_tf.workdir import Workdir
@@ -258,6 +260,9 @@ class Trainer:
     if self.is_chief:
       self.workdir.write_summary({**result._asdict(), **clock.record(),
                                   "replicas": self.replicas})
+      if self.step == cfg.total_steps:
+        with _simulator_failures_named("recalibrating the std on fresh problems"):
+          calibrate_run(self.workdir, self.machine, cfg, self.checkpoints.manager.latest_checkpoint)
     return result
 
   def _progress_bar(self, stop: int) -> Optional[keras.utils.Progbar]:

@@ -1,0 +1,92 @@
+"""Recalibrating the answer's standard deviations on fresh simulated problems.
+
+The machine is meta-trained to move its proposal towards `theta*`; nothing in the meta-loss makes
+the proposal's width a calibrated posterior width at every step, and after the training horizon
+`sigma_t` keeps shrinking while the error does not (`docs/results.md`). A factor per step and
+parameter, fitted after training on problems drawn from the prior that no weight was fitted to,
+rescales the answer's width without touching its mean or the proposals the machine simulates:
+
+    sigma'_{t,j} = s_{t,j} sigma_{t,j}.
+
+`s_{t,j}` minimises the Kolmogorov distance between the empirical distribution of the standardised
+errors `|theta*_j - mu_{t,j}| / (s sigma_{t,j})` over the problems and the half-normal `|N(0, 1)|`:
+
+    D(s) = sup_u | P_K(|z| / s <= u) - (2 Phi(u) - 1) |,
+
+which is the worst coverage error of the central intervals `mu +- u s sigma` over all levels `u` at
+once, so a heavy tail of unsettled problems does not buy the 68% level at the cost of the 95% one
+(as matching the mean squared error would). The factor is one number per step and parameter: it
+corrects the machine's average over- or under-confidence, not the width of one particular answer
+(pooling several starts per data set does that: `inference.pool_starts`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+#: The candidate factors: 1/100 .. 100 on a log grid, 1.2% apart (a coverage error of well under
+#: a point at any level).
+SCALE_GRID = np.geomspace(1e-2, 1e2, 801)
+
+
+def half_normal_kolmogorov_distance(abs_z: np.ndarray, scales: np.ndarray) -> np.ndarray:
+  """`D(s)` for every candidate `s`.
+
+  Args:
+    abs_z: `[K]` standardised absolute errors `|theta* - mu| / sigma` (inf where `sigma` is 0).
+    scales: `[G]` candidate factors.
+
+  Returns:
+    `[G]` distances in [0, 1].
+  """
+  ordered = np.sort(np.asarray(abs_z, np.float64))
+  count = ordered.size
+  cdf = tf.math.erf(ordered[np.newaxis, :] / (scales[:, np.newaxis] * np.sqrt(2.0))).numpy()  # [G, K]
+  above = np.arange(1, count + 1) / count - cdf
+  below = cdf - np.arange(count) / count
+  return np.maximum(above.max(axis=1), below.max(axis=1))
+
+
+def fit_std_scales(mean: np.ndarray, std: np.ndarray, theta: np.ndarray) -> np.ndarray:
+  """The factors `s_{t,j}` of the module docstring.
+
+  Args:
+    mean, std: `[K, T, d]` the answers `mu_t`, `sigma_t` after steps `t = 1..T` on `K` problems.
+    theta: `[K, d]` the problems' true parameters.
+
+  Returns:
+    `[T, d]` factors, each the grid point of least distance (the smallest on ties).
+
+  Raises:
+    ValueError: shapes that do not match, fewer than 2 problems, or non-finite answers.
+  """
+  mean, std, theta = (np.asarray(value, np.float64) for value in (mean, std, theta))
+  if mean.ndim != 3 or std.shape != mean.shape or theta.shape != (mean.shape[0], mean.shape[2]):
+    raise ValueError(f"expected mean and std [K, T, d] and theta [K, d], got {mean.shape}, "
+                     f"{std.shape} and {theta.shape}")
+  if mean.shape[0] < 2:
+    raise ValueError(f"calibration needs at least 2 problems, got {mean.shape[0]}")
+  if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std >= 0)):
+    raise ValueError("calibration needs finite answers with non-negative std")
+  error = np.abs(theta[:, np.newaxis, :] - mean)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    abs_z = np.where(error == 0, 0.0, error / std)                 # [K, T, d]; inf where std is 0
+  _, num_steps, dim = mean.shape
+  scales = np.empty((num_steps, dim))
+  for t in range(num_steps):
+    for j in range(dim):
+      scales[t, j] = SCALE_GRID[np.argmin(half_normal_kolmogorov_distance(abs_z[:, t, j],
+                                                                          SCALE_GRID))]
+  return scales.astype(np.float32)
+
+
+def check_std_scales(scales, parameter_dim: int) -> np.ndarray:
+  """`scales` as a float32 `[C, d]` array of positive finite factors, or a ValueError naming what
+  is wrong."""
+  array = np.asarray(scales, np.float32)
+  if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] != parameter_dim:
+    raise ValueError(f"std scales must have shape [steps >= 1, {parameter_dim}], got {array.shape}")
+  if not np.all(np.isfinite(array)) or np.any(array <= 0):
+    raise ValueError("std scales must be finite and positive")
+  return array

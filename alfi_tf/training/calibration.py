@@ -1,0 +1,80 @@
+"""Recalibrating a trained machine's std on fresh problems (`alfi_tf.model.calibration`), and the
+run's record of it, `calibration.json`, which `load_machine` applies."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+from absl import logging
+
+from alfi_tf import metrics
+from alfi_tf.config import DEFAULT_TEST_HORIZON, MachineConfig, TrainConfig
+from alfi_tf.model.calibration import fit_std_scales
+from alfi_tf.model.inference import Inferrer
+from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.training import data as data_lib
+from alfi_tf.workdir import Workdir
+
+#: Offset of the calibration runs' inference seed from the run's seed (evaluation uses 1..5).
+INFERENCE_SEED_OFFSET = 7
+
+
+def calibration_horizon(machine_config: MachineConfig, train_config: TrainConfig) -> int:
+  """The steps calibrated: `train_config.calibration_horizon`, or by default twice the training
+  horizon and at least twice the test horizon, so that running on past `T` stays calibrated."""
+  return (train_config.calibration_horizon
+          or max(2 * machine_config.num_steps, 2 * DEFAULT_TEST_HORIZON))
+
+
+def calibrate(machine: InferenceMachine, train_config: TrainConfig,
+              batch_size: int = 256) -> Dict[str, Any]:
+  """Fits and sets `machine`'s std factors on `train_config.calibration_problems` problems drawn
+  from the prior on the run's calibration seed stream (never trained or validated on).
+
+  Returns:
+    The record for `calibration.json`: the factors `[C, d]`, what they were fitted on, and the
+    68% / 95% coverage per step on those problems before and after (`[C, d]` each).
+  """
+  started = time.time()
+  horizon = calibration_horizon(machine.config, train_config)
+  problems = data_lib.generate_problems(machine.simulator, train_config.calibration_problems,
+                                        train_config.num_obs, train_config.seed,
+                                        data_lib.CALIBRATION_STREAM)
+  machine.set_std_scales(None)
+  result = Inferrer(machine, num_steps=horizon, batch_size=batch_size)(
+      problems.observations, seed=train_config.seed + INFERENCE_SEED_OFFSET)
+  scales = fit_std_scales(result.trajectory_mean, result.trajectory_std, problems.theta)
+  machine.set_std_scales(scales)
+
+  def coverage(std: np.ndarray) -> Dict[str, Any]:
+    per_level = metrics.interval_coverage(result.trajectory_mean, std, problems.theta[:, None])
+    return {level: np.asarray(value).tolist() for level, value in per_level.items()}
+
+  record = {"std_scales": scales.tolist(), "num_problems": train_config.calibration_problems,
+            "num_obs": train_config.num_obs, "horizon": horizon, "seed": train_config.seed,
+            "coverage_before": coverage(result.trajectory_std),
+            "coverage_after": coverage(result.trajectory_std * scales),
+            "seconds": time.time() - started}
+  logging.info("recalibrated the std on %d fresh problems in %.0fs: factors at step %d: %s",
+               train_config.calibration_problems, record["seconds"], machine.config.num_steps,
+               np.array2string(scales[machine.config.num_steps - 1], precision=3))
+  return record
+
+
+def calibrate_run(workdir: Workdir, machine: InferenceMachine, train_config: TrainConfig,
+                  checkpoint: Optional[str]) -> None:
+  """Calibrates the run's final `checkpoint` (restored into `machine`) unless `calibration.json`
+  already holds factors fitted to it with these settings, and records them."""
+  if not train_config.calibration_problems or checkpoint is None:
+    return
+  wanted = {"checkpoint": os.path.basename(checkpoint),
+            "num_problems": train_config.calibration_problems,
+            "horizon": calibration_horizon(machine.config, train_config)}
+  existing = workdir.read_calibration() or {}
+  if all(existing.get(key) == value for key, value in wanted.items()):
+    machine.set_std_scales(existing["std_scales"])
+    return
+  workdir.write_calibration({**calibrate(machine, train_config), **wanted})

@@ -1,0 +1,179 @@
+"""Recalibration of the answer's std: the fit (`alfi_tf.model.calibration`), the machine applying it,
+and the run recording it (`alfi_tf.training.calibration`) for `load_machine`, `.keras` and export."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.model.calibration import SCALE_GRID, fit_std_scales, half_normal_kolmogorov_distance
+from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.metrics import interval_coverage
+from alfi_tf.simulators import get_simulator
+from alfi_tf.training import Trainer, set_global_seed
+from alfi_tf.workdir import CALIBRATION_FILE, load_machine
+
+K = 4000
+GRID_STEP = SCALE_GRID[1] / SCALE_GRID[0]
+
+
+def _answers(errors: np.ndarray, std: np.ndarray):
+  """Answers `mean = theta* + error` around `theta* = 0`, all `[K, T, d]`."""
+  return errors, np.broadcast_to(std, errors.shape), np.zeros((errors.shape[0], errors.shape[2]))
+
+
+def test_the_fit_recovers_a_known_misscaling():
+  rng = np.random.default_rng(0)
+  true_scales = np.array([[0.5, 2.0], [1.0, 4.0]])        # [T, d]: over- and under-confident
+  std = rng.uniform(0.1, 3.0, size=(K, 2, 2))             # each answer its own width
+  mean, std, theta = _answers(rng.normal(size=(K, 2, 2)) * true_scales * std, std)
+  fitted = fit_std_scales(mean, std, theta)
+  assert fitted.shape == (2, 2) and fitted.dtype == np.float32
+  # The Kolmogorov fit of a scale from 4000 draws: a few percent (k = 4 standard errors).
+  np.testing.assert_allclose(fitted, true_scales, rtol=0.06)
+
+
+def test_heavy_tails_are_calibrated_at_every_level_at_once():
+  rng = np.random.default_rng(1)
+  errors = rng.standard_t(3, size=(K, 1, 1))              # stragglers: a tail heavier than N(0, 1)
+  mean, std, theta = _answers(errors, np.ones((1, 1)))
+  scale = fit_std_scales(mean, std, theta)
+  distance = half_normal_kolmogorov_distance(np.abs(errors.ravel()) / scale[0, 0], np.ones(1))[0]
+  before = half_normal_kolmogorov_distance(np.abs(errors.ravel()), np.ones(1))[0]
+  assert distance < before
+  coverage = interval_coverage(mean * 1.0, std * scale, theta[:, None])
+  for level in ("0.68", "0.95"):      # no level misses by more than the distance (and the grid)
+    assert abs(coverage[level].item() - float(level)) <= distance + 0.01
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.floats(0.05, 20.0))
+def test_the_factor_is_inverse_to_a_rescaling_of_std(factor):
+  rng = np.random.default_rng(2)
+  mean, std, theta = _answers(rng.normal(size=(500, 1, 1)), np.ones((1, 1)))
+  base = fit_std_scales(mean, std, theta)[0, 0]
+  rescaled = fit_std_scales(mean, std * factor, theta)[0, 0]
+  # The distance is piecewise constant, so its argmin may move within a grid step or two.
+  assert abs(np.log(rescaled * factor / base)) <= 2.01 * np.log(GRID_STEP)
+
+
+@pytest.mark.parametrize("mean, std, theta, message", [
+    (np.zeros((3, 2)), np.ones((3, 2)), np.zeros((3, 2)), "expected mean and std"),
+    (np.zeros((1, 2, 1)), np.ones((1, 2, 1)), np.zeros((1, 1)), "at least 2 problems"),
+    (np.full((3, 2, 1), np.nan), np.ones((3, 2, 1)), np.zeros((3, 1)), "finite answers"),
+    (np.zeros((3, 2, 1)), -np.ones((3, 2, 1)), np.zeros((3, 1)), "non-negative std"),
+])
+def test_the_fit_rejects_bad_answers(mean, std, theta, message):
+  with pytest.raises(ValueError, match=message):
+    fit_std_scales(mean, std, theta)
+
+
+# --- The machine applies the factors. ---
+
+
+@pytest.fixture(scope="module")
+def machine():
+  config = MachineConfig(simulator="weinberg", num_steps=2, num_samples=4, num_simulated_obs=8,
+                         encoder_hidden=8, encoder_out=4, aggregator_hidden=8, aggregator_out=4,
+                         updater_hidden=8, lstm_units=4)
+  return InferenceMachine(get_simulator("weinberg"), config)
+
+
+def _observations(num_problems: int = 3) -> tf.Tensor:
+  _, observations = get_simulator("weinberg").sample_problems(num_problems, 30, tf.constant([5, 0]))
+  return observations
+
+
+def test_the_answer_is_rescaled_per_step_and_later_steps_use_the_last(machine):
+  observations, seed = _observations(), tf.constant([1, 2])
+  plain = machine.infer(observations, seed, num_steps=4)
+  scales = np.array([[2.0, 0.5], [3.0, 0.25]], np.float32)
+  machine.set_std_scales(scales)
+  try:
+    calibrated = machine.infer(observations, seed, num_steps=4)
+    assert machine.std_scales.tolist() == scales.tolist()
+  finally:
+    machine.set_std_scales(None)
+  expected = np.concatenate([scales, scales[-1:], scales[-1:]])          # steps 1, 2, 3, 4
+  np.testing.assert_allclose(calibrated["trajectory_std"], plain["trajectory_std"] * expected,
+                             rtol=1e-6)
+  np.testing.assert_allclose(calibrated["std"], plain["std"] * scales[-1], rtol=1e-6)
+  for key in ("mean", "trajectory_mean", "psi"):           # the mean and the proposals: untouched
+    np.testing.assert_array_equal(calibrated[key], plain[key])
+  assert machine.std_scales is None
+
+
+def test_the_answers_draws_spread_by_the_factor(machine):
+  outputs = machine.infer(_observations(), tf.constant([1, 2]))
+  machine.set_std_scales(np.array([[3.0, 0.5]]))
+  try:
+    draws = machine.sample_final_proposal(outputs["psi"], 20000, tf.constant([3, 4]), step=2)
+  finally:
+    machine.set_std_scales(None)
+  np.testing.assert_allclose(draws.numpy().std(axis=1), outputs["std"].numpy() * [3.0, 0.5],
+                             rtol=0.03)    # 20000 draws: a standard error of 0.5%
+  widest = 3.0 * float(tf.reduce_max(outputs["std"]))
+  np.testing.assert_allclose(draws.numpy().mean(axis=1), outputs["mean"].numpy(),
+                             atol=5 * widest / np.sqrt(20000))     # 5 standard errors
+
+
+@pytest.mark.parametrize("scales, message", [
+    (np.ones((2, 3)), r"shape \[steps >= 1, 2\]"), (np.ones((0, 2)), "shape"),
+    (np.array([[1.0, 0.0]]), "finite and positive"), (np.array([[1.0, np.inf]]), "finite"),
+])
+def test_bad_factors_are_refused(machine, scales, message):
+  with pytest.raises(ValueError, match=message):
+    machine.set_std_scales(scales)
+  assert machine.std_scales is None
+
+
+def test_the_factors_travel_in_the_keras_file(machine, tmp_path):
+  machine.set_std_scales(np.array([[2.0, 0.5]]))
+  try:
+    path = str(tmp_path / "machine.keras")
+    machine.save(path)
+    loaded = keras.saving.load_model(path)
+  finally:
+    machine.set_std_scales(None)
+  assert loaded.std_scales.tolist() == [[2.0, 0.5]]
+
+
+# --- The run calibrates once training ends, and `load_machine` applies it. ---
+
+
+TINY_TRAIN = TrainConfig(num_problems=32, num_obs=30, epochs=1, batch_size=16, learning_rate=1e-2,
+                         num_validation_problems=8, validate_every=100, checkpoint_every=100,
+                         seed=4, calibration_problems=64, calibration_horizon=3)
+
+
+def test_a_finished_run_is_calibrated_and_loads_calibrated(tmp_path):
+  workdir = str(tmp_path / "run")
+  set_global_seed(TINY_TRAIN.seed)
+  trainer = Trainer(MachineConfig(simulator="weinberg", num_steps=2, num_samples=4,
+                                  num_simulated_obs=8, encoder_hidden=8, encoder_out=4,
+                                  aggregator_hidden=8, aggregator_out=4, updater_hidden=8,
+                                  lstm_units=4), TINY_TRAIN, workdir, log_every=1000)
+  trainer.train(stop_at_step=1)
+  assert not os.path.exists(os.path.join(workdir, CALIBRATION_FILE)), "only a finished run"
+  trainer.train()
+  record = json.load(open(os.path.join(workdir, CALIBRATION_FILE)))
+  assert record["checkpoint"] == "ckpt-2" and record["num_problems"] == 64
+  assert np.asarray(record["std_scales"]).shape == (3, 2)
+  # On the problems it was fitted to, calibration brings the 68% coverage no further from nominal.
+  for before, after in zip(np.ravel(record["coverage_before"]["0.68"]),
+                           np.ravel(record["coverage_after"]["0.68"])):
+    assert abs(after - 0.68) <= abs(before - 0.68) + 0.05
+  loaded = load_machine(workdir)
+  np.testing.assert_allclose(loaded.std_scales, record["std_scales"])
+  # Factors fitted to another checkpoint are not applied.
+  json.dump({**record, "checkpoint": "ckpt-1"}, open(os.path.join(workdir, CALIBRATION_FILE), "w"))
+  assert load_machine(workdir).std_scales is None
+  # Resuming a finished run refits them for its final checkpoint, and only then.
+  Trainer(trainer.machine_config, TINY_TRAIN, workdir, log_every=1000).train()
+  assert json.load(open(os.path.join(workdir, CALIBRATION_FILE)))["checkpoint"] == "ckpt-2"
