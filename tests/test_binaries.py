@@ -61,6 +61,9 @@ def test_evaluate_end_to_end_and_report(trained_workdir, tmp_path):
                                              + 32 * 40 + 32 * 96)
   assert metrics["simulations_per_inference"] == 96
   assert set(metrics["sbc"]["within_band"]) == {"beam_energy", "fermi_constant"}
+  # Calibrated for steps 1..3, evaluated at T = 3: the factors of step 3, as calibration.json has.
+  calibration = json.load(open(os.path.join(trained_workdir, "calibration.json")))
+  assert list(metrics["std_scales_at_horizon"].values()) == calibration["std_scales"][2]
   assert set(metrics["derived_rmse"]["asymmetry"]) == {"alfi", "alfi_proposal_average", "mle",
                                                        "posterior_mean"}
   for figure in ("rmse_per_step.png", "error_boxplots.png", "predictive_histograms.png",
@@ -79,7 +82,7 @@ def test_evaluate_end_to_end_and_report(trained_workdir, tmp_path):
   assert reported.returncode == 0, reported.stderr[-3000:]
   text = output.read_text()
   assert "Prose that must survive." in text
-  assert "| weinberg |" in text and "asymmetry (derived)" in text
+  assert "| weinberg † |" in text and "asymmetry (derived)" in text and "† its σ" in text
 
 
 TRAIN_BAD_FLAGS = [

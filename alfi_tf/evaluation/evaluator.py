@@ -97,6 +97,8 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       "num_steps": num_steps,
       "training_horizon": machine_config.num_steps,
       "num_starts": config.num_starts,
+      # The factors that multiplied the std at the test horizon (`calibration.json`), or None.
+      "std_scales_at_horizon": _std_scales_at(machine, names, num_steps),
       "simulations_per_inference": budgets.alfi_inference_simulations(
           machine_config, num_steps, config.num_starts),
       "training_simulations": budgets.alfi_training_simulations(
@@ -113,6 +115,12 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
   _figures_to_tensorboard(run, ("rmse_per_step", "error_boxplots", "predictive_histograms",
                                 "robustness", "sbc"))
   return report
+
+
+def _std_scales_at(machine, names: List[str], step: int) -> Optional[Dict[str, float]]:
+  if machine.std_scales is None:
+    return None
+  return _per_parameter(names, machine.std_scale_at(step).numpy())
 
 
 def _reference_rmse(simulator: Simulator, references: Dict[str, np.ndarray],

@@ -53,13 +53,15 @@ def render_results(workdirs: Sequence[str]) -> str:
     with open(run.file("metrics.json")) as stream:
       metrics = json.load(stream)
     name = os.path.basename(os.path.normpath(workdir))
-    lines.extend(_rows(name, metrics, run.read_summary()))
+    mark = " †" if metrics.get("std_scales_at_horizon") else ""
+    lines.extend(_rows(name + mark, metrics, run.read_summary()))
     for parameter, values in metrics["rmse_per_step"].items():
       curves.append(f"- `{name}` {parameter}, t = 1..{len(values)} (trained at "
                     f"T={metrics['training_horizon']}): "
                     + ", ".join(_format(v, 3) for v in values))
   settings = ("Held-out problems from each run's test seed stream; T as in the curves below; "
-              "coverage of the central intervals of q(θ|ψ_T).")
+              "coverage of the central intervals of q(θ|ψ_T); † its σ recalibrated on fresh "
+              "problems (the factors at T are in the run's metrics.json).")
   return "\n".join([settings, "", *lines, "", "RMSE of μ_t per step:", "", *curves])
 
 

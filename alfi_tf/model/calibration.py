@@ -25,9 +25,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-#: The candidate factors: 1/100 .. 100 on a log grid, 1.2% apart (a coverage error of well under
-#: a point at any level).
-SCALE_GRID = np.geomspace(1e-2, 1e2, 801)
+#: The factors searched, first on a coarse log grid from 1e-4 to 1e6, 10% apart (past its
+#: training horizon a machine's sigma_t can shrink by orders of magnitude)...
+COARSE_GRID = np.geomspace(1e-4, 1e6, 242)
+#: ... then within one coarse step of the best, 0.5% apart (a coverage change of a fraction of a
+#: point at any level).
+FINE_GRID = np.geomspace(1 / 1.1, 1.1, 39)
 
 
 def half_normal_kolmogorov_distance(abs_z: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -56,7 +59,7 @@ def fit_std_scales(mean: np.ndarray, std: np.ndarray, theta: np.ndarray) -> np.n
     theta: `[K, d]` the problems' true parameters.
 
   Returns:
-    `[T, d]` factors, each the grid point of least distance (the smallest on ties).
+    `[T, d]` factors, each the point of least distance on the grids (the smallest on ties).
 
   Raises:
     ValueError: shapes that do not match, fewer than 2 problems, or non-finite answers.
@@ -76,9 +79,14 @@ def fit_std_scales(mean: np.ndarray, std: np.ndarray, theta: np.ndarray) -> np.n
   scales = np.empty((num_steps, dim))
   for t in range(num_steps):
     for j in range(dim):
-      scales[t, j] = SCALE_GRID[np.argmin(half_normal_kolmogorov_distance(abs_z[:, t, j],
-                                                                          SCALE_GRID))]
+      scales[t, j] = _least_distance_scale(abs_z[:, t, j])
   return scales.astype(np.float32)
+
+
+def _least_distance_scale(abs_z: np.ndarray) -> float:
+  coarse = COARSE_GRID[np.argmin(half_normal_kolmogorov_distance(abs_z, COARSE_GRID))]
+  fine = coarse * FINE_GRID
+  return float(fine[np.argmin(half_normal_kolmogorov_distance(abs_z, fine))])
 
 
 def check_std_scales(scales, parameter_dim: int) -> np.ndarray:
