@@ -93,6 +93,10 @@ class MachineConfig:
     aggregator_hidden, aggregator_out: the per-sample network `g` (mean over samples).
     updater_hidden: MLP before the LSTM cell; lstm_units: LSTM state size.
     bound, bound_type: `Delta psi` is bounded to `[-bound, bound]` by `bound * tanh` or a hard clip.
+    relative_updates: measure each bounded step in the proposal's own units
+      (`Proposal.update_units`): the mean moves by at most `bound` proposal standard deviations,
+      so steps shrink as the proposal narrows (a trust region), instead of by at most `bound`
+      prior standard deviations whatever the proposal's width.
     initial_scale: `sigma_0` of the proposal, in standardised units (the fixed spread of
       `fixed_variance_gaussian`).
     mixture_components: `K`, the components of the `gaussian_mixture` proposal.
@@ -117,6 +121,7 @@ class MachineConfig:
   lstm_units: int = 40
   bound: float = 0.25
   bound_type: str = "tanh"
+  relative_updates: bool = False
   initial_scale: float = 0.1
   observation_transform: str = "none"
   mixture_components: int = 3

@@ -206,6 +206,23 @@ def test_steps_are_bounded(name, bound_type):
     assert np.any(np.isclose(steps, bound, rtol=1e-5))
 
 
+@pytest.mark.parametrize("proposal", ["diagonal_gaussian", "gaussian_mixture"])
+def test_relative_updates_measure_the_step_in_the_proposals_units(proposal):
+  machines = [_machine("weinberg", proposal=proposal, relative_updates=relative)
+              for relative in (False, True)]
+  for machine in machines:                  # the same weights: only the units of the step differ
+    _activate(machine, scale=20.0)
+  _, observations = _problems("weinberg")
+  state, loop_seed = machines[0].begin(observations, _seed(3))
+  theta = machines[0].propose(state, machines[0].step_seeds(loop_seed, 0)[0])
+  simulated = machines[0]._simulate(theta, _seed(4))
+  absolute, relative = (machine.update(state, theta, simulated).psi - state.psi
+                        for machine in machines)
+  units = machines[0].proposal.update_units(state.psi)
+  np.testing.assert_allclose(relative.numpy(), (units * absolute).numpy(), rtol=1e-5, atol=1e-7)
+  assert np.abs(absolute.numpy()).max() > 0.1, "the step is not trivially zero"
+
+
 def test_untrained_machine_leaves_psi_unchanged():
   machine = _machine()
   _, observations = _problems("poisson")

@@ -310,3 +310,36 @@ def test_sample_is_a_function_of_the_seed_for_every_family(name):
   np.testing.assert_array_equal(first, family.sample(psi, 6, _seed(3)).numpy())
   if family.has_density:
     assert not np.array_equal(first, family.sample(psi, 6, _seed(4)).numpy())
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_update_units_are_positive_and_shaped_like_psi(name):
+  family = get_proposal(name, 3, initial_scale=0.5)
+  psi = tf.reshape(_perturbed_psi(family, 6, seed=2), [2, 3, family.psi_size])   # with a time axis
+  units = family.update_units(psi).numpy()
+  assert units.shape == psi.shape
+  assert np.all(np.isfinite(units)) and np.all(units > 0)
+
+
+@pytest.mark.parametrize("name", ["diagonal_gaussian", "full_covariance_gaussian",
+                                  "fixed_variance_gaussian"])
+def test_one_unit_moves_a_gaussians_mean_by_its_standard_deviation(name):
+  family = get_proposal(name, 3, initial_scale=0.5)
+  psi = _perturbed_psi(family, 4, seed=3)
+  location = tf.constant([1.0] * 3 + [0.0] * (family.psi_size - 3), psi.dtype)
+  moved = psi + family.update_units(psi) * location
+  np.testing.assert_allclose((family.mean(moved) - family.mean(psi)).numpy(),
+                             family.stddev(psi).numpy(), rtol=1e-6)
+  np.testing.assert_allclose(family.stddev(moved).numpy(), family.stddev(psi).numpy(), rtol=1e-6)
+
+
+def test_one_unit_moves_each_mixture_component_by_its_own_spread():
+  family = GaussianMixture(2, initial_scale=0.5, num_components=3)
+  psi = _perturbed_psi(family, 4, seed=4)
+  location = tf.constant([0.0] * 3 + [1.0] * 6 + [0.0] * 6, psi.dtype)
+  logits, means, log_scales = family.split(psi)
+  moved_logits, moved_means, moved_log_scales = family.split(
+      psi + family.update_units(psi) * location)
+  np.testing.assert_allclose((moved_means - means).numpy(), np.exp(log_scales.numpy()), rtol=1e-6)
+  np.testing.assert_array_equal(moved_logits.numpy(), logits.numpy())
+  np.testing.assert_array_equal(moved_log_scales.numpy(), log_scales.numpy())

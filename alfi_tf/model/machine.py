@@ -277,6 +277,8 @@ class InferenceMachine(LossModel):
     features = tf.concat(features, axis=-1)
     context = self.aggregator(features, valid)                                   # [batch, C]
     delta, (h, c) = self.updater(tf.concat([context, psi], axis=-1), [state.lstm_h, state.lstm_c])
+    if self.config.relative_updates:
+      delta = delta * self.proposal.update_units(psi)
     return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
 
   def call(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,

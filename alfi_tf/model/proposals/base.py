@@ -88,6 +88,15 @@ class Proposal(abc.ABC):
   def stddev(self, psi: tf.Tensor) -> tf.Tensor:
     """The proposal's marginal standard deviations, `[..., P] -> [..., d]`."""
 
+  def update_units(self, psi: tf.Tensor) -> tf.Tensor:
+    """The unit of each entry of `psi [..., P]` for steps relative to the proposal (the machine's
+    `relative_updates`): the proposal's own spread for its location entries, 1 for the rest.
+
+    The default, all ones, suits families without a spread (a point) and entries already on a
+    relative scale (log standard deviations, logits, Cholesky entries).
+    """
+    return tf.ones_like(psi)
+
   def raw_moments(self, psi: tf.Tensor, loc: tf.Tensor,
                   scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Mean and marginal standard deviations in raw units, each `[..., d]`.

@@ -67,3 +67,7 @@ class DiagonalGaussian(Proposal):
 
   def stddev(self, psi: tf.Tensor) -> tf.Tensor:
     return tf.exp(split_psi(psi)[1])
+
+  def update_units(self, psi: tf.Tensor) -> tf.Tensor:
+    _, log_scale = split_psi(psi)
+    return join_psi(tf.exp(log_scale), tf.ones_like(log_scale))

@@ -40,3 +40,6 @@ class FixedVarianceGaussian(LocationProposal):
 
   def stddev(self, psi: tf.Tensor) -> tf.Tensor:
     return tf.fill(tf.shape(psi), tf.constant(self.initial_scale, psi.dtype))
+
+  def update_units(self, psi: tf.Tensor) -> tf.Tensor:
+    return self.stddev(psi)

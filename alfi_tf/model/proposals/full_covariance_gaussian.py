@@ -89,3 +89,7 @@ class FullCovarianceGaussian(Proposal):
   def stddev(self, psi: tf.Tensor) -> tf.Tensor:
     _, scale_tril, _ = self.split(psi)
     return tf.norm(scale_tril, axis=-1)
+
+  def update_units(self, psi: tf.Tensor) -> tf.Tensor:
+    packed = psi[..., self.parameter_dim:]
+    return tf.concat([self.stddev(psi), tf.ones_like(packed)], axis=-1)

@@ -122,6 +122,12 @@ class GaussianMixture(Proposal):
     logits, means, _ = self.split(psi)
     return tf.einsum("...k,...kd->...d", tf.nn.softmax(logits, axis=-1), means)
 
+  def update_units(self, psi: tf.Tensor) -> tf.Tensor:
+    """Each component's mean moves in units of that component's own spread."""
+    logits, _, log_scales = self.split(psi)
+    flat_scales = tf.reshape(tf.exp(log_scales), tf.concat([tf.shape(logits)[:-1], [-1]], axis=0))
+    return tf.concat([tf.ones_like(logits), flat_scales, tf.ones_like(flat_scales)], axis=-1)
+
   def stddev(self, psi: tf.Tensor) -> tf.Tensor:
     logits, means, log_scales = self.split(psi)
     weights = tf.nn.softmax(logits, axis=-1)[..., tf.newaxis]
