@@ -174,6 +174,9 @@ def test_a_finished_run_is_calibrated_and_loads_calibrated(tmp_path):
   # Factors fitted to another checkpoint are not applied.
   json.dump({**record, "checkpoint": "ckpt-1"}, open(os.path.join(workdir, CALIBRATION_FILE), "w"))
   assert load_machine(workdir).std_scales is None
-  # Resuming a finished run refits them for its final checkpoint, and only then.
-  Trainer(trainer.machine_config, TINY_TRAIN, workdir, log_every=1000).train()
+  # Resuming a finished run refits them for its final checkpoint, and leaves its summary alone.
+  summary = open(os.path.join(workdir, "training_summary.json")).read()
+  result = Trainer(trainer.machine_config, TINY_TRAIN, workdir, log_every=1000).train()
   assert json.load(open(os.path.join(workdir, CALIBRATION_FILE)))["checkpoint"] == "ckpt-2"
+  assert open(os.path.join(workdir, "training_summary.json")).read() == summary
+  assert result.steps == 2 and np.isfinite(result.final_loss)

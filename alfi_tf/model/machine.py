@@ -332,8 +332,8 @@ class InferenceMachine(LossModel):
 
     Returns:
       `mean`, `std` `[B, d]` (the final proposal, its std recalibrated), `trajectory_mean`,
-      `trajectory_std` `[B, T, d]` (steps 1..T), `initial_mean` `[B, d]` (the start `mu_0`) and `psi` `[B, P]` (the final
-      proposal's parameters, standardised).
+      `trajectory_std` `[B, T, d]` (steps 1..T), `initial_mean` `[B, d]` (the start `mu_0`) and
+      `psi` `[B, P]` (the final proposal's parameters, standardised).
     """
     trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
     mean, std = self.answer(trajectory.psi, tf.range(1, trajectory.psi.shape[1] + 1))

@@ -230,6 +230,7 @@ class Trainer:
     cfg = self.train_config
     stop = cfg.total_steps if stop_at_step is None else min(cfg.total_steps, stop_at_step)
     batches, validation_problems, clock = self._start(executor)
+    first_step = self.step
     inferrer = Inferrer(self.machine, batch_size=cfg.num_validation_problems)
     loss = float("nan")
     validation: Dict[str, float] = {}
@@ -257,12 +258,16 @@ class Trainer:
                    + [(name, count) for name, count in faults if count])
     self.writer.flush()
     result = TrainingResult(self.step, loss, validation, clock.train_seconds())
-    if self.is_chief:
+    previous = self.workdir.read_summary()
+    if self.step == first_step and previous:
+      # A finished run resumed (say to recalibrate it): its summary stands as it was.
+      result = TrainingResult(*(previous[field] for field in TrainingResult._fields))
+    elif self.is_chief:
       self.workdir.write_summary({**result._asdict(), **clock.record(),
                                   "replicas": self.replicas})
-      if self.step == cfg.total_steps:
-        with _simulator_failures_named("recalibrating the std on fresh problems"):
-          calibrate_run(self.workdir, self.machine, cfg, self.checkpoints.manager.latest_checkpoint)
+    if self.is_chief and self.step == cfg.total_steps:
+      with _simulator_failures_named("recalibrating the std on fresh problems"):
+        calibrate_run(self.workdir, self.machine, cfg, self.checkpoints.manager.latest_checkpoint)
     return result
 
   def _progress_bar(self, stop: int) -> Optional[keras.utils.Progbar]:
