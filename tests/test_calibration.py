@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,6 +122,19 @@ def test_the_answers_draws_spread_by_the_factor(machine):
   widest = 3.0 * float(tf.reduce_max(outputs["std"]))
   np.testing.assert_allclose(draws.numpy().mean(axis=1), outputs["mean"].numpy(),
                              atol=5 * widest / np.sqrt(20000))     # 5 standard errors
+
+
+def test_the_answers_density_is_the_rescaled_gaussian(machine):
+  outputs = machine.infer(_observations(), tf.constant([1, 2]))
+  theta = outputs["mean"] + 0.7 * outputs["std"] * np.array([1.0, -2.0], np.float32)
+  scales = np.array([3.0, 0.5], np.float32)
+  machine.set_std_scales(scales[np.newaxis])
+  try:
+    log_prob = machine.answer_log_prob(theta, outputs["psi"], step=2).numpy()
+  finally:
+    machine.set_std_scales(None)
+  expected = tfp.distributions.Normal(outputs["mean"], outputs["std"] * scales).log_prob(theta)
+  np.testing.assert_allclose(log_prob, tf.reduce_sum(expected, axis=-1).numpy(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("scales, message", [

@@ -67,9 +67,8 @@ def alfi_answer(workdir: str, test: data_lib.Problems, seed: int, num_steps: int
   seconds = time.monotonic() - start
   log_prob = None
   if result.psi is not None and machine.proposal.has_density:
-    standardized = machine.theta_standardizer.forward(tf.constant(test.theta))
-    log_prob = (machine.proposal.log_prob(standardized, tf.constant(result.psi))
-                + machine.theta_standardizer.forward_log_det_jacobian()).numpy()
+    log_prob = machine.answer_log_prob(tf.constant(test.theta), tf.constant(result.psi),
+                                       num_steps).numpy()
   summary = run.read_summary()
   return Answer(
       "alfi", result.mean, result.std, log_prob,

@@ -351,6 +351,16 @@ class InferenceMachine(LossModel):
     mean = self.to_raw(psi)[0][:, tf.newaxis]
     return mean + self.std_scale_at(step) * (draws - mean)
 
+  def answer_log_prob(self, theta: tf.Tensor, psi: tf.Tensor, step: int) -> tf.Tensor:
+    """The log-density at raw `theta [B, d]` of the answer after `step` that
+    `sample_final_proposal` draws from: `q(theta | psi)` spread about its mean by the step's
+    factors `s`, `log q(mu + (theta - mu) / s) - sum log s`, in raw units -> `[B]`."""
+    scale = self.std_scale_at(step)                                              # [d]
+    mean = self.proposal.mean(psi)
+    unscaled = mean + (self.theta_standardizer.forward(theta) - mean) / scale
+    return (self.proposal.log_prob(unscaled, psi) - tf.reduce_sum(tf.math.log(scale))
+            + self.theta_standardizer.forward_log_det_jacobian())
+
   # The Keras training surface. `fit` gets batches `(theta [B, d], observations [B, n, d_x], seed)`
   # with an int32 seed `[2]` per batch (or `[B, 2]` per problem, of which the first is used), and
   # minimises the same `losses.meta_loss` as the `Trainer`.
