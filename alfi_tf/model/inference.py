@@ -16,8 +16,9 @@ class InferenceResult(NamedTuple):
   """The machine's answer for `B` observation sets, in raw parameter units.
 
   Attributes:
-    mean, std: `[B, d]`, the final proposal's mean and marginal standard deviations: the estimate
-      and its uncertainty.
+    mean, std: `[B, d]`, the final proposal's mean and marginal standard deviations (the latter
+      times the run's calibration factors, `InferenceMachine.set_std_scales`): the estimate and its
+      uncertainty.
     trajectory_mean, trajectory_std: `[B, T, d]`, the same after each step 1..T.
     initial_mean: `[B, d]`, the start `mu_0`.
     psi: `[B, P]`, the final proposal's own parameters (standardised; `machine.proposal` reads
