@@ -181,23 +181,23 @@ class Workdir:
       raw = json.load(stream)
     return MachineConfig(**raw["machine"]), TrainConfig(**raw["train"])
 
-  def read_summary(self) -> Dict[str, Any]:
-    path = self.file(SUMMARY_FILE)
+  def _read_json(self, name: str) -> Optional[Dict[str, Any]]:
+    """The run's JSON file `name`, or None when it has not been written."""
+    path = self.file(name)
     if not os.path.exists(path):
-      return {}
+      return None
     with open(path) as stream:
       return json.load(stream)
+
+  def read_summary(self) -> Dict[str, Any]:
+    return self._read_json(SUMMARY_FILE) or {}
 
   def write_summary(self, summary: Dict[str, Any]) -> None:
     write_json_atomically(self.file(SUMMARY_FILE), summary)
 
   def read_calibration(self) -> Optional[Dict[str, Any]]:
     """The run's `calibration.json` (`alfi_tf.training.calibration`), or None."""
-    path = self.file(CALIBRATION_FILE)
-    if not os.path.exists(path):
-      return None
-    with open(path) as stream:
-      return json.load(stream)
+    return self._read_json(CALIBRATION_FILE)
 
   def write_calibration(self, calibration: Dict[str, Any]) -> None:
     write_json_atomically(self.file(CALIBRATION_FILE), calibration)

@@ -45,7 +45,8 @@ def half_normal_kolmogorov_distance(abs_z: np.ndarray, scales: np.ndarray) -> np
   """
   ordered = np.sort(np.asarray(abs_z, np.float64))
   count = ordered.size
-  cdf = tf.math.erf(ordered[np.newaxis, :] / (scales[:, np.newaxis] * np.sqrt(2.0))).numpy()  # [G, K]
+  # The half-normal CDF 2 Phi(u) - 1 = erf(u / sqrt 2) at every u = |z| / s: [G, K].
+  cdf = tf.math.erf(ordered[np.newaxis, :] / (scales[:, np.newaxis] * np.sqrt(2.0))).numpy()
   above = np.arange(1, count + 1) / count - cdf
   below = cdf - np.arange(count) / count
   return np.maximum(above.max(axis=1), below.max(axis=1))

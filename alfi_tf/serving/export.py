@@ -61,7 +61,7 @@ def machine_metadata(machine: InferenceMachine, num_steps: int) -> Dict[str, Any
       "num_samples": config.num_samples,
       "num_simulated_obs": config.num_simulated_obs,
       "machine_config": to_dict(config),
-      "std_scales": None if machine.std_scales is None else machine.std_scales.tolist(),
+      "std_scales": machine.get_config()["std_scales"],
       "standardization": {
           "theta_mean": machine.theta_standardizer.mean.numpy().tolist(),
           "theta_std": machine.theta_standardizer.std.numpy().tolist(),

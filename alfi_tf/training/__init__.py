@@ -29,7 +29,8 @@ from alfi_tf.training.step import make_train_step
 from alfi_tf.training.trainer import Trainer, TrainingResult, set_global_seed
 
 __all__ = [
-    "Trainer", "TrainingResult", "set_global_seed", "calibrate", "make_train_step", "CheckpointKeeper",
+    "Trainer", "TrainingResult", "set_global_seed", "calibrate", "make_train_step",
+    "CheckpointKeeper",
     "Problems", "generate_problems", "ProblemStore", "MetaTrainingData", "meta_training_data",
     "adapt_machine", "training_batches", "training_step_seeds", "make_strategy",
 ]
