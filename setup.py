@@ -32,6 +32,7 @@ setup(
         "numpy>=1.26,<2.5",
         "absl-py>=2.1,<3",
         "matplotlib>=3.8,<4",
+        "pillow>=9,<14",
     ],
     entry_points={"console_scripts": [
         "alfi-train=experiments.train:entry_point",

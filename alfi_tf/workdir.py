@@ -27,22 +27,30 @@ CALIBRATION_FILE = "calibration.json"
 LOCK_FILE = "lock"
 
 
-def write_text_atomically(path: str, text: str) -> None:
-  """Writes `text` to a temporary file in the same directory, then renames it over `path`.
+@contextlib.contextmanager
+def atomic_output(path: str, suffix: str = "") -> Iterator[str]:
+  """Yields a temporary path beside `path` (ending in `suffix`) to write; renames it over `path`
+  when the block succeeds and removes it when the block fails.
 
   A reader (or a killed writer) never sees a half-written file.
   """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+  os.close(handle)
   try:
-    with os.fdopen(handle, "w") as stream:
-      stream.write(text)
+    yield temporary
     os.replace(temporary, path)
   except BaseException:
     if os.path.exists(temporary):
       os.remove(temporary)
     raise
+
+
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through `atomic_output`."""
+  with atomic_output(path) as temporary, open(temporary, "w") as stream:
+    stream.write(text)
 
 
 def write_json_atomically(path: str, payload: Any) -> None:

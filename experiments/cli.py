@@ -8,6 +8,7 @@ for debugging. absl reports unparseable flags itself, in one line, before `main`
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, List
 
@@ -47,6 +48,21 @@ def _guarded(main: Callable[[List[str]], None], argv: List[str]) -> None:
     # Checkpoints and files are written atomically: a training run continues where it stopped.
     print("interrupted (re-running the same command resumes a training run)", file=sys.stderr)
     sys.exit(130)
+
+
+def check_output_file(flag: str, path: str, is_own: Callable[[str], bool], what: str) -> None:
+  """Refuses `--flag=path` before any work unless writing there loses nothing: it is not a
+  directory, and a file already there is one this program wrote (`is_own(path)`, e.g. the result
+  of an earlier run), never the user's data, model or anything else.
+
+  Raises:
+    app.UsageError: naming the flag, the path and what it holds.
+  """
+  if os.path.isdir(path):
+    raise app.UsageError(f"--{flag}={path} is a directory; expected the path of {what}")
+  if os.path.lexists(path) and not is_own(path):
+    raise app.UsageError(f"--{flag}={path} exists and is not {what} written by alfi-tf, so "
+                         f"nothing was overwritten: choose a new path (or delete that file)")
 
 
 def _message(error: BaseException) -> str:

@@ -12,10 +12,12 @@ See alfi_tf/simulators/command.py for the --simulator_command protocol.
 
 import json
 import math
+import os
 
 from absl import app, flags
 import numpy as np
 
+from alfi_tf.evaluation.plots import is_own_figure, plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.metrics import central_interval_z
 from alfi_tf.simulators.command import CommandSimulator
@@ -34,14 +36,41 @@ flags.DEFINE_integer("num_starts", 1, "runs per data set from independent starts
                      "simulations")
 flags.register_validator("num_starts", lambda starts: starts >= 1,
                          message="--num_starts must be a positive integer")
-flags.DEFINE_string("output", "inference.json", "JSON file for the estimates and trajectory")
-flags.DEFINE_string("plot", None, "optional PNG of the trajectory of mean +- std")
+flags.DEFINE_string("output", "inference.json", "JSON file for the estimates and trajectory (an "
+                    "existing file is replaced only if it is an earlier result)")
+flags.DEFINE_string("plot", None, "optional PNG of the trajectory of mean +- std (an existing file "
+                    "is replaced only if it is an earlier figure)")
 flags.register_validator("simulator_timeout", lambda seconds: math.isfinite(seconds) and seconds > 0,
                          message="--simulator_timeout must be a positive number of seconds")
 flags.mark_flags_as_required(["model", "observations"])
 FLAGS = flags.FLAGS
 
 _LEVELS = (0.68, 0.95)
+#: The keys every result file has; an existing --output is replaced only if it has them all.
+_RESULT_KEYS = frozenset({"model", "observations", "seed", "num_steps", "parameter_names",
+                          "datasets"})
+
+
+def _is_result_file(path: str) -> bool:
+  """Whether `path` holds the JSON result of an earlier `alfi-infer` (and may be replaced)."""
+  try:
+    with open(path) as stream:
+      content = json.load(stream)
+  except (OSError, ValueError):
+    return False
+  return isinstance(content, dict) and _RESULT_KEYS <= content.keys()
+
+
+def _check_outputs() -> None:
+  """Refuses --output and --plot before the model loads where writing them could lose a file."""
+  cli.check_output_file("output", FLAGS.output, _is_result_file, "an inference result (JSON)")
+  if FLAGS.plot is None:
+    return
+  if not FLAGS.plot.lower().endswith(".png"):
+    raise app.UsageError(f"--plot must name a .png file, got {FLAGS.plot!r}")
+  if os.path.abspath(FLAGS.plot) == os.path.abspath(FLAGS.output):
+    raise app.UsageError(f"--plot and --output name the same file ({FLAGS.plot})")
+  cli.check_output_file("plot", FLAGS.plot, is_own_figure, "a trajectory figure (PNG)")
 
 
 def _run(machine: DeployedMachine, observations: np.ndarray):
@@ -81,6 +110,7 @@ def _summary(machine: DeployedMachine, result) -> list:
 
 def main(argv):
   del argv   # checked by cli.run
+  _check_outputs()
   machine = DeployedMachine.load(FLAGS.model)
   observations = load_observations(FLAGS.observations, machine.observation_dim,
                                    machine.metadata["machine_config"]["observation_transform"])
@@ -101,7 +131,6 @@ def main(argv):
       "parameter_names": list(machine.parameter_names), "datasets": datasets})
   print(f"wrote {FLAGS.output}")
   if FLAGS.plot:
-    from alfi_tf.evaluation.plots import plot_trajectory
     plot_trajectory(FLAGS.plot, machine.parameter_names, result.trajectory_mean,
                     result.trajectory_std)
     print(f"wrote {FLAGS.plot}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shlex
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 import tensorflow as tf
 
 from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.evaluation.plots import plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.serving.export import EXPORT_FORMAT_VERSION, METADATA_ASSET, export_machine, machine_metadata
 from alfi_tf.simulators.command import CommandSimulator
@@ -337,6 +339,11 @@ def test_infer_binary_with_simulator_command(weinberg, tmp_path):
   observations = tmp_path / "observations.npy"
   np.save(observations, weinberg.observations)
   output, plot = tmp_path / "out.json", tmp_path / "trajectory.png"
+  # Results of an earlier run, which this one replaces.
+  output.write_text(json.dumps({key: None for key in
+                                ("model", "observations", "seed", "num_steps", "parameter_names",
+                                 "datasets")}))
+  plot_trajectory(str(plot), ["a"], np.zeros((1, 3, 1)), np.ones((1, 3, 1)))
   completed = run(
       "experiments.infer", f"--model={weinberg.export_dir}", f"--observations={observations}",
       f"--simulator_command={_command(tmp_path, 'weinberg_sim.py', WEINBERG_SCRIPT)}",
@@ -363,6 +370,28 @@ def test_infer_binary_with_simulator_command(weinberg, tmp_path):
     np.testing.assert_allclose(dataset["trajectory_mean"][-1],
                                [e["estimate"] for e in dataset["parameters"].values()])
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
+
+
+def test_infer_binary_overwrites_nothing_it_did_not_write(weinberg, tmp_path):
+  observations, notes, user_figure = (tmp_path / "observations.npy", tmp_path / "notes.json",
+                                      tmp_path / "figure.png")
+  np.save(observations, weinberg.observations)
+  notes.write_text('{"mine": 1}')
+  user_figure.write_bytes(b"\x89PNG\r\n\x1a\n not written by alfi-tf")
+  files = [observations, notes, user_figure, *pathlib.Path(weinberg.export_dir).rglob("*.pb")]
+  before = {path: path.read_bytes() for path in files}
+  model = [f"--model={weinberg.export_dir}", f"--observations={observations}"]
+  new_output = f"--output={tmp_path / 'new.json'}"
+  assert_refused("experiments.infer", [
+      ([*model, f"--output={observations}"], "exists and is not an inference result (JSON)"),
+      ([*model, f"--output={notes}"], "nothing was overwritten"),
+      ([*model, f"--output={weinberg.export_dir}/saved_model.pb"], "nothing was overwritten"),
+      ([*model, f"--output={tmp_path}"], f"--output={tmp_path} is a directory"),
+      ([*model, new_output, f"--plot={user_figure}"], "is not a trajectory figure (PNG)"),
+      ([*model, new_output, f"--plot={tmp_path / 'figure.pdf'}"], "--plot must name a .png"),
+  ])
+  assert {path: path.read_bytes() for path in files} == before
+  assert not (tmp_path / "new.json").exists()
 
 
 def test_multi_start_ask_tell_equals_multi_start_infer(weinberg):

@@ -1,4 +1,5 @@
-"""Evaluation figures, written as PNG files (matplotlib's Agg backend: no display needed)."""
+"""Evaluation figures, written atomically as PNG files (matplotlib's Agg backend: no display
+needed)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402  (matplotlib's own image library)
+
+from alfi_tf.workdir import atomic_output  # noqa: E402
+
+#: The `Software` text chunk of every figure written here, which marks it as replaceable.
+PNG_SOFTWARE = "alfi-tf"
 
 _REFERENCE_STYLES = {"mle": ("MLE", "tab:orange", "--"),
                      "posterior_mean": ("exact posterior mean", "tab:green", ":"),
@@ -17,8 +24,20 @@ _REFERENCE_STYLES = {"mle": ("MLE", "tab:orange", "--"),
 
 def _save(figure: plt.Figure, path: str) -> None:
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  try:
+    with atomic_output(path, suffix=".png") as temporary:
+      figure.savefig(temporary, format="png", dpi=110, metadata={"Software": PNG_SOFTWARE})
+  finally:
+    plt.close(figure)
+
+
+def is_own_figure(path: str) -> bool:
+  """Whether `path` is a PNG these functions wrote (they stamp its `Software` text chunk)."""
+  try:
+    with PIL.Image.open(path) as image:
+      return image.format == "PNG" and image.info.get("Software") == PNG_SOFTWARE
+  except (OSError, ValueError):
+    return False
 
 
 def _axes_row(count: int, width: float = 4.2, height: float = 3.4):
