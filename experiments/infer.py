@@ -104,6 +104,9 @@ def _summary(machine: DeployedMachine, result) -> list:
         "parameters": parameters,
         "trajectory_mean": result.trajectory_mean[index].tolist(),
         "trajectory_std": result.trajectory_std[index].tolist(),
+        # Simulated sets with NaN/inf, left out of the updates (None: an export without the count).
+        "failed_simulated_sets": (None if result.failed_sets is None
+                                  else int(result.failed_sets[index])),
     })
   return datasets
 

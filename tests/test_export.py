@@ -147,6 +147,7 @@ def _assert_results_equal(actual, expected):
     assert actual.psi is None
   else:
     np.testing.assert_allclose(actual.psi, expected.psi, **TOLERANCE)
+  np.testing.assert_array_equal(actual.failed_sets, expected.failed_sets)
 
 
 # 1. `infer` in a process with TensorFlow only.
@@ -357,6 +358,7 @@ def test_infer_binary_with_simulator_command(weinberg, tmp_path):
   assert len(payload["datasets"]) == 2
   for dataset in payload["datasets"]:
     assert set(dataset["parameters"]) == {"beam_energy", "fermi_constant"}
+    assert dataset["failed_simulated_sets"] == 0
     for entry in dataset["parameters"].values():
       estimate, std = entry["estimate"], entry["std"]
       assert std > 0
@@ -392,6 +394,28 @@ def test_infer_binary_overwrites_nothing_it_did_not_write(weinberg, tmp_path):
   ])
   assert {path: path.read_bytes() for path in files} == before
   assert not (tmp_path / "new.json").exists()
+
+
+def test_failed_simulations_are_counted_and_an_answer_no_simulation_informed_is_refused(weinberg):
+  machine, simulate = weinberg.deployed, weinberg.simulator.simulate
+  sets = EXPORT_STEPS * machine.num_samples
+
+  def failing_for_first_data_set(fraction):
+    def simulated(parameters, num_obs, seed):
+      result = np.array(simulate(parameters, num_obs, seed))          # [B * R * M, N, d_x]
+      runs = result.reshape(-1, machine.num_samples, *result.shape[1:])
+      runs[:len(runs) // 2, :round(fraction * machine.num_samples), 0, 0] = np.nan
+      return result
+    return simulated
+
+  np.testing.assert_array_equal(machine.infer(weinberg.observations, seed=1).failed_sets, [0, 0])
+  partly = machine.run(weinberg.observations, failing_for_first_data_set(0.5), seed=1,
+                       num_starts=2)
+  np.testing.assert_array_equal(partly.failed_sets, [2 * sets // 2, 0])   # R = 2 runs of T M / 2
+  assert np.all(np.isfinite(partly.mean))
+  with pytest.raises(RuntimeError, match=rf"NaN/inf in all {sets} simulated sets of data "
+                                         rf"set\(s\) \[0\], so no simulation informed"):
+    machine.run(weinberg.observations, failing_for_first_data_set(1.0), seed=1)
 
 
 def test_multi_start_ask_tell_equals_multi_start_infer(weinberg):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Dict, NamedTuple, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -24,6 +25,9 @@ class InferenceResult(NamedTuple):
     psi: `[B, P]`, the final proposal's own parameters (standardised; `machine.proposal` reads
       them, e.g. to sample the final proposal), or None where there is no single final proposal
       (runs pooled by `pool_starts`, exports written before it was recorded).
+    failed_sets: int `[B]`, how many of the data set's `T M` simulated sets (`R T M` with `R`
+      pooled starts) held NaN/inf and were left out of the updates; None from exports written
+      before it was recorded. See `check_failed_simulations`.
   """
 
   mean: np.ndarray
@@ -32,6 +36,7 @@ class InferenceResult(NamedTuple):
   trajectory_std: np.ndarray
   initial_mean: np.ndarray
   psi: Optional[np.ndarray] = None
+  failed_sets: Optional[np.ndarray] = None
 
   @classmethod
   def from_outputs(cls, outputs: Dict[str, tf.Tensor]) -> "InferenceResult":
@@ -78,8 +83,43 @@ def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
 
   mean, std = pooled(fields["mean"], fields["std"])
   trajectory_mean, trajectory_std = pooled(fields["trajectory_mean"], fields["trajectory_std"])
+  failed_sets = fields.get("failed_sets")
   return InferenceResult(mean, std, trajectory_mean, trajectory_std,
-                         fields["initial_mean"].mean(axis=1))
+                         fields["initial_mean"].mean(axis=1),
+                         failed_sets=None if failed_sets is None else failed_sets.sum(axis=1))
+
+
+def check_failed_simulations(result: InferenceResult, sets_per_data_set: int) -> InferenceResult:
+  """Refuses answers no simulation informed, and warns about answers some failures thinned.
+
+  A simulated set with a NaN/inf value is left out of its step's update (a failed simulation).
+  Where every set of a data set failed, the machine only drifted from its start: such an answer
+  looks like one but carries no information, so it is an error, not a result.
+
+  Args:
+    result: the answer, with its `failed_sets` (None: not recorded, nothing to check).
+    sets_per_data_set: simulated sets per data set over the whole run, `R T M`.
+
+  Returns:
+    `result`, unchanged.
+
+  Raises:
+    RuntimeError: naming the data sets where every simulated set failed.
+  """
+  if result.failed_sets is None or not result.failed_sets.any():
+    return result
+  hopeless = np.flatnonzero(result.failed_sets >= sets_per_data_set)
+  if hopeless.size:
+    raise RuntimeError(
+        f"the simulator returned NaN/inf in all {sets_per_data_set} simulated sets of data "
+        f"set(s) {hopeless.tolist()[:10]}, so no simulation informed their answers; check the "
+        f"simulator at the parameters it was asked for")
+  failed = np.flatnonzero(result.failed_sets)
+  logging.warning("%d of %d data sets had simulated sets with NaN/inf, left out of the updates "
+                  "(at most %.0f%% of a data set's %d sets; per data set: failed_sets)",
+                  failed.size, result.failed_sets.size,
+                  100 * result.failed_sets.max() / sets_per_data_set, sets_per_data_set)
+  return result
 
 
 def repeat_for_starts(observations: np.ndarray, num_starts: int) -> np.ndarray:
@@ -135,7 +175,9 @@ class Inferrer:
                          f"{(observations.shape[0], simulator.parameter_dim)}, got {initial_mean.shape}")
       initial_mean = repeat_for_starts(initial_mean, num_starts)
     observations = repeat_for_starts(observations, num_starts)
-    return pool_starts(self._run_all(observations, seed, initial_mean), num_starts)
+    return check_failed_simulations(
+        pool_starts(self._run_all(observations, seed, initial_mean), num_starts),
+        num_starts * self.num_steps * self.machine.config.num_samples)
 
   def _run_all(self, observations: np.ndarray, seed: int,
                initial_mean: Optional[np.ndarray]) -> InferenceResult:

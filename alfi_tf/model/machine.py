@@ -332,14 +332,16 @@ class InferenceMachine(LossModel):
 
     Returns:
       `mean`, `std` `[B, d]` (the final proposal, its std recalibrated), `trajectory_mean`,
-      `trajectory_std` `[B, T, d]` (steps 1..T), `initial_mean` `[B, d]` (the start `mu_0`) and
-      `psi` `[B, P]` (the final proposal's parameters, standardised).
+      `trajectory_std` `[B, T, d]` (steps 1..T), `initial_mean` `[B, d]` (the start `mu_0`),
+      `psi` `[B, P]` (the final proposal's parameters, standardised) and `failed_sets` int `[B]`
+      (simulated sets with NaN/inf, of the run's `T M`).
     """
     trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
     mean, std = self.answer(trajectory.psi, tf.range(1, trajectory.psi.shape[1] + 1))
     initial, _ = self.to_raw(trajectory.initial_psi)
     return {"mean": mean[:, -1], "std": std[:, -1], "trajectory_mean": mean,
-            "trajectory_std": std, "initial_mean": initial, "psi": trajectory.psi[:, -1]}
+            "trajectory_std": std, "initial_mean": initial, "psi": trajectory.psi[:, -1],
+            "failed_sets": tf.reduce_sum(trajectory.masked_samples, axis=1)}
 
   def sample_final_proposal(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor,
                             step: int) -> tf.Tensor:

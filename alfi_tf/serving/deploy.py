@@ -23,7 +23,8 @@ import tensorflow as tf
 from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
                                     ExportModule)
 from alfi_tf.checks import check_observation_sets, require_real_numbers
-from alfi_tf.model.inference import InferenceResult, pool_starts, repeat_for_starts
+from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
+                                     repeat_for_starts)
 from alfi_tf.workdir import load_machine
 
 #: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
@@ -37,6 +38,8 @@ class AskTellSession:
   def __init__(self, machine: "DeployedMachine", outputs: Dict[str, tf.Tensor]):
     self._machine = machine
     self._outputs = outputs
+    # Counted here, not in the graph: the export's step state predates the count.
+    self._failed_sets = np.zeros(int(outputs["parameters"].shape[0]), np.int64)
 
   @property
   def step(self) -> int:
@@ -76,10 +79,12 @@ class AskTellSession:
                        f"{(batch * samples,) + expected[2:]}), got {array.shape}")
     state = [self._outputs[key] for key in STATE_KEYS]
     self._outputs = self._machine.module.step(*state, tf.constant(array))
+    self._failed_sets += np.sum(~np.all(np.isfinite(array), axis=(2, 3)), axis=1)
 
   def result(self) -> InferenceResult:
-    """The current answer (final once `done`)."""
-    return InferenceResult.from_outputs(self._outputs)
+    """The current answer (final once `done`), with the failed simulated sets told so far."""
+    return InferenceResult.from_outputs(self._outputs)._replace(
+        failed_sets=self._failed_sets.copy())
 
 
 class DeployedMachine:
@@ -179,7 +184,8 @@ class DeployedMachine:
                        "has no infer(); drive it with run(observations, simulate) or start()")
     outputs = self.module.infer(tf.constant(self._repeated(observations, num_starts)),
                                 tf.constant([seed, 0]))
-    return pool_starts(InferenceResult.from_outputs(outputs), num_starts)
+    return self._checked(pool_starts(InferenceResult.from_outputs(outputs), num_starts),
+                         num_starts)
 
   def start(self, observations, seed: int = 0) -> AskTellSession:
     """Begins an ask/tell run on `observations [B, n, d_x]` (or one data set, `[n, d_x]`)."""
@@ -199,4 +205,8 @@ class DeployedMachine:
       flat = parameters.reshape(-1, parameters.shape[-1])
       simulated = simulate(flat, self.num_simulated_obs, session.simulation_seed)
       session.tell(np.asarray(simulated))
-    return pool_starts(session.result(), num_starts)
+    return self._checked(pool_starts(session.result(), num_starts), num_starts)
+
+  def _checked(self, result: InferenceResult, num_starts: int) -> InferenceResult:
+    """`check_failed_simulations` for a complete run of `num_starts` starts per data set."""
+    return check_failed_simulations(result, num_starts * self.num_steps * self.num_samples)
