@@ -14,6 +14,7 @@ from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.simulators import NumpySimulator, SimulatorError, box_prior, register_simulator
 from alfi_tf.simulators.base import simulator_error_message
 from alfi_tf.training import Trainer
+from alfi_tf.training import data as data_lib
 from experiments import cli
 
 
@@ -193,3 +194,31 @@ def test_online_batches_redraw_problems_with_nan_observations():
   assert int(redrawn) == 0
   for a, b in zip(actual, expected):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+EXITING_SIMULATOR = '''
+import os
+import numpy as np
+from alfi_tf import NumpySimulator, box_prior
+
+class Exiting(NumpySimulator):
+  """Exits the process it runs in, as a crashing native extension would."""
+
+  def __init__(self):
+    super().__init__(parameter_names=["a"], observation_dim=1, prior=box_prior([0.0], [1.0]))
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    os._exit(3)
+'''
+
+
+def test_a_worker_process_that_dies_is_reported_naming_the_simulator(tmp_path):
+  path = tmp_path / "exiting.py"
+  path.write_text(EXITING_SIMULATOR)
+  simulator = alfi_tf.simulators.get_simulator(f"{path}:Exiting")
+  with data_lib.worker_pool(simulator, 2) as pool:
+    with pytest.raises(tf.errors.OpError) as info:
+      data_lib.generate_problems(simulator, 4, 3, seed=0, stream=0, executor=pool)
+  message = simulator_error_message(info.value)
+  assert message.startswith("simulator 'Exiting': a data worker process died while simulating")
+  assert "for 4 parameter vector(s): (a=" in message and "--data_workers=0" in message

@@ -331,7 +331,15 @@ class NumpySimulator(Simulator):
       if executor is None:
         return self.simulate_checked(theta_np, num_obs, seed_np)
       # Waiting on the worker releases the GIL, so tf.data's parallel calls run concurrently.
-      return executor.submit(self.simulate_checked, theta_np, num_obs, seed_np).result()
+      try:
+        return executor.submit(self.simulate_checked, theta_np, num_obs, seed_np).result()
+      except concurrent.futures.BrokenExecutor as error:
+        raise SimulatorError(
+            f"simulator {self.name or type(self).__name__!r}: a data worker process died while "
+            f"simulating (killed, out of memory, or the simulator's code exited the process) for "
+            f"{theta_np.shape[0]} parameter vector(s): "
+            f"{describe_parameters(theta_np, self.parameter_names)}; run with --data_workers=0 "
+            f"to simulate in this process and see its own error") from error
 
     out = tf.numpy_function(_bridge, [theta, tf.convert_to_tensor(seed, tf.int32)], tf.float32,
                             stateful=False, name=f"{self.name or 'numpy'}_simulator")
