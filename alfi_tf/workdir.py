@@ -161,11 +161,10 @@ class Workdir:
 
     Read-only, for processes that join a run another one records (multi-worker training).
     """
-    config_path = self.file(CONFIG_FILE)
-    if not os.path.exists(config_path):
+    existing = self._read_json(CONFIG_FILE)
+    if existing is None:
       return False
-    with open(config_path) as stream:
-      existing = json.load(stream)
+    self.read_config()   # a damaged file is named, not compared
     # A setting the recorded run predates had its default value in that run.
     defaults = {"machine": to_dict(MachineConfig(simulator=machine_config.simulator)),
                 "train": to_dict(TrainConfig())}
@@ -182,20 +181,34 @@ class Workdir:
     return True
 
   def read_config(self) -> Tuple[MachineConfig, TrainConfig]:
-    config_path = self.file(CONFIG_FILE)
-    if not os.path.exists(config_path):
-      raise FileNotFoundError(f"{config_path} not found: {self.path} is not a training workdir")
-    with open(config_path) as stream:
-      raw = json.load(stream)
-    return MachineConfig(**raw["machine"]), TrainConfig(**raw["train"])
+    raw = self._read_json(CONFIG_FILE)
+    if raw is None:
+      raise FileNotFoundError(f"{self.file(CONFIG_FILE)} not found: {self.path} is not a training "
+                              f"workdir")
+    try:
+      return MachineConfig(**raw["machine"]), TrainConfig(**raw["train"])
+    except (KeyError, TypeError) as error:   # a missing section, an unknown or mistyped setting
+      raise ValueError(f"{self.file(CONFIG_FILE)} is damaged or was written by another alfi-tf "
+                       f"version: {type(error).__name__}: {error}") from None
 
   def _read_json(self, name: str) -> Optional[Dict[str, Any]]:
-    """The run's JSON file `name`, or None when it has not been written."""
+    """The run's JSON object in file `name`, or None when it has not been written.
+
+    Raises:
+      ValueError: naming the file, when it holds no JSON object (this program writes them
+        atomically, so something else damaged it).
+    """
     path = self.file(name)
     if not os.path.exists(path):
       return None
-    with open(path) as stream:
-      return json.load(stream)
+    try:
+      with open(path) as stream:
+        content = json.load(stream)
+    except ValueError as error:   # also a UnicodeDecodeError
+      raise ValueError(f"{path} is damaged: not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+      raise ValueError(f"{path} is damaged: expected a JSON object, got {type(content).__name__}")
+    return content
 
   def read_summary(self) -> Dict[str, Any]:
     return self._read_json(SUMMARY_FILE) or {}

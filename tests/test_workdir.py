@@ -1,4 +1,5 @@
-"""The run directory: the advisory lock, and loading a machine through the checkpoint fallback."""
+"""The run directory: the advisory lock, damaged files named, and loading a machine through the
+checkpoint fallback."""
 
 import os
 import subprocess
@@ -6,6 +7,7 @@ import sys
 
 import pytest
 
+from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.workdir import LOCK_FILE, Workdir
 
 HOLD_LOCK = """
@@ -71,3 +73,28 @@ def test_a_workdir_that_is_a_file_or_not_writable_is_named(tmp_path, monkeypatch
   monkeypatch.setattr(os, "access", lambda *args: False)
   with pytest.raises(PermissionError, match=f"workdir {tmp_path / 'run'} is not writable"):
     Workdir(str(tmp_path / "run")).claim(MachineConfig(), TrainConfig())
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{bad", r"config.json is damaged: not valid JSON \(Expecting property name"),
+    (b"\xff\xfe", r"config.json is damaged: not valid JSON \('utf-8' codec"),
+    (b"[1]", r"config.json is damaged: expected a JSON object, got list"),
+    (b'{"train": {}}', r"config.json is damaged or was written by another alfi-tf version: "
+                       r"KeyError: 'machine'"),
+    (b'{"machine": {"simulator": "poisson", "speed": 1}, "train": {}}',
+     r"another alfi-tf version: TypeError: .*unexpected keyword argument 'speed'"),
+])
+def test_a_damaged_config_is_named_by_every_reader(tmp_path, content, message):
+  (tmp_path / "config.json").write_bytes(content)
+  workdir = Workdir(str(tmp_path))
+  with pytest.raises(ValueError, match=message):
+    workdir.read_config()
+  with pytest.raises(ValueError, match=message):
+    workdir.check(MachineConfig(simulator="poisson"), TrainConfig())
+  assert (tmp_path / "config.json").read_bytes() == content
+
+
+def test_damaged_summaries_are_named(tmp_path):
+  (tmp_path / "training_summary.json").write_text('"a string"')
+  with pytest.raises(ValueError, match=r"training_summary.json is damaged: expected a JSON object"):
+    Workdir(str(tmp_path)).read_summary()
