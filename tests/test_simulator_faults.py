@@ -196,6 +196,30 @@ def test_online_batches_redraw_problems_with_nan_observations():
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+class ReturningSimulator(NumpySimulator):
+  """Returns whatever it was built with, in the shape asked for."""
+
+  def __init__(self, value):
+    super().__init__(parameter_names=["mu"], observation_dim=1, prior=box_prior([0.0], [1.0]))
+    self.value = value
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    return np.full((len(theta), num_obs, 1), self.value)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("x", "simulate_numpy's output must be numeric, got dtype <U1"),
+    (None, "simulate_numpy's output must be numeric, got dtype object"),
+    (1 + 2j, "simulate_numpy's output must be real numbers, got dtype complex128"),
+])
+def test_outputs_that_are_not_real_numbers_are_refused_not_cast(value, message):
+  with pytest.raises(SimulatorError, match=rf"simulator 'ReturningSimulator': ReturningSimulator\."
+                                           rf"{message}"):
+    ReturningSimulator(value).simulate_checked(np.zeros((2, 1)), 3, np.array([1, 2]))
+  assert ReturningSimulator(3).simulate_checked(np.zeros((2, 1)), 3, np.array([1, 2])).dtype == (
+      np.float32)   # integers are real numbers
+
+
 EXITING_SIMULATOR = '''
 import os
 import numpy as np

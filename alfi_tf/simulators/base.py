@@ -23,6 +23,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from alfi_tf.checks import require_real_numbers
+
 tfd = tfp.distributions
 
 
@@ -318,6 +320,10 @@ class NumpySimulator(Simulator):
     if out.shape != want:
       raise SimulatorError(f"{where}: {type(self).__name__}.simulate_numpy returned shape "
                            f"{out.shape}, expected {want}")
+    try:   # strings would fail the cast below with an unrelated message; complex would pass it
+      require_real_numbers(out, f"{where}: {type(self).__name__}.simulate_numpy's output")
+    except ValueError as error:
+      raise SimulatorError(str(error)) from None
     return out.astype(np.float32)
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
