@@ -67,6 +67,45 @@ def test_a_broken_file_names_the_spec_and_the_error(tmp_path):
     get_simulator(f"{path}:make")
 
 
+BROKEN_TF_SIMULATORS = """
+import tensorflow as tf
+from alfi_tf import Simulator, box_prior
+
+class Base(Simulator):
+  def __init__(self):
+    super().__init__(parameter_names=["a"], observation_dim=1, prior=box_prior([0.0], [1.0]))
+
+class Raising(Base):
+  def simulate(self, theta, num_obs, seed):
+    raise ZeroDivisionError("no detector response")
+
+class WrongShape(Base):
+  def simulate(self, theta, num_obs, seed):
+    return tf.zeros([tf.shape(theta)[0], num_obs, 2])
+
+class Counts(Base):
+  def simulate(self, theta, num_obs, seed):
+    return tf.zeros([tf.shape(theta)[0], num_obs, 1], tf.int32)
+"""
+
+
+@pytest.mark.parametrize("attribute, message", [
+    ("Raising", "raised ZeroDivisionError: no detector response"),
+    ("WrongShape", r"returned shape \(2, 3, 2\), expected \(2, 3, 1\) \[parameter vectors, "
+                   r"num_obs, observation_dim\]"),
+    ("Counts", "returned int32 observations; expected floating point"),
+])
+def test_a_tf_simulator_that_fails_its_trial_call_is_named_in_one_line(tmp_path, attribute,
+                                                                       message):
+  path = tmp_path / "detector.py"
+  path.write_text(BROKEN_TF_SIMULATORS)
+  with pytest.raises(ValueError, match=rf"simulator spec '{path}:{attribute}': a trial call \(2 "
+                                       rf"parameter vectors drawn from its prior, num_obs=3\) "
+                                       rf"{message}") as info:
+    get_simulator(f"{path}:{attribute}")
+  assert "\n" not in str(info.value)
+
+
 def _train_evaluate_export_infer(tmp_path, spec: str, train_cwd: str,
                                  evaluate: bool = True) -> str:
   """Trains from `train_cwd`, then evaluates, exports and infers from elsewhere, with no simulator

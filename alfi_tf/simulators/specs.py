@@ -16,7 +16,9 @@ import os
 import sys
 from typing import Callable
 
-from alfi_tf.simulators.base import Simulator
+import tensorflow as tf
+
+from alfi_tf.simulators.base import NumpySimulator, Simulator
 
 #: The forms a spec takes, for error messages.
 SPEC_FORMS = "a registered name, package.module:Attr or path/to/file.py:Attr"
@@ -101,4 +103,36 @@ def _build(spec: str, factory: Callable[[], Simulator]) -> Simulator:
   if not isinstance(simulator, Simulator):
     raise ValueError(f"simulator spec {spec!r} made a {type(simulator).__name__}, not an "
                      "alfi_tf Simulator")
+  if not isinstance(simulator, NumpySimulator):   # numpy ones are checked on every call
+    _check_trial_call(spec, simulator)
   return simulator
+
+
+def _check_trial_call(spec: str, simulator: Simulator, count: int = 2, num_obs: int = 3) -> None:
+  """Calls a TF-native simulator once, traced as training traces it, on `count` draws from its
+  prior, so that a failing or malformed `simulate` is named here in one line rather than deep
+  inside the machine's graph.
+
+  Raises:
+    ValueError: the call raised, or returned something other than floating-point observations
+      of shape `[count, num_obs, observation_dim]`.
+  """
+  where = (f"simulator spec {spec!r}: a trial call ({count} parameter vectors drawn from its "
+           f"prior, num_obs={num_obs})")
+  try:
+    theta = simulator.prior.sample(count, seed=tf.constant([0, 1]))
+    simulated = tf.function(simulator.simulate)(theta, num_obs, tf.constant([2, 3]))
+    simulated = tf.convert_to_tensor(simulated)
+  except Exception as error:   # the user's code; TF adds its trace above the error's own line
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = lines[-1] if lines else ""
+    if type(error).__name__ != "StagingError":   # TF's wrapper: its last line names the error
+      detail = f"{type(error).__name__}: {detail}"
+    raise ValueError(f"{where} raised {detail}") from error
+  expected = (count, num_obs, simulator.observation_dim)
+  if tuple(simulated.shape) != expected:
+    raise ValueError(f"{where} returned shape {tuple(simulated.shape)}, expected {expected} "
+                     f"[parameter vectors, num_obs, observation_dim]")
+  if not simulated.dtype.is_floating:
+    raise ValueError(f"{where} returned {simulated.dtype.name} observations; expected floating "
+                     f"point")
