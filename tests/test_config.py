@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from alfi_tf.config import SEED_RANGE, MachineConfig, TrainConfig
+from alfi_tf.config import MAX_STEPS, SEED_RANGE, MachineConfig, TrainConfig
+from alfi_tf.training.calibration import calibration_horizon
 
 CONFIGS = (MachineConfig, TrainConfig)
 
@@ -66,3 +67,17 @@ def test_any_float_setting_builds_or_fails_naming_the_field(field, value):
     assert str(error).startswith(name), error
   else:
     assert math.isfinite(getattr(config, name))
+
+
+@pytest.mark.parametrize("config_class, name", [(MachineConfig, "num_steps"),
+                                                (TrainConfig, "calibration_horizon")])
+def test_horizons_beyond_the_unrolling_limit_are_refused(config_class, name):
+  assert getattr(config_class(**{name: MAX_STEPS}), name) == MAX_STEPS
+  with pytest.raises(ValueError, match=rf"^{name} must be at most {MAX_STEPS} \(the machine's loop "
+                                       rf"is unrolled into the graph.*got 100000$"):
+    config_class(**{name: 100000})
+
+
+def test_the_default_calibration_horizon_stays_within_the_limit():
+  assert calibration_horizon(MachineConfig(num_steps=MAX_STEPS), TrainConfig()) == MAX_STEPS
+  assert calibration_horizon(MachineConfig(num_steps=10), TrainConfig()) == 30

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig
 from alfi_tf.evaluation.plots import plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.serving.export import EXPORT_FORMAT_VERSION, METADATA_ASSET, export_machine, machine_metadata
@@ -627,6 +627,12 @@ def _dead_pid() -> int:
   child = subprocess.Popen([sys.executable, "-c", "pass"])
   child.wait()
   return child.pid
+
+
+def test_an_export_beyond_the_unrolling_limit_is_refused_before_tracing(lotka_volterra, tmp_path):
+  with pytest.raises(ValueError, match=rf"num_steps must be at most {MAX_STEPS} "):
+    export_machine(load_machine(lotka_volterra.workdir), str(tmp_path / "lv"), MAX_STEPS + 1)
+  assert not list(tmp_path.iterdir())
 
 
 def test_a_killed_exports_leftovers_are_cleaned_up_and_nothing_is_lost(lotka_volterra, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from alfi_tf.model import losses
-from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine, Trajectory
 from alfi_tf.model.normalization import Standardizer, transform_observations
@@ -383,6 +383,11 @@ def test_check_observations_accepts_numeric_input(observations):
 @pytest.fixture(scope="module")
 def inferrer():
   return Inferrer(_machine(), num_steps=4, batch_size=2)
+
+
+def test_a_horizon_beyond_the_unrolling_limit_is_refused_before_tracing():
+  with pytest.raises(ValueError, match=rf"num_steps must be at most {MAX_STEPS} "):
+    Inferrer(_machine(), num_steps=MAX_STEPS + 1)
 
 
 def test_inferrer_shapes_and_determinism(inferrer):

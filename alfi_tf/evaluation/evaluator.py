@@ -9,7 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf import metrics
-from alfi_tf.config import default_test_horizon, require_positive, require_well_formed
+from alfi_tf.config import (default_test_horizon, require_horizon, require_positive,
+                            require_well_formed)
 from alfi_tf.evaluation import budgets, plots
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.model.inference import InferenceResult, Inferrer
@@ -50,6 +51,7 @@ class EvaluationConfig:
                      "predictive_problems", "batch_size", "num_starts")
     if self.num_steps < 0:
       raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
+    require_horizon("num_steps", self.num_steps)
     if self.grid_points is not None and self.grid_points < 3:
       raise ValueError(f"grid_points must be at least 3, got {self.grid_points}")
 

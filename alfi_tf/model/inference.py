@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.checks import check_observations, check_transform_domain
+from alfi_tf.config import require_horizon
 from alfi_tf.model.machine import InferenceMachine
 
 
@@ -144,6 +145,7 @@ class Inferrer:
                batch_size: int = 256, jit_compile: bool = False):
     self.machine = machine
     self.num_steps = num_steps or machine.config.num_steps
+    require_horizon("num_steps", self.num_steps)
     self.batch_size = batch_size
     self._run = tf.function(self._run_batch, jit_compile=jit_compile, reduce_retracing=True)
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from alfi_tf import __version__
-from alfi_tf.config import default_test_horizon, to_dict
+from alfi_tf.config import default_test_horizon, require_horizon, to_dict
 from alfi_tf.model.machine import InferenceMachine, LoopState
 from alfi_tf.simulators import NumpySimulator
 from alfi_tf.workdir import leftovers_of_dead_processes
@@ -85,6 +85,7 @@ class ExportModule(tf.Module):
     self.num_steps = int(num_steps or default_test_horizon(machine.config))
     if self.num_steps <= 0:
       raise ValueError(f"num_steps must be positive, got {self.num_steps}")
+    require_horizon("num_steps", self.num_steps)
     simulator = machine.simulator
     d, dx = simulator.parameter_dim, simulator.observation_dim
     m, n = machine.config.num_samples, machine.config.num_simulated_obs

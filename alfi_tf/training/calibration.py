@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from alfi_tf import metrics
-from alfi_tf.config import DEFAULT_TEST_HORIZON, MachineConfig, TrainConfig
+from alfi_tf.config import DEFAULT_TEST_HORIZON, MAX_STEPS, MachineConfig, TrainConfig
 from alfi_tf.model.calibration import fit_std_scales
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
@@ -26,7 +26,7 @@ def calibration_horizon(machine_config: MachineConfig, train_config: TrainConfig
   """The steps calibrated: `train_config.calibration_horizon`, or by default twice the training
   horizon and at least twice the test horizon, so that running on past `T` stays calibrated."""
   return (train_config.calibration_horizon
-          or max(2 * machine_config.num_steps, 2 * DEFAULT_TEST_HORIZON))
+          or min(max(2 * machine_config.num_steps, 2 * DEFAULT_TEST_HORIZON), MAX_STEPS))
 
 
 def calibrate(machine: InferenceMachine, train_config: TrainConfig,
