@@ -8,7 +8,7 @@ For each number of starts R and inference seed, on --num_problems held-out probl
 test stream), per parameter: RMSE of mu_t at t = 10, at --report_step and at the horizon, divided
 by the exact posterior mean's; the flatness max/min of the RMSE from t = 10 to the horizon; how
 many problems are more than 4 posterior standard deviations from the truth at some t >= 10; and
-the coverage of the 68% / 95% intervals at --report_step.
+the coverage of the 68% / 95% intervals at --report_step. `--details` adds where the error sits.
 """
 
 from absl import app, flags
@@ -25,6 +25,8 @@ flags.DEFINE_integer("num_steps", 30, "inference horizon")
 flags.DEFINE_integer("report_step", 15, "the step whose RMSE ratio and coverage are reported")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "inference seeds")
 flags.DEFINE_list("starts", ["1", "8"], "runs per data set (pooled by alfi_tf.pool_starts)")
+flags.DEFINE_bool("details", False, "also print where the error sits (bias and noise by the "
+                  "parameter's range, averaged iterates, each straggler's trajectory)")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -47,6 +49,34 @@ def _row(result, theta, posterior_mean, posterior_std, parameter: int) -> str:
           f"coverage {coverage['0.68'][parameter]:.3f} / {coverage['0.95'][parameter]:.3f}")
 
 
+def _details(result, theta, posterior_mean, posterior_std, parameter: int) -> None:
+  """Where the error sits: the error relative to the exact posterior mean, in posterior standard
+  deviations, per sixth of the parameter's range (RMS and mean: noise and bias); the RMSE of the
+  mean of mu_t over the last 10 steps up to --report_step (averaging removes noise, not bias);
+  and each straggler's trajectory."""
+  steps = result.trajectory_mean[:, :, parameter]                                    # [B, T]
+  z = (steps - posterior_mean[:, np.newaxis, parameter]) / posterior_std[:, np.newaxis, parameter]
+  truth, t = theta[:, parameter], FLAGS.report_step
+  edges = np.linspace(truth.min(), truth.max(), 7)
+  for low, high in zip(edges[:-1], edges[1:]):
+    rows = (truth >= low) & (truth <= high)
+    print(f"  theta* in [{low:.3g}, {high:.3g}] ({rows.sum()} problems), error / posterior std at "
+          f"t={t}: RMS {np.sqrt(np.mean(z[rows, t - 1] ** 2)):.2f}, mean {z[rows, t - 1].mean():.2f}")
+  averaged = steps[:, max(0, t - 10):t].mean(axis=1)
+  bayes = metrics.rmse(posterior_mean, theta)[parameter]
+  print(f"  RMSE/Bayes of mu_t averaged over t={max(1, t - 9)}..{t}: "
+        f"{np.sqrt(np.mean((averaged - truth) ** 2)) / bayes:.3f}")
+  off = np.abs(steps[:, FIRST_STEP - 1:] - truth[:, np.newaxis]) / posterior_std[:, np.newaxis,
+                                                                                   parameter]
+  shown = sorted({0, 4, FIRST_STEP - 1, t - 1, steps.shape[1] - 1})
+  for problem in np.flatnonzero(np.any(off > 4, axis=1)):
+    print(f"  straggler theta*={truth[problem]:.4g} posterior mean "
+          f"{posterior_mean[problem, parameter]:.4g} std {posterior_std[problem, parameter]:.3g} "
+          f"start {result.initial_mean[problem, parameter]:.3g}: error / posterior std at "
+          f"t={[s + 1 for s in shown]}: "
+          f"[{', '.join(f'{value:.1f}' for value in z[problem, shown])}]")
+
+
 def main(argv):
   del argv
   machine = load_machine(FLAGS.workdir)
@@ -63,6 +93,9 @@ def main(argv):
       for index, name in enumerate(machine.simulator.parameter_names):
         print(f"R={starts} seed={seed} {name}: " + _row(
             result, test.theta, references["posterior_mean"], references["posterior_std"], index))
+        if FLAGS.details:
+          _details(result, test.theta, references["posterior_mean"], references["posterior_std"],
+                   index)
 
 
 if __name__ == "__main__":
