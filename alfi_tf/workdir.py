@@ -164,7 +164,7 @@ class Workdir:
     existing = self._read_json(CONFIG_FILE)
     if existing is None:
       return False
-    self.read_config()   # a damaged file is named, not compared
+    self._parse_config(existing)   # a damaged file is named, not compared
     # A setting the recorded run predates had its default value in that run.
     defaults = {"machine": to_dict(MachineConfig(simulator=machine_config.simulator)),
                 "train": to_dict(TrainConfig())}
@@ -185,6 +185,10 @@ class Workdir:
     if raw is None:
       raise FileNotFoundError(f"{self.file(CONFIG_FILE)} not found: {self.path} is not a training "
                               f"workdir")
+    return self._parse_config(raw)
+
+  def _parse_config(self, raw: Dict[str, Any]) -> Tuple[MachineConfig, TrainConfig]:
+    """The configurations in `config.json`'s content `raw`; a ValueError naming the file if not."""
     try:
       return MachineConfig(**raw["machine"]), TrainConfig(**raw["train"])
     except (KeyError, TypeError) as error:   # a missing section, an unknown or mistyped setting

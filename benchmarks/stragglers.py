@@ -33,19 +33,24 @@ FLAGS = flags.FLAGS
 FIRST_STEP = 10
 
 
+def _stragglers(result, theta, posterior_std, parameter: int) -> np.ndarray:
+  """`[B]` bool: more than 4 posterior standard deviations from theta* at some t >= FIRST_STEP."""
+  error = np.abs(result.trajectory_mean[:, FIRST_STEP - 1:, parameter]
+                 - theta[:, np.newaxis, parameter])
+  return np.any(error / posterior_std[:, np.newaxis, parameter] > 4, axis=1)
+
+
 def _row(result, theta, posterior_mean, posterior_std, parameter: int) -> str:
   rmse = (metrics.rmse_per_step(result.trajectory_mean, theta)[:, parameter]
           / metrics.rmse(posterior_mean, theta)[parameter])                  # [T], / Bayes
   late = rmse[FIRST_STEP - 1:]
-  error = np.abs(result.trajectory_mean[:, FIRST_STEP - 1:, parameter]
-                 - theta[:, np.newaxis, parameter])
-  off = error / posterior_std[:, np.newaxis, parameter]
   t = FLAGS.report_step - 1
   coverage = metrics.interval_coverage(result.trajectory_mean[:, t], result.trajectory_std[:, t],
                                        theta)
   return (f"RMSE/Bayes t={FIRST_STEP} {rmse[FIRST_STEP - 1]:.3f} t={t + 1} {rmse[t]:.3f} "
           f"t={len(rmse)} {rmse[-1]:.3f}; flatness {late.max() / late.min():.3f}; "
-          f">4 posterior std at t>={FIRST_STEP}: {int(np.sum(np.any(off > 4, axis=1)))}; "
+          f">4 posterior std at t>={FIRST_STEP}: "
+          f"{int(np.sum(_stragglers(result, theta, posterior_std, parameter)))}; "
           f"coverage {coverage['0.68'][parameter]:.3f} / {coverage['0.95'][parameter]:.3f}")
 
 
@@ -66,10 +71,8 @@ def _details(result, theta, posterior_mean, posterior_std, parameter: int) -> No
   bayes = metrics.rmse(posterior_mean, theta)[parameter]
   print(f"  RMSE/Bayes of mu_t averaged over t={max(1, t - 9)}..{t}: "
         f"{np.sqrt(np.mean((averaged - truth) ** 2)) / bayes:.3f}")
-  off = np.abs(steps[:, FIRST_STEP - 1:] - truth[:, np.newaxis]) / posterior_std[:, np.newaxis,
-                                                                                   parameter]
   shown = sorted({0, 4, FIRST_STEP - 1, t - 1, steps.shape[1] - 1})
-  for problem in np.flatnonzero(np.any(off > 4, axis=1)):
+  for problem in np.flatnonzero(_stragglers(result, theta, posterior_std, parameter)):
     print(f"  straggler theta*={truth[problem]:.4g} posterior mean "
           f"{posterior_mean[problem, parameter]:.4g} std {posterior_std[problem, parameter]:.3g} "
           f"start {result.initial_mean[problem, parameter]:.3g}: error / posterior std at "

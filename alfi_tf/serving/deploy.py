@@ -25,6 +25,7 @@ from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE
 from alfi_tf.checks import check_observation_sets, require_real_numbers
 from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
                                      repeat_for_starts)
+from alfi_tf.model.machine import finite_sets
 from alfi_tf.workdir import load_machine
 
 #: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
@@ -78,8 +79,9 @@ class AskTellSession:
                        f"[batch, num_samples, num_simulated_obs, observation_dim] (or "
                        f"{(batch * samples,) + expected[2:]}), got {array.shape}")
     state = [self._outputs[key] for key in STATE_KEYS]
-    self._outputs = self._machine.module.step(*state, tf.constant(array))
-    self._failed_sets += np.sum(~np.all(np.isfinite(array), axis=(2, 3)), axis=1)
+    simulated = tf.constant(array)
+    self._outputs = self._machine.module.step(*state, simulated)
+    self._failed_sets += np.sum(~finite_sets(simulated).numpy(), axis=1)   # the step's own mask
 
   def result(self) -> InferenceResult:
     """The current answer (final once `done`), with the failed simulated sets told so far."""
