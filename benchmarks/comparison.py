@@ -15,9 +15,10 @@ For each simulator, with its ALFI config (`experiments/configs/<config>.cfg`):
   statistics (else the largest NPE's summary network).
 
 All are scored on the same `--num_problems` held-out problems (`comparison.score`), cached in
-`<root>/<simulator>/scores.json`; a rerun trains and scores only what is missing, then rewrites
-the generated section of `--output` (between its markers; the text around them is kept) and the
-learning-curve figure from every simulator scored so far.
+`<root>/<simulator>/scores.json`; a rerun trains and scores only what is missing (an interrupted
+ALFI or NPE training resumes where it stopped), then rewrites the generated section of `--output`
+(between its markers; the text around them is kept) and the learning-curve figure from every
+simulator scored so far.
 """
 
 import json

@@ -5,7 +5,9 @@ r"""Trains the NPE baseline and scores it on held-out problems against the exact
 
 Writes the estimator (`npe.keras`), `training_summary.json` and `metrics.json` (the same figures
 `benchmarks.comparison` tabulates for ALFI and ABC) into the workdir and prints a summary line.
-A workdir that already holds a trained estimator is scored again, not retrained.
+A workdir that already holds a trained estimator is scored again, not retrained; one whose training
+was interrupted (killed, Ctrl-C) goes on from its last finished epoch, exactly as an uninterrupted
+run would have, when run again with the same flags.
 """
 
 import os

@@ -1,5 +1,7 @@
-"""The NPE baseline: its densities (closed forms, change of variables), training and persistence."""
+"""The NPE baseline: its densities (closed forms, change of variables), training, resuming and
+persistence."""
 
+import dataclasses
 import json
 import math
 import os
@@ -158,6 +160,53 @@ def test_train_npe_saves_a_loadable_estimator_and_counts_its_budget(tmp_path):
   np.testing.assert_array_equal(posterior.samples, again.samples)
   with pytest.raises(FileExistsError, match="already holds"):
     npe_training.train_npe(config, workdir)
+
+
+class _Killed(Exception):
+  """Stands for a process killed between two epochs."""
+
+
+class _KillAfter(keras.callbacks.Callback):
+  """Ends the training after its `epochs`-th epoch overall, once that epoch's state is saved."""
+
+  def __init__(self, epochs: int):
+    super().__init__()
+    self._left = epochs
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._left -= 1
+    if self._left == 0:
+      raise _Killed()
+
+
+@pytest.mark.parametrize("density, overrides, kill_after", [
+    # A flow trains in two stages (2 epochs each): killed inside the second.
+    ("flow", dict(epochs=2, flow_layers=1), (3,)),
+    # Early stopping ends the run at epoch 3 (the loss rose at epoch 3, patience 1); killed right
+    # after it stopped, and one epoch before, with the learning rate already halved.
+    ("gaussian", dict(epochs=8, patience=1, learning_rate=0.05), (2, 3)),
+])
+def test_an_interrupted_npe_training_resumes_exactly(tmp_path, density, overrides, kill_after):
+  config = _small_config(density=density, num_problems=100, num_obs=20, **overrides)
+  uninterrupted = npe_training.train_npe(config, str(tmp_path / "uninterrupted"))
+  for epochs in kill_after:
+    workdir = str(tmp_path / f"killed_after_{epochs}")
+    with pytest.raises(_Killed):
+      npe_training.train_npe(config, workdir, callbacks=[_KillAfter(epochs)])
+    state_dir = os.path.join(workdir, npe_training.STATE_DIR)
+    with open(os.path.join(state_dir, npe_training.STATE_FILE)) as stream:
+      assert sum(map(len, json.load(stream)["losses"])) == epochs
+    with pytest.raises(ValueError, match="another configuration.*differs in seed"):
+      npe_training.train_npe(dataclasses.replace(config, seed=1), workdir)
+    resumed = npe_training.train_npe(config, workdir)
+    for name in ("epochs_run", "best_validation_loss"):
+      assert resumed.summary[name] == uninterrupted.summary[name], name
+    for resumed_weights, weights in zip(resumed.estimator.get_weights(),
+                                        uninterrupted.estimator.get_weights()):
+      np.testing.assert_array_equal(resumed_weights, weights)
+    assert not os.path.exists(state_dir)
+  if density == "gaussian":
+    assert uninterrupted.summary["epochs_run"] == 3 < config.epochs
 
 
 def test_load_npe_without_a_trained_estimator_says_so(tmp_path):
