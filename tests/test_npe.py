@@ -209,6 +209,19 @@ def test_an_interrupted_npe_training_resumes_exactly(tmp_path, density, override
     assert uninterrupted.summary["epochs_run"] == 3 < config.epochs
 
 
+def test_train_npe_writes_nothing_into_a_directory_that_is_not_an_npe_run(tmp_path):
+  results = tmp_path / "my_results"
+  results.mkdir()
+  (results / "metrics.json").write_text('{"mine": 1}')
+  with pytest.raises(FileExistsError, match="holds no NPE run"):
+    npe_training.train_npe(_small_config(), str(results))
+  assert os.listdir(results) == ["metrics.json"]
+  assert (results / "metrics.json").read_text() == '{"mine": 1}'
+  (tmp_path / "a_file").write_text("data")
+  with pytest.raises(NotADirectoryError, match="is a file"):
+    npe_training.train_npe(_small_config(), str(tmp_path / "a_file"))
+
+
 def test_load_npe_without_a_trained_estimator_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="no trained NPE"):
     npe_training.load_npe(str(tmp_path))

@@ -45,13 +45,15 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0,
 
   Args:
     config: the estimator and its training.
-    workdir: a new directory, or one whose training was interrupted (resumed from its last
-      finished epoch; it must have been started with the same `config`).
+    workdir: a new or empty directory, or one whose training was interrupted (resumed from its
+      last finished epoch; it must have been started with the same `config`).
     verbose: Keras' `fit` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
     callbacks: more Keras callbacks for `fit` (e.g. `keras.callbacks.TensorBoard`).
 
   Raises:
-    FileExistsError: `workdir` already holds a trained estimator.
+    FileExistsError: `workdir` already holds a trained estimator, or files that are not an NPE
+      run's (nothing is written there).
+    NotADirectoryError: `workdir` is a file.
     ValueError: `workdir` holds an unfinished training of another configuration, or its
       training state is damaged.
     RuntimeError: another process is training in `workdir`.
@@ -61,6 +63,7 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0,
     raise FileExistsError(f"workdir {workdir!r} already holds a trained NPE estimator "
                           f"({MODEL_FILE}); choose a new directory")
   simulator = get_simulator(config.simulator)   # an unknown simulator: nothing written yet
+  _require_npe_workdir(workdir)
   with Workdir(workdir).lock():
     state = _claim(workdir, config)
     start = time.monotonic()
@@ -92,6 +95,18 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0,
                summary["training_seconds"], summary["epochs_run"],
                summary["best_validation_loss"], workdir)
   return NPERun(estimator, summary)
+
+
+def _require_npe_workdir(workdir: str) -> None:
+  """Refuses a file, or a directory holding anything but an NPE run: the run's files would
+  replace the user's (`metrics.json` and `training_summary.json` of an ALFI run, say)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"workdir {workdir!r} is a file; expected a new or empty directory")
+  if (os.path.isdir(workdir) and os.listdir(workdir)
+      and not os.path.exists(os.path.join(workdir, CONFIG_FILE))):
+    raise FileExistsError(f"workdir {workdir!r} is not empty and holds no NPE run ({CONFIG_FILE} "
+                          f"missing), so nothing was written there; choose a new or empty "
+                          f"directory")
 
 
 def _claim(workdir: str, config: NPEConfig) -> Optional[Dict[str, Any]]:
