@@ -15,9 +15,12 @@ from alfi_tf.workdir import load_machine
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "a trained run directory")
-flags.DEFINE_string("export_dir", None, "where to write the SavedModel (must not exist)")
+flags.DEFINE_string("export_dir", None, "where to write the SavedModel (must not exist, unless "
+                    "--overwrite)")
 flags.DEFINE_integer("num_steps", 0, "horizon T of the export (0: max(15, training horizon))")
-flags.DEFINE_bool("overwrite", False, "replace an existing --export_dir")
+flags.DEFINE_bool("overwrite", False, "replace an existing --export_dir, which must be an alfi-tf "
+                  "export: only the export's own files (saved_model.pb, fingerprint.pb, "
+                  "variables/, assets/) are replaced, any other file there is kept")
 flags.mark_flags_as_required(["workdir", "export_dir"])
 FLAGS = flags.FLAGS
 

@@ -680,6 +680,33 @@ def test_exports_killed_at_random_points_lose_nothing(lotka_volterra, tmp_path):
     assert DeployedMachine.load(str(export_dir)).num_steps == 2
 
 
+def test_overwrite_replaces_only_the_exports_own_files(lotka_volterra, tmp_path):
+  """A user's files inside an export (a result, data, a folder) survive --overwrite, also when
+  the overwrite was killed after the new export was renamed into place."""
+  machine = load_machine(lotka_volterra.workdir)
+  export_dir = tmp_path / "lv"
+  export_machine(machine, str(export_dir), num_steps=2)
+  own = sorted(os.listdir(export_dir))
+  (export_dir / "inference.json").write_text('{"mine": 1}')
+  (export_dir / "data").mkdir()
+  (export_dir / "data" / "obs.npy").write_bytes(b"observed")
+  export_machine(machine, str(export_dir), num_steps=3, overwrite=True)
+  assert sorted(os.listdir(export_dir)) == sorted(own + ["data", "inference.json"])
+  assert (export_dir / "inference.json").read_text() == '{"mine": 1}'
+  assert (export_dir / "data" / "obs.npy").read_bytes() == b"observed"
+  assert DeployedMachine.load(str(export_dir)).num_steps == 3
+  # Killed between the renames and the move of the user's files: the next export moves them.
+  retired = tmp_path / f".lv.old-{_dead_pid()}-xyz"
+  shutil.copytree(export_dir, retired / "model")
+  (export_dir / "inference.json").unlink()
+  (retired / "model" / "data" / "obs.npy").unlink()
+  export_machine(machine, str(export_dir), num_steps=2, overwrite=True)
+  assert sorted(os.listdir(tmp_path)) == ["lv"]
+  assert (export_dir / "inference.json").read_text() == '{"mine": 1}'
+  assert (export_dir / "data" / "obs.npy").read_bytes() == b"observed"
+  assert DeployedMachine.load(str(export_dir)).num_steps == 2
+
+
 def test_export_is_atomic_and_refuses_to_overwrite(weinberg, lotka_volterra):
   for run in (weinberg, lotka_volterra):
     assert os.listdir(os.path.dirname(run.export_dir)) == ["model"]

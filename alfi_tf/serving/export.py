@@ -178,7 +178,9 @@ def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Option
     export_dir: destination; refused if it exists unless `overwrite`.
     num_steps: the horizon `T` baked into `infer` and ask/tell (default: `default_test_horizon`).
     overwrite: replace an existing `export_dir`, which must itself be an alfi-tf export (anything
-      else, a training workdir say, is refused and left untouched).
+      else, a training workdir say, is refused and left untouched). Only what an export writes
+      (`saved_model.pb`, `fingerprint.pb`, `variables/`, `assets/`) is replaced; any other file
+      in it (a result of `alfi-infer`, the user's data) is moved into the new export.
 
   Returns:
     `export_dir`.
@@ -205,12 +207,22 @@ def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Option
       retired = tempfile.mkdtemp(dir=parent, prefix=prefix % "old")
       os.rename(export_dir, os.path.join(retired, "model"))
       os.rename(model_dir, export_dir)
+      # Killed from here on, the user's files left in `retired` are moved over by the next export
+      # (`_recover_interrupted_exports`): at every moment each of them is in one of the two.
+      _move_foreign_entries(os.path.join(retired, "model"), export_dir)
       shutil.rmtree(retired)
     else:
       os.rename(model_dir, export_dir)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return export_dir
+
+
+def _move_foreign_entries(old_export: str, new_export: str) -> None:
+  """Moves every entry of `old_export` that `new_export` lacks into it: the files an export does
+  not write itself (the export's own, `saved_model.pb` and the rest, are in both)."""
+  for name in sorted(set(os.listdir(old_export)) - set(os.listdir(new_export))):
+    os.rename(os.path.join(old_export, name), os.path.join(new_export, name))
 
 
 def _save_staged(module: ExportModule, staging: str) -> str:
@@ -231,7 +243,8 @@ def _recover_interrupted_exports(export_dir: str) -> None:
 
   A staging directory (`.NAME.tmp-PID-*`) is deleted. A retired previous export (`.NAME.old-PID-*`,
   moved aside just before the new one was renamed into place) is moved back if `export_dir` is
-  missing, so the previous export is never lost, and deleted otherwise.
+  missing, so the previous export is never lost; otherwise the files in it that an export does not
+  write are moved into `export_dir`, and the rest is deleted.
   """
   parent, name = os.path.split(export_dir)
   for kind in ("tmp", "old"):
@@ -241,4 +254,6 @@ def _recover_interrupted_exports(export_dir: str) -> None:
         logging.warning("restoring the previous export %s, left aside by a killed export",
                         export_dir)
         os.rename(retired_model, export_dir)
+      elif kind == "old" and os.path.isdir(retired_model) and os.path.isdir(export_dir):
+        _move_foreign_entries(retired_model, export_dir)
       shutil.rmtree(leftover, ignore_errors=True)
