@@ -9,7 +9,10 @@ for debugging. absl reports unparseable flags itself, in one line, before `main`
 from __future__ import annotations
 
 import os
+import select
+import signal
 import sys
+import threading
 from typing import Callable, List
 
 from absl import app, flags
@@ -32,7 +35,50 @@ def run(main: Callable[[List[str]], None]) -> None:
     argv = sys.argv[:1] + expand_flagfiles(sys.argv[1:])
   except (ValueError, OSError) as error:
     _fail(str(error))
+  watch_interrupts()
   app.run(lambda args: _guarded(main, args), argv=argv)
+
+
+#: Seconds a first Ctrl-C may take to stop the program before it is told how to stop at once.
+INTERRUPT_GRACE_SECONDS = 3.0
+
+
+def watch_interrupts() -> None:
+  """Makes Ctrl-C always work, even while a simulator call never returns.
+
+  Python runs its SIGINT handler in the main thread, between bytecodes: while the main thread
+  waits in TensorFlow for a `tf.numpy_function` simulator that hangs, a Ctrl-C is noted and
+  nothing happens. But the interpreter also writes each signal's number to a wakeup descriptor
+  at once, from C, and a daemon thread reads it here. A first Ctrl-C still stops the program the
+  usual way (`KeyboardInterrupt`, after the current call); if it has not within
+  `INTERRUPT_GRACE_SECONDS`, the user is told, and a second Ctrl-C ends the process at once (exit
+  status 130). Files are written atomically and checkpoints are kept, so a training run resumes.
+  Call from the main thread.
+  """
+  read_end, write_end = os.pipe()
+  os.set_blocking(write_end, False)
+  signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+  threading.Thread(target=_count_interrupts, args=(read_end,), daemon=True,
+                   name="interrupt-watchdog").start()
+
+
+def _count_interrupts(read_end: int) -> None:
+  interrupts, told = 0, False
+  while True:
+    waiting_on_first = interrupts == 1 and not told
+    ready, _, _ = select.select([read_end], [], [], INTERRUPT_GRACE_SECONDS if waiting_on_first
+                                else None)
+    if not ready:
+      print("interrupt received: stopping once the current simulator call returns; press Ctrl-C "
+            "again to stop at once (re-running the same command resumes a training run)",
+            file=sys.stderr, flush=True)
+      told = True
+      continue
+    interrupts += os.read(read_end, 64).count(signal.SIGINT)
+    if interrupts >= 2:
+      print("stopped at once by a second Ctrl-C (re-running the same command resumes a training "
+            "run from its last checkpoint)", file=sys.stderr, flush=True)
+      os._exit(130)   # pylint: disable=protected-access
 
 
 def _guarded(main: Callable[[List[str]], None], argv: List[str]) -> None:
