@@ -94,3 +94,34 @@ def test_check_observations_returns_finite_float32_or_fails_with_a_value_error(a
     assert str(error).startswith("observations "), error
     return
   assert checked.dtype == np.float32 and np.all(np.isfinite(checked))
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\xef\xbb\xbf1\n2\n3\n", [1, 2, 3]),                  # a byte-order mark is not a header
+    (b"count\n1\n2\n", [1, 2]),                              # a header of names
+    (b'# comment\n"x", _y\n1,2\n3,4\n', [[1, 2], [3, 4]]),   # quoted names after a comment
+    (b"\xef\xbb\xbfx,y\n1,2\n", [[1, 2]]),
+])
+def test_csv_headers_and_byte_order_marks(tmp_path, content, expected):
+  path = tmp_path / "obs.csv"
+  path.write_bytes(content)
+  dim = np.asarray(expected).reshape(len(expected), -1).shape[1]
+  observations = load_observations(str(path), dim)
+  np.testing.assert_array_equal(observations, np.reshape(expected, (1, len(expected), dim)))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("0x10\n0x10\n", r"line 1: '0x10' is not a number \(a header row must name every column\)"),
+    ("x,1\n2,3\n", r"line 1: 'x' is not a number \(a header row must name every column\)"),
+    ("# c\nx,y\n1,2\n3,?\n", r"line 4: '\?' is not a number; expected one observation per row"),
+    ("1;2;3\n", r"line 1: '1;2;3' is not a number; .*separated by commas, not ';'"),
+    ("a;b\n1;2\n", r"line 2: '1;2' is not a number; .*separated by commas, not ';'"),
+    ("1\t2\n", r"line 1: '1\\t2' is not a number; .*separated by commas, not '\\t'"),
+    ("1,2\n3\n", r"line 2: 1 values, but line 1 has 2"),
+    ("x\n# only a header\n", r"no rows of numbers"),
+])
+def test_csv_rows_that_are_not_numbers_are_named(tmp_path, content, message):
+  path = tmp_path / "obs.csv"
+  path.write_text(content)
+  with pytest.raises(ValueError, match=rf"{path}(, |: ){message}"):
+    load_observations(str(path), 1)

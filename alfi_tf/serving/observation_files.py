@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from typing import List
 
 import numpy as np
 
@@ -18,7 +19,7 @@ def load_observations(path: str, observation_dim: int, transform: str = "none") 
   * `.npy`: an array `[n, d_x]` (one data set), `[n]` (one data set with `d_x = 1`) or `[B, n, d_x]`.
   * `.npz`: the same, under the key `observations` (or the file's only array).
   * `.csv`: one observation per row, `d_x` comma-separated columns; one data set. Lines starting
-    with `#`, and a header line of names, are skipped.
+    with `#`, a UTF-8 byte-order mark, and a first row whose every field is a name, are skipped.
 
   `transform` is the machine's `observation_transform`, whose domain the values must respect.
 
@@ -66,14 +67,52 @@ def _read_numpy(path: str) -> np.ndarray:
 
 
 def _read_csv(path: str) -> np.ndarray:
-  with open(path) as stream:
-    lines = [line for line in stream if line.strip() and not line.lstrip().startswith("#")]
-  if lines:
-    try:
-      [float(value) for value in lines[0].split(",")]
-    except ValueError:
-      lines = lines[1:]   # a header of column names
+  """The rows of numbers of a CSV file `[n, d_x]`, its header and `#` comment lines skipped.
+
+  A first row is a header only if every field is a name (`_is_name`): a row of numbers that fails
+  to parse (`0x10`, `1;2`) must be an error, not a silently dropped observation.
+  """
+  # utf-8-sig: a byte-order mark (spreadsheets write one) is not part of the first value.
+  with open(path, encoding="utf-8-sig") as stream:
+    rows = [(number, line.strip()) for number, line in enumerate(stream, start=1)
+            if line.strip() and not line.lstrip().startswith("#")]
+  first_row = rows[0][0] if rows else None
+  if rows and all(_is_name(field) for field in rows[0][1].split(",")):
+    rows = rows[1:]
+  if not rows:
+    raise ValueError(f"{path}: no rows of numbers; expected one observation per row, its values "
+                     "separated by commas")
+  values = [_parse_csv_row(path, number, line, number == first_row) for number, line in rows]
+  for (number, _), row in zip(rows, values):
+    if len(row) != len(values[0]):
+      raise ValueError(f"{path}, line {number}: {len(row)} values, but line {rows[0][0]} has "
+                       f"{len(values[0])}; every row must hold one observation's values")
+  return np.array(values, dtype=np.float64)
+
+
+def _is_name(field: str) -> bool:
+  """Whether a CSV field is a column name: it starts with a letter or `_` and is not a number
+  (`nan`, `inf`, which are values)."""
+  name = field.strip().strip('"').strip("'")
   try:
-    return np.loadtxt(lines, delimiter=",", ndmin=2, dtype=np.float64)
-  except ValueError as error:
-    raise ValueError(f"{path}: not a comma-separated table of numbers: {error}") from error
+    float(name)
+    return False
+  except ValueError:
+    return bool(name) and (name[0].isalpha() or name[0] == "_")
+
+
+def _parse_csv_row(path: str, number: int, line: str, first: bool) -> List[float]:
+  """The values of line `number` (the file's `first` row?); a ValueError naming the file, the line
+  and the bad field if they are not numbers."""
+  values = []
+  for field in line.split(","):
+    try:
+      values.append(float(field))
+    except ValueError:
+      separators = [separator for separator in (";", "\t", "|", " ") if separator in field.strip()]
+      hint = f", not {separators[0]!r}" if separators else ""
+      header = " (a header row must name every column)" if first and not separators else ""
+      raise ValueError(f"{path}, line {number}: {field.strip()!r} is not a number{header}; "
+                       f"expected one observation per row, its values separated by "
+                       f"commas{hint}") from None
+  return values
