@@ -1,0 +1,89 @@
+"""alfi-report's output file and runs, and the flag files of every binary: bad input gets one
+`ValueError` naming the file and what was expected; nothing is appended to a file that is not
+ours."""
+
+import json
+
+import pytest
+
+from alfi_tf.evaluation.report import (BEGIN_MARKER, END_MARKER, find_evaluated_runs,
+                                       render_results, replace_marked_section)
+
+METRICS = {"references": {}, "ratios": {}, "rmse": {"a": 0.5}, "training_horizon": 3,
+           "coverage": {"0.68": {"a": 0.7}, "0.95": {"a": 0.9}}, "rmse_per_step": {"a": [1, 0.5]}}
+
+
+def test_a_markdown_file_without_markers_gets_the_section_appended(tmp_path):
+  path = tmp_path / "results.md"
+  path.write_text("# Results\n\nProse.\n")
+  replace_marked_section(str(path), "table")
+  assert path.read_text() == f"# Results\n\nProse.\n\n{BEGIN_MARKER}\ntable\n{END_MARKER}\n"
+  replace_marked_section(str(path), "new table")   # only the section changes
+  assert path.read_text() == f"# Results\n\nProse.\n\n{BEGIN_MARKER}\nnew table\n{END_MARKER}\n"
+
+
+def test_a_new_file_is_created(tmp_path):
+  path = tmp_path / "results.txt"
+  replace_marked_section(str(path), "table")
+  assert path.read_text() == f"{BEGIN_MARKER}\ntable\n{END_MARKER}\n"
+
+
+@pytest.mark.parametrize("name, content", [("user.json", '{"a": 1}\n'), ("notes.txt", ""),
+                                           ("script.py", "print(1)\n")])
+def test_a_file_without_markers_that_is_not_markdown_is_left_alone(tmp_path, name, content):
+  path = tmp_path / name
+  path.write_text(content)
+  with pytest.raises(ValueError, match=rf"{path} exists, is not a markdown file .* refusing"):
+    replace_marked_section(str(path), "table")
+  assert path.read_text() == content
+
+
+@pytest.mark.parametrize("content, found", [
+    (f"a\n{END_MARKER}\nb\n{BEGIN_MARKER}\nc\n", "1 .* and 1 .*the end marker comes first"),
+    (f"a\n{BEGIN_MARKER}\nb\n{END_MARKER}\n{BEGIN_MARKER}\nc\n{END_MARKER}\n", "2 .* and 2"),
+    (f"a\n{BEGIN_MARKER}\nb\n", "1 .* and 0"),
+    (f"a\n{END_MARKER}\nb\n", "0 .* and 1"),
+])
+def test_markers_out_of_order_or_repeated_are_refused(tmp_path, content, found):
+  path = tmp_path / "results.md"
+  path.write_text(content)
+  with pytest.raises(ValueError, match=rf"{path} holds {found}.*expected one begin marker"):
+    replace_marked_section(str(path), "table")
+  assert path.read_text() == content
+
+
+def test_a_directory_or_a_binary_output_is_named(tmp_path):
+  with pytest.raises(ValueError, match=rf"{tmp_path} is a directory; expected a markdown file"):
+    replace_marked_section(str(tmp_path), "table")
+  binary = tmp_path / "image.md"
+  binary.write_bytes(b"\x89PNG\x93\xff\x00")
+  with pytest.raises(ValueError, match=rf"{binary} is not UTF-8 text"):
+    replace_marked_section(str(binary), "table")
+  assert binary.read_bytes() == b"\x89PNG\x93\xff\x00"
+
+
+def _run_dir(root, name, metrics_text, config=True):
+  directory = root / name
+  directory.mkdir()
+  (directory / "metrics.json").write_text(metrics_text)
+  if config:
+    (directory / "config.json").write_text("{}")
+  return str(directory)
+
+
+def test_runs_other_than_alfi_training_runs_are_skipped(tmp_path):
+  alfi = _run_dir(tmp_path, "poisson", json.dumps(METRICS))
+  npe = _run_dir(tmp_path, "npe_poisson", json.dumps({"method": "npe_gaussian"}), config=False)
+  (tmp_path / "empty").mkdir()
+  assert find_evaluated_runs(str(tmp_path)) == ([alfi], [npe])
+  assert "| poisson | 0.0 | – | a | 0.5 |" in render_results([alfi])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{'a': 1", "is damaged: not valid JSON"), ("[1, 2]", "is damaged: expected a JSON object"),
+    ('{"rmse": {}}', "lacks references, ratios, coverage, rmse_per_step, training_horizon"),
+])
+def test_a_damaged_metrics_file_is_named(tmp_path, text, message):
+  run = _run_dir(tmp_path, "poisson", text)
+  with pytest.raises(ValueError, match=rf"{run}/metrics.json {message}"):
+    render_results([run])
