@@ -26,7 +26,9 @@ import tensorflow as tf
 from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig
 from alfi_tf.evaluation.plots import plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
-from alfi_tf.serving.export import EXPORT_FORMAT_VERSION, METADATA_ASSET, export_machine, machine_metadata
+from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, ExportModule,
+                                    export_machine, machine_metadata)
 from alfi_tf.simulators.command import CommandSimulator
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
@@ -413,8 +415,9 @@ def test_failed_simulations_are_counted_and_an_answer_no_simulation_informed_is_
                        num_starts=2)
   np.testing.assert_array_equal(partly.failed_sets, [2 * sets // 2, 0])   # R = 2 runs of T M / 2
   assert np.all(np.isfinite(partly.mean))
-  with pytest.raises(RuntimeError, match=rf"NaN/inf in all {sets} simulated sets of data "
-                                         rf"set\(s\) \[0\], so no simulation informed"):
+  with pytest.raises(RuntimeError, match=rf"NaN/inf \(or values outside the observation "
+                                         rf"transform's domain\) in all {sets} simulated sets of "
+                                         rf"data set\(s\) \[0\], so no simulation informed"):
     machine.run(weinberg.observations, failing_for_first_data_set(1.0), seed=1)
 
 
@@ -511,6 +514,31 @@ def test_deployed_machine_takes_one_data_set_as_the_cli_does(weinberg):
   for one_set in (weinberg.observations[0], weinberg.observations[0, :, 0]):
     _assert_results_equal(machine.infer(one_set, seed=2), expected)
     assert machine.start(one_set, seed=2).ask().shape[0] == 1
+
+
+def test_simulations_outside_the_transforms_domain_count_as_failed_sets():
+  """ask/tell (and so run() and --simulator_command) under log1p: a negative simulated value
+  fails its set as NaN does, instead of being clamped to 0."""
+  simulator = get_simulator("poisson")
+  machine = InferenceMachine(simulator, MachineConfig(simulator="poisson",
+                                                      observation_transform="log1p", **TINY))
+  machine.adapt(*(array.numpy() for array in simulator.sample_problems(16, NUM_OBS,
+                                                                       tf.constant([3, 0]))))
+  module = ExportModule(machine, EXPORT_STEPS)
+  deployed = DeployedMachine(module, json.loads(module.metadata_json))
+  observations = _observations("poisson")
+
+  def failing_first_sample(value):
+    def simulate(parameters, num_obs, seed):
+      result = np.array(simulator.simulate(parameters, num_obs, seed))   # [B * M, N, 1]
+      result[0, 3, 0] = value                # data set 0, sample 0: one failed set per step
+      return result
+    return simulate
+
+  negative = deployed.run(observations, failing_first_sample(-2.0), seed=1)
+  nan = deployed.run(observations, failing_first_sample(np.nan), seed=1)
+  np.testing.assert_array_equal(negative.failed_sets, [EXPORT_STEPS, 0])
+  _assert_results_equal(negative, nan)
 
 
 def test_model_that_is_neither_export_nor_workdir(tmp_path):

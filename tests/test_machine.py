@@ -545,6 +545,39 @@ def test_a_failed_simulation_is_left_out_of_the_update():
   assert np.all(np.isfinite(nothing))
 
 
+def test_a_simulated_set_outside_the_transforms_domain_fails_like_nan():
+  """Under log1p a negative simulated value is not clamped to 0: its set is left out of the update
+  exactly as a NaN set is, and counted; negative meta-training observations are refused."""
+  machine = _machine(observation_transform="log1p")
+  _activate(machine)
+  _, observations = _problems("poisson")
+  state, _ = machine.begin(observations, _seed(4))
+  theta = machine.propose(state, _seed(5))
+  simulated = np.random.default_rng(0).poisson(3.0, (NUM_PROBLEMS, 4, 8, 1)).astype(np.float32)
+  updates = {}
+  for name, failure in (("negative", -1.0), ("nan", np.nan)):
+    broken = simulated.copy()
+    broken[1, 2, 5] = failure
+    updates[name] = machine.update(state, theta, tf.constant(broken)).psi.numpy()
+  np.testing.assert_array_equal(updates["negative"], updates["nan"])
+  clamped = simulated.copy()
+  clamped[1, 2, 5] = 0.0
+  assert not np.allclose(machine.update(state, theta, tf.constant(clamped)).psi.numpy()[1],
+                         updates["negative"][1])
+
+  class NegativePoisson(type(machine.simulator)):
+    def simulate(self, theta, num_obs, seed):
+      return super().simulate(theta, num_obs, seed) - 1.0   # zero counts become -1
+
+  machine.simulator = NegativePoisson()
+  assert int(tf.reduce_sum(machine(observations, seed=_seed(3)).masked_samples)) > 0
+  theta_train, observations_train = _problems("poisson")
+  observations_train[2, 7, 0] = -3.0
+  with pytest.raises(ValueError, match=r"observations that simulator 'poisson' returned for the "
+                                       r"meta-training problems must be >= 0 .* log1p.*\[2, 7, 0\]"):
+    machine.adapt(theta_train, observations_train)
+
+
 # --- Every proposal family and the score-feature switch, through the machine. ---
 
 @pytest.mark.parametrize("proposal", ["diagonal_gaussian", "full_covariance_gaussian",

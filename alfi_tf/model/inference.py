@@ -27,8 +27,9 @@ class InferenceResult(NamedTuple):
       them, e.g. to sample the final proposal), or None where there is no single final proposal
       (runs pooled by `pool_starts`, exports written before it was recorded).
     failed_sets: int `[B]`, how many of the data set's `T M` simulated sets (`R T M` with `R`
-      pooled starts) held NaN/inf and were left out of the updates; None from exports written
-      before it was recorded. See `check_failed_simulations`.
+      pooled starts) held NaN/inf or values outside the observation transform's domain and were
+      left out of the updates (`machine.usable_sets`); None from exports written before it was
+      recorded. See `check_failed_simulations`.
   """
 
   mean: np.ndarray
@@ -93,7 +94,8 @@ def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
 def check_failed_simulations(result: InferenceResult, sets_per_data_set: int) -> InferenceResult:
   """Refuses answers no simulation informed, and warns about answers some failures thinned.
 
-  A simulated set with a NaN/inf value is left out of its step's update (a failed simulation).
+  A simulated set with a NaN/inf value, or one outside the observation transform's domain, is left
+  out of its step's update (a failed simulation, `machine.usable_sets`).
   Where every set of a data set failed, the machine only drifted from its start: such an answer
   looks like one but carries no information, so it is an error, not a result.
 
@@ -112,11 +114,13 @@ def check_failed_simulations(result: InferenceResult, sets_per_data_set: int) ->
   hopeless = np.flatnonzero(result.failed_sets >= sets_per_data_set)
   if hopeless.size:
     raise RuntimeError(
-        f"the simulator returned NaN/inf in all {sets_per_data_set} simulated sets of data "
-        f"set(s) {hopeless.tolist()[:10]}, so no simulation informed their answers; check the "
-        f"simulator at the parameters it was asked for")
+        f"the simulator returned NaN/inf (or values outside the observation transform's domain) "
+        f"in all {sets_per_data_set} simulated sets of data set(s) {hopeless.tolist()[:10]}, so no "
+        f"simulation informed their answers; check the simulator at the parameters it was asked "
+        f"for")
   failed = np.flatnonzero(result.failed_sets)
-  logging.warning("%d of %d data sets had simulated sets with NaN/inf, left out of the updates "
+  logging.warning("%d of %d data sets had simulated sets with NaN/inf (or values outside the "
+                  "observation transform's domain), left out of the updates "
                   "(at most %.0f%% of a data set's %d sets; per data set: failed_sets)",
                   failed.size, result.failed_sets.size,
                   100 * result.failed_sets.max() / sets_per_data_set, sets_per_data_set)

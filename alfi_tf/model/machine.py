@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.config import MachineConfig, to_dict
+from alfi_tf.checks import check_transform_domain
+from alfi_tf.config import OBSERVATION_TRANSFORM_MINIMUM, MachineConfig, to_dict
 from alfi_tf.model import losses
 from alfi_tf.model.calibration import check_std_scales
 from alfi_tf.model.loss_model import LossModel
@@ -29,8 +30,9 @@ class Trajectory(NamedTuple):
   Attributes:
     initial_psi: `[batch, P]`, `psi_0`.
     psi: `[batch, T, P]`, `psi_1 .. psi_T`.
-    masked_samples: int32 `[batch, T]`, how many of each step's M simulated sets held NaN/inf and
-      were left out of the update (zero for a simulator that never fails).
+    masked_samples: int32 `[batch, T]`, how many of each step's M simulated sets failed (NaN/inf,
+      or values outside the observation transform's domain: `usable_sets`) and were left out of
+      the update (zero for a simulator that never fails).
   """
 
   initial_psi: tf.Tensor
@@ -53,9 +55,20 @@ class LoopState(NamedTuple):
   real_encoding: tf.Tensor
 
 
-def finite_sets(simulated: tf.Tensor) -> tf.Tensor:
-  """Whether each simulated set is all finite: `[batch, M, N, d_x] -> [batch, M]` bool."""
-  return tf.reduce_all(tf.math.is_finite(simulated), axis=[2, 3])
+def usable_sets(simulated: tf.Tensor, transform: str) -> tf.Tensor:
+  """Whether each simulated set can be read: `[batch, M, N, d_x] -> [batch, M]` bool.
+
+  A set is usable when all its values are finite and inside the domain of the machine's
+  `observation_transform` (no negative counts for `log1p`). Any other set is a failed simulation,
+  left out of its step's update: clamping it into the domain would feed the machine data its
+  simulator never produced (observed data outside the domain are refused instead, by
+  `alfi_tf.checks.check_transform_domain`).
+  """
+  usable = tf.math.is_finite(simulated)
+  minimum = OBSERVATION_TRANSFORM_MINIMUM.get(transform)
+  if minimum is not None:
+    usable = tf.logical_and(usable, simulated >= minimum)
+  return tf.reduce_all(usable, axis=[2, 3])
 
 
 def standardize_over_samples(features: tf.Tensor, epsilon: float = 1e-5) -> tf.Tensor:
@@ -168,7 +181,15 @@ class InferenceMachine(LossModel):
   def problem_moments(self, theta: np.ndarray,
                       observations: np.ndarray) -> Tuple[Moments, Moments]:
     """`(theta moments, transformed-observation moments)` of some problems, to merge over chunks
-    of a meta-training set too large for memory and pass to `set_moments`."""
+    of a meta-training set too large for memory and pass to `set_moments`.
+
+    Raises:
+      ValueError: observations outside the domain of the observation transform (a simulator that
+        returns negative values under `log1p`), named before any training.
+    """
+    check_transform_domain(np.asarray(observations), self.config.observation_transform,
+                           f"the observations that simulator {self.simulator.spec!r} returned "
+                           "for the meta-training problems")
     transformed = transform_observations(tf.constant(observations, tf.float32),
                                          self.config.observation_transform)
     return (Moments.of(theta, self.simulator.parameter_dim),
@@ -254,14 +275,15 @@ class InferenceMachine(LossModel):
       state: the state at step t.
       theta: `[batch, M, d]` the standardised samples returned by `propose`.
       simulated: `[batch, M, N, d_x]` raw observations simulated at `simulation_parameters(theta)`;
-        sets with NaN/inf values are masked out of the update.
-      valid: `finite_sets(simulated)`, when the caller has it already.
+        sets with NaN/inf values or values outside the observation transform's domain are masked
+        out of the update (`usable_sets`).
+      valid: `usable_sets(simulated, ...)`, when the caller has it already.
     """
     psi = state.psi
-    # A simulated set with NaN/inf is left out of the aggregator's mean (zeroed first, so that no
-    # NaN reaches the gradients either).
+    # A failed simulated set is left out of the aggregator's mean (zeroed first, so that no NaN
+    # reaches the gradients either).
     if valid is None:
-      valid = finite_sets(simulated)                                             # [batch, M]
+      valid = usable_sets(simulated, self.config.observation_transform)     # [batch, M]
     simulated = tf.where(valid[:, :, tf.newaxis, tf.newaxis], simulated, tf.zeros_like(simulated))
     reference = None
     if self.config.relative_encoding:   # the real data's (mean, log std), [batch, 1, d_x] each
@@ -302,7 +324,7 @@ class InferenceMachine(LossModel):
       proposal_seed, simulation_seed = self.step_seeds(loop_seed, t)
       theta = self.propose(state, proposal_seed)                               # [batch, M, d]
       simulated = self._simulate(theta, simulation_seed)
-      valid = finite_sets(simulated)                                           # [batch, M]
+      valid = usable_sets(simulated, self.config.observation_transform)   # [batch, M]
       state = self.update(state, theta, simulated, valid)
       trajectory.append(state.psi)
       masked.append(tf.reduce_sum(tf.cast(~valid, tf.int32), axis=1))
@@ -334,7 +356,7 @@ class InferenceMachine(LossModel):
       `mean`, `std` `[B, d]` (the final proposal, its std recalibrated), `trajectory_mean`,
       `trajectory_std` `[B, T, d]` (steps 1..T), `initial_mean` `[B, d]` (the start `mu_0`),
       `psi` `[B, P]` (the final proposal's parameters, standardised) and `failed_sets` int `[B]`
-      (simulated sets with NaN/inf, of the run's `T M`).
+      (failed simulated sets, `usable_sets`, of the run's `T M`).
     """
     trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
     mean, std = self.answer(trajectory.psi, tf.range(1, trajectory.psi.shape[1] + 1))

@@ -22,6 +22,11 @@ def transform_observations(observations: tf.Tensor, kind: str) -> tf.Tensor:
   `log1p` suits counts spanning orders of magnitude (Poisson): `mean(log1p(x))` varies smoothly with
   the log-rate over the whole prior range, where raw counts would saturate a tanh encoder.
   `asinh` is the signed analogue.
+
+  Values below `log1p`'s domain never arrive in normal use (observed data are refused by
+  `alfi_tf.checks.check_transform_domain`, the meta-training set when the statistics are computed,
+  and failed simulated sets are zeroed by the machine first, `machine.usable_sets`); the clamp
+  only keeps a stray one from turning into NaN inside the graph.
   """
   if kind == "none":
     return observations

@@ -25,7 +25,7 @@ from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE
 from alfi_tf.checks import check_observation_sets, require_real_numbers
 from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
                                      repeat_for_starts)
-from alfi_tf.model.machine import finite_sets
+from alfi_tf.model.machine import usable_sets
 from alfi_tf.workdir import load_machine
 
 #: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
@@ -70,7 +70,8 @@ class AskTellSession:
     expected = (batch, samples, self._machine.num_simulated_obs, self._machine.observation_dim)
     array = np.asarray(simulations)
     require_real_numbers(array, f"step {self.step + 1}: simulations")
-    # NaN/inf is allowed: such a simulated set is left out of the step (a failed simulation).
+    # NaN/inf and values outside the observation transform's domain are allowed: such a simulated
+    # set is left out of the step (a failed simulation).
     array = array.astype(np.float32)
     if array.shape == (batch * samples,) + expected[2:]:
       array = array.reshape(expected)
@@ -81,7 +82,8 @@ class AskTellSession:
     state = [self._outputs[key] for key in STATE_KEYS]
     simulated = tf.constant(array)
     self._outputs = self._machine.module.step(*state, simulated)
-    self._failed_sets += np.sum(~finite_sets(simulated).numpy(), axis=1)   # the step's own mask
+    transform = self._machine.metadata["machine_config"]["observation_transform"]
+    self._failed_sets += np.sum(~usable_sets(simulated, transform).numpy(), axis=1)   # the step's mask
 
   def result(self) -> InferenceResult:
     """The current answer (final once `done`), with the failed simulated sets told so far."""

@@ -13,8 +13,9 @@ import keras
 import tensorflow as tf
 
 #: `(theta [b, d], observations [b, n, d_x], seed [2]) -> (the batch's mean loss, masked samples)`:
-#: the machine's meta-loss (e.g. `Trainer.meta_loss`) and how many of its simulated sets held NaN/inf
-#: (a float32 scalar count, see `Trajectory.masked_samples`).
+#: the machine's meta-loss (e.g. `Trainer.meta_loss`) and how many of its simulated sets failed,
+#: NaN/inf or outside the observation transform's domain (a float32 scalar count, see
+#: `Trajectory.masked_samples`).
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
 #: `(theta [B, d], observations [B, n, d_x], seed [2]) -> (loss, gradient norm, masked samples)`.
 TrainStep = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Tuple[tf.Tensor, tf.Tensor, tf.Tensor]]

@@ -197,7 +197,7 @@ class Trainer:
 
   def _loss_and_masked_samples(self, theta: tf.Tensor, observations: tf.Tensor,
                                seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """`meta_loss` and how many simulated sets of the run held NaN/inf (`step.LossFn`)."""
+    """`meta_loss` and how many simulated sets of the run failed (`step.LossFn`)."""
     cfg = self.train_config
     trajectory = self.machine(observations, seed=seed)
     loss = losses.trajectory_loss(self.machine, trajectory, theta, cfg.loss, cfg.time_weights,
