@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
-from typing import Any, Dict, List, Optional, Sequence, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 from absl import flags
 
@@ -51,31 +52,41 @@ def available_configs() -> List[str]:
   return sorted(name[:-4] for name in os.listdir(CONFIG_DIR) if name.endswith(".cfg"))
 
 
-def expand_flagfiles(args: Sequence[str], including: Optional[str] = None) -> List[str]:
+def expand_flagfiles(args: Sequence[str]) -> List[str]:
   """Replaces `--config=NAME` and `--flagfile=PATH` by the flags in those files, recursively.
 
   A nested `--flagfile=` is looked up as absl would (from the working directory), then beside the
   file that includes it, so the shipped files work from any directory. Later flags win, as in absl.
+  In a file, blank lines and comments (`#`, `//`) are skipped and single-dash flags (`-name=value`,
+  which absl accepts) become `--name=value`; any other line is refused rather than dropped.
 
   Raises:
-    ValueError: an unknown config name, or a flag file that does not exist (with who included it).
+    ValueError: an unknown config name; a flag file that does not exist (with who included it), is
+      not UTF-8 text, holds a line that is not a flag (naming the line), or includes itself.
   """
+  return _expand(args, including=())
+
+
+def _expand(args: Sequence[str], including: Tuple[str, ...]) -> List[str]:
+  """`expand_flagfiles` inside the chain of flag files `including` (outermost first)."""
   expanded: List[str] = []
   for arg in args:
-    if arg.startswith("--config="):
-      name = arg[len("--config="):]
-      if name not in available_configs():
-        raise ValueError(f"unknown --config={name!r}; the shipped configs are: "
-                         f"{', '.join(available_configs())} (or pass --flagfile=PATH)")
-      expanded.extend(_flags_in(os.path.join(CONFIG_DIR, f"{name}.cfg")))
-    elif arg.startswith("--flagfile="):
-      expanded.extend(_flags_in(_find_flagfile(arg[len("--flagfile="):], including)))
-    else:
+    name, separator, value = arg.lstrip("-").partition("=")
+    if not (arg.startswith("-") and separator and name in ("config", "flagfile")):
       expanded.append(arg)
+    elif name == "config":
+      if value not in available_configs():
+        raise ValueError(f"unknown --config={value!r}; the shipped configs are: "
+                         f"{', '.join(available_configs())} (or pass --flagfile=PATH)")
+      expanded.extend(_flags_in(os.path.join(CONFIG_DIR, f"{value}.cfg"), including))
+    else:
+      includer = including[-1] if including else None
+      expanded.extend(_flags_in(_find_flagfile(value, includer), including))
   return expanded
 
 
 def _find_flagfile(path: str, including: Optional[str]) -> str:
+  """Where the flag file `path`, named in the file `including` (if any), is."""
   candidates = [path]
   if including is not None:
     directory = os.path.dirname(including)
@@ -87,10 +98,26 @@ def _find_flagfile(path: str, including: Optional[str]) -> str:
   raise ValueError(f"flag file {path} not found{where}")
 
 
-def _flags_in(path: str) -> List[str]:
-  with open(path) as stream:
-    lines = [line.strip() for line in stream]
-  return expand_flagfiles([line for line in lines if line.startswith("--")], including=path)
+def _flags_in(path: str, including: Tuple[str, ...]) -> List[str]:
+  """The flags of the file `path`, its own `--flagfile=` lines expanded."""
+  if os.path.realpath(path) in map(os.path.realpath, including):
+    raise ValueError("flag files include each other in a cycle: "
+                     + " -> ".join([*including, path]))
+  try:   # utf-8-sig: a byte-order mark (some editors write one) is not part of the first flag
+    with open(path, encoding="utf-8-sig") as stream:
+      lines = [line.strip() for line in stream]
+  except UnicodeDecodeError as error:
+    raise ValueError(f"flag file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                     "expected --name=value lines") from None
+  flags_in_file = []
+  for number, line in enumerate(lines, start=1):
+    if not line or line.startswith(("#", "//")):
+      continue
+    if not re.match(r"--?[A-Za-z_]", line):
+      raise ValueError(f"flag file {path}, line {number}: {line!r} is not a flag; expected "
+                       "--name=value (or --name, --noname for a boolean), # for a comment")
+    flags_in_file.append("-" + line if not line.startswith("--") else line)
+  return _expand(flags_in_file, including=(*including, path))
 
 
 def read_flagfile(path: str) -> Dict[str, str]:
@@ -100,7 +127,7 @@ def read_flagfile(path: str) -> Dict[str, str]:
   command lines. Bare `--name` means true and `--noname` false, as in absl.
   """
   values: Dict[str, str] = {}
-  for line in _flags_in(path):
+  for line in _flags_in(path, including=()):
     name, separator, value = line[2:].partition("=")
     if separator:
       values[name] = value

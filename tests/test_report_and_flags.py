@@ -8,6 +8,7 @@ import pytest
 
 from alfi_tf.evaluation.report import (BEGIN_MARKER, END_MARKER, find_evaluated_runs,
                                        render_results, replace_marked_section)
+from experiments.config_flags import expand_flagfiles, read_flagfile
 
 METRICS = {"references": {}, "ratios": {}, "rmse": {"a": 0.5}, "training_horizon": 3,
            "coverage": {"0.68": {"a": 0.7}, "0.95": {"a": 0.9}}, "rmse_per_step": {"a": [1, 0.5]}}
@@ -87,3 +88,48 @@ def test_a_damaged_metrics_file_is_named(tmp_path, text, message):
   run = _run_dir(tmp_path, "poisson", text)
   with pytest.raises(ValueError, match=rf"{run}/metrics.json {message}"):
     render_results([run])
+
+
+def test_single_dash_flags_and_comments_in_flag_files(tmp_path):
+  inner = tmp_path / "inner.cfg"
+  inner.write_text("-epochs=3\n// absl comment\n")
+  outer = tmp_path / "outer.cfg"
+  outer.write_text("\ufeff# comment\n\n-simulator=poisson\n  --batch_size=8  \n-flagfile=inner.cfg\n"
+                   "-nojit\n")
+  assert expand_flagfiles([f"-flagfile={outer}", "-epochs=4"]) == [
+      "--simulator=poisson", "--batch_size=8", "--epochs=3", "--nojit", "-epochs=4"]
+  assert read_flagfile(str(outer)) == {"simulator": "poisson", "batch_size": "8", "epochs": "3",
+                                       "jit": "false"}
+
+
+@pytest.mark.parametrize("line", ["epochs=3", "- epochs=3", "-1", "--", "=3"])
+def test_a_line_that_is_not_a_flag_is_named(tmp_path, line):
+  path = tmp_path / "bad.cfg"
+  path.write_text(f"--epochs=1\n\n{line}\n")
+  with pytest.raises(ValueError, match=rf"flag file {path}, line 3: .* is not a flag; expected "
+                                       "--name=value"):
+    expand_flagfiles([f"--flagfile={path}"])
+
+
+def test_flag_files_that_include_each_other_are_named(tmp_path):
+  (tmp_path / "self.cfg").write_text("--flagfile=self.cfg\n")
+  (tmp_path / "a.cfg").write_text("--epochs=1\n--flagfile=b.cfg\n")
+  (tmp_path / "b.cfg").write_text("--flagfile=a.cfg\n")
+  (tmp_path / "diamond.cfg").write_text("--flagfile=b2.cfg\n--flagfile=b2.cfg\n")
+  (tmp_path / "b2.cfg").write_text("--epochs=2\n")
+  with pytest.raises(ValueError, match=r"flag files include each other in a cycle: "
+                                       rf"{tmp_path}/self.cfg -> {tmp_path}/self.cfg$"):
+    expand_flagfiles([f"--flagfile={tmp_path}/self.cfg"])
+  with pytest.raises(ValueError, match=rf"cycle: {tmp_path}/a.cfg -> {tmp_path}/b.cfg -> "
+                                       rf"{tmp_path}/a.cfg$"):
+    expand_flagfiles([f"--flagfile={tmp_path}/a.cfg"])
+  # The same file twice, but not inside itself, is no cycle.
+  assert expand_flagfiles([f"--flagfile={tmp_path}/diamond.cfg"]) == ["--epochs=2"] * 2
+
+
+def test_a_flag_file_that_is_not_text_is_named(tmp_path):
+  path = tmp_path / "binary.cfg"
+  path.write_bytes(b"--epochs=1\n\xff\xfe\x00")
+  with pytest.raises(ValueError, match=rf"flag file {path} is not UTF-8 text \(invalid start byte "
+                                       r"at byte 11\)"):
+    expand_flagfiles([f"--flagfile={path}"])
