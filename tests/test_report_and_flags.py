@@ -1,13 +1,16 @@
-"""alfi-report's output file and runs, and the flag files of every binary: bad input gets one
-`ValueError` naming the file and what was expected; nothing is appended to a file that is not
-ours."""
+"""alfi-report's output file and runs, the flag files of every binary and alfi-evaluate's
+`--grid_points`: bad input gets one `ValueError` naming the file or setting and what was expected;
+nothing is appended to a file that is not ours."""
 
 import json
 
 import pytest
 
+from alfi_tf.evaluation.references import require_grid_fits
 from alfi_tf.evaluation.report import (BEGIN_MARKER, END_MARKER, find_evaluated_runs,
                                        render_results, replace_marked_section)
+from alfi_tf.simulators import get_simulator
+from alfi_tf.training import data as data_lib
 from experiments.config_flags import expand_flagfiles, read_flagfile
 
 METRICS = {"references": {}, "ratios": {}, "rmse": {"a": 0.5}, "training_horizon": 3,
@@ -133,3 +136,22 @@ def test_a_flag_file_that_is_not_text_is_named(tmp_path):
   with pytest.raises(ValueError, match=rf"flag file {path} is not UTF-8 text \(invalid start byte "
                                        r"at byte 11\)"):
     expand_flagfiles([f"--flagfile={path}"])
+
+
+@pytest.mark.parametrize("name, grid_points, largest", [("poisson", 300_000_000, 1_000_000),
+                                                         ("gaussian", 1001, 1000)])
+def test_a_grid_too_large_for_the_exact_posterior_is_refused_by_name(name, grid_points, largest):
+  simulator = get_simulator(name)
+  with pytest.raises(ValueError, match=rf"grid_points={grid_points} makes a grid of .* points for "
+                                       rf"the .*; use at most {largest} \(default"):
+    require_grid_fits(simulator, grid_points, num_obs=500)
+  require_grid_fits(simulator, largest, num_obs=10)
+  require_grid_fits(simulator, None, num_obs=10 ** 9)   # the default grid is the simulator's
+
+
+def test_a_grid_that_does_not_fit_in_memory_is_refused_by_name(monkeypatch):
+  monkeypatch.setattr(data_lib, "available_memory", lambda: 2 ** 30)
+  with pytest.raises(ValueError, match=r"the exact posterior on a grid of grid_points=100000 per "
+                                       r"parameter \(100000 points\) x 1000 observations needs "
+                                       r"about 1\.49 GiB .*: use fewer grid_points \(default 4001\)"):
+    require_grid_fits(get_simulator("poisson"), 100_000, num_obs=1000)

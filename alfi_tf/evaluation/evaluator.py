@@ -12,7 +12,7 @@ from alfi_tf import metrics
 from alfi_tf.config import (default_test_horizon, require_horizon, require_positive,
                             require_well_formed)
 from alfi_tf.evaluation import budgets, plots
-from alfi_tf.evaluation.references import reference_estimates
+from alfi_tf.evaluation.references import reference_estimates, require_grid_fits
 from alfi_tf.model.inference import InferenceResult, Inferrer
 from alfi_tf.simulators import Simulator
 from alfi_tf.training import data as data_lib
@@ -82,6 +82,7 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
   machine_config, train_config = run.read_config()
   machine = load_machine(workdir)
   simulator = machine.simulator
+  require_grid_fits(simulator, config.grid_points, train_config.num_obs)   # before inference runs
   names = list(simulator.parameter_names)
   num_steps = config.num_steps or default_test_horizon(machine_config)
   seed = train_config.seed if config.seed is None else config.seed

@@ -13,10 +13,18 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.simulators import Simulator
+from alfi_tf.training import data as data_lib
 
 # Log-likelihood drop below the maximum beyond which a grid point carries no posterior mass
 # (e^-40 relative weight): the fine grid only has to cover the region above it.
 _NEGLIGIBLE_LOG_MASS = 40.0
+#: Most grid points (`points^d`) of one pass: 250x the default 4001 in 1-D, 25x (1000^2) the
+#: default 201^2 in 2-D; the moments have long converged, and every problem evaluates the
+#: likelihood on the grid twice, so a larger grid only costs hours.
+MAX_GRID_SIZE = 10 ** 6
+# Bytes per (grid point, observation value) of a likelihood evaluation: the float32 terms and
+# the few intermediates TensorFlow keeps alive while summing them.
+_BYTES_PER_LIKELIHOOD_TERM = 16
 
 
 class GridPosterior(NamedTuple):
@@ -43,6 +51,38 @@ def supports_grid_posterior(simulator: Simulator) -> bool:
           and simulator.parameter_dim <= 2)
 
 
+def default_grid_points(simulator: Simulator) -> int:
+  """Grid points per parameter when none are asked for: 4001 for one parameter, 201 for two."""
+  return 4001 if simulator.parameter_dim == 1 else 201
+
+
+def require_grid_fits(simulator: Simulator, grid_points: Optional[int], num_obs: int) -> None:
+  """Refuses, before anything is computed, a grid posterior too large to evaluate.
+
+  Args:
+    simulator: the run's simulator; nothing is checked when it needs no grid posterior.
+    grid_points: grid points per parameter (None: the default).
+    num_obs: observations per problem.
+
+  Raises:
+    ValueError: naming `grid_points`, when the grid exceeds `MAX_GRID_SIZE` points or its
+      likelihood evaluation would not fit in the memory available.
+  """
+  if grid_points is None or simulator.has_posterior_mean or not supports_grid_posterior(simulator):
+    return
+  size = grid_points ** simulator.parameter_dim
+  default = default_grid_points(simulator)
+  if size > MAX_GRID_SIZE:
+    largest = round(MAX_GRID_SIZE ** (1 / simulator.parameter_dim))
+    raise ValueError(f"grid_points={grid_points} makes a grid of {size:.3g} points for the "
+                     f"{simulator.parameter_dim} parameter(s) of {simulator.name!r}, more than "
+                     f"{MAX_GRID_SIZE:.0e}; use at most {largest} (default {default})")
+  data_lib.require_memory(
+      _BYTES_PER_LIKELIHOOD_TERM * size * num_obs * simulator.observation_dim,
+      f"the exact posterior on a grid of grid_points={grid_points} per parameter ({size} points) "
+      f"x {num_obs} observations", f"use fewer grid_points (default {default})")
+
+
 def _grid(low: np.ndarray, high: np.ndarray, points: int) -> np.ndarray:
   """A regular grid over the box `[low, high]`: `[points^d, d]`."""
   axes = [np.linspace(lo, hi, points) for lo, hi in zip(low, high)]
@@ -66,7 +106,7 @@ class GridPosteriorEvaluator:
       raise ValueError(f"simulator {simulator.name!r} does not support a grid posterior (needs a "
                        "likelihood, a box prior and at most 2 parameters)")
     self.simulator = simulator
-    self.points = points_per_dim or (4001 if simulator.parameter_dim == 1 else 201)
+    self.points = points_per_dim or default_grid_points(simulator)
     self.low, self.high = (np.asarray(b, np.float64) for b in simulator.parameter_bounds)
     self._log_likelihood = tf.function(simulator.log_likelihood, reduce_retracing=True)
 
@@ -78,6 +118,7 @@ class GridPosteriorEvaluator:
 
   def posterior(self, observations: np.ndarray) -> GridPosterior:
     """Posterior summaries for `observations [K, n, d_x]`."""
+    require_grid_fits(self.simulator, self.points, observations.shape[1])
     coarse = _grid(self.low, self.high, self.points)
     cell = (self.high - self.low) / (self.points - 1)
     results = []
