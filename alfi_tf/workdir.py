@@ -24,6 +24,7 @@ from alfi_tf.simulators import get_simulator
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "training_summary.json"
 CALIBRATION_FILE = "calibration.json"
+METRICS_FILE = "metrics.json"
 LOCK_FILE = "lock"
 
 
@@ -127,18 +128,42 @@ class Workdir:
   def claim(self, machine_config: MachineConfig, train_config: TrainConfig) -> None:
     """Records the configuration of a new run, or checks that an existing run has the same one.
 
+    A recorded configuration that differs is replaced (with a warning naming the differences) when
+    the run it records made no progress: an attempt that failed before its first checkpoint (a
+    simulator outside the observation transform's domain, say) has nothing to resume, and the
+    rerun with the fix belongs in the same workdir.
+
     Raises:
-      ValueError: the workdir belongs to a run with a different configuration (names each setting
-        that differs), so resuming into it would mix two experiments.
+      ValueError: the workdir belongs to a run with a different configuration and progress
+        (checkpoints, summaries: names each setting that differs), so resuming into it would mix
+        two experiments; or it is not empty and records no run.
+      RuntimeError: another process holds the run's lock (the first attempt may still be running).
     """
     self.require_writable()
-    if self.check(machine_config, train_config):
-      return
-    if os.path.isdir(self.path) and os.listdir(self.path):
+    if not os.path.exists(self.file(CONFIG_FILE)) and os.listdir(self.path):
       raise ValueError(f"workdir {self.path} exists, is not empty and has no {CONFIG_FILE}: "
                        "refusing to write a run into it")
-    write_json_atomically(self.file(CONFIG_FILE), {"machine": to_dict(machine_config),
-                                                   "train": to_dict(train_config)})
+    # Compared and written under the run's lock: a run another process is training (its first
+    # attempt may still be drawing data, before any checkpoint) is never given another config.
+    with self.lock():
+      differences = self._differences(machine_config, train_config)
+      if differences == []:
+        return
+      if differences and self.has_progress():
+        raise self._configuration_mismatch(differences)
+      if differences:
+        logging.warning("workdir %s holds the configuration of an attempt that saved no "
+                        "checkpoint; replacing it with this run's. Differences:\n  %s", self.path,
+                        "\n  ".join(differences))
+      write_json_atomically(self.file(CONFIG_FILE), {"machine": to_dict(machine_config),
+                                                     "train": to_dict(train_config)})
+
+  def has_progress(self) -> bool:
+    """Whether the run saved anything worth resuming or reading: a checkpoint, a summary, a
+    calibration or an evaluation."""
+    saved = any(os.path.exists(self.file(name)) for name in (SUMMARY_FILE, CALIBRATION_FILE,
+                                                              METRICS_FILE))
+    return saved or (os.path.isdir(self.checkpoints) and bool(os.listdir(self.checkpoints)))
 
   def require_writable(self) -> None:
     """Creates the directory if needed; raises a clear error when it cannot hold a run.
@@ -161,9 +186,18 @@ class Workdir:
 
     Read-only, for processes that join a run another one records (multi-worker training).
     """
+    differences = self._differences(machine_config, train_config)
+    if differences:
+      raise self._configuration_mismatch(differences)
+    return differences is not None
+
+  def _differences(self, machine_config: MachineConfig,
+                   train_config: TrainConfig) -> Optional[List[str]]:
+    """Each setting in which the recorded run differs from the given configuration (`[]`: none),
+    or None when the workdir records no run."""
     existing = self._read_json(CONFIG_FILE)
     if existing is None:
-      return False
+      return None
     self._parse_config(existing)   # a damaged file is named, not compared
     # A setting the recorded run predates had its default value in that run.
     defaults = {"machine": to_dict(MachineConfig(simulator=machine_config.simulator)),
@@ -174,11 +208,11 @@ class Workdir:
       recorded = {**defaults[section], **existing.get(section, {})}
       differences.extend(f"{section}.{key}: workdir has {recorded.get(key)!r}, requested {value!r}"
                          for key, value in values.items() if recorded.get(key) != value)
-    if differences:
-      raise ValueError(f"workdir {self.path} holds a run with a different configuration; use a "
-                       "new --workdir or the same settings. Differences:\n  "
-                       + "\n  ".join(differences))
-    return True
+    return differences
+
+  def _configuration_mismatch(self, differences: List[str]) -> ValueError:
+    return ValueError(f"workdir {self.path} holds a run with a different configuration; use a new "
+                      "--workdir or the same settings. Differences:\n  " + "\n  ".join(differences))
 
   def read_config(self) -> Tuple[MachineConfig, TrainConfig]:
     raw = self._read_json(CONFIG_FILE)

@@ -74,6 +74,8 @@ def test_resumed_training_matches_uninterrupted(tmp_path, data_source):
 
 def test_workdir_with_other_configuration_is_refused(tmp_path):
   seeded_trainer(TINY_TRAIN, str(tmp_path / "run"))
+  # A run with progress (a first attempt without any gives way to new settings: test_workdir).
+  (tmp_path / "run" / "training_summary.json").write_text("{}")
   other = TrainConfig(**{**TINY_TRAIN.__dict__, "learning_rate": 1e-4, "batch_size": 8})
   with pytest.raises(ValueError, match=r"train\.batch_size: workdir has 16, requested 8") as info:
     seeded_trainer(other, str(tmp_path / "run"))

@@ -75,6 +75,51 @@ def test_a_workdir_that_is_a_file_or_not_writable_is_named(tmp_path, monkeypatch
     Workdir(str(tmp_path / "run")).claim(MachineConfig(), TrainConfig())
 
 
+FIRST, FIXED = TrainConfig(epochs=1), TrainConfig(epochs=2)
+
+
+def _recorded_train_config(path) -> TrainConfig:
+  return Workdir(str(path)).read_config()[1]
+
+
+def test_a_failed_attempt_without_checkpoints_does_not_pin_the_config(tmp_path, caplog):
+  Workdir(str(tmp_path)).claim(MachineConfig(), FIRST)
+  (tmp_path / "tb").mkdir()   # what an attempt that failed before its first checkpoint leaves
+  Workdir(str(tmp_path)).claim(MachineConfig(), FIXED)
+  assert _recorded_train_config(tmp_path) == FIXED
+  assert ("holds the configuration of an attempt that saved no checkpoint; replacing it"
+          in caplog.text)
+  assert "train.epochs: workdir has 1, requested 2" in caplog.text
+
+
+@pytest.mark.parametrize("progress", ["checkpoints/checkpoint", "training_summary.json",
+                                      "calibration.json", "metrics.json"])
+def test_a_run_with_progress_keeps_its_config(tmp_path, progress):
+  Workdir(str(tmp_path)).claim(MachineConfig(), FIRST)
+  (tmp_path / progress).parent.mkdir(exist_ok=True)
+  (tmp_path / progress).write_text("{}")
+  with pytest.raises(ValueError, match=r"holds a run with a different configuration; .*\n  "
+                                       r"train.epochs: workdir has 1, requested 2"):
+    Workdir(str(tmp_path)).claim(MachineConfig(), FIXED)
+  assert _recorded_train_config(tmp_path) == FIRST
+
+
+def test_the_config_of_a_running_attempt_is_not_replaced(tmp_path):
+  Workdir(str(tmp_path)).claim(MachineConfig(), FIRST)
+  with Workdir(str(tmp_path)).lock():   # the first attempt, still drawing its data
+    with pytest.raises(RuntimeError, match=f"workdir {tmp_path} is in use by process"):
+      Workdir(str(tmp_path)).claim(MachineConfig(), FIXED)
+  assert _recorded_train_config(tmp_path) == FIRST
+
+
+def test_a_directory_of_other_files_is_refused_untouched(tmp_path):
+  (tmp_path / "notes.txt").write_text("mine")
+  with pytest.raises(ValueError, match=f"workdir {tmp_path} exists, is not empty and has no "
+                                       "config.json"):
+    Workdir(str(tmp_path)).claim(MachineConfig(), FIRST)
+  assert os.listdir(tmp_path) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("content, message", [
     (b"{bad", r"config.json is damaged: not valid JSON \(Expecting property name"),
     (b"\xff\xfe", r"config.json is damaged: not valid JSON \('utf-8' codec"),
