@@ -17,6 +17,8 @@ define_flags_for(EvaluationConfig, {
     "seed": "seed of the held-out problems (default: the run's seed, test stream)",
     "num_starts": "runs per held-out data set from independent starts, pooled (R times the "
                   "simulations)",
+    "grid_points": "grid points per parameter of the exact posterior (default 4001 for one "
+                   "parameter, 201 for two; at most 1e6 grid points in all)",
 })
 flags.DEFINE_string("workdir", None, "a trained run directory")
 flags.mark_flag_as_required("workdir")
