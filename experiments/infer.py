@@ -17,18 +17,23 @@ import os
 from absl import app, flags
 import numpy as np
 
+from alfi_tf.config import SEED_RANGE
 from alfi_tf.evaluation.plots import is_own_figure, plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.metrics import central_interval_z
 from alfi_tf.simulators.command import CommandSimulator
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
+from alfi_tf.training.data import require_memory
 from alfi_tf.workdir import write_json_atomically
 from experiments import cli
 
 flags.DEFINE_string("model", None, "an export directory (or a training workdir)")
 flags.DEFINE_string("observations", None, "observations: .npy, .npz or .csv")
-flags.DEFINE_integer("seed", 0, "seed of the inference run")
+flags.DEFINE_integer("seed", 0, "seed of the inference run (an int32)")
+flags.register_validator("seed", lambda seed: SEED_RANGE[0] <= seed <= SEED_RANGE[1],
+                         message=f"--seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] "
+                                 "(an int32 seed)")
 flags.DEFINE_string("simulator_command", None, "external simulator executable, run once per step")
 flags.DEFINE_float("simulator_timeout", 600.0, "seconds allowed per simulator command call")
 flags.DEFINE_integer("num_starts", 1, "runs per data set from independent starts, combined as an "
@@ -62,7 +67,10 @@ def _is_result_file(path: str) -> bool:
 
 
 def _check_outputs() -> None:
-  """Refuses --output and --plot before the model loads where writing them could lose a file."""
+  """Refuses --output and --plot before the model loads where writing them could lose a file, or
+  where they name no file at all."""
+  if not FLAGS.output:
+    raise app.UsageError("--output must name a JSON file for the result, got an empty path")
   cli.check_output_file("output", FLAGS.output, _is_result_file, "an inference result (JSON)")
   if FLAGS.plot is None:
     return
@@ -71,6 +79,22 @@ def _check_outputs() -> None:
   if os.path.abspath(FLAGS.plot) == os.path.abspath(FLAGS.output):
     raise app.UsageError(f"--plot and --output name the same file ({FLAGS.plot})")
   cli.check_output_file("plot", FLAGS.plot, is_own_figure, "a trajectory figure (PNG)")
+
+
+def _require_memory_for_starts(machine: DeployedMachine, observations: np.ndarray) -> None:
+  """Refuses a --num_starts whose runs cannot fit in memory, before any inference.
+
+  At every step each of the `B R` runs passes its `n` observed and `M N` simulated observations
+  through the set encoder, which holds `d_x + encoder_hidden + encoder_out` floats for each of them
+  (a lower bound: the step holds more).
+  """
+  config = machine.metadata["machine_config"]
+  runs = observations.shape[0] * FLAGS.num_starts
+  per_observation = machine.observation_dim + config["encoder_hidden"] + config["encoder_out"]
+  observations_per_run = observations.shape[1] + machine.num_samples * machine.num_simulated_obs
+  require_memory(4 * runs * observations_per_run * per_observation,
+                 f"--num_starts={FLAGS.num_starts} runs of each of {observations.shape[0]} data "
+                 "set(s)", "use fewer --num_starts, or split the data sets over several calls")
 
 
 def _run(machine: DeployedMachine, observations: np.ndarray):
@@ -117,6 +141,7 @@ def main(argv):
   machine = DeployedMachine.load(FLAGS.model)
   observations = load_observations(FLAGS.observations, machine.observation_dim,
                                    machine.metadata["machine_config"]["observation_transform"])
+  _require_memory_for_starts(machine, observations)
   result = _run(machine, observations)
   datasets = _summary(machine, result)
   for index, dataset in enumerate(datasets):

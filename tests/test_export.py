@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import subprocess
@@ -567,6 +568,33 @@ def test_a_damaged_export_is_named(weinberg, tmp_path, damaged):
     DeployedMachine.load(str(copy))
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda metadata: {}, "format_version must be an integer, got None"),
+    (lambda metadata: [1, 2], "holds a JSON list, expected an object"),
+    (lambda metadata: {**metadata, "observation_dim": None}, "observation_dim must be an integer"),
+    (lambda metadata: {**metadata, "num_steps": True}, "num_steps must be an integer, got True"),
+    (lambda metadata: {**metadata, "machine_config": {}},
+     "machine_config.observation_transform must be a string"),
+])
+def test_export_metadata_with_missing_or_mistyped_fields_is_named(weinberg, tmp_path, damage,
+                                                                   message):
+  copy = tmp_path / "damaged"
+  shutil.copytree(weinberg.export_dir, copy)
+  asset = copy / "assets" / METADATA_ASSET
+  asset.write_text(json.dumps(damage(json.loads(asset.read_text()))))
+  with pytest.raises(ValueError, match=rf"{copy} is a damaged alfi-tf export \({asset}.*"
+                                       rf"{re.escape(message)}.*export it again"):
+    DeployedMachine.load(str(copy))
+
+
+@pytest.mark.parametrize("seed", [2 ** 31, 1.5, True])
+def test_deployed_machine_refuses_a_seed_that_is_not_an_int32(weinberg, seed):
+  for begin in (weinberg.deployed.infer, weinberg.deployed.start):
+    with pytest.raises(ValueError, match=rf"seed must be an integer in .* \(an int32 seed\), "
+                                         rf"got {seed!r}"):
+      begin(weinberg.observations, seed=seed)
+
+
 def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
   """The checks above through the binary: exit status 1, one message naming the file, and no
   output file (one case per kind of check; the checks themselves are tested above)."""
@@ -588,10 +616,17 @@ def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
       ([f"--model={weinberg.export_dir}", f"--observations={nan_observations}"],
        f"observations in {nan_observations} contains 2 NaN/inf value(s), the first at [0, 5, 0]"),
       ([f"--model={neither}", f"--observations={zeros}"], "neither an alfi-tf export"),
+      ([f"--model={weinberg.export_dir}", f"--observations={zeros}", "--seed=2147483648"],
+       "--seed must be an integer in [-2147483648, "),
+      ([f"--model={weinberg.export_dir}", f"--observations={zeros}", "--output="],
+       "--output must name a JSON file for the result, got an empty path"),
+      ([f"--model={weinberg.export_dir}", f"--observations={zeros}", f"--num_starts={10 ** 13}"],
+       f"--num_starts={10 ** 13} runs of each of 1 data set(s) needs about"),
   ] + [([f"--model={copy}", f"--observations={zeros}"], f"{copy} is a damaged alfi-tf export")
        for copy in damaged.values()]
   outputs = [tmp_path / f"out{index}.json" for index in range(len(cases))]
-  assert_refused("experiments.infer", [([*flags, f"--output={output}"], message)
+  # --output first: a case's own --output comes later and wins.
+  assert_refused("experiments.infer", [([f"--output={output}", *flags], message)
                                        for (flags, message), output in zip(cases, outputs)])
   for (flags, _), output in zip(cases, outputs):
     assert not output.exists(), flags

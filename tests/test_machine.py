@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import keras
 import numpy as np
@@ -388,6 +389,21 @@ def inferrer():
 def test_a_horizon_beyond_the_unrolling_limit_is_refused_before_tracing():
   with pytest.raises(ValueError, match=rf"num_steps must be at most {MAX_STEPS} "):
     Inferrer(_machine(), num_steps=MAX_STEPS + 1)
+
+
+@pytest.mark.parametrize("name, value", [("num_steps", bad) for bad in (-1, 0, 1.5, math.nan, "5", True)]
+                         + [("batch_size", bad) for bad in (0, 2.0, None)])
+def test_inferrer_refuses_a_horizon_or_batch_size_not_a_positive_integer(inferrer, name, value):
+  with pytest.raises(ValueError, match=rf"{name} must be a positive integer, got {value!r}"):
+    Inferrer(inferrer.machine, **{name: value})
+
+
+@pytest.mark.parametrize("seed", [2 ** 31, -2 ** 31 - 1, 1.5, True, "1", None])
+def test_inferrer_refuses_a_seed_that_is_not_an_int32(inferrer, seed):
+  _, observations = _problems("poisson")
+  with pytest.raises(ValueError, match=r"seed must be an integer in \[-2147483648, \d+\] \(an "
+                                       rf"int32 seed\), got {re.escape(repr(seed))}"):
+    inferrer(observations, seed=seed)
 
 
 def test_inferrer_shapes_and_determinism(inferrer):

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.checks import check_observations, check_transform_domain
-from alfi_tf.config import require_horizon
+from alfi_tf.config import SEED_RANGE, require_horizon
 from alfi_tf.model.machine import InferenceMachine
 
 
@@ -127,12 +127,30 @@ def check_failed_simulations(result: InferenceResult, sets_per_data_set: int) ->
   return result
 
 
+def check_seed(seed) -> int:
+  """Returns `seed` as an int; a ValueError unless it is an integer in `SEED_RANGE` (it becomes an
+  int32 seed tensor, so anything else would fail deep inside TensorFlow)."""
+  if not _is_integer(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+    raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (an int32 "
+                     f"seed), got {seed!r}")
+  return int(seed)
+
+
+def _is_integer(value) -> bool:
+  """Whether `value` is a Python or numpy integer (a bool, 1.0 or "5" is not)."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def require_positive_integer(name: str, value) -> int:
+  """Returns `value` as an int; a ValueError naming `name` unless it is an integer >= 1."""
+  if not _is_integer(value) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
 def repeat_for_starts(observations: np.ndarray, num_starts: int) -> np.ndarray:
   """`[B, ...] -> [B * R, ...]`, each data set repeated `R` times in a row (see `pool_starts`)."""
-  if (isinstance(num_starts, (bool, np.bool_)) or not isinstance(num_starts, (int, np.integer))
-      or num_starts < 1):
-    raise ValueError(f"num_starts must be a positive integer, got {num_starts!r}")
-  return np.repeat(observations, num_starts, axis=0)
+  return np.repeat(observations, require_positive_integer("num_starts", num_starts), axis=0)
 
 
 class Inferrer:
@@ -140,17 +158,19 @@ class Inferrer:
 
   Args:
     machine: the (trained) machine.
-    num_steps: horizon `T`; may exceed the training horizon.
-    batch_size: problems per call.
+    num_steps: horizon `T`, a positive integer up to `MAX_STEPS`; may exceed the training
+      horizon (None: the training horizon).
+    batch_size: problems per call, a positive integer.
     jit_compile: compile the unrolled loop with XLA (TF-native simulators only).
   """
 
   def __init__(self, machine: InferenceMachine, num_steps: Optional[int] = None,
                batch_size: int = 256, jit_compile: bool = False):
     self.machine = machine
-    self.num_steps = num_steps or machine.config.num_steps
+    self.num_steps = require_positive_integer(
+        "num_steps", machine.config.num_steps if num_steps is None else num_steps)
     require_horizon("num_steps", self.num_steps)
-    self.batch_size = batch_size
+    self.batch_size = require_positive_integer("batch_size", batch_size)
     self._run = tf.function(self._run_batch, jit_compile=jit_compile, reduce_retracing=True)
 
   def _run_batch(self, observations: tf.Tensor, seed: tf.Tensor,
@@ -170,6 +190,7 @@ class Inferrer:
       num_starts: `R` runs per data set, each from its own start and with its own simulations,
         batched together and combined by `pool_starts` (`R` times the simulations).
     """
+    seed = check_seed(seed)
     simulator = self.machine.simulator
     observations = check_transform_domain(
         check_observations(observations, simulator.observation_dim),

@@ -23,14 +23,42 @@ import tensorflow as tf
 from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
                                     ExportModule)
 from alfi_tf.checks import check_observation_sets, require_real_numbers
-from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
-                                     repeat_for_starts)
+from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, check_seed,
+                                     pool_starts, repeat_for_starts)
 from alfi_tf.model.machine import usable_sets
 from alfi_tf.workdir import load_machine
 
 #: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
 #: convention: a simulator's bound `simulate` method can be passed directly.
 SimulateFn = Callable[[np.ndarray, int, np.ndarray], Any]
+
+
+#: The metadata this module (and `alfi-infer`) reads, with their types (`machine_metadata` writes
+#: them all).
+_METADATA_FIELDS = {"format_version": int, "simulator": str, "parameter_names": list,
+                    "observation_dim": int, "num_steps": int, "num_samples": int,
+                    "num_simulated_obs": int, "tf_native_simulator": bool, "machine_config": dict}
+_MACHINE_CONFIG_FIELDS = {"observation_transform": str, "encoder_hidden": int, "encoder_out": int}
+_JSON_TYPE_NAMES = {str: "a string", list: "an array", int: "an integer", bool: "true or false",
+                    dict: "an object"}
+
+
+def _check_metadata_fields(metadata: Dict[str, Any], damaged: str) -> None:
+  """Raises a ValueError, `damaged` followed by the first missing or mistyped field, unless the
+  metadata hold every field the deployed machine reads."""
+  _check_fields(metadata, _METADATA_FIELDS, "", damaged)
+  _check_fields(metadata["machine_config"], _MACHINE_CONFIG_FIELDS, "machine_config.", damaged)
+
+
+def _check_fields(values: Dict[str, Any], fields: Dict[str, type], prefix: str,
+                  damaged: str) -> None:
+  """`_check_metadata_fields` for one level: `fields` of `values`, named with `prefix`."""
+  for name, kind in fields.items():
+    value = values.get(name)
+    # A bool is an int in Python, but a count of True is damage, not a number.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+      raise ValueError(f"{damaged}: {prefix}{name} must be {_JSON_TYPE_NAMES[kind]}, got "
+                       f"{repr(value)[:80]}); export it again")
 
 
 class AskTellSession:
@@ -131,10 +159,14 @@ class DeployedMachine:
     except (OSError, ValueError) as error:
       raise ValueError(f"{path} is a damaged alfi-tf export ({asset} is not readable JSON: "
                        f"{error})") from None
-    if metadata.get("format_version") != EXPORT_FORMAT_VERSION:
+    if not isinstance(metadata, dict):
+      raise ValueError(f"{path} is a damaged alfi-tf export ({asset} holds a JSON "
+                       f"{type(metadata).__name__}, expected an object); export it again")
+    if metadata.get("format_version", EXPORT_FORMAT_VERSION) != EXPORT_FORMAT_VERSION:
       raise ValueError(f"{path} was exported by alfi-tf {metadata.get('alfi_tf_version')} in "
                        f"export format {metadata.get('format_version')}; this alfi-tf reads format "
                        f"{EXPORT_FORMAT_VERSION}: re-export it with this version")
+    _check_metadata_fields(metadata, f"{path} is a damaged alfi-tf export ({asset}")
     try:
       module = tf.saved_model.load(path)
     except (OSError, ValueError, tf.errors.OpError) as error:   # truncated or damaged files
@@ -187,14 +219,14 @@ class DeployedMachine:
       raise ValueError(f"simulator {self.metadata['simulator']!r} is not TF-native, so the export "
                        "has no infer(); drive it with run(observations, simulate) or start()")
     outputs = self.module.infer(tf.constant(self._repeated(observations, num_starts)),
-                                tf.constant([seed, 0]))
+                                tf.constant([check_seed(seed), 0]))
     return self._checked(pool_starts(InferenceResult.from_outputs(outputs), num_starts),
                          num_starts)
 
   def start(self, observations, seed: int = 0) -> AskTellSession:
     """Begins an ask/tell run on `observations [B, n, d_x]` (or one data set, `[n, d_x]`)."""
-    return AskTellSession(self, self.module.start(self._observations(observations),
-                                                  tf.constant([seed, 0])))
+    seed = tf.constant([check_seed(seed), 0])
+    return AskTellSession(self, self.module.start(self._observations(observations), seed))
 
   def run(self, observations, simulate: SimulateFn, seed: int = 0,
           num_starts: int = 1) -> InferenceResult:
