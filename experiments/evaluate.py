@@ -8,6 +8,7 @@ Writes `metrics.json` and PNG figures into the workdir and prints a table.
 from absl import flags
 
 from alfi_tf.evaluation.evaluator import EvaluationConfig, evaluate, format_table
+from alfi_tf.training.calibration import warn_if_unfinished
 from experiments import cli
 from experiments.config_flags import config_from_flags, define_flags_for
 
@@ -27,7 +28,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv   # checked by cli.run
-  report = evaluate(FLAGS.workdir, config_from_flags(EvaluationConfig))
+  config = config_from_flags(EvaluationConfig)
+  warn_if_unfinished(FLAGS.workdir)
+  report = evaluate(FLAGS.workdir, config)
   print(format_table(report))
 
 

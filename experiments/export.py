@@ -11,6 +11,7 @@ from absl import app, flags
 
 from alfi_tf.config import default_test_horizon
 from alfi_tf.serving.export import export_machine
+from alfi_tf.training.calibration import warn_if_unfinished
 from alfi_tf.workdir import load_machine
 from experiments import cli
 
@@ -33,6 +34,7 @@ def main(argv):
     raise app.UsageError(f"--export_dir={FLAGS.export_dir} already exists; pass --overwrite to "
                          "replace it")
   machine = load_machine(FLAGS.workdir)
+  warn_if_unfinished(FLAGS.workdir)
   num_steps = FLAGS.num_steps or default_test_horizon(machine.config)
   path = export_machine(machine, FLAGS.export_dir, num_steps, overwrite=FLAGS.overwrite)
   print(f"exported {machine.simulator.name} (T={num_steps}) to {path}")

@@ -33,6 +33,7 @@ from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, Expor
 from alfi_tf.simulators.command import CommandSimulator
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
+from alfi_tf.training.calibration import warn_if_unfinished
 from alfi_tf.training.trainer import Trainer, set_global_seed
 from alfi_tf.workdir import load_machine
 from tests.binary_runs import ROOT, assert_refused, binary_env, run
@@ -768,6 +769,18 @@ def test_overwrite_replaces_only_the_exports_own_files(lotka_volterra, tmp_path)
   assert (export_dir / "inference.json").read_text() == '{"mine": 1}'
   assert (export_dir / "data" / "obs.npy").read_bytes() == b"observed"
   assert DeployedMachine.load(str(export_dir)).num_steps == 2
+
+
+def test_a_finished_but_uncalibrated_run_is_warned_about_and_a_calibrated_one_is_not(
+    lotka_volterra, tmp_path, caplog):
+  warn_if_unfinished(lotka_volterra.workdir)
+  assert "not calibrated" not in caplog.text
+  copy = tmp_path / "run"
+  shutil.copytree(lotka_volterra.workdir, copy)
+  (copy / "calibration.json").unlink()
+  warn_if_unfinished(str(copy))
+  assert (f"{copy} finished training (step {TRAIN_STEPS} of {TRAIN_STEPS}) but its calibration is "
+          "missing") in caplog.text
 
 
 def test_export_is_atomic_and_refuses_to_overwrite(weinberg, lotka_volterra):

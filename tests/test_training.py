@@ -10,6 +10,7 @@ import tensorflow as tf
 from alfi_tf.training import data as data_lib
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.training import Trainer, set_global_seed
+from alfi_tf.training.calibration import warn_if_unfinished
 from alfi_tf.workdir import load_machine
 
 TINY_MACHINE = MachineConfig(simulator="poisson", num_steps=3, num_samples=4, num_simulated_obs=8,
@@ -88,13 +89,17 @@ def test_non_empty_foreign_directory_is_refused(tmp_path):
     seeded_trainer(TINY_TRAIN, str(tmp_path))
 
 
-def test_load_machine_restores_weights_and_statistics(tmp_path):
+def test_load_machine_restores_weights_and_statistics(tmp_path, caplog):
   trainer = seeded_trainer(TINY_TRAIN, str(tmp_path / "run"), log_every=1000)
   trainer.train(stop_at_step=20)
   machine = load_machine(str(tmp_path / "run"))
   for a, b in zip(trainer.machine.weights, machine.weights):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert float(machine.theta_standardizer.std[0]) != 1.0
+  # Evaluating or exporting this machine warns that it is unfinished and not calibrated.
+  warn_if_unfinished(str(tmp_path / "run"))
+  assert (f"{tmp_path / 'run'} is an unfinished run: training stopped at step 20 of 80, and the "
+          "std is not calibrated") in caplog.text
 
 
 def test_load_machine_without_checkpoint_explains(tmp_path):

@@ -8,6 +8,7 @@ import time
 from typing import Any, Dict, Optional
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from alfi_tf import metrics
@@ -78,3 +79,30 @@ def calibrate_run(workdir: Workdir, machine: InferenceMachine, train_config: Tra
     machine.set_std_scales(existing["std_scales"])
     return
   workdir.write_calibration({**calibrate(machine, train_config), **wanted})
+
+
+def warn_if_unfinished(workdir: str) -> None:
+  """Logs a warning when `workdir`'s newest checkpoint is not a finished, calibrated run: training
+  stopped before its last step (killed, or a time-boxed session), or ended before calibration.
+
+  `evaluate` and `export` still use such a machine (a partly trained machine is worth a look),
+  but its answers are not what the finished run would give, and their std are not recalibrated.
+  """
+  run = Workdir(workdir)
+  _, train_config = run.read_config()
+  state = tf.train.get_checkpoint_state(run.checkpoints)
+  if state is None:
+    return   # nothing to load: load_machine names the problem
+  # CheckpointKeeper numbers checkpoints by their training step: `ckpt-STEP`.
+  step = os.path.basename(state.model_checkpoint_path).rpartition("-")[2]
+  if not step.isdigit():
+    return
+  reached, planned = int(step), train_config.total_steps
+  if reached < planned:
+    logging.warning("%s is an unfinished run: training stopped at step %d of %d, and the std is "
+                    "not calibrated (calibration runs when training ends); rerun the training "
+                    "command to finish it", workdir, reached, planned)
+  elif train_config.calibration_problems and run.read_calibration() is None:
+    logging.warning("%s finished training (step %d of %d) but its calibration is missing (the "
+                    "run stopped while calibrating): the std is not calibrated; rerun the "
+                    "training command to fit it", workdir, reached, planned)
