@@ -97,8 +97,8 @@ def test_single_dash_flags_and_comments_in_flag_files(tmp_path):
   inner = tmp_path / "inner.cfg"
   inner.write_text("-epochs=3\n// absl comment\n")
   outer = tmp_path / "outer.cfg"
-  outer.write_text("\ufeff# comment\n\n-simulator=poisson\n  --batch_size=8  \n-flagfile=inner.cfg\n"
-                   "-nojit\n")
+  outer.write_text("\ufeff# comment\n\n-simulator=poisson\n  --batch_size=8  \n"
+                   "-flagfile=inner.cfg\n-nojit\n")
   assert expand_flagfiles([f"-flagfile={outer}", "-epochs=4"]) == [
       "--simulator=poisson", "--batch_size=8", "--epochs=3", "--nojit", "-epochs=4"]
   assert read_flagfile(str(outer)) == {"simulator": "poisson", "batch_size": "8", "epochs": "3",
@@ -153,5 +153,6 @@ def test_a_grid_that_does_not_fit_in_memory_is_refused_by_name(monkeypatch):
   monkeypatch.setattr(data_lib, "available_memory", lambda: 2 ** 30)
   with pytest.raises(ValueError, match=r"the exact posterior on a grid of grid_points=100000 per "
                                        r"parameter \(100000 points\) x 1000 observations needs "
-                                       r"about 1\.49 GiB .*: use fewer grid_points \(default 4001\)"):
+                                       r"about 1\.49 GiB .*: use fewer grid_points "
+                                       r"\(default 4001\)"):
     require_grid_fits(get_simulator("poisson"), 100_000, num_obs=1000)
