@@ -17,7 +17,7 @@ from scipy import stats
 from alfi_tf import metrics
 from alfi_tf.evaluation.references import (GridPosteriorEvaluator, reference_estimates,
                                            supports_grid_posterior)
-from alfi_tf.simulators import get_simulator
+from alfi_tf.simulators import NumpySimulator, box_prior, get_simulator
 from alfi_tf.simulators.weinberg import WeinbergSimulator
 
 NUM_OBS = 500
@@ -258,3 +258,46 @@ def test_reference_estimates_for_weinberg():
   true_asymmetry = WeinbergSimulator.asymmetry(np.asarray(theta, np.float32)).numpy()
   for key in ("derived/asymmetry/posterior_mean", "derived/asymmetry/mle"):
     np.testing.assert_array_less(np.abs(references[key] - true_asymmetry), 0.3)
+
+
+class _NumpyDecay(NumpySimulator):
+  """Exponential lifetimes whose reference hooks are numpy code, as a user writes them."""
+
+  name = "numpy_decay"
+
+  def __init__(self, mle=None):
+    super().__init__(parameter_names=["log_lifetime"], observation_dim=1,
+                     prior=box_prior([-1.0], [2.0]))
+    self._mle = mle or (lambda observations: np.log(np.mean(observations, axis=1)))
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    return rng.exponential(np.exp(theta)[:, None, :], size=(len(theta), num_obs, 1))
+
+  def maximum_likelihood(self, observations):
+    return self._mle(observations)
+
+  def log_likelihood(self, theta, observations):   # [b, k, 1], [b, n, 1] -> [b, k]
+    total, count = np.sum(observations, axis=(1, 2)), observations.shape[1]
+    return -count * theta[..., 0] - total[:, None] * np.exp(-theta[..., 0])
+
+
+def test_reference_hooks_written_in_numpy_are_used_as_written():
+  simulator = _NumpyDecay()
+  observations = simulator.simulate_checked(np.array([[0.5], [1.2]]), 400, np.array([1, 2]))
+  references = reference_estimates(simulator, observations, grid_points=201)
+  expected = np.log(observations.mean(axis=1))
+  np.testing.assert_allclose(references["mle"], expected, rtol=1e-5)
+  # The grid posterior's mode of the numpy likelihood is the closed-form MLE, within a cell.
+  np.testing.assert_allclose(references["posterior_mean"], expected, atol=0.01)
+
+
+@pytest.mark.parametrize("mle, message", [
+    (lambda observations: 1 / 0, "maximum_likelihood hook raised ZeroDivisionError"),
+    (lambda observations: np.zeros([3]), r"shape \[2, 1\], got float64 of shape \[3\]"),
+    (lambda observations: np.array([["a"], ["b"]]), "must return real numbers"),
+])
+def test_a_failing_reference_hook_is_named(mle, message):
+  simulator = _NumpyDecay(mle)
+  observations = simulator.simulate_checked(np.array([[0.5], [1.2]]), 50, np.array([1, 2]))
+  with pytest.raises(ValueError, match=message):
+    reference_estimates(simulator, observations)

@@ -7,12 +7,12 @@ merit (spec §5).
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.simulators import Simulator
+from alfi_tf.simulators import NumpySimulator, Simulator
 from alfi_tf.training import data as data_lib
 
 # Log-likelihood drop below the maximum beyond which a grid point carries no posterior mass
@@ -108,13 +108,16 @@ class GridPosteriorEvaluator:
     self.simulator = simulator
     self.points = points_per_dim or default_grid_points(simulator)
     self.low, self.high = (np.asarray(b, np.float64) for b in simulator.parameter_bounds)
-    self._log_likelihood = tf.function(simulator.log_likelihood, reduce_retracing=True)
+    # A numpy simulator's hooks are numpy code too: called eagerly, they cannot be traced.
+    self._log_likelihood = (simulator.log_likelihood if isinstance(simulator, NumpySimulator)
+                            else tf.function(simulator.log_likelihood, reduce_retracing=True))
 
   def _evaluate(self, grid: np.ndarray, observations: np.ndarray) -> np.ndarray:
     """`grid [k, d]` for one problem's `observations [n, d_x]` -> log-likelihoods `[k]`."""
-    values = self._log_likelihood(tf.constant(grid[np.newaxis], tf.float32),
-                                  tf.constant(observations[np.newaxis], tf.float32))
-    return values.numpy()[0].astype(np.float64)
+    values = _call_hook(self.simulator, "log_likelihood", (1, len(grid)), self._log_likelihood,
+                        tf.constant(grid[np.newaxis], tf.float32),
+                        tf.constant(observations[np.newaxis], tf.float32))
+    return values[0].astype(np.float64)
 
   def posterior(self, observations: np.ndarray) -> GridPosterior:
     """Posterior summaries for `observations [K, n, d_x]`."""
@@ -158,15 +161,18 @@ def reference_estimates(simulator: Simulator, observations: np.ndarray,
   derived parameters.
   """
   references: Dict[str, np.ndarray] = {}
+  shape = (len(observations), simulator.parameter_dim)
+  data = tf.constant(observations, tf.float32)
   if simulator.has_reference_estimator:
-    references["mle"] = simulator.maximum_likelihood(
-        tf.constant(observations, tf.float32)).numpy()
+    references["mle"] = _call_hook(simulator, "maximum_likelihood", shape,
+                                   simulator.maximum_likelihood, data)
   if simulator.has_posterior_mean:
-    references["posterior_mean"] = simulator.posterior_mean(
-        tf.constant(observations, tf.float32), tf.constant([0, 1], tf.int32)).numpy()
+    references["posterior_mean"] = _call_hook(simulator, "posterior_mean", shape,
+                                              simulator.posterior_mean, data,
+                                              tf.constant([0, 1], tf.int32))
     if simulator.has_posterior_std:
-      references["posterior_std"] = simulator.posterior_std(
-          tf.constant(observations, tf.float32)).numpy()
+      references["posterior_std"] = _call_hook(simulator, "posterior_std", shape,
+                                               simulator.posterior_std, data)
   elif supports_grid_posterior(simulator):
     posterior = GridPosteriorEvaluator(simulator, grid_points).posterior(observations)
     references["posterior_mean"] = posterior.mean
@@ -177,3 +183,23 @@ def reference_estimates(simulator: Simulator, observations: np.ndarray,
       references[f"derived/{name}/posterior_mean"] = posterior.derived_mean[name]
       references[f"derived/{name}/mle"] = posterior.derived_mode[name]
   return references
+
+
+def _call_hook(simulator: Simulator, name: str, shape: Tuple[int, ...], hook: Callable[..., Any],
+               *args: tf.Tensor) -> np.ndarray:
+  """A reference hook's output (a tensor, or an array from numpy code) as a float32 array of
+  `shape`.
+
+  Raises:
+    ValueError: the hook raised, or returned anything but real numbers of `shape`: one line
+      naming the simulator and the hook, not a traceback from inside the evaluation.
+  """
+  where = f"simulator {simulator.spec!r}: its {name} hook"
+  try:
+    values = np.asarray(hook(*args))
+  except Exception as error:   # the user's code: any failure is named, whatever it is
+    raise ValueError(f"{where} raised {type(error).__name__}: {error}") from error
+  if values.dtype.kind not in "fiu" or values.shape != shape:
+    raise ValueError(f"{where} must return real numbers of shape {list(shape)}, got "
+                     f"{values.dtype} of shape {list(values.shape)}")
+  return values.astype(np.float32)
