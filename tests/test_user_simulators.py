@@ -67,6 +67,17 @@ def test_a_broken_file_names_the_spec_and_the_error(tmp_path):
     get_simulator(f"{path}:make")
 
 
+@pytest.mark.parametrize("source, code", [("import sys\nsys.exit(0)\n", "0"),
+                                          ("raise SystemExit(2)\n", "2")])
+def test_a_file_that_exits_while_imported_is_named(tmp_path, source, code):
+  path = tmp_path / "exits.py"
+  path.write_text(source)
+  with pytest.raises(ValueError, match=rf"^simulator spec '{path}:X' could not be imported: "
+                                       rf"{path} called sys\.exit\({code}\) \(SystemExit\) while "
+                                       r"being imported; keep script code under `if __name__"):
+    get_simulator(f"{path}:X")
+
+
 BROKEN_TF_SIMULATORS = """
 import tensorflow as tf
 from alfi_tf import Simulator, box_prior

@@ -68,6 +68,10 @@ def _import_module(spec: str, location: str):
     if location.endswith(".py"):
       return _import_file(location)
     return importlib.import_module(location)
+  except SystemExit as error:   # sys.exit() at import would otherwise end the binary silently
+    raise ValueError(f"simulator spec {spec!r} could not be imported: {location} called "
+                     f"sys.exit({error.code!r}) (SystemExit) while being imported; keep "
+                     "script code under `if __name__ == '__main__':`") from error
   except Exception as error:   # any failure of the user's module: named, with the spec
     raise ValueError(f"simulator spec {spec!r} could not be imported: {type(error).__name__}: "
                      f"{error}") from error
@@ -97,7 +101,7 @@ def _build(spec: str, factory: Callable[[], Simulator]) -> Simulator:
                      "subclass or a function returning one")
   try:
     simulator = factory()
-  except Exception as error:   # the user's constructor
+  except (Exception, SystemExit) as error:   # the user's constructor (sys.exit() included)
     raise ValueError(f"simulator spec {spec!r}: building the simulator raised "
                      f"{type(error).__name__}: {error}") from error
   if not isinstance(simulator, Simulator):
