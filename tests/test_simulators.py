@@ -190,6 +190,24 @@ def test_constructor_stores_its_arguments():
     simulator.observation_dim = 5
 
 
+class _SkipsSuperInit(_MinimalSimulator):
+  """A subclass whose `__init__` forgets `super().__init__(...)`."""
+
+  def __init__(self):   # pylint: disable=super-init-not-called
+    self.rate = 1.0
+
+
+def test_a_subclass_that_skips_super_init_is_named():
+  simulator = _SkipsSuperInit()
+  for attribute in ("parameter_names", "observation_dim", "prior", "parameter_dim"):
+    with pytest.raises(ValueError, match=r"^simulator class _SkipsSuperInit: its __init__ must "
+                                         r"call super\(\)\.__init__\(parameter_names=\.\.\., "
+                                         r"observation_dim=\.\.\., prior=\.\.\.\)$"):
+      getattr(simulator, attribute)
+  # Other missing attributes stay ordinary AttributeErrors (getattr's default, hasattr).
+  assert getattr(simulator, "missing", None) is None and simulator.rate == 1.0
+
+
 class ExponentialDecaySimulator(NumpySimulator):
   """Decay times of a particle with lifetime `exp(log_lifetime)`, written as a user would."""
 

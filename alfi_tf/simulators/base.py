@@ -35,6 +35,10 @@ def box_prior(low: Sequence[float], high: Sequence[float]) -> tfd.Distribution:
       reinterpreted_batch_ndims=1)
 
 
+#: What `Simulator.__init__` stores (`_prior` is left out of the pickled copies workers get).
+_DECLARED_MEMBERS = ("_parameter_names", "_observation_dim", "_prior")
+
+
 class Simulator(abc.ABC):
   """A stochastic simulator `x ~ p(x | theta)` with a prior `p(theta)`.
 
@@ -86,6 +90,14 @@ class Simulator(abc.ABC):
     self._parameter_names = names
     self._observation_dim = int(observation_dim)
     self._prior = prior
+
+  def __getattr__(self, attribute: str):
+    """Only reached for attributes the instance lacks: names a subclass whose `__init__` skipped
+    `Simulator.__init__`, instead of an AttributeError about a private member."""
+    if attribute in _DECLARED_MEMBERS and "_parameter_names" not in self.__dict__:
+      raise ValueError(f"simulator class {type(self).__name__}: its __init__ must call "
+                       "super().__init__(parameter_names=..., observation_dim=..., prior=...)")
+    raise AttributeError(f"{type(self).__name__!r} object has no attribute {attribute!r}")
 
   @property
   def parameter_names(self) -> Tuple[str, ...]:
