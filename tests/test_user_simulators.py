@@ -4,12 +4,13 @@ recorded in the run so that evaluate, export and infer find it again without ext
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from alfi_tf.simulators import get_simulator, normalize_spec
+from alfi_tf.simulators import CommandSimulator, get_simulator, normalize_spec
 from tests.binary_runs import ROOT, assert_rejected, run
 
 EXAMPLE = os.path.join(ROOT, "examples", "oscillator", "oscillator.py")
@@ -212,7 +213,6 @@ def test_command_flags_are_validated(tmp_path):
 
 
 def test_a_transient_failure_is_retried_then_a_persistent_one_reported(tmp_path):
-  from alfi_tf.simulators import CommandSimulator
   flaky = tmp_path / "flaky.sh"
   flaky.write_text(f"#!/bin/sh\nif [ ! -e {tmp_path}/once ]; then touch {tmp_path}/once; "
                    f"echo transient >&2; exit 3; fi\nexec {COMMAND} \"$@\"\n")
@@ -228,3 +228,57 @@ def test_a_transient_failure_is_retried_then_a_persistent_one_reported(tmp_path)
                                          r"times\)"):
     CommandSimulator(str(broken), ["damping", "frequency"], 8, retries=2)(parameters, 4,
                                                                           np.array([1, 2]))
+
+
+def _script(tmp_path, name: str, body: str) -> str:
+  """An executable shell script `name` in `tmp_path` running `body`; returns its path."""
+  path = tmp_path / name
+  path.write_text("#!/bin/sh\n" + body)
+  path.chmod(0o755)
+  return str(path)
+
+
+#: The protocol's smallest simulator: each observation is the first parameter.
+ECHO_FIRST_PARAMETER = """awk -F, -v n="$3" 'NR>1{for(i=0;i<n;i++){print $1}}' "$1" > "$2"\n"""
+
+
+def _wait_until_gone(pid: int) -> None:
+  """Waits (up to 5 s) until process `pid` is dead: gone, or a zombie waiting for init."""
+  for _ in range(50):
+    if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+      return
+    time.sleep(0.1)
+  raise AssertionError(f"process {pid} still runs")
+
+
+def test_a_command_returns_when_it_exits_though_its_background_child_runs_on(tmp_path):
+  # The child holds the command's stdout and stderr open; the call must not wait for it.
+  child_pid = tmp_path / "child.pid"
+  script = _script(tmp_path, "background.sh",
+                   f"(sleep 60) &\necho $! > {child_pid}\n{ECHO_FIRST_PARAMETER}")
+  started = time.monotonic()
+  simulated = CommandSimulator(script, ["x"], 1, timeout=20)(np.array([[1.5], [2.5]]), 2,
+                                                              np.array([1, 2]))
+  assert time.monotonic() - started < 5
+  np.testing.assert_array_equal(simulated[..., 0], [[1.5, 1.5], [2.5, 2.5]])
+  _wait_until_gone(int(child_pid.read_text()))   # nothing a call started outlives it
+
+
+def test_failures_and_timeouts_end_with_the_tail_of_the_commands_stderr(tmp_path):
+  stuck = _script(tmp_path, "stuck.sh", "echo starting the solver >&2\nsleep 60\n")
+  with pytest.raises(RuntimeError, match=r"timed out after 0\.5s \(killed with its child "
+                                         r"processes\): starting the solver$"):
+    CommandSimulator(stuck, ["x"], 1, timeout=0.5)(np.zeros((1, 1)), 1, np.array([0, 0]))
+  chatty = _script(tmp_path, "chatty.sh", "head -c 100000 /dev/zero | tr '\\0' x >&2\n"
+                                          "echo out of memory >&2\nexit 4\n")
+  with pytest.raises(RuntimeError, match=r"failed with exit status 4: x+out of memory$") as info:
+    CommandSimulator(chatty, ["x"], 1)(np.zeros((1, 1)), 1, np.array([0, 0]))
+  assert len(str(info.value)) < 2200   # the tail of 100 kB, not all of it
+
+
+def test_a_directory_at_the_output_path_is_a_failed_call_and_retried(tmp_path):
+  script = _script(tmp_path, "directory.sh", 'mkdir "$2"\n')
+  with pytest.raises(RuntimeError, match=rf"^simulator command '{script}' \(step 1\) exited 0 but "
+                                         r"its simulations\.csv is not a regular file \(a "
+                                         r"directory\?\); .* \(tried 2 times\)$"):
+    CommandSimulator(script, ["x"], 1, retries=1)(np.zeros((1, 1)), 1, np.array([0, 0]))

@@ -12,6 +12,8 @@ Protocol (one call per machine step), for a command `CMD`:
 * `SEED`: an integer the simulator may use to be reproducible.
 * Exit status 0 on success; anything else is reported with the command's stderr (after
   `retries` further attempts, for transient failures).
+* The call ends when the command exits: processes it leaves running in the background are killed
+  then, and its stdout is discarded.
 
 `CommandSimulator` is this protocol as a plain `simulate` function (ask/tell, the infer binary);
 `ExternalSimulator` makes a command a full `Simulator` with a box prior, so that a machine can be
@@ -26,6 +28,7 @@ import shlex
 import signal
 import subprocess
 import tempfile
+import time
 import json
 from typing import Any, Dict, Sequence
 
@@ -92,33 +95,48 @@ class CommandSimulator:
       # A non-negative integer seed derived from the machine's stateless seed.
       integer_seed = int(np.asarray(seed, np.int64)[0] & 0x7FFFFFFF) * 65536 + int(
           np.asarray(seed, np.int64)[1] & 0xFFFF)
-      completed = self._run(self.argv + [inputs, outputs, str(num_obs), str(integer_seed)], where)
-      if completed.returncode != 0:
-        raise RuntimeError(f"{where} failed with exit status {completed.returncode}: "
-                           f"{completed.stderr.strip()[-2000:]}")
+      self._run(self.argv + [inputs, outputs, str(num_obs), str(integer_seed)], scratch, where)
       if not os.path.exists(outputs):
         raise RuntimeError(f"{where} exited 0 but wrote no {os.path.basename(outputs)}")
+      if not os.path.isfile(outputs):
+        raise RuntimeError(f"{where} exited 0 but its {os.path.basename(outputs)} is not a "
+                           "regular file (a directory?); the simulations must be written to it as "
+                           "CSV")
       try:
         values = np.loadtxt(outputs, delimiter=",", comments="#", ndmin=2, dtype=np.float64)
-      except ValueError as error:
+      except (ValueError, OSError) as error:
         raise RuntimeError(f"{where} wrote unreadable output: {error}") from error
     return self._reshaped(values, parameters.shape[0], num_obs, where)
 
-  def _run(self, argv, where: str) -> subprocess.CompletedProcess:
-    """Runs the command in a session of its own, so that a timeout kills it with its children."""
+  def _run(self, argv: Sequence[str], scratch: str, where: str) -> None:
+    """Runs the command in a session of its own and waits for it to exit.
+
+    Its stderr goes to a file in `scratch` (and its stdout nowhere) rather than to pipes: waiting
+    for pipes to close would also wait for any background process the command left holding them.
+    The command's whole process group is killed when it exits or times out: nothing a call started
+    outlives it.
+
+    Raises:
+      RuntimeError: the command could not be started, timed out or exited with a non-zero status;
+        the message ends with the tail of its stderr.
+    """
+    stderr_path = os.path.join(scratch, "stderr.txt")
     try:
-      process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 start_new_session=True)
+      with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=stderr, start_new_session=True)
     except OSError as error:
       raise RuntimeError(f"{where} could not be started: {error}") from error
-    try:
-      stdout, stderr = process.communicate(timeout=self.timeout)
-    except subprocess.TimeoutExpired as error:
-      os.killpg(process.pid, signal.SIGKILL)
-      process.communicate()
+    exited = _wait_without_reaping(process.pid, self.timeout)
+    # Killed while its zombie still holds the group's id, which no other process can then take.
+    _kill_process_group(process.pid)
+    returncode = process.wait()
+    if not exited:
       raise RuntimeError(f"{where} timed out after {self.timeout:g}s (killed with its child "
-                         "processes)") from error
-    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+                         f"processes){_tail(stderr_path, ': ')}")
+    if returncode != 0:
+      raise RuntimeError(f"{where} failed with exit status {returncode}"
+                         f"{_tail(stderr_path, ': ')}")
 
   def _reshaped(self, values: np.ndarray, count: int, num_obs: int, where: str) -> np.ndarray:
     """`[count * num_obs, d_x]` rows -> `[count, num_obs, d_x]` float32, or a clear error."""
@@ -128,6 +146,35 @@ class CommandSimulator:
                          f"expected {expected[0]} rows ({count} parameter vectors x "
                          f"{num_obs} observations) of {expected[1]}")
     return values.reshape(count, num_obs, self.observation_dim).astype(np.float32)
+
+
+def _wait_without_reaping(pid: int, timeout: float) -> bool:
+  """Whether the child `pid` exited within `timeout` seconds; it is left unreaped (a zombie)."""
+  deadline = time.monotonic() + timeout
+  delay = 0.0005
+  while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+    if time.monotonic() >= deadline:
+      return False
+    time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+    delay = min(2 * delay, 0.05)   # as subprocess's own wait: quick calls return quickly
+  return True
+
+
+def _kill_process_group(group: int) -> None:
+  """SIGKILLs every process left in `group` (none left is fine)."""
+  try:
+    os.killpg(group, signal.SIGKILL)
+  except ProcessLookupError:
+    pass
+
+
+def _tail(path: str, prefix: str, limit: int = 2000) -> str:
+  """`prefix` and the last `limit` characters of the text file `path`, stripped; "" if it has none.
+  Only the tail is read: a command may write any amount to its stderr."""
+  with open(path, "rb") as stream:
+    stream.seek(max(0, os.path.getsize(path) - limit))
+    text = stream.read().decode(errors="replace").strip()
+  return f"{prefix}{text}" if text else ""
 
 
 class ExternalSimulator(NumpySimulator):
