@@ -11,7 +11,6 @@ with the same command and its own `TF_CONFIG` (see `alfi_tf/training/distribute.
 """
 
 import dataclasses
-import math
 import os
 import shlex
 from typing import List
@@ -20,6 +19,7 @@ from absl import app, flags, logging
 
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.simulators import ExternalSimulator, available_simulators, normalize_spec
+from alfi_tf.simulators.command import TIMEOUT_RULE, is_valid_timeout
 from alfi_tf.training import Trainer, distribute, set_global_seed
 from experiments import cli
 from experiments.config_flags import config_from_flags, define_flags_for
@@ -52,8 +52,8 @@ flags.DEFINE_integer("observation_dim", None, "with --simulator=command: numbers
 flags.DEFINE_float("simulator_timeout", 600.0, "with --simulator=command: seconds per call")
 flags.DEFINE_integer("simulator_retries", 2, "with --simulator=command: further attempts after a "
                      "failed call", lower_bound=0)
-flags.register_validator("simulator_timeout", lambda seconds: math.isfinite(seconds) and seconds > 0,
-                         message="--simulator_timeout must be a positive number of seconds")
+flags.register_validator("simulator_timeout", is_valid_timeout,
+                         message=f"--simulator_timeout {TIMEOUT_RULE}")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 COMMAND_FLAGS = ("simulator_command", "parameter_names", "prior_low", "prior_high",

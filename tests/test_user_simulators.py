@@ -209,6 +209,8 @@ def test_command_flags_are_validated(tmp_path):
      "the prior's box needs finite low < high"),
     (["--simulator=poisson", "--parameter_names=a"], "--parameter_names apply to --simulator=command"),
     (COMMAND_FLAGS + ["--simulator_timeout=0"], "--simulator_timeout must be a positive number"),
+    (COMMAND_FLAGS + ["--simulator_timeout=1e300"], "--simulator_timeout must be a positive number "
+                                                    "of seconds, at most 1e+06"),
   ], TINY_FLAGS, tmp_path)
 
 
@@ -282,3 +284,11 @@ def test_a_directory_at_the_output_path_is_a_failed_call_and_retried(tmp_path):
                                          r"its simulations\.csv is not a regular file \(a "
                                          r"directory\?\); .* \(tried 2 times\)$"):
     CommandSimulator(script, ["x"], 1, retries=1)(np.zeros((1, 1)), 1, np.array([0, 0]))
+
+
+@pytest.mark.parametrize("timeout", [1e6 + 1, 1e300, True])
+def test_a_command_timeout_beyond_a_million_seconds_is_refused(timeout):
+  with pytest.raises(ValueError, match=r"^the simulator timeout must be a positive number of "
+                                       r"seconds, at most 1e\+06, got"):
+    CommandSimulator("true", ["x"], 1, timeout=timeout)
+  assert CommandSimulator("true", ["x"], 1, timeout=1e6).timeout == 1e6

@@ -22,7 +22,6 @@ trained on it (`--simulator=command`).
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import signal
@@ -39,6 +38,19 @@ from alfi_tf.simulators.base import NumpySimulator, box_prior
 
 #: Specs of external simulators: the prefix, then their settings as JSON.
 COMMAND_SPEC_PREFIX = "command:"
+
+
+#: The longest a call may be allowed to run, about 11.6 days: a longer timeout is a typo (or
+#: beyond what the clock functions can represent, from about 9.2e9 s).
+MAX_TIMEOUT_SECONDS = 1e6
+#: What `is_valid_timeout` requires, for messages.
+TIMEOUT_RULE = f"must be a positive number of seconds, at most {MAX_TIMEOUT_SECONDS:g}"
+
+
+def is_valid_timeout(seconds) -> bool:
+  """Whether `seconds` is a usable timeout for one command call (see `TIMEOUT_RULE`)."""
+  return (isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+          and 0 < seconds <= MAX_TIMEOUT_SECONDS)
 
 
 class CommandSimulator:
@@ -58,9 +70,8 @@ class CommandSimulator:
     self.argv = shlex.split(command)
     if not self.argv:
       raise ValueError("the simulator command is empty")
-    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-      raise ValueError("the simulator timeout must be a positive number of seconds, got "
-                       f"{timeout!r}")
+    if not is_valid_timeout(timeout):
+      raise ValueError(f"the simulator timeout {TIMEOUT_RULE}, got {timeout!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
       raise ValueError(f"the simulator retries must be an integer >= 0, got {retries!r}")
     self.retries = retries
