@@ -13,6 +13,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 from scipy import integrate, stats
 
 import alfi_tf.simulators
@@ -206,6 +207,39 @@ def test_a_subclass_that_skips_super_init_is_named():
       getattr(simulator, attribute)
   # Other missing attributes stay ordinary AttributeErrors (getattr's default, hasattr).
   assert getattr(simulator, "missing", None) is None and simulator.rate == 1.0
+
+
+@pytest.mark.parametrize("low, high, message", [
+    ([2.0], [1.0], "the prior's box needs finite low < high"),
+    ([1.0], [1.0], "the prior's box needs finite low < high"),
+    ([0.0, 1.0], [1.0, math.nan], r"the prior's box needs finite low < high .* \(not so for "
+                                  r"parameter\(s\) 1\)$"),
+    ([-math.inf], [1.0], "the prior's box needs finite low < high"),
+    ([0.0], [1e39], r"as float32 numbers \(bounds and width at most 3\.403e\+38\)"),
+    ([-3e38], [3e38], "as float32 numbers"),   # the width overflows float32
+    ([1.0], [1.00000001], "as float32 numbers"),   # equal once rounded to float32
+    ([0.0, 1.0], [1.0], r"low and high must be two equally long lists of numbers, one per "
+                        r"parameter, got \[0\.0, 1\.0\] and \[1\.0\]$"),
+    ([[0.0]], [[1.0]], "two equally long lists"),
+    ([], [], "two equally long lists"),
+    (["a"], [1.0], r"low and high must be lists of numbers, got \['a'\] and \[1\.0\]$"),
+], ids=["low_above_high", "low_equals_high", "nan", "inf", "beyond_float32", "width_overflows",
+        "equal_in_float32", "broadcast", "two_dimensional", "empty", "strings"])
+def test_box_prior_refuses_bounds_it_cannot_sample_from(low, high, message):
+  with pytest.raises(ValueError, match=rf"^box_prior: .*{message}"):
+    box_prior(low, high)
+
+
+def test_a_box_prior_built_by_hand_is_checked_naming_the_simulator():
+  tfd = tfp.distributions
+  with pytest.raises(ValueError, match=r"^simulator '_MinimalSimulator': prior: the prior's box "
+                                       r"needs finite low < high .* \(not so for parameter\(s\) 1\)$"):
+    _MinimalSimulator(parameter_names=["a", "b"], observation_dim=1,
+                      prior=tfd.Independent(tfd.Uniform([0.0, 1.0], [1.0, 1.0]), 1))
+  # A bound given once for every parameter is broadcast, as TFP does.
+  simulator = _MinimalSimulator(parameter_names=["a", "b"], observation_dim=1,
+                                prior=tfd.Independent(tfd.Uniform(0.0, [1.0, 2.0]), 1))
+  np.testing.assert_array_equal(simulator.parameter_bounds[0], [0.0, 0.0])
 
 
 class ExponentialDecaySimulator(NumpySimulator):

@@ -28,11 +28,49 @@ from alfi_tf.checks import require_real_numbers
 tfd = tfp.distributions
 
 
+#: The largest magnitude a float32 holds; larger finite numbers become inf when cast.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_box(low, high, where: str) -> Tuple[np.ndarray, np.ndarray]:
+  """Validates a box `[low, high]` of `d` parameters and returns its bounds as float32 `[d]` each.
+
+  Raises:
+    ValueError: naming `where`, unless `low` and `high` are equally long non-empty lists of
+      finite numbers within float32's range with `low < high` everywhere (after the cast to
+      float32, whose rounding can make close bounds equal, and with `high - low` finite too).
+  """
+  try:
+    low64, high64 = np.asarray(low, np.float64), np.asarray(high, np.float64)
+  except (TypeError, ValueError):
+    raise ValueError(f"{where}: low and high must be lists of numbers, got {low!r} and "
+                     f"{high!r}") from None
+  if low64.ndim != 1 or low64.shape != high64.shape or not low64.size:
+    raise ValueError(f"{where}: low and high must be two equally long lists of numbers, one per "
+                     f"parameter, got {low64.tolist()} and {high64.tolist()}")
+  with np.errstate(over="ignore", invalid="ignore"):   # the overflows are what is checked
+    low32, high32 = low64.astype(np.float32), high64.astype(np.float32)
+    usable = (np.isfinite(low64) & np.isfinite(high64) & (np.abs(low64) <= FLOAT32_MAX)
+              & (np.abs(high64) <= FLOAT32_MAX) & (low32 < high32)
+              & np.isfinite(high32 - low32))
+  if not usable.all():
+    raise ValueError(f"{where}: the prior's box needs finite low < high as float32 numbers "
+                     f"(bounds and width at most {FLOAT32_MAX:.4g}), got low={low64.tolist()}, "
+                     f"high={high64.tolist()} (not so for parameter(s) "
+                     f"{', '.join(map(str, np.flatnonzero(~usable)))})")
+  return low32, high32
+
+
 def box_prior(low: Sequence[float], high: Sequence[float]) -> tfd.Distribution:
-  """A uniform prior on the box `[low, high]`, with event shape `[d]`."""
-  return tfd.Independent(
-      tfd.Uniform(low=tf.constant(low, tf.float32), high=tf.constant(high, tf.float32)),
-      reinterpreted_batch_ndims=1)
+  """A uniform prior on the box `[low, high]`, with event shape `[d]`.
+
+  Raises:
+    ValueError: the bounds are not two equally long lists of finite float32 numbers with
+      `low < high` (see `check_box`).
+  """
+  low32, high32 = check_box(low, high, "box_prior")
+  return tfd.Independent(tfd.Uniform(low=tf.constant(low32), high=tf.constant(high32)),
+                         reinterpreted_batch_ndims=1)
 
 
 #: What `Simulator.__init__` stores (`_prior` is left out of the pickled copies workers get).
@@ -90,6 +128,8 @@ class Simulator(abc.ABC):
     self._parameter_names = names
     self._observation_dim = int(observation_dim)
     self._prior = prior
+    if self.parameter_bounds is not None:   # a box built without box_prior is checked here
+      check_box(*self.parameter_bounds, f"simulator {self.name or type(self).__name__!r}: prior")
 
   def __getattr__(self, attribute: str):
     """Only reached for attributes the instance lacks: names a subclass whose `__init__` skipped
@@ -139,8 +179,8 @@ class Simulator(abc.ABC):
     """
     prior = self.prior
     if isinstance(prior, tfd.Independent) and isinstance(prior.distribution, tfd.Uniform):
-      return (np.asarray(prior.distribution.low, np.float32),
-              np.asarray(prior.distribution.high, np.float32))
+      return tuple(np.broadcast_arrays(np.asarray(prior.distribution.low, np.float32),
+                                       np.asarray(prior.distribution.high, np.float32)))
     return None
 
   @abc.abstractmethod

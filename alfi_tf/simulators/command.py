@@ -34,7 +34,7 @@ from typing import Any, Dict, Sequence
 import numpy as np
 from absl import logging
 
-from alfi_tf.simulators.base import NumpySimulator, box_prior
+from alfi_tf.simulators.base import NumpySimulator, box_prior, check_box
 
 #: Specs of external simulators: the prefix, then their settings as JSON.
 COMMAND_SPEC_PREFIX = "command:"
@@ -209,9 +209,7 @@ class ExternalSimulator(NumpySimulator):
       raise ValueError(f"the prior's low and high need one value per parameter "
                        f"({len(parameter_names)}: {', '.join(parameter_names)}), got "
                        f"{low.tolist()} and {high.tolist()}")
-    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
-      raise ValueError(f"the prior's box needs finite low < high, got low={low.tolist()}, "
-                       f"high={high.tolist()}")
+    check_box(low, high, f"simulator command {command!r}")
     super().__init__(parameter_names, observation_dim, box_prior(low.tolist(), high.tolist()))
     self.run_command = CommandSimulator(command, parameter_names, observation_dim, timeout, retries)
     self.run_command.call_label = "call"   # training calls it per data chunk and per step
