@@ -73,6 +73,26 @@ def box_prior(low: Sequence[float], high: Sequence[float]) -> tfd.Distribution:
                          reinterpreted_batch_ndims=1)
 
 
+def observations_as_float32(observations: np.ndarray, theta: np.ndarray,
+                            parameter_names: Sequence[str], where: str) -> np.ndarray:
+  """A simulator's real-valued `observations [K, n, d_x]` for `theta [K, d]`, cast to float32.
+
+  NaN/inf pass (they mark failed sets, which the callers leave out or redraw).
+
+  Raises:
+    ValueError: a finite value is beyond float32's range, which the cast would silently turn
+      into inf; the message names `where`, the first such value and its parameter vector.
+  """
+  magnitudes = np.abs(observations.astype(np.float64))
+  too_large = np.isfinite(magnitudes) & (magnitudes > FLOAT32_MAX)
+  if too_large.any():
+    first = tuple(np.argwhere(too_large)[0])
+    raise ValueError(f"{where} returned {int(too_large.sum())} value(s) beyond float32's range "
+                     f"(±{FLOAT32_MAX:.4g}), the first {observations[first]:.6g} at "
+                     f"{describe_parameters(theta[first[0]:first[0] + 1], parameter_names)}")
+  return observations.astype(np.float32)
+
+
 #: What `Simulator.__init__` stores (`_prior` is left out of the pickled copies workers get).
 _DECLARED_MEMBERS = ("_parameter_names", "_observation_dim", "_prior")
 
@@ -374,9 +394,10 @@ class NumpySimulator(Simulator):
                            f"{out.shape}, expected {want}")
     try:   # strings would fail the cast below with an unrelated message; complex would pass it
       require_real_numbers(out, f"{where}: {type(self).__name__}.simulate_numpy's output")
+      return observations_as_float32(out, theta, self.parameter_names,
+                                     f"{where}: {type(self).__name__}.simulate_numpy")
     except ValueError as error:
       raise SimulatorError(str(error)) from None
-    return out.astype(np.float32)
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
                executor: Optional[concurrent.futures.Executor] = None) -> tf.Tensor:

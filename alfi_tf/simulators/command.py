@@ -34,7 +34,8 @@ from typing import Any, Dict, Sequence
 import numpy as np
 from absl import logging
 
-from alfi_tf.simulators.base import NumpySimulator, box_prior, check_box
+from alfi_tf.simulators.base import (NumpySimulator, box_prior, check_box,
+                                     observations_as_float32)
 
 #: Specs of external simulators: the prefix, then their settings as JSON.
 COMMAND_SPEC_PREFIX = "command:"
@@ -117,7 +118,7 @@ class CommandSimulator:
         values = np.loadtxt(outputs, delimiter=",", comments="#", ndmin=2, dtype=np.float64)
       except (ValueError, OSError) as error:
         raise RuntimeError(f"{where} wrote unreadable output: {error}") from error
-    return self._reshaped(values, parameters.shape[0], num_obs, where)
+    return self._reshaped(values, parameters, num_obs, where)
 
   def _run(self, argv: Sequence[str], scratch: str, where: str) -> None:
     """Runs the command in a session of its own and waits for it to exit.
@@ -149,14 +150,21 @@ class CommandSimulator:
       raise RuntimeError(f"{where} failed with exit status {returncode}"
                          f"{_tail(stderr_path, ': ')}")
 
-  def _reshaped(self, values: np.ndarray, count: int, num_obs: int, where: str) -> np.ndarray:
-    """`[count * num_obs, d_x]` rows -> `[count, num_obs, d_x]` float32, or a clear error."""
+  def _reshaped(self, values: np.ndarray, parameters: np.ndarray, num_obs: int,
+                where: str) -> np.ndarray:
+    """`[K * num_obs, d_x]` rows -> `[K, num_obs, d_x]` float32 for `parameters [K, d]`, or a
+    clear error."""
+    count = parameters.shape[0]
     expected = (count * num_obs, self.observation_dim)
     if values.shape != expected:
       raise RuntimeError(f"{where} returned {values.shape[0]} rows of {values.shape[1]} values; "
                          f"expected {expected[0]} rows ({count} parameter vectors x "
                          f"{num_obs} observations) of {expected[1]}")
-    return values.reshape(count, num_obs, self.observation_dim).astype(np.float32)
+    try:
+      return observations_as_float32(values.reshape(count, num_obs, self.observation_dim),
+                                     parameters, self.parameter_names, where)
+    except ValueError as error:
+      raise RuntimeError(str(error)) from None
 
 
 def _wait_without_reaping(pid: int, timeout: float) -> bool:
