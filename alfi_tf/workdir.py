@@ -19,12 +19,13 @@ from absl import logging
 
 from alfi_tf.config import MachineConfig, TrainConfig, to_dict
 from alfi_tf.model.machine import InferenceMachine
-from alfi_tf.simulators import get_simulator
+from alfi_tf.simulators import Simulator, get_simulator
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "training_summary.json"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
+SIMULATOR_FILE = "simulator.json"
 LOCK_FILE = "lock"
 
 
@@ -59,10 +60,26 @@ def write_json_atomically(path: str, payload: Any) -> None:
   write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def describe_simulator(simulator: Simulator) -> Dict[str, Any]:
+  """What a run's checkpoints assume of its simulator (`simulator.json`): the parameter names, the
+  observation_dim and the prior's box (`{"low": [d], "high": [d]}`, None for other priors)."""
+  bounds = simulator.parameter_bounds
+  return {"parameter_names": list(simulator.parameter_names),
+          "observation_dim": simulator.observation_dim,
+          "prior_box": None if bounds is None else {"low": bounds[0].tolist(),
+                                                    "high": bounds[1].tolist()}}
+
+
+def _box_text(box: Optional[Dict[str, List[float]]]) -> str:
+  """`low=[...], high=[...]` of a recorded prior box, for messages."""
+  return "not a box" if box is None else f"low={box['low']}, high={box['high']}"
+
+
 class Workdir:
   """Layout of a run directory.
 
-  `config.json` (machine + training configuration), `checkpoints/` (`tf.train.CheckpointManager`),
+  `config.json` (machine + training configuration), `simulator.json` (`describe_simulator`, as
+  training started), `checkpoints/` (`tf.train.CheckpointManager`),
   `tb/` (TensorBoard), `data/` (meta-training sets streamed from disk), `workers/` (scratch space of
   non-chief workers in multi-worker runs), `training_summary.json`, and the evaluation outputs
   (`metrics.json`, `*.png`).
@@ -125,8 +142,10 @@ class Workdir:
         stream.truncate()
         fcntl.flock(stream, fcntl.LOCK_UN)
 
-  def claim(self, machine_config: MachineConfig, train_config: TrainConfig) -> None:
-    """Records the configuration of a new run, or checks that an existing run has the same one.
+  def claim(self, machine_config: MachineConfig, train_config: TrainConfig,
+            simulator: Optional[Simulator] = None) -> None:
+    """Records the configuration of a new run (and, given, its `simulator`'s description), or checks
+    that an existing run has the same ones (`check_simulator`).
 
     A recorded configuration that differs is replaced (with a warning naming the differences) when
     the run it records made no progress: an attempt that failed before its first checkpoint (a
@@ -134,9 +153,9 @@ class Workdir:
     rerun with the fix belongs in the same workdir.
 
     Raises:
-      ValueError: the workdir belongs to a run with a different configuration and progress
-        (checkpoints, summaries: names each setting that differs), so resuming into it would mix
-        two experiments; or it is not empty and records no run.
+      ValueError: the workdir belongs to a run with a different configuration (or simulator) and
+        progress (checkpoints, summaries: names each setting that differs), so resuming into it
+        would mix two experiments; or it is not empty and records no run.
       RuntimeError: another process holds the run's lock (the first attempt may still be running).
     """
     self.require_writable()
@@ -147,16 +166,52 @@ class Workdir:
     # attempt may still be drawing data, before any checkpoint) is never given another config.
     with self.lock():
       differences = self._differences(machine_config, train_config)
-      if differences == []:
-        return
       if differences and self.has_progress():
         raise self._configuration_mismatch(differences)
+      if differences == [] and self.has_progress():   # resuming
+        if simulator is not None and not self.check_simulator(simulator):
+          self.record_simulator(simulator)   # a run from before the record: from now on
+        return
       if differences:
         logging.warning("workdir %s holds the configuration of an attempt that saved no "
                         "checkpoint; replacing it with this run's. Differences:\n  %s", self.path,
                         "\n  ".join(differences))
       write_json_atomically(self.file(CONFIG_FILE), {"machine": to_dict(machine_config),
                                                      "train": to_dict(train_config)})
+      if simulator is not None:
+        self.record_simulator(simulator)
+
+  def record_simulator(self, simulator: Simulator) -> None:
+    """Writes `simulator.json`: what the run's checkpoints assume of `simulator`."""
+    write_json_atomically(self.file(SIMULATOR_FILE), describe_simulator(simulator))
+
+  def check_simulator(self, simulator: Simulator) -> bool:
+    """Whether the run records its simulator; refuses `simulator` if it differs from the record in
+    what the checkpoints depend on, and warns if only the prior's box changed.
+
+    Raises:
+      ValueError: the parameter names or the observation_dim changed (each change is named), or
+        `simulator.json` is damaged.
+    """
+    recorded = self._read_json(SIMULATOR_FILE)
+    if recorded is None:
+      return False
+    current = describe_simulator(simulator)
+    if not current.keys() <= recorded.keys():
+      raise ValueError(f"{self.file(SIMULATOR_FILE)} is damaged: it lacks "
+                       f"{', '.join(sorted(current.keys() - recorded.keys()))}")
+    changed = [f"{key} was {recorded[key]!r}, is now {current[key]!r}"
+               for key in ("parameter_names", "observation_dim") if recorded[key] != current[key]]
+    if changed:
+      raise ValueError(f"simulator {simulator.spec!r} changed since workdir {self.path} was "
+                       f"trained on it: {'; '.join(changed)}; restore the simulator the run was "
+                       "trained on, or train a new run")
+    if recorded["prior_box"] != current["prior_box"]:
+      logging.warning("the prior of simulator %r changed since workdir %s was trained on it (%s; "
+                      "now %s): the machine's answers assume the prior it was trained on",
+                      simulator.spec, self.path, _box_text(recorded["prior_box"]),
+                      _box_text(current["prior_box"]))
+    return True
 
   def has_progress(self) -> bool:
     """Whether the run saved anything worth resuming or reading: a checkpoint, a summary, a
@@ -327,10 +382,14 @@ def load_machine(workdir: str, checkpoint: Optional[str] = None) -> InferenceMac
   Raises:
     FileNotFoundError: `workdir` is not a training workdir, or holds no checkpoint yet.
     RuntimeError: none of its checkpoints is readable.
+    ValueError: its simulator's parameters or observation_dim changed since training
+      (`Workdir.check_simulator`).
   """
   run = Workdir(workdir)
   machine_config, _ = run.read_config()
-  machine = InferenceMachine(get_simulator(machine_config.simulator), machine_config)
+  simulator = get_simulator(machine_config.simulator)
+  run.check_simulator(simulator)   # before its checkpoints are read into a machine it may not fit
+  machine = InferenceMachine(simulator, machine_config)
   restorer = tf.train.Checkpoint(machine=machine)
   if checkpoint is not None:
     restorer.restore(checkpoint).expect_partial()

@@ -1,14 +1,17 @@
 """The run directory: the advisory lock, damaged files named, and loading a machine through the
 checkpoint fallback."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+import alfi_tf.simulators
 from alfi_tf.config import MachineConfig, TrainConfig
-from alfi_tf.workdir import LOCK_FILE, Workdir
+from alfi_tf.simulators import NumpySimulator, box_prior, get_simulator, register_simulator
+from alfi_tf.workdir import LOCK_FILE, Workdir, load_machine
 
 HOLD_LOCK = """
 import sys, time
@@ -143,3 +146,76 @@ def test_damaged_summaries_are_named(tmp_path):
   (tmp_path / "training_summary.json").write_text('"a string"')
   with pytest.raises(ValueError, match=r"training_summary.json is damaged: expected a JSON object"):
     Workdir(str(tmp_path)).read_summary()
+
+
+class _EditedDecay(NumpySimulator):
+  """A user's simulator; the tests edit its class attributes as a user edits the file."""
+
+  name = "test_edited_decay"
+  names, dim, high = ("log_lifetime",), 1, 2.0
+
+  def __init__(self):
+    super().__init__(parameter_names=list(self.names), observation_dim=self.dim,
+                     prior=box_prior([-1.0] * len(self.names), [self.high] * len(self.names)))
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    return rng.exponential(size=(len(theta), num_obs, self.dim))
+
+
+@pytest.fixture
+def edited_run(tmp_path):
+  """A run of `_EditedDecay` that made progress (a summary): `(workdir, machine config)`."""
+  register_simulator(_EditedDecay)
+  config = MachineConfig(simulator=_EditedDecay.name)
+  Workdir(str(tmp_path)).claim(config, FIRST, get_simulator(_EditedDecay.name))
+  (tmp_path / "training_summary.json").write_text("{}")
+  yield Workdir(str(tmp_path)), config
+  del alfi_tf.simulators._REGISTRY[_EditedDecay.name]
+
+
+CHANGED = r"^simulator 'test_edited_decay' changed since workdir .* was trained on it: "
+
+
+def test_a_run_records_its_simulator_and_a_resume_refuses_another(edited_run, monkeypatch,
+                                                                     caplog):
+  workdir, config = edited_run
+  assert json.loads(open(workdir.file("simulator.json")).read()) == {
+      "parameter_names": ["log_lifetime"], "observation_dim": 1,
+      "prior_box": {"low": [-1.0], "high": [2.0]}}
+  monkeypatch.setattr(_EditedDecay, "high", 3.0)
+  workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))   # resumed, with a warning
+  assert ("the prior of simulator 'test_edited_decay' changed since workdir" in caplog.text
+          and "(low=[-1.0], high=[2.0]; now low=[-1.0], high=[3.0])" in caplog.text)
+  monkeypatch.setattr(_EditedDecay, "names", ("log_lifetime", "offset"))
+  with pytest.raises(ValueError, match=CHANGED + r"parameter_names was \['log_lifetime'\], is now "
+                                       r"\['log_lifetime', 'offset'\]; restore the simulator"):
+    workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))
+  monkeypatch.setattr(_EditedDecay, "names", ("rate",))
+  monkeypatch.setattr(_EditedDecay, "dim", 2)
+  with pytest.raises(ValueError, match=CHANGED + r"parameter_names was \['log_lifetime'\], is now "
+                                       r"\['rate'\]; observation_dim was 1, is now 2; restore"):
+    workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))
+
+
+def test_loading_a_run_refuses_a_changed_simulator_before_its_checkpoints(edited_run,
+                                                                         monkeypatch):
+  workdir, _ = edited_run
+  monkeypatch.setattr(_EditedDecay, "names", ("rate",))
+  with pytest.raises(ValueError, match=CHANGED + r"parameter_names was \['log_lifetime'\]"):
+    load_machine(workdir.path)
+  # A run from before the record loads unchecked (here: up to its missing checkpoint) ...
+  os.remove(workdir.file("simulator.json"))
+  with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+    load_machine(workdir.path)
+  # ... and a resume records the simulator from then on.
+  workdir.claim(MachineConfig(simulator=_EditedDecay.name), FIRST,
+                get_simulator(_EditedDecay.name))
+  assert json.loads(open(workdir.file("simulator.json")).read())["parameter_names"] == ["rate"]
+
+
+def test_an_attempt_without_progress_records_the_edited_simulator(edited_run, monkeypatch):
+  workdir, config = edited_run
+  os.remove(workdir.file("training_summary.json"))   # the attempt failed before any progress
+  monkeypatch.setattr(_EditedDecay, "names", ("rate",))
+  workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))
+  assert json.loads(open(workdir.file("simulator.json")).read())["parameter_names"] == ["rate"]

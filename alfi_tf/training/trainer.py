@@ -157,7 +157,7 @@ class Trainer:
     self.is_chief = distribute.is_chief(self.strategy)
     self.workdir = Workdir(workdir)
     if self.is_chief:
-      self.workdir.claim(machine_config, train_config)
+      self.workdir.claim(machine_config, train_config, self.simulator)
     else:   # the chief records the run; the others only refuse a mismatching one
       self.workdir.check(machine_config, train_config)
     self.log_every = log_every
