@@ -107,11 +107,14 @@ class AskTellSession:
       raise ValueError(f"step {self.step + 1}: simulations must have shape {expected} "
                        f"[batch, num_samples, num_simulated_obs, observation_dim] (or "
                        f"{(batch * samples,) + expected[2:]}), got {array.shape}")
-    state = [self._outputs[key] for key in STATE_KEYS]
-    simulated = tf.constant(array)
-    self._outputs = self._machine.module.step(*state, simulated)
     transform = self._machine.metadata["machine_config"]["observation_transform"]
-    self._failed_sets += np.sum(~usable_sets(simulated, transform).numpy(), axis=1)   # the step's mask
+    usable = usable_sets(tf.constant(array), transform).numpy()                  # [B, M]
+    # Failed sets reach the graph as NaN, which every export leaves out (an export written before
+    # out-of-domain sets were masked would clamp them), so the count and the step agree.
+    array[~usable] = np.nan
+    state = [self._outputs[key] for key in STATE_KEYS]
+    self._outputs = self._machine.module.step(*state, tf.constant(array))
+    self._failed_sets += np.sum(~usable, axis=1)
 
   def result(self) -> InferenceResult:
     """The current answer (final once `done`), with the failed simulated sets told so far."""
