@@ -19,6 +19,7 @@ import concurrent.futures
 import re
 from typing import Dict, Optional, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -77,20 +78,23 @@ def observations_as_float32(observations: np.ndarray, theta: np.ndarray,
                             parameter_names: Sequence[str], where: str) -> np.ndarray:
   """A simulator's real-valued `observations [K, n, d_x]` for `theta [K, d]`, cast to float32.
 
-  NaN/inf pass (they mark failed sets, which the callers leave out or redraw).
-
-  Raises:
-    ValueError: a finite value is beyond float32's range, which the cast would silently turn
-      into inf; the message names `where`, the first such value and its parameter vector.
+  A finite value beyond float32's range (an overflow in float64 code, say) becomes inf like the
+  cast makes it, but knowingly: it marks a failed set, as NaN/inf do, which the callers leave out
+  or redraw (a simulator that blows up on part of its prior need not stop a run). The first time,
+  a warning names `where`, the value and its parameter vector, since the failure counts alone
+  would read as NaN/inf.
   """
-  magnitudes = np.abs(observations.astype(np.float64))
-  too_large = np.isfinite(magnitudes) & (magnitudes > FLOAT32_MAX)
-  if too_large.any():
-    first = tuple(np.argwhere(too_large)[0])
-    raise ValueError(f"{where} returned {int(too_large.sum())} value(s) beyond float32's range "
-                     f"(±{FLOAT32_MAX:.4g}), the first {observations[first]:.6g} at "
-                     f"{describe_parameters(theta[first[0]:first[0] + 1], parameter_names)}")
-  return observations.astype(np.float32)
+  with np.errstate(over="ignore"):   # the overflow is the point, not a numpy warning
+    cast = observations.astype(np.float32)
+  beyond = np.isinf(cast) & np.isfinite(observations)
+  if beyond.any():
+    first = tuple(np.argwhere(beyond)[0])
+    logging.log_first_n(
+        logging.WARNING, "%s returned %d value(s) beyond float32's range (±%.4g), e.g. %.6g at %s; "
+        "they count as failed simulations, like NaN/inf", 1, where, int(beyond.sum()),
+        FLOAT32_MAX, observations[first],
+        describe_parameters(theta[first[0]:first[0] + 1], parameter_names))
+  return cast
 
 
 #: What `Simulator.__init__` stores (`_prior` is left out of the pickled copies workers get).
@@ -394,10 +398,10 @@ class NumpySimulator(Simulator):
                            f"{out.shape}, expected {want}")
     try:   # strings would fail the cast below with an unrelated message; complex would pass it
       require_real_numbers(out, f"{where}: {type(self).__name__}.simulate_numpy's output")
-      return observations_as_float32(out, theta, self.parameter_names,
-                                     f"{where}: {type(self).__name__}.simulate_numpy")
     except ValueError as error:
       raise SimulatorError(str(error)) from None
+    return observations_as_float32(out, theta, self.parameter_names,
+                                   f"{where}: {type(self).__name__}.simulate_numpy")
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
                executor: Optional[concurrent.futures.Executor] = None) -> tf.Tensor:

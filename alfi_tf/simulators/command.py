@@ -160,11 +160,8 @@ class CommandSimulator:
       raise RuntimeError(f"{where} returned {values.shape[0]} rows of {values.shape[1]} values; "
                          f"expected {expected[0]} rows ({count} parameter vectors x "
                          f"{num_obs} observations) of {expected[1]}")
-    try:
-      return observations_as_float32(values.reshape(count, num_obs, self.observation_dim),
-                                     parameters, self.parameter_names, where)
-    except ValueError as error:
-      raise RuntimeError(str(error)) from None
+    return observations_as_float32(values.reshape(count, num_obs, self.observation_dim),
+                                   parameters, self.parameter_names, where)
 
 
 def _wait_without_reaping(pid: int, timeout: float) -> bool:
