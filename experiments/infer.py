@@ -11,7 +11,6 @@ See alfi_tf/simulators/command.py for the --simulator_command protocol.
 """
 
 import json
-import math
 import os
 
 from absl import app, flags
@@ -21,7 +20,7 @@ from alfi_tf.config import SEED_RANGE
 from alfi_tf.evaluation.plots import is_own_figure, plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.metrics import central_interval_z
-from alfi_tf.simulators.command import CommandSimulator
+from alfi_tf.simulators.command import TIMEOUT_RULE, CommandSimulator, is_valid_timeout
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training.data import require_memory
@@ -45,8 +44,8 @@ flags.DEFINE_string("output", "inference.json", "JSON file for the estimates and
                     "existing file is replaced only if it is an earlier result)")
 flags.DEFINE_string("plot", None, "optional PNG of the trajectory of mean +- std (an existing file "
                     "is replaced only if it is an earlier figure)")
-flags.register_validator("simulator_timeout", lambda seconds: math.isfinite(seconds) and seconds > 0,
-                         message="--simulator_timeout must be a positive number of seconds")
+flags.register_validator("simulator_timeout", is_valid_timeout,
+                         message=f"--simulator_timeout {TIMEOUT_RULE}")
 flags.mark_flags_as_required(["model", "observations"])
 FLAGS = flags.FLAGS
 
