@@ -11,7 +11,7 @@ from alfi_tf.training import data as data_lib
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.training import Trainer, set_global_seed
 from alfi_tf.training.calibration import warn_if_unfinished
-from alfi_tf.workdir import load_machine
+from alfi_tf.workdir import Workdir, load_machine
 
 TINY_MACHINE = MachineConfig(simulator="poisson", num_steps=3, num_samples=4, num_simulated_obs=8,
                              encoder_hidden=16, encoder_out=8, aggregator_hidden=16,
@@ -81,6 +81,16 @@ def test_workdir_with_other_configuration_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"train\.batch_size: workdir has 16, requested 8") as info:
     seeded_trainer(other, str(tmp_path / "run"))
   assert "train.learning_rate" in str(info.value)
+
+
+def test_a_run_whose_config_was_replaced_before_it_started_does_not_train(tmp_path):
+  trainer = seeded_trainer(TINY_TRAIN, str(tmp_path / "run"))
+  # Another process, with other settings, claims the run before this one starts training.
+  other = TrainConfig(**{**TINY_TRAIN.__dict__, "batch_size": 8})
+  Workdir(str(tmp_path / "run")).claim(TINY_MACHINE, other)
+  with pytest.raises(ValueError, match=r"train\.batch_size: workdir has 8, requested 16"):
+    trainer.train(stop_at_step=1)
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
 def test_non_empty_foreign_directory_is_refused(tmp_path):

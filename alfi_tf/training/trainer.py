@@ -218,6 +218,9 @@ class Trainer:
     # One training process per run: a second one is refused, naming the holder of the lock.
     with self.workdir.lock() if self.is_chief else contextlib.nullcontext():
       if self.is_chief:
+        # Between the claim and this lock another process may have given an attempt without
+        # progress other settings: this run's checkpoints must not go under its config.
+        self.workdir.check(self.machine_config, self.train_config)
         self.writer = tf.summary.create_file_writer(self.workdir.tensorboard)
       executor = data_lib.worker_pool(self.simulator, self.data_workers)
       try:
