@@ -118,6 +118,40 @@ def test_a_tf_simulator_that_fails_its_trial_call_is_named_in_one_line(tmp_path,
   assert "\n" not in str(info.value)
 
 
+BROKEN_PRIORS = """
+import numpy as np
+import tensorflow_probability as tfp
+from alfi_tf import NumpySimulator
+
+class Prior(NumpySimulator):
+  prior_distribution = None
+
+  def __init__(self):
+    super().__init__(parameter_names=["a", "b"], observation_dim=1,
+                     prior=self.prior_distribution)
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    return rng.normal(size=(len(theta), num_obs, 1))
+
+class NaNParameters(Prior):
+  prior_distribution = tfp.distributions.Independent(
+      tfp.distributions.Normal([0.0, float("nan")], 1.0), 1)
+
+class Sound(Prior):
+  prior_distribution = tfp.distributions.MultivariateNormalDiag([0.0, 1.0], [1.0, 2.0])
+"""
+
+
+def test_a_prior_that_draws_nan_is_named(tmp_path):
+  path = tmp_path / "priors.py"
+  path.write_text(BROKEN_PRIORS)
+  with pytest.raises(ValueError, match=rf"simulator spec '{path}:NaNParameters': its prior drew "
+                                       r"NaN/inf values \(e\.g\. \[.*nan\]\); check the "
+                                       r"parameters"):
+    get_simulator(f"{path}:NaNParameters")
+  assert get_simulator(f"{path}:Sound").parameter_dim == 2   # a prior that is not a box is fine
+
+
 def _train_evaluate_export_infer(tmp_path, spec: str, train_cwd: str,
                                  evaluate: bool = True) -> str:
   """Trains from `train_cwd`, then evaluates, exports and infers from elsewhere, with no simulator

@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from alfi_tf.simulators.base import NumpySimulator, Simulator
@@ -107,9 +108,28 @@ def _build(spec: str, factory: Callable[[], Simulator]) -> Simulator:
   if not isinstance(simulator, Simulator):
     raise ValueError(f"simulator spec {spec!r} made a {type(simulator).__name__}, not an "
                      "alfi_tf Simulator")
+  _check_prior_draws(spec, simulator)
   if not isinstance(simulator, NumpySimulator):   # numpy ones are checked on every call
     _check_trial_call(spec, simulator)
   return simulator
+
+
+def _check_prior_draws(spec: str, simulator: Simulator, count: int = 16) -> None:
+  """Draws `count` parameter vectors from the simulator's prior, which every problem starts
+  from, so that a prior that cannot be sampled (a TFP distribution with NaN parameters, say) is
+  named here rather than as a simulator returning NaN. (`Simulator` checks its event shape.)
+
+  Raises:
+    ValueError: the draw raised, or gave NaN/inf.
+  """
+  where = f"simulator spec {spec!r}: its prior"
+  try:
+    draws = tf.convert_to_tensor(simulator.prior.sample(count, seed=tf.constant([0, 1])))
+  except Exception as error:   # the user's distribution
+    raise ValueError(f"{where} could not be sampled: {type(error).__name__}: {error}") from error
+  if not np.all(np.isfinite(draws.numpy())):
+    raise ValueError(f"{where} drew NaN/inf values (e.g. {draws.numpy()[0].tolist()}); check the "
+                     "parameters of its distribution")
 
 
 def _check_trial_call(spec: str, simulator: Simulator, count: int = 2, num_obs: int = 3) -> None:
