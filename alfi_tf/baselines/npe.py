@@ -33,6 +33,7 @@ from alfi_tf.config import (OBSERVATION_TRANSFORMS, require_choice, require_posi
                             require_well_formed, to_dict)
 from alfi_tf.baselines.gaussian_density import ConditionalGaussian
 from alfi_tf.baselines.spline_flow import ConditionalSplineFlow
+from alfi_tf.model.arguments import check_float_tensor, check_seed, require_positive_integer
 from alfi_tf.model.loss_model import LossModel
 from alfi_tf.model.networks import SetEncoder
 from alfi_tf.model.normalization import Standardizer, transform_observations
@@ -200,7 +201,14 @@ class PosteriorEstimator(LossModel):
   def batch_loss(self, data, training: bool = False) -> tf.Tensor:
     """The mean negative log-density of a batch `{"theta", "observations"}`."""
     inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-    return tf.reduce_mean(self(inputs, training=training))
+    if not isinstance(inputs, dict) or set(inputs) != {"theta", "observations"}:
+      raise ValueError(f"each batch for fit / evaluate must be a dict {{'theta': [B, d], "
+                       f"'observations': [B, n, d_x]}}, got {type(inputs).__name__}"
+                       + (f" with keys {sorted(inputs)}" if isinstance(inputs, dict) else ""))
+    d = self.simulator.parameter_dim
+    theta = check_float_tensor(inputs["theta"], "theta", [None, d], f"[batch, {d}]")
+    return tf.reduce_mean(self({"theta": theta, "observations": inputs["observations"]},
+                               training=training))
 
   def posterior(self, observations: np.ndarray, num_samples: int = 1000, seed: int = 0,
                 batch_size: int = 256) -> Posterior:
@@ -210,9 +218,9 @@ class PosteriorEstimator(LossModel):
       ValueError: `observations` of the wrong shape, empty or not finite (with the location).
     """
     observations = check_observations(observations, self.simulator.observation_dim)
-    if num_samples < 2 or batch_size < 1:
-      raise ValueError(f"num_samples must be at least 2 and batch_size positive, got "
-                       f"{num_samples} and {batch_size}")
+    if require_positive_integer("num_samples", num_samples) < 2:
+      raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    batch_size, seed = require_positive_integer("batch_size", batch_size), check_seed(seed)
     means, stds, samples = [], [], []
     for index, start in enumerate(range(0, len(observations), batch_size)):
       batch = tf.constant(observations[start:start + batch_size], tf.float32)

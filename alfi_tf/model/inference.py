@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.checks import check_observations, check_transform_domain
-from alfi_tf.config import SEED_RANGE, require_horizon
+from alfi_tf.config import require_horizon
+from alfi_tf.model.arguments import check_float_tensor, check_seed, require_positive_integer
 from alfi_tf.model.machine import InferenceMachine
 
 
@@ -127,27 +128,6 @@ def check_failed_simulations(result: InferenceResult, sets_per_data_set: int) ->
   return result
 
 
-def check_seed(seed) -> int:
-  """Returns `seed` as an int; a ValueError unless it is an integer in `SEED_RANGE` (it becomes an
-  int32 seed tensor, so anything else would fail deep inside TensorFlow)."""
-  if not _is_integer(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-    raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (an int32 "
-                     f"seed), got {seed!r}")
-  return int(seed)
-
-
-def _is_integer(value) -> bool:
-  """Whether `value` is a Python or numpy integer (a bool, 1.0 or "5" is not)."""
-  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def require_positive_integer(name: str, value) -> int:
-  """Returns `value` as an int; a ValueError naming `name` unless it is an integer >= 1."""
-  if not _is_integer(value) or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  return int(value)
-
-
 def repeat_for_starts(observations: np.ndarray, num_starts: int) -> np.ndarray:
   """`[B, ...] -> [B * R, ...]`, each data set repeated `R` times in a row (see `pool_starts`)."""
   return np.repeat(observations, require_positive_integer("num_starts", num_starts), axis=0)
@@ -196,11 +176,10 @@ class Inferrer:
         check_observations(observations, simulator.observation_dim),
         self.machine.config.observation_transform)
     if initial_mean is not None:
-      initial_mean = np.asarray(initial_mean, np.float32)
-      if initial_mean.shape != (observations.shape[0], simulator.parameter_dim):
-        raise ValueError(f"initial_mean must have shape "
-                         f"{(observations.shape[0], simulator.parameter_dim)}, got {initial_mean.shape}")
-      initial_mean = repeat_for_starts(initial_mean, num_starts)
+      # NaN/inf starts are refused here: they would otherwise surface as a simulator failure.
+      shape = (observations.shape[0], simulator.parameter_dim)
+      initial_mean = repeat_for_starts(check_float_tensor(initial_mean, "initial_mean", shape,
+                                                          str(shape)).numpy(), num_starts)
     observations = repeat_for_starts(observations, num_starts)
     return check_failed_simulations(
         pool_starts(self._run_all(observations, seed, initial_mean), num_starts),

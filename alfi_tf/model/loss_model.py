@@ -3,7 +3,7 @@ by the inference machine and the NPE baseline."""
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 import keras
 import tensorflow as tf
@@ -14,6 +14,21 @@ class LossModel(keras.Model):
 
   Subclasses implement `batch_loss(data, training)`; there are no targets and no compiled loss.
   """
+
+  def compile(self, *args, **kwargs) -> None:
+    """`keras.Model.compile`, then the optimizer's slots are created for the trainable weights.
+
+    Created now rather than inside the first traced train step: a first `fit` that fails (a
+    malformed batch) would otherwise leave every later `fit` failing with "Creating variables on
+    a non-first call to a function decorated with tf.function".
+    """
+    super().compile(*args, **kwargs)
+    self.optimizer.build(self.trainable_variables)
+
+  def compile_from_config(self, config: Dict[str, Any]) -> None:
+    """Compiles a loaded model as it was saved (`get_compile_config`): Keras' own version skips
+    models that override `compile`, which would come back from `load_model` uncompiled."""
+    self.compile(**keras.saving.deserialize_keras_object(config))
 
   def batch_loss(self, data, training: bool = False) -> tf.Tensor:
     """The scalar loss of one batch `data` as `fit` / `evaluate` hand it over."""

@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 import tensorflow as tf
 
+from alfi_tf.config import LOSSES, TIME_WEIGHTS
 from alfi_tf.model.proposals import Proposal
 
 
@@ -16,6 +20,19 @@ def check_loss_for(proposal: Proposal, kind: str) -> None:
   if kind == "nll" and not proposal.has_density:
     raise ValueError(f"loss 'nll' needs a proposal with a density; the {proposal.name!r} proposal "
                      "has none: use loss 'mse' or 'l1' (--loss=mse)")
+
+
+def check_meta_loss_settings(loss: str, weights: str, beta: float) -> None:
+  """Refuses meta-loss settings `meta_loss` cannot use, naming the argument (they would otherwise
+  fail inside the first traced training step, or turn every loss into NaN)."""
+  if not isinstance(loss, str) or loss not in LOSSES:
+    raise ValueError(f"loss must be one of {LOSSES} (the machine's own meta-loss; Keras loss "
+                     f"objects do not apply), got {loss!r}")
+  if not isinstance(weights, str) or weights not in TIME_WEIGHTS:
+    raise ValueError(f"time_weights must be one of {TIME_WEIGHTS}, got {weights!r}")
+  if (not isinstance(beta, numbers.Real) or isinstance(beta, bool)
+      or not math.isfinite(beta)):
+    raise ValueError(f"beta must be a finite number, got {beta!r}")
 
 
 def step_losses(theta: tf.Tensor, psi: tf.Tensor, kind: str, proposal: Proposal) -> tf.Tensor:

@@ -14,8 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.checks import check_transform_domain
-from alfi_tf.config import OBSERVATION_TRANSFORM_MINIMUM, MachineConfig, to_dict
-from alfi_tf.model import losses
+from alfi_tf.config import (OBSERVATION_TRANSFORM_MINIMUM, MachineConfig, require_horizon,
+                            to_dict)
+from alfi_tf.model import arguments, losses
 from alfi_tf.model.calibration import check_std_scales
 from alfi_tf.model.loss_model import LossModel
 from alfi_tf.model.networks import SampleAggregator, SetEncoder, Updater
@@ -248,13 +249,24 @@ class InferenceMachine(LossModel):
     Returns:
       `(state, loop_seed)`: the state before step 1 and the seed that `step_seeds` derives from.
     """
-    observations = tf.convert_to_tensor(observations, tf.float32)
+    observations, seed, initial_mean = self._check_inputs(observations, seed, initial_mean)
     batch = tf.shape(observations)[0]
     init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     h, c = self.updater.initial_state(batch)
     state = LoopState(psi=self.initial_psi(batch, init_seed, initial_mean), lstm_h=h, lstm_c=c,
                       real_encoding=self.encoder(self.standardize_observations(observations)))
     return state, loop_seed
+
+  def _check_inputs(self, observations, seed, initial_mean) -> Tuple[tf.Tensor, tf.Tensor,
+                                                                     Optional[tf.Tensor]]:
+    """`begin`'s inputs as float32 / int32 tensors (numpy, float64 welcome), or one ValueError
+    naming the argument with the wrong shape (or, eagerly, NaN/inf values)."""
+    d, dx = self.simulator.parameter_dim, self.simulator.observation_dim
+    observations = arguments.check_float_tensor(observations, "observations", [None, None, dx],
+                                                f"[batch, num_obs, {dx}]")
+    initial_mean = arguments.optional_float_tensor(
+        initial_mean, "initial_mean", [observations.shape[0], d], f"[batch, {d}] (raw units)")
+    return observations, arguments.check_seed_tensor(seed), initial_mean
 
   @staticmethod
   def step_seeds(loop_seed: tf.Tensor, step: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -316,7 +328,9 @@ class InferenceMachine(LossModel):
     Returns:
       The `Trajectory` of `psi`, standardised.
     """
-    num_steps = num_steps or self.config.num_steps
+    num_steps = (self.config.num_steps if num_steps is None else
+                 arguments.require_positive_integer("num_steps", num_steps))
+    require_horizon("num_steps", num_steps)
     state, loop_seed = self.begin(observations, seed, initial_mean)
     initial_psi = state.psi
     trajectory, masked = [], []
@@ -396,6 +410,7 @@ class InferenceMachine(LossModel):
     `jit_compile` defaults to False (Keras' "auto" would pick XLA, which numpy simulators and
     TensorFlow's CPU Poisson sampler do not support).
     """
+    losses.check_meta_loss_settings(loss, time_weights, beta)
     losses.check_loss_for(self.proposal, loss)
     self._meta_loss_settings = {"loss": loss, "weights": time_weights, "beta": beta}
     super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
@@ -408,16 +423,33 @@ class InferenceMachine(LossModel):
                 "beta": self._meta_loss_settings["beta"]}
     return config
 
-  def compile_from_config(self, config: Dict[str, Any]) -> None:
-    config = dict(config)
-    settings = {key: config.pop(key) for key in ("loss", "time_weights", "beta") if key in config}
-    optimizer = keras.saving.deserialize_keras_object(config.get("optimizer", "adam"))
-    self.compile(optimizer=optimizer, **settings)
-    self.optimizer.build(self.trainable_variables)
-
   def batch_loss(self, data, training: bool = False) -> tf.Tensor:
     """`losses.meta_loss` of a batch `(theta, observations, seed)`."""
     del training   # the machine has no layers that train differently
-    theta, observations, seed = data
-    seed = tf.reshape(tf.cast(seed, tf.int32), [-1, 2])[0]
+    theta, observations, seed = self._unpack_batch(data)
     return losses.meta_loss(self, theta, observations, seed, **self._meta_loss_settings)
+
+  def _unpack_batch(self, data) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`(theta [B, d], observations [B, n, d_x], seed [2])` of a batch, cast to float32 / int32,
+    or one ValueError saying what a batch must hold."""
+    if isinstance(data, (tuple, list)) and len(data) == 1:
+      data = data[0]   # `fit(x=(theta, observations, seeds))`: Keras hands over `(x,)`
+    if not isinstance(data, (tuple, list)) or len(data) != 3:
+      raise ValueError("each batch for fit / evaluate must be a tuple (theta [B, d], observations "
+                       f"[B, n, d_x], seed [2] or [B, 2]), got {_describe(data)}")
+    theta, observations, seed = data
+    d = self.simulator.parameter_dim
+    theta = arguments.check_float_tensor(theta, "theta (the batch's first element)", [None, d],
+                                         f"[batch, {d}]")
+    if not tf.convert_to_tensor(seed).dtype.is_integer:
+      raise ValueError(f"the batch's seeds (third element) must be integers, got "
+                       f"{_describe(seed)}")
+    seed = tf.reshape(tf.cast(seed, tf.int32), [-1, 2])[0]
+    return theta, observations, seed
+
+
+def _describe(data) -> str:
+  """A batch's structure for an error message: the dtype and shape of each tensor in it."""
+  return str(tf.nest.map_structure(
+      lambda value: f"{tf.as_dtype(value.dtype).name}{list(value.shape)}"
+      if hasattr(value, "shape") else type(value).__name__, data))

@@ -1,0 +1,78 @@
+"""Checks of the arguments handed to the model layer's public methods (the machine, the Inferrer,
+the NPE baseline): a bad argument fails here, naming it and what was expected, instead of deep
+inside a TensorFlow graph."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from alfi_tf.config import SEED_RANGE
+
+
+def is_integer(value) -> bool:
+  """Whether `value` is a Python or numpy integer (a bool, 1.0 or "5" is not)."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def require_positive_integer(name: str, value) -> int:
+  """Returns `value` as an int; a ValueError naming `name` unless it is an integer >= 1."""
+  if not is_integer(value) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def check_seed(seed) -> int:
+  """Returns `seed` as an int; a ValueError unless it is an integer in `SEED_RANGE` (it becomes an
+  int32 seed tensor, so anything else would fail deep inside TensorFlow)."""
+  if not is_integer(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+    raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (an int32 "
+                     f"seed), got {seed!r}")
+  return int(seed)
+
+
+def check_seed_tensor(seed) -> tf.Tensor:
+  """A stateless seed as int32 `[2]`; a ValueError unless `seed` is an integer tensor or array of
+  that shape (a plain int would fail inside the first random op, far from the call)."""
+  if is_integer(seed):
+    raise ValueError(f"seed must be an int32 tensor of shape [2] (a stateless seed, e.g. "
+                     f"tf.constant([{seed}, 0])), got the integer {seed!r}")
+  seed = tf.convert_to_tensor(seed)
+  if not seed.dtype.is_integer or not seed.shape.is_compatible_with([2]):
+    raise ValueError(f"seed must be an int32 tensor of shape [2] (a stateless seed), got "
+                     f"{seed.dtype.name} of shape {seed.shape}")
+  return tf.cast(seed, tf.int32)
+
+
+def check_float_tensor(value, name: str, shape: list, expected: str) -> tf.Tensor:
+  """`value` as float32 (float64 data welcome); a ValueError naming `name` unless its shape is
+  compatible with `shape` (None: any size), described to the user as `expected`.
+
+  In eager mode the values are checked too: NaN/inf would only come back as a NaN answer. (In a
+  graph the values are unknown; `Inferrer` and `fit`'s callers check them before.)
+  """
+  if tf.is_tensor(value) or isinstance(value, tf.Variable):
+    value = tf.cast(value, tf.float32)
+  else:
+    value = tf.constant(_numeric_array(value, name), tf.float32)
+  if not value.shape.is_compatible_with(shape):
+    raise ValueError(f"{name} must have shape {expected}, got shape {value.shape}")
+  if tf.executing_eagerly() and not np.all(np.isfinite(value.numpy())):
+    raise ValueError(f"{name} contains NaN/inf values")
+  return value
+
+
+def _numeric_array(value, name: str) -> np.ndarray:
+  """`value` as a real-valued numpy array; a ValueError naming `name` otherwise."""
+  array = np.asarray(value)
+  if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
+  return array
+
+
+def optional_float_tensor(value, name: str, shape: list,
+                          expected: str) -> Optional[tf.Tensor]:
+  """`check_float_tensor`, passing None through."""
+  return None if value is None else check_float_tensor(value, name, shape, expected)

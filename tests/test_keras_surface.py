@@ -1,0 +1,194 @@
+"""The Keras surface as a Keras user meets it: `compile` / `fit` on the data a user has (numpy,
+float64), one clear error naming the argument for bad input, and a machine (or NPE estimator) that
+still trains after a `fit` that failed.
+
+Sizes are tiny (a few units per layer, M=4, N=5, T=3) so every test runs in about a second.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alfi_tf.baselines.npe import NPEConfig, PosteriorEstimator
+from alfi_tf.config import MachineConfig
+from alfi_tf.model.inference import Inferrer
+from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.simulators import get_simulator
+
+TINY = dict(num_steps=3, num_samples=4, num_simulated_obs=5, encoder_hidden=8, encoder_out=6,
+            aggregator_hidden=8, aggregator_out=6, updater_hidden=8, lstm_units=5)
+SEED = tf.constant([1, 2], tf.int32)
+
+
+def _problems(num_problems: int = 16, num_obs: int = 10):
+  theta, observations = get_simulator("poisson").sample_problems(num_problems, num_obs, SEED)
+  return theta.numpy(), observations.numpy()
+
+
+def _machine(**compile_settings) -> InferenceMachine:
+  """A tiny compiled Poisson machine with deterministic weights."""
+  keras.utils.set_random_seed(0)
+  machine = InferenceMachine(get_simulator("poisson"), MachineConfig(simulator="poisson", **TINY))
+  machine.adapt(*_problems())
+  machine.compile(keras.optimizers.Adam(1e-3), **compile_settings)
+  return machine
+
+
+def _dataset(theta: np.ndarray, observations: np.ndarray) -> tf.data.Dataset:
+  seeds = tf.random.experimental.stateless_split(tf.constant([3, 4]), len(theta))
+  return tf.data.Dataset.from_tensor_slices((theta, observations, seeds)).batch(8)
+
+
+# --- compile / fit. ---
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(loss="bce"), r"loss must be one of \('nll', 'mse', 'l1'\).*got 'bce'"),
+    (dict(loss=keras.losses.MeanSquaredError()), "loss must be one of .*Keras loss objects"),
+    (dict(time_weights="linear"), "time_weights must be one of .*got 'linear'"),
+    (dict(beta=float("nan")), "beta must be a finite number, got nan"),
+])
+def test_compile_refuses_meta_loss_settings_it_cannot_use(settings, message):
+  """Refused by `compile`, not inside the first traced train step (or, for beta NaN, as a NaN
+  loss)."""
+  with pytest.raises(ValueError, match=message):
+    _machine(**settings)
+
+
+def test_fit_takes_float64_numpy_data_like_float32():
+  """numpy's default float64 trains exactly as float32 (it failed with a dtype clash in the
+  proposal's log-density)."""
+  theta, observations = _problems()
+  losses = []
+  for dtype in (np.float32, np.float64):
+    machine = _machine()
+    history = machine.fit(_dataset(theta.astype(dtype), observations.astype(dtype)), epochs=1,
+                          verbose=0)
+    losses.append(history.history["loss"])
+  assert losses[0] == losses[1] and np.isfinite(losses[0]).all()
+
+
+def test_fit_takes_a_tuple_of_arrays_as_x():
+  theta, observations = _problems()
+  seeds = tf.random.experimental.stateless_split(tf.constant([3, 4]), len(theta)).numpy()
+  history = _machine().fit((theta, observations, seeds), batch_size=8, epochs=1, verbose=0)
+  assert np.isfinite(history.history["loss"]).all()
+
+
+def test_fit_refuses_theta_of_the_wrong_width():
+  """theta `[B, 2]` for a 1-parameter simulator used to broadcast silently into a finite loss."""
+  _, observations = _problems()
+  with pytest.raises(ValueError, match=r"theta .* must have shape \[batch, 1\], got shape "
+                                       r"\(None, 2\)"):
+    _machine().fit(_dataset(np.ones((16, 2), np.float32), observations), epochs=1, verbose=0)
+
+
+def test_fit_names_what_a_batch_must_hold():
+  theta, observations = _problems()
+  with pytest.raises(ValueError, match=r"each batch for fit / evaluate must be a tuple \(theta "
+                                       r"\[B, d\], observations \[B, n, d_x\], seed .*got "
+                                       r"\('float32\[None, 1\]', 'float32\[None, 10, 1\]'\)"):
+    _machine().fit(tf.data.Dataset.from_tensor_slices((theta, observations)).batch(8), verbose=0)
+
+
+def test_a_failed_fit_leaves_the_machine_trainable():
+  """A first `fit` that fails on a malformed batch used to leave every later `fit` failing
+  ("Creating variables on a non-first call"): the optimizer's slots are now built by `compile`."""
+  theta, observations = _problems()
+  machine, reference = _machine(), _machine()
+  with pytest.raises(ValueError):
+    machine.fit(tf.data.Dataset.from_tensor_slices((theta, observations)).batch(8), verbose=0)
+  history = machine.fit(_dataset(theta, observations), epochs=1, verbose=0)
+  assert history.history == reference.fit(_dataset(theta, observations), epochs=1,
+                                          verbose=0).history
+
+
+# --- Direct calls of the machine. ---
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_steps=0), "num_steps must be a positive integer, got 0"),
+    (dict(num_steps=2.0), "num_steps must be a positive integer, got 2.0"),
+    (dict(seed=5), r"seed must be an int32 tensor of shape \[2\] .*tf.constant\(\[5, 0\]\)"),
+    (dict(seed=tf.constant([1, 2, 3])), r"seed must be an int32 tensor of shape \[2\].*\(3,\)"),
+    (dict(seed=tf.constant([1.0, 2.0])), r"seed must be an int32 tensor .* got float32"),
+    (dict(observations=np.ones((10, 1))), r"observations must have shape \[batch, num_obs, 1\], "
+                                          r"got shape \(10, 1\)"),
+    (dict(observations=np.ones((2, 10, 3))), r"observations must have shape .*\(2, 10, 3\)"),
+    (dict(observations=np.full((2, 10, 1), np.nan)), "observations contains NaN/inf"),
+    (dict(initial_mean=np.ones((2, 3))), r"initial_mean must have shape \[batch, 1\] .*\(2, 3\)"),
+    (dict(initial_mean=np.full((2, 1), np.inf)), "initial_mean contains NaN/inf"),
+])
+def test_infer_names_the_bad_argument(kwargs, message):
+  """num_steps=0 used to run the training horizon silently, NaN observations or starts gave NaN
+  answers, and the rest failed deep inside TensorFlow."""
+  machine = _machine()
+  with pytest.raises(ValueError, match=message):
+    machine.infer(**{"observations": _problems(2)[1], "seed": SEED, **kwargs})
+
+
+def test_inferrer_refuses_a_non_finite_start_by_name():
+  """A NaN start used to be reported as a simulator returning NaN in every simulated set."""
+  with pytest.raises(ValueError, match="initial_mean contains NaN/inf"):
+    Inferrer(_machine())(_problems(2)[1], seed=0, initial_mean=np.array([[np.nan], [1.0]]))
+
+
+def test_infer_takes_numpy_float64_and_tensors_alike():
+  machine = _machine()
+  _, observations = _problems(2)
+  expected = machine.infer(observations, SEED, initial_mean=np.ones((2, 1), np.float32))
+  for value in (observations.astype(np.float64), tf.constant(observations, tf.float64)):
+    actual = machine.infer(value, SEED.numpy(), initial_mean=np.ones((2, 1)))
+    np.testing.assert_array_equal(actual["mean"], expected["mean"])
+
+
+# --- The NPE baseline. ---
+
+def _estimator() -> PosteriorEstimator:
+  keras.utils.set_random_seed(0)
+  config = NPEConfig(simulator="poisson", density="gaussian", num_problems=16, num_obs=10,
+                     encoder_hidden=8, encoder_out=6, context_hidden=8)
+  estimator = PosteriorEstimator(get_simulator("poisson"), config)
+  estimator.adapt(*_problems())
+  estimator.compile(keras.optimizers.Adam(1e-2))
+  return estimator
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_samples=5.0), "num_samples must be a positive integer, got 5.0"),
+    (dict(num_samples=1), "num_samples must be at least 2, got 1"),
+    (dict(seed=1.5), r"seed must be an integer in .* got 1.5"),
+    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+])
+def test_npe_posterior_names_the_bad_argument(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    _estimator().posterior(_problems(2)[1], **kwargs)
+
+
+def test_npe_fit_names_what_a_batch_must_hold_and_still_trains_after():
+  theta, observations = _problems()
+  estimator, reference = _estimator(), _estimator()
+  with pytest.raises(ValueError, match=r"must be a dict \{'theta': \[B, d\], 'observations'"):
+    estimator.fit((theta, observations), batch_size=8, verbose=0)
+  with pytest.raises(ValueError, match=r"theta must have shape \[batch, 1\]"):
+    estimator.fit({"theta": np.ones((16, 2)), "observations": observations}, batch_size=8,
+                  verbose=0)
+  data = {"theta": theta, "observations": observations}
+  assert (estimator.fit(data, batch_size=8, verbose=0, shuffle=False).history
+          == reference.fit(data, batch_size=8, verbose=0, shuffle=False).history)
+
+
+def test_npe_keras_file_round_trip_restores_the_answer_and_the_optimizer(tmp_path):
+  estimator = _estimator()
+  theta, observations = _problems()
+  estimator.fit({"theta": theta, "observations": observations}, batch_size=8, verbose=0)
+  path = os.path.join(tmp_path, "npe.keras")
+  estimator.save(path)
+  loaded = keras.saving.load_model(path)
+  for ours, theirs in zip(estimator.posterior(observations[:3], num_samples=20, seed=1),
+                          loaded.posterior(observations[:3], num_samples=20, seed=1)):
+    np.testing.assert_array_equal(ours, theirs)
+  assert int(loaded.optimizer.iterations) == int(estimator.optimizer.iterations) == 2
