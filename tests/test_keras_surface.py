@@ -192,3 +192,42 @@ def test_npe_keras_file_round_trip_restores_the_answer_and_the_optimizer(tmp_pat
                           loaded.posterior(observations[:3], num_samples=20, seed=1)):
     np.testing.assert_array_equal(ours, theirs)
   assert int(loaded.optimizer.iterations) == int(estimator.optimizer.iterations) == 2
+
+
+# --- A global Keras dtype policy other than float32. ---
+
+@pytest.fixture(params=["float64", "mixed_float16"])
+def global_policy(request):
+  """A user's `keras.config.set_floatx("float64")` / mixed precision, undone after the test."""
+  floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+  keras.config.set_floatx("float64" if request.param == "float64" else floatx)
+  keras.config.set_dtype_policy(request.param)
+  yield request.param
+  keras.config.set_floatx(floatx)
+  keras.config.set_dtype_policy(policy)
+
+
+def test_the_machine_computes_in_float32_under_any_global_policy(global_policy):
+  """Its layers used to pick up the global policy and clash with the float32 simulations deep
+  inside the first call; the user's policy is left as it was."""
+  theta, observations = _problems()
+  machine = _machine()
+  assert keras.config.dtype_policy().name == global_policy
+  assert {weight.dtype for weight in machine.weights} == {"float32"}
+  result = Inferrer(machine)(observations[:2], seed=0)
+  assert result.mean.dtype == np.float32 and np.isfinite(result.mean).all()
+  assert np.isfinite(machine.fit(_dataset(theta, observations), verbose=0).history["loss"]).all()
+
+
+def test_the_npe_flow_computes_in_float32_under_any_global_policy(global_policy):
+  del global_policy
+  keras.utils.set_random_seed(0)
+  theta, observations = _problems()
+  config = NPEConfig(simulator="poisson", density="flow", num_problems=16, num_obs=10,
+                     encoder_hidden=8, encoder_out=6, context_hidden=8, flow_layers=2,
+                     flow_hidden=8, spline_bins=4)
+  estimator = PosteriorEstimator(get_simulator("poisson"), config)
+  estimator.adapt(theta, observations)
+  assert {weight.dtype for weight in estimator.weights} == {"float32"}
+  posterior = estimator.posterior(observations[:2], num_samples=8)
+  assert posterior.mean.dtype == np.float32 and np.isfinite(posterior.mean).all()

@@ -34,7 +34,7 @@ from alfi_tf.config import (OBSERVATION_TRANSFORMS, require_choice, require_posi
 from alfi_tf.baselines.gaussian_density import ConditionalGaussian
 from alfi_tf.baselines.spline_flow import ConditionalSplineFlow
 from alfi_tf.model.arguments import check_float_tensor, check_seed, require_positive_integer
-from alfi_tf.model.loss_model import LossModel
+from alfi_tf.model.loss_model import LossModel, float32_layers
 from alfi_tf.model.networks import SetEncoder
 from alfi_tf.model.normalization import Standardizer, transform_observations
 from alfi_tf.simulators import Simulator, get_simulator
@@ -135,7 +135,12 @@ class PosteriorEstimator(LossModel):
   """
 
   def __init__(self, simulator: Simulator, config: NPEConfig, name: str = "npe"):
-    super().__init__(name=name)
+    with float32_layers():
+      super().__init__(name=name, dtype="float32")
+      self._create(simulator, config)
+
+  def _create(self, simulator: Simulator, config: NPEConfig) -> None:
+    """Creates the estimator's layers and weights (float32: `float32_layers`)."""
     if config.simulator != simulator.spec:
       raise ValueError(f"config.simulator is {config.simulator!r} but the simulator is "
                        f"{simulator.spec!r}")

@@ -3,10 +3,27 @@ by the inference machine and the NPE baseline."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import contextlib
+from typing import Any, Dict, Iterator
 
 import keras
 import tensorflow as tf
+
+
+@contextlib.contextmanager
+def float32_layers() -> Iterator[None]:
+  """Layers created inside compute and store float32, whatever the global Keras dtype policy.
+
+  The models compute in float32 throughout (the simulators return float32), so a user's
+  `keras.config.set_floatx("float64")` or mixed-precision policy, picked up by the sublayers,
+  would otherwise break the first call with a dtype clash deep inside the graph.
+  """
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy("float32")
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
 
 
 class LossModel(keras.Model):

@@ -18,7 +18,7 @@ from alfi_tf.config import (OBSERVATION_TRANSFORM_MINIMUM, MachineConfig, requir
                             to_dict)
 from alfi_tf.model import arguments, losses
 from alfi_tf.model.calibration import check_std_scales
-from alfi_tf.model.loss_model import LossModel
+from alfi_tf.model.loss_model import LossModel, float32_layers
 from alfi_tf.model.networks import SampleAggregator, SetEncoder, Updater
 from alfi_tf.model.normalization import Moments, Standardizer, transform_observations
 from alfi_tf.model.proposals import get_proposal
@@ -99,7 +99,13 @@ class InferenceMachine(LossModel):
   """
 
   def __init__(self, simulator: Simulator, config: MachineConfig, name: str = "alfi_machine"):
-    super().__init__(name=name)
+    with float32_layers():
+      super().__init__(name=name, dtype="float32")
+      self._create(simulator, config)
+    self.set_std_scales(None)
+
+  def _create(self, simulator: Simulator, config: MachineConfig) -> None:
+    """Creates the machine's layers and weights (float32: `float32_layers`)."""
     if config.simulator != simulator.spec:
       raise ValueError(f"config.simulator is {config.simulator!r} but the simulator is "
                        f"{simulator.spec!r}")
@@ -122,7 +128,6 @@ class InferenceMachine(LossModel):
     self._bounds = None if bounds is None else tuple(tf.constant(b, tf.float32) for b in bounds)
     self._build_weights()
     self.built = True
-    self.set_std_scales(None)
 
   def _build_weights(self) -> None:
     """Creates every weight now, so checkpoints can be restored before the first call."""
