@@ -231,3 +231,30 @@ def test_the_npe_flow_computes_in_float32_under_any_global_policy(global_policy)
   assert {weight.dtype for weight in estimator.weights} == {"float32"}
   posterior = estimator.posterior(observations[:2], num_samples=8)
   assert posterior.mean.dtype == np.float32 and np.isfinite(posterior.mean).all()
+
+
+# --- Construction and adapt. ---
+
+@pytest.mark.parametrize("arguments, error, message", [
+    (("poisson", MachineConfig(simulator="poisson")), TypeError,
+     r"simulator must be a Simulator \(e.g. alfi_tf.get_simulator\('poisson'\)"),
+    ((get_simulator("poisson"), {"simulator": "poisson"}), TypeError,
+     "config must be a MachineConfig, got dict"),
+])
+def test_the_machine_names_a_wrong_constructor_argument(arguments, error, message):
+  with pytest.raises(error, match=message):
+    InferenceMachine(*arguments)
+
+
+@pytest.mark.parametrize("theta_shape, observations_shape, message", [
+    ((16, 2), (16, 10, 1), r"theta must have shape \(16, 1\) .* got shape \(16, 2\)"),
+    ((8, 1), (16, 10, 1), r"theta must have shape \(16, 1\) .* got shape \(8, 1\)"),
+    ((16, 1), (16, 10, 3), r"observations must have 1 values per observation"),
+    ((16, 1), (16, 10), r"observations must have shape \[num_problems, num_obs, 1\]"),
+])
+def test_adapt_refuses_problems_of_the_wrong_shape(theta_shape, observations_shape, message):
+  """They used to be flattened into statistics of the wrong values without complaint."""
+  machine, estimator = _machine(), _estimator()
+  for model in (machine, estimator):
+    with pytest.raises(ValueError, match=message):
+      model.adapt(np.ones(theta_shape), np.ones(observations_shape))

@@ -33,7 +33,8 @@ from alfi_tf.config import (OBSERVATION_TRANSFORMS, require_choice, require_posi
                             require_well_formed, to_dict)
 from alfi_tf.baselines.gaussian_density import ConditionalGaussian
 from alfi_tf.baselines.spline_flow import ConditionalSplineFlow
-from alfi_tf.model.arguments import check_float_tensor, check_seed, require_positive_integer
+from alfi_tf.model.arguments import (check_float_tensor, check_model_arguments, check_problems,
+                                     check_seed, require_positive_integer)
 from alfi_tf.model.loss_model import LossModel, float32_layers
 from alfi_tf.model.networks import SetEncoder
 from alfi_tf.model.normalization import Standardizer, transform_observations
@@ -141,9 +142,7 @@ class PosteriorEstimator(LossModel):
 
   def _create(self, simulator: Simulator, config: NPEConfig) -> None:
     """Creates the estimator's layers and weights (float32: `float32_layers`)."""
-    if config.simulator != simulator.spec:
-      raise ValueError(f"config.simulator is {config.simulator!r} but the simulator is "
-                       f"{simulator.spec!r}")
+    check_model_arguments(simulator, config, NPEConfig)
     self.simulator, self.config = simulator, config
     d, dx = simulator.parameter_dim, simulator.observation_dim
     self.theta_standardizer = Standardizer(d, name="theta_standardizer")
@@ -173,6 +172,7 @@ class PosteriorEstimator(LossModel):
   def adapt(self, theta: np.ndarray, observations: np.ndarray) -> None:
     """Standardisation statistics from the training pairs `theta [K, d]`, `observations [K, n,
     d_x]` (raw; the input transform is applied here)."""
+    theta, observations = check_problems(theta, observations, self.simulator)
     self.theta_standardizer.adapt_to(theta)
     self.observation_standardizer.adapt_to(transform_observations(
         tf.constant(observations, tf.float32), self.config.observation_transform).numpy())

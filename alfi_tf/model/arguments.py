@@ -4,12 +4,14 @@ inside a TensorFlow graph."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from alfi_tf.checks import check_observations, require_real_numbers
 from alfi_tf.config import SEED_RANGE
+from alfi_tf.simulators import Simulator
 
 
 def is_integer(value) -> bool:
@@ -76,3 +78,30 @@ def optional_float_tensor(value, name: str, shape: list,
                           expected: str) -> Optional[tf.Tensor]:
   """`check_float_tensor`, passing None through."""
   return None if value is None else check_float_tensor(value, name, shape, expected)
+
+
+def check_model_arguments(simulator, config, config_type: type) -> None:
+  """A TypeError unless `simulator` is a `Simulator` (not its name) and `config` a `config_type`,
+  and a ValueError unless the config names that simulator."""
+  if not isinstance(simulator, Simulator):
+    raise TypeError(f"simulator must be a Simulator (e.g. alfi_tf.get_simulator({simulator!r}) "
+                    f"for a name), got {type(simulator).__name__}")
+  if not isinstance(config, config_type):
+    raise TypeError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+  if config.simulator != simulator.spec:
+    raise ValueError(f"config.simulator is {config.simulator!r} but the simulator is "
+                     f"{simulator.spec!r}")
+
+
+def check_problems(theta, observations, simulator: Simulator) -> Tuple[np.ndarray, np.ndarray]:
+  """Training problems `theta [K, d]` and `observations [K, n, d_x]` (made float32) as arrays; a
+  ValueError naming the argument otherwise (statistics of a wrongly shaped array would be computed
+  over its flattened values without complaint)."""
+  observations = check_observations(np.asarray(observations), simulator.observation_dim)
+  d = simulator.parameter_dim
+  theta = np.asarray(theta)
+  require_real_numbers(theta, "theta")
+  if theta.shape != (observations.shape[0], d):
+    raise ValueError(f"theta must have shape {(observations.shape[0], d)} (one row of {d} "
+                     f"parameters per observation set), got shape {theta.shape}")
+  return theta, observations

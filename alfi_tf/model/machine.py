@@ -106,9 +106,7 @@ class InferenceMachine(LossModel):
 
   def _create(self, simulator: Simulator, config: MachineConfig) -> None:
     """Creates the machine's layers and weights (float32: `float32_layers`)."""
-    if config.simulator != simulator.spec:
-      raise ValueError(f"config.simulator is {config.simulator!r} but the simulator is "
-                       f"{simulator.spec!r}")
+    arguments.check_model_arguments(simulator, config, MachineConfig)
     self.simulator = simulator
     self.config = config
     self.proposal = get_proposal(config.proposal, simulator.parameter_dim, config.initial_scale,
@@ -193,7 +191,8 @@ class InferenceMachine(LossModel):
       ValueError: observations outside the domain of the observation transform (a simulator that
         returns negative values under `log1p`), named before any training.
     """
-    check_transform_domain(np.asarray(observations), self.config.observation_transform,
+    theta, observations = arguments.check_problems(theta, observations, self.simulator)
+    check_transform_domain(observations, self.config.observation_transform,
                            f"the observations that simulator {self.simulator.spec!r} returned "
                            "for the meta-training problems")
     transformed = transform_observations(tf.constant(observations, tf.float32),
