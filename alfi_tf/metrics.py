@@ -19,6 +19,16 @@ def rmse_per_step(means: np.ndarray, theta: np.ndarray) -> np.ndarray:
   return rmse(means, np.asarray(theta)[:, np.newaxis])
 
 
+def average_of_last_steps(means: np.ndarray, steps: int) -> np.ndarray:
+  """`means [K, T, d]` averaged over their last `steps` steps: `[K, d]` (Polyak-Ruppert averaging
+  of the machine's iterates; `steps = 1` is the last step itself)."""
+  means = np.asarray(means)
+  if not 1 <= steps <= means.shape[1]:
+    raise ValueError(f"steps must lie in [1, {means.shape[1]}] (the trajectory's length), got "
+                     f"{steps}")
+  return means[:, -steps:].mean(axis=1)
+
+
 def central_interval_z(level: float) -> float:
   """Half-width, in standard deviations, of the central `level` interval of a Gaussian."""
   return statistics.NormalDist().inv_cdf(0.5 + level / 2)

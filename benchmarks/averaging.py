@@ -14,7 +14,7 @@ that step T's (calibrated) std puts around the average.
 from absl import app, flags
 import numpy as np
 
-from alfi_tf import Inferrer, load_machine
+from alfi_tf import Inferrer, load_machine, metrics
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.training import data as data_lib
 from alfi_tf.workdir import Workdir
@@ -26,19 +26,6 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "inference seeds")
 flags.DEFINE_list("windows", ["1", "3", "5", "10"], "the K last steps averaged (1: mu_T itself)")
 flags.mark_flag_as_required("workdirs")
 FLAGS = flags.FLAGS
-
-
-def averaged_rows(trajectory_mean: np.ndarray, final_std: np.ndarray, theta: np.ndarray,
-                  reference_rmse: np.ndarray, windows) -> list:
-  """Per window K: (K, RMSE ratio per parameter [d], coverage at 68% and 95%) of the mean of
-  `trajectory_mean [B, T, d]` over its last K steps, with `final_std [B, d]` as its std."""
-  rows = []
-  for window in windows:
-    average = trajectory_mean[:, -window:].mean(axis=1)
-    ratio = np.sqrt(np.mean(np.square(average - theta), axis=0)) / reference_rmse
-    z = np.abs(average - theta) / final_std
-    rows.append((window, ratio, float(np.mean(z < 1.0)), float(np.mean(z < 1.959964))))
-  return rows
 
 
 def main(argv):
@@ -53,15 +40,18 @@ def main(argv):
                                       train_config.seed, data_lib.TEST_STREAM)
     references = reference_estimates(machine.simulator, test.observations)
     name = "posterior_mean" if "posterior_mean" in references else "mle"
-    reference_rmse = np.sqrt(np.mean(np.square(references[name] - test.theta), axis=0))
+    reference_rmse = metrics.rmse(references[name], test.theta)
     inferrer = Inferrer(machine, num_steps=FLAGS.num_steps, batch_size=FLAGS.num_problems)
     for seed in map(int, FLAGS.seeds):
       result = inferrer(test.observations, seed=seed)
-      for window, ratio, cover68, cover95 in averaged_rows(
-          result.trajectory_mean, result.std, test.theta, reference_rmse, windows):
+      for window in windows:
+        average = metrics.average_of_last_steps(result.trajectory_mean, window)
+        ratio = metrics.rmse(average, test.theta) / reference_rmse
+        coverage = metrics.interval_coverage(average, result.std, test.theta)
         print(f"{workdir} seed={seed} K={window}: RMSE / {name} "
-              f"[{', '.join(f'{value:.3f}' for value in ratio)}], coverage of step {FLAGS.num_steps}'s "
-              f"std {cover68:.2f} / {cover95:.2f}")
+              f"[{', '.join(f'{value:.3f}' for value in ratio)}], coverage of step "
+              f"{FLAGS.num_steps}'s std {np.mean(coverage['0.68']):.2f} / "
+              f"{np.mean(coverage['0.95']):.2f}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,20 @@ def test_rmse_per_step_by_hand():
 
 # --- Calibration. ---
 
+def test_averaging_k_independent_iterates_divides_their_error_by_sqrt_k():
+  rng = np.random.default_rng(0)
+  problems, steps = 20000, 15
+  theta = rng.uniform(-1.0, 1.0, size=(problems, 2))
+  noise_std = np.array([0.1, 2.0])
+  means = theta[:, None, :] + noise_std * rng.standard_normal((problems, steps, 2))
+  np.testing.assert_array_equal(metrics.average_of_last_steps(means, 1), means[:, -1])
+  # Relative standard error of an RMSE over 20,000 problems: about 1 / sqrt(2 * 20000) = 0.5%.
+  np.testing.assert_allclose(metrics.rmse(metrics.average_of_last_steps(means, 10), theta),
+                             noise_std / np.sqrt(10), rtol=0.02)
+  with pytest.raises(ValueError, match=r"steps must lie in \[1, 15\]"):
+    metrics.average_of_last_steps(means, 16)
+
+
 def test_interval_coverage_by_hand():
   # Half-widths of the central intervals: 0.994 sigma (68%) and 1.960 sigma (95%).
   mean, std = np.zeros((4, 1)), np.full((4, 1), 2.0)
