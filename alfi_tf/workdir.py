@@ -75,6 +75,25 @@ def _box_text(box: Optional[Dict[str, List[float]]]) -> str:
   return "not a box" if box is None else f"low={box['low']}, high={box['high']}"
 
 
+def read_json_object(path: str) -> Optional[Dict[str, Any]]:
+  """The JSON object in file `path`, or None when there is no such file.
+
+  Raises:
+    ValueError: naming the file, when it holds no JSON object (this program writes them
+      atomically, so something else damaged it).
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as stream:
+      content = json.load(stream)
+  except ValueError as error:   # also a UnicodeDecodeError
+    raise ValueError(f"{path} is damaged: not valid JSON ({error})") from None
+  if not isinstance(content, dict):
+    raise ValueError(f"{path} is damaged: expected a JSON object, got {type(content).__name__}")
+  return content
+
+
 class Workdir:
   """Layout of a run directory.
 
@@ -291,17 +310,7 @@ class Workdir:
       ValueError: naming the file, when it holds no JSON object (this program writes them
         atomically, so something else damaged it).
     """
-    path = self.file(name)
-    if not os.path.exists(path):
-      return None
-    try:
-      with open(path) as stream:
-        content = json.load(stream)
-    except ValueError as error:   # also a UnicodeDecodeError
-      raise ValueError(f"{path} is damaged: not valid JSON ({error})") from None
-    if not isinstance(content, dict):
-      raise ValueError(f"{path} is damaged: expected a JSON object, got {type(content).__name__}")
-    return content
+    return read_json_object(self.file(name))
 
   def read_summary(self) -> Dict[str, Any]:
     return self._read_json(SUMMARY_FILE) or {}

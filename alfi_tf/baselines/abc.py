@@ -27,7 +27,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from alfi_tf.checks import check_observations
-from alfi_tf.config import SEED_RANGE, require_positive, require_well_formed
+from alfi_tf.config import require_positive, require_well_formed
+from alfi_tf.model.arguments import check_seed
 from alfi_tf.simulators.base import Simulator
 
 #: Maps observation sets `[batch, n, d_x]` to summaries `[batch, s]`.
@@ -177,10 +178,7 @@ class RejectionABC:
         outside int32.
     """
     observations = check_observations(observations, self.simulator.observation_dim)
-    if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-        or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
-      raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {seed!r}")
-    base_seed, size = tf.constant([seed, 0], tf.int32), self.config.batch_size
+    base_seed, size = tf.constant([check_seed(seed), 0], tf.int32), self.config.batch_size
     samples = np.concatenate([
         self._accept_batch(self._observed_summaries(observations[start:start + size], start),
                            tf.range(start, min(start + size, len(observations))), base_seed).numpy()

@@ -26,7 +26,7 @@ from alfi_tf.baselines.npe import NPEConfig, PosteriorEstimator
 from alfi_tf.config import to_dict
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training import data as data_lib
-from alfi_tf.workdir import Workdir, atomic_output, write_json_atomically
+from alfi_tf.workdir import Workdir, atomic_output, read_json_object, write_json_atomically
 
 MODEL_FILE, CONFIG_FILE, SUMMARY_FILE = "npe.keras", "npe_config.json", "training_summary.json"
 STATE_DIR, STATE_FILE = "training_state", "state.json"
@@ -116,28 +116,16 @@ def _claim(workdir: str, config: NPEConfig) -> Optional[Dict[str, Any]]:
   if not os.path.exists(path):
     write_json_atomically(path, to_dict(config))
     return None
-  recorded = _read_json(path)
+  recorded = read_json_object(path)
   differing = sorted(key for key, value in to_dict(config).items() if recorded.get(key) != value)
   if differing:
     raise ValueError(f"workdir {workdir!r} holds an unfinished NPE training with another "
                      f"configuration (it differs in {', '.join(differing)}); run it again with "
                      f"the settings in {path}, or choose a new directory")
-  state_path = os.path.join(workdir, STATE_DIR, STATE_FILE)
-  if not os.path.exists(state_path):
-    return None
-  logging.info("resuming the NPE training in %s", workdir)
-  return _read_json(state_path)
-
-
-def _read_json(path: str) -> Dict[str, Any]:
-  try:
-    with open(path) as stream:
-      payload = json.load(stream)
-  except (OSError, ValueError) as error:
-    raise ValueError(f"{path} is damaged: {error}") from None
-  if not isinstance(payload, dict):
-    raise ValueError(f"{path} is damaged: expected a JSON object, got {type(payload).__name__}")
-  return payload
+  state = read_json_object(os.path.join(workdir, STATE_DIR, STATE_FILE))
+  if state is not None:
+    logging.info("resuming the NPE training in %s", workdir)
+  return state
 
 
 def _train_in_stages(estimator: PosteriorEstimator, config: NPEConfig,
