@@ -23,8 +23,9 @@ import tensorflow as tf
 from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
                                     ExportModule)
 from alfi_tf.checks import check_observation_sets, require_real_numbers
-from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, check_seed,
-                                     pool_starts, repeat_for_starts)
+from alfi_tf.model.arguments import check_seed
+from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
+                                     repeat_for_starts)
 from alfi_tf.model.machine import usable_sets
 from alfi_tf.workdir import load_machine
 
