@@ -19,14 +19,23 @@ def rmse_per_step(means: np.ndarray, theta: np.ndarray) -> np.ndarray:
   return rmse(means, np.asarray(theta)[:, np.newaxis])
 
 
-def average_of_last_steps(means: np.ndarray, steps: int) -> np.ndarray:
-  """`means [K, T, d]` averaged over their last `steps` steps: `[K, d]` (Polyak-Ruppert averaging
-  of the machine's iterates; `steps = 1` is the last step itself)."""
-  means = np.asarray(means)
-  if not 1 <= steps <= means.shape[1]:
-    raise ValueError(f"steps must lie in [1, {means.shape[1]}] (the trajectory's length), got "
-                     f"{steps}")
-  return means[:, -steps:].mean(axis=1)
+def far_from_truth(means: np.ndarray, theta: np.ndarray, posterior_std: np.ndarray,
+                   first_step: int, threshold: float = 4.0) -> np.ndarray:
+  """Stragglers: whether each problem's answer `means [K, T, d]` is more than `threshold`
+  posterior standard deviations (`posterior_std [K, d]`) from `theta [K, d]` at some step
+  `t >= first_step` (1-based) -> bool `[K, d]`. A well-settled answer's error is the exact
+  posterior mean's own (about N(0, 1) in these units) plus its noise: 4 is rare (6e-5)."""
+  if not 1 <= first_step <= np.shape(means)[1]:
+    raise ValueError(f"first_step must lie in [1, {np.shape(means)[1]}], got {first_step}")
+  error = np.abs(np.asarray(means)[:, first_step - 1:] - np.asarray(theta)[:, np.newaxis])
+  return np.any(error > threshold * np.asarray(posterior_std)[:, np.newaxis], axis=1)
+
+
+def flatness(rmse_steps: np.ndarray, first_step: int) -> np.ndarray:
+  """How much the RMSE per step `[T, d]` moves from step `first_step` (1-based) on: the ratio of
+  its largest to its smallest value, `[d]` (1: flat)."""
+  late = np.asarray(rmse_steps)[first_step - 1:]
+  return late.max(axis=0) / late.min(axis=0)
 
 
 def central_interval_z(level: float) -> float:

@@ -27,6 +27,9 @@ CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 SIMULATOR_FILE = "simulator.json"
 LOCK_FILE = "lock"
+#: Settings that shape only the answer read off the trained machine, not its weights or training:
+#: a run with progress may change them (`Workdir.claim`).
+ANSWER_SETTINGS = ("machine.tail_averaging",)
 
 
 @contextlib.contextmanager
@@ -169,7 +172,9 @@ class Workdir:
     A recorded configuration that differs is replaced (with a warning naming the differences) when
     the run it records made no progress: an attempt that failed before its first checkpoint (a
     simulator outside the observation transform's domain, say) has nothing to resume, and the
-    rerun with the fix belongs in the same workdir.
+    rerun with the fix belongs in the same workdir. So is one that differs only in
+    `ANSWER_SETTINGS`, which the weights do not depend on: the run goes on with them, and its std
+    calibration is refitted to the new answer.
 
     Raises:
       ValueError: the workdir belongs to a run with a different configuration (or simulator) and
@@ -185,20 +190,30 @@ class Workdir:
     # attempt may still be drawing data, before any checkpoint) is never given another config.
     with self.lock():
       differences = self._differences(machine_config, train_config)
-      if differences and self.has_progress():
-        raise self._configuration_mismatch(differences)
-      if differences == [] and self.has_progress():   # resuming
+      answer_only = bool(differences) and all(
+          difference.partition(":")[0] in ANSWER_SETTINGS for difference in differences)
+      if differences is not None and self.has_progress():
+        if differences and not answer_only:
+          raise self._configuration_mismatch(differences)
         if simulator is not None and not self.check_simulator(simulator):
           self.record_simulator(simulator)   # a run from before the record: from now on
+        if answer_only:
+          logging.warning("workdir %s: changing only how the answer is read off the trained "
+                          "machine (the weights stay; the std calibration is refitted):\n  %s",
+                          self.path, "\n  ".join(differences))
+          self._write_config(machine_config, train_config)
         return
       if differences:
         logging.warning("workdir %s holds the configuration of an attempt that saved no "
                         "checkpoint; replacing it with this run's. Differences:\n  %s", self.path,
                         "\n  ".join(differences))
-      write_json_atomically(self.file(CONFIG_FILE), {"machine": to_dict(machine_config),
-                                                     "train": to_dict(train_config)})
+      self._write_config(machine_config, train_config)
       if simulator is not None:
         self.record_simulator(simulator)
+
+  def _write_config(self, machine_config: MachineConfig, train_config: TrainConfig) -> None:
+    write_json_atomically(self.file(CONFIG_FILE), {"machine": to_dict(machine_config),
+                                                   "train": to_dict(train_config)})
 
   def record_simulator(self, simulator: Simulator) -> None:
     """Writes `simulator.json`: what the run's checkpoints assume of `simulator`."""
@@ -415,13 +430,16 @@ def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str,
   """Gives `machine` the std factors of `calibration` when they were fitted to `checkpoint`.
 
   Factors fitted to another checkpoint (training went on after the calibration, or an older
-  checkpoint was restored) would misstate the widths, so they are left off, with a warning.
+  checkpoint was restored) or to another answer (`tail_averaging` changed since) would misstate the
+  widths, so they are left off, with a warning.
   """
   if calibration is None:
     return
-  if calibration.get("checkpoint") != os.path.basename(checkpoint):
-    logging.warning("%s was fitted to checkpoint %s, not to %s: the answers' std are not "
-                    "recalibrated (resume training to the end to refit them)", CALIBRATION_FILE,
-                    calibration.get("checkpoint"), os.path.basename(checkpoint))
+  fitted_to = (calibration.get("checkpoint"), calibration.get("tail_averaging", 0.0))
+  wanted = (os.path.basename(checkpoint), machine.config.tail_averaging)
+  if fitted_to != wanted:
+    logging.warning("%s was fitted to checkpoint %s with tail_averaging %s, not to %s with %s: the "
+                    "answers' std are not recalibrated (rerun the training command to refit "
+                    "them)", CALIBRATION_FILE, *fitted_to, *wanted)
     return
   machine.set_std_scales(calibration["std_scales"])

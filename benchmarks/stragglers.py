@@ -26,7 +26,7 @@ flags.DEFINE_integer("report_step", 15, "the step whose RMSE ratio and coverage 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "inference seeds")
 flags.DEFINE_list("starts", ["1", "8"], "runs per data set (pooled by alfi_tf.pool_starts)")
 flags.DEFINE_bool("details", False, "also print where the error sits (bias and noise by the "
-                  "parameter's range, averaged iterates, each straggler's trajectory)")
+                  "parameter's range, each straggler's trajectory)")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -35,20 +35,18 @@ FIRST_STEP = 10
 
 def _stragglers(result, theta, posterior_std, parameter: int) -> np.ndarray:
   """`[B]` bool: more than 4 posterior standard deviations from theta* at some t >= FIRST_STEP."""
-  error = np.abs(result.trajectory_mean[:, FIRST_STEP - 1:, parameter]
-                 - theta[:, np.newaxis, parameter])
-  return np.any(error / posterior_std[:, np.newaxis, parameter] > 4, axis=1)
+  return metrics.far_from_truth(result.trajectory_mean, theta, posterior_std,
+                                FIRST_STEP)[:, parameter]
 
 
 def _row(result, theta, posterior_mean, posterior_std, parameter: int) -> str:
   rmse = (metrics.rmse_per_step(result.trajectory_mean, theta)[:, parameter]
           / metrics.rmse(posterior_mean, theta)[parameter])                  # [T], / Bayes
-  late = rmse[FIRST_STEP - 1:]
   t = FLAGS.report_step - 1
   coverage = metrics.interval_coverage(result.trajectory_mean[:, t], result.trajectory_std[:, t],
                                        theta)
   return (f"RMSE/Bayes t={FIRST_STEP} {rmse[FIRST_STEP - 1]:.3f} t={t + 1} {rmse[t]:.3f} "
-          f"t={len(rmse)} {rmse[-1]:.3f}; flatness {late.max() / late.min():.3f}; "
+          f"t={len(rmse)} {rmse[-1]:.3f}; flatness {metrics.flatness(rmse, FIRST_STEP):.3f}; "
           f">4 posterior std at t>={FIRST_STEP}: "
           f"{int(np.sum(_stragglers(result, theta, posterior_std, parameter)))}; "
           f"coverage {coverage['0.68'][parameter]:.3f} / {coverage['0.95'][parameter]:.3f}")
@@ -56,9 +54,8 @@ def _row(result, theta, posterior_mean, posterior_std, parameter: int) -> str:
 
 def _details(result, theta, posterior_mean, posterior_std, parameter: int) -> None:
   """Where the error sits: the error relative to the exact posterior mean, in posterior standard
-  deviations, per sixth of the parameter's range (RMS and mean: noise and bias); the RMSE of the
-  mean of mu_t over the last 10 steps up to --report_step (averaging removes noise, not bias);
-  and each straggler's trajectory."""
+  deviations, per sixth of the parameter's range (RMS and mean: noise and bias), and each
+  straggler's trajectory."""
   steps = result.trajectory_mean[:, :, parameter]                                    # [B, T]
   z = (steps - posterior_mean[:, np.newaxis, parameter]) / posterior_std[:, np.newaxis, parameter]
   truth, t = theta[:, parameter], FLAGS.report_step
@@ -67,10 +64,6 @@ def _details(result, theta, posterior_mean, posterior_std, parameter: int) -> No
     rows = (truth >= low) & (truth <= high)
     print(f"  theta* in [{low:.3g}, {high:.3g}] ({rows.sum()} problems), error / posterior std at "
           f"t={t}: RMS {np.sqrt(np.mean(z[rows, t - 1] ** 2)):.2f}, mean {z[rows, t - 1].mean():.2f}")
-  averaged = steps[:, max(0, t - 10):t].mean(axis=1)
-  bayes = metrics.rmse(posterior_mean, theta)[parameter]
-  print(f"  RMSE/Bayes of mu_t averaged over t={max(1, t - 9)}..{t}: "
-        f"{np.sqrt(np.mean((averaged - truth) ** 2)) / bayes:.3f}")
   shown = sorted({0, 4, FIRST_STEP - 1, t - 1, steps.shape[1] - 1})
   for problem in np.flatnonzero(_stragglers(result, theta, posterior_std, parameter)):
     print(f"  straggler theta*={truth[problem]:.4g} posterior mean "

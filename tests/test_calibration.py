@@ -1,6 +1,7 @@
 """Recalibration of the answer's std: the fit (`alfi_tf.model.calibration`), the machine applying it,
 and the run recording it (`alfi_tf.training.calibration`) for `load_machine`, `.keras` and export."""
 
+import dataclasses
 import json
 import os
 
@@ -194,3 +195,26 @@ def test_a_finished_run_is_calibrated_and_loads_calibrated(tmp_path):
   assert json.load(open(os.path.join(workdir, CALIBRATION_FILE)))["checkpoint"] == "ckpt-2"
   assert open(os.path.join(workdir, "training_summary.json")).read() == summary
   assert result.steps == 2 and np.isfinite(result.final_loss)
+  _change_the_tail_averaging(workdir, trainer.machine_config, summary)
+
+
+def _change_the_tail_averaging(workdir: str, machine_config: MachineConfig, summary: str) -> None:
+  """A finished run may change how its answer is read off (`tail_averaging`) without training:
+  the weights stay, the factors are refitted to the new answer, and only then applied."""
+  checkpoints = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  window_one = json.load(open(os.path.join(workdir, CALIBRATION_FILE)))
+  averaged_config = dataclasses.replace(machine_config, tail_averaging=0.5)
+  with pytest.raises(ValueError, match="lstm_units"):   # a setting the weights depend on
+    Trainer(dataclasses.replace(averaged_config, lstm_units=5), TINY_TRAIN, workdir)
+  Trainer(averaged_config, TINY_TRAIN, workdir, log_every=1000).train()
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == checkpoints
+  assert open(os.path.join(workdir, "training_summary.json")).read() == summary
+  record = json.load(open(os.path.join(workdir, CALIBRATION_FILE)))
+  assert record["tail_averaging"] == 0.5 and record["checkpoint"] == "ckpt-2"
+  assert record["std_scales"] != window_one["std_scales"]
+  loaded = load_machine(workdir)
+  assert loaded.config.tail_averaging == 0.5
+  np.testing.assert_allclose(loaded.std_scales, record["std_scales"])
+  # Factors fitted to the last iterate are not applied to the averaged answer.
+  json.dump(window_one, open(os.path.join(workdir, CALIBRATION_FILE), "w"))
+  assert load_machine(workdir).std_scales is None

@@ -51,18 +51,16 @@ def test_rmse_per_step_by_hand():
 
 # --- Calibration. ---
 
-def test_averaging_k_independent_iterates_divides_their_error_by_sqrt_k():
-  rng = np.random.default_rng(0)
-  problems, steps = 20000, 15
-  theta = rng.uniform(-1.0, 1.0, size=(problems, 2))
-  noise_std = np.array([0.1, 2.0])
-  means = theta[:, None, :] + noise_std * rng.standard_normal((problems, steps, 2))
-  np.testing.assert_array_equal(metrics.average_of_last_steps(means, 1), means[:, -1])
-  # Relative standard error of an RMSE over 20,000 problems: about 1 / sqrt(2 * 20000) = 0.5%.
-  np.testing.assert_allclose(metrics.rmse(metrics.average_of_last_steps(means, 10), theta),
-                             noise_std / np.sqrt(10), rtol=0.02)
-  with pytest.raises(ValueError, match=r"steps must lie in \[1, 15\]"):
-    metrics.average_of_last_steps(means, 16)
+def test_stragglers_and_flatness_by_hand():
+  theta, posterior_std = np.zeros((3, 1)), np.ones((3, 1))
+  means = np.array([[0.0, 5.0, 0.0], [5.0, 0.5, 0.5], [0.0, 0.0, -4.5]])[:, :, np.newaxis]
+  # Problem 0 is 5 std off only at t = 2, problem 1 only at t = 1, problem 2 at t = 3.
+  assert metrics.far_from_truth(means, theta, posterior_std, 2)[:, 0].tolist() == [True, False, True]
+  assert metrics.far_from_truth(means, theta, posterior_std, 3)[:, 0].tolist() == [False, False, True]
+  assert metrics.far_from_truth(means, theta, 2 * posterior_std, 1).sum() == 0
+  with pytest.raises(ValueError, match=r"first_step must lie in \[1, 3\]"):
+    metrics.far_from_truth(means, theta, posterior_std, 4)
+  np.testing.assert_allclose(metrics.flatness(np.array([[4.0], [1.0], [2.0], [1.5]]), 2), [2.0])
 
 
 def test_interval_coverage_by_hand():

@@ -235,13 +235,17 @@ def test_session_rejects_bad_simulations(weinberg):
   assert session.step == 2 and np.all(np.isfinite(session.result().mean))
 
 
-@pytest.mark.parametrize("proposal", ["full_covariance_gaussian", "gaussian_mixture"])
-def test_other_proposal_families_export_and_step_alike(proposal, tmp_path):
+@pytest.mark.parametrize("proposal, tail_averaging", [
+    ("full_covariance_gaussian", 0.0), ("gaussian_mixture", 0.0), ("diagonal_gaussian", 0.5),
+    ("full_covariance_gaussian", 0.9)])
+def test_other_proposal_families_export_and_step_alike(proposal, tail_averaging, tmp_path):
+  """... and so do answers that average the last iterates, at every step of a session."""
   from alfi_tf.model.machine import InferenceMachine
   simulator = get_simulator("weinberg")
   set_global_seed(1)
   machine = InferenceMachine(simulator, MachineConfig(simulator="weinberg", proposal=proposal,
-                                                      mixture_components=2, **TINY))
+                                                      mixture_components=2,
+                                                      tail_averaging=tail_averaging, **TINY))
   theta, observations = simulator.sample_problems(32, NUM_OBS, tf.constant([1, 2]))
   machine.adapt(theta.numpy(), observations.numpy())
   layer = machine.updater.output_net.layers[-1]   # so that psi moves
@@ -255,6 +259,13 @@ def test_other_proposal_families_export_and_step_alike(proposal, tmp_path):
   _assert_results_equal(deployed.run(observations, simulator.simulate, seed=3), inferred)
   assert np.abs(np.diff(inferred.trajectory_mean, axis=1)).min() > 1e-5
   assert np.all(inferred.std > 0)
+  session = deployed.start(observations, seed=3)
+  np.testing.assert_allclose(session.result().mean, inferred.initial_mean, **TOLERANCE)
+  for step in range(EXPORT_STEPS):   # the answer after each step, as `infer` gives it
+    session.tell(simulator.simulate(session.ask().reshape(-1, 2), NUM_SIMULATED_OBS,
+                                    session.simulation_seed))
+    np.testing.assert_allclose(session.result().mean, inferred.trajectory_mean[:, step],
+                               **TOLERANCE)
 
 
 # 3. A numpy simulator: no `infer`, ask/tell with the simulator outside the graph.

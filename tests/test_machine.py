@@ -20,7 +20,7 @@ import tensorflow as tf
 from alfi_tf.model import losses
 from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig
 from alfi_tf.model.inference import Inferrer
-from alfi_tf.model.machine import InferenceMachine, Trajectory
+from alfi_tf.model.machine import InferenceMachine, Trajectory, tail_window
 from alfi_tf.model.normalization import Standardizer, transform_observations
 from alfi_tf.simulators import get_simulator
 from alfi_tf.checks import check_observations
@@ -133,6 +133,9 @@ def test_transform_observations_unknown_kind_raises():
     (MachineConfig, "initial_scale", -0.1),
     (MachineConfig, "bound_type", "sigmoid"),
     (MachineConfig, "observation_transform", "log"),
+    (MachineConfig, "tail_averaging", -0.5),
+    (MachineConfig, "tail_averaging", 1.0),
+    (MachineConfig, "tail_averaging", float("nan")),
     (TrainConfig, "num_problems", 0),
     (TrainConfig, "num_obs", -5),
     (TrainConfig, "epochs", 0),
@@ -459,6 +462,61 @@ def test_inferrer_matches_the_machine_for_one_batch():
   np.testing.assert_allclose(result.trajectory_mean, mean.numpy(), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(result.trajectory_std, std.numpy(), rtol=1e-5, atol=1e-5)
   assert result.trajectory_mean.shape == (NUM_PROBLEMS, 3, 1)
+
+
+def test_averaging_the_last_iterates_divides_their_noise_by_the_root_of_their_number():
+  """Iterates that scatter independently about theta* (a settled machine's Monte-Carlo noise):
+  the answer after step 15, which averages the last ceil(0.5 * 15) = 8 of them, has 1 / sqrt(8)
+  of their error."""
+  machine = _machine(tail_averaging=0.5)
+  rng = np.random.default_rng(0)
+  problems, steps, noise = 20000, 15, np.array([0.1, 2.0])      # psi = (mean, log std), [P = 2]
+  theta = rng.uniform(-1.0, 1.0, size=(problems, 1, 2))
+  psi = (theta + noise * rng.standard_normal((problems, steps, 2))).astype(np.float32)
+  answers = machine.average_iterates(tf.constant(psi)).numpy()
+  np.testing.assert_array_equal(answers[:, 0], psi[:, 0])
+  # Relative standard error of an RMSE over 20,000 problems: about 1 / sqrt(2 * 20000) = 0.5%.
+  rmse = np.sqrt(np.mean(np.square(answers[:, -1] - theta[:, 0]), axis=0))
+  np.testing.assert_allclose(rmse, noise / np.sqrt(8), rtol=0.02)
+
+
+def test_the_tail_window_grows_with_the_step():
+  assert tail_window(tf.range(1, 11), 0.5).numpy().tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+  # 0.3 * 10 is 3.0000000000000004 in floating point: still 3 steps, not 4.
+  assert tail_window(tf.constant([1, 4, 10, 30]), 0.3).numpy().tolist() == [1, 2, 3, 9]
+  assert tail_window(tf.constant([1, 7]), 0.0).numpy().tolist() == [1, 1]
+  assert tail_window(tf.constant([1, 7]), 0.99).numpy().tolist() == [1, 7]
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.9])
+def test_the_answer_averages_the_last_iterates(fraction):
+  """`tail_averaging = f`: the answer after step t has the mean of the last max(1, ceil(f t))
+  iterates as parameters; the iterates themselves (what the machine proposes from) do not
+  change."""
+  num_steps = 7
+  last_only = _machine(num_steps=num_steps)
+  _activate(last_only)
+  averaged = InferenceMachine(last_only.simulator,
+                              dataclasses.replace(last_only.config, tail_averaging=fraction))
+  averaged.adapt(*_problems("poisson", num_problems=32, seed=100))
+  averaged.set_weights(last_only.get_weights())
+  _, observations = _problems("poisson")
+  inputs = (tf.constant(observations), _seed(5))
+  iterates, answers = last_only.infer(*inputs), averaged.infer(*inputs)
+  psi = last_only(*inputs).psi.numpy()                                            # [K, T, P]
+  widths = [max(1, math.ceil(round(fraction * t, 9))) for t in range(1, num_steps + 1)]
+  expected = np.stack([psi[:, t + 1 - width:t + 1].mean(axis=1)
+                       for t, width in enumerate(widths)], axis=1)
+  np.testing.assert_allclose(averaged.average_iterates(tf.constant(psi)), expected, atol=1e-6)
+  np.testing.assert_allclose(answers["answer_psi"], expected[:, -1], atol=1e-6)
+  np.testing.assert_allclose(answers["psi"], psi[:, -1], atol=1e-6)
+  np.testing.assert_allclose(iterates["answer_psi"], psi[:, -1], atol=1e-6)
+  # The diagonal Gaussian's mean is linear in psi: the answers' means average the iterates'.
+  mean = iterates["trajectory_mean"].numpy()
+  np.testing.assert_allclose(answers["trajectory_mean"][:, -1],
+                             mean[:, -widths[-1]:].mean(axis=1), rtol=1e-5, atol=1e-5)
+  assert np.abs(answers["mean"] - iterates["mean"]).max() > 1e-4
+  assert averaged.average_iterates(tf.zeros([2, 0, psi.shape[2]])).shape == (2, 0, psi.shape[2])
 
 
 # --- The Keras surface: compile / fit / save. ---

@@ -24,9 +24,10 @@ class InferenceResult(NamedTuple):
       uncertainty.
     trajectory_mean, trajectory_std: `[B, T, d]`, the same after each step 1..T.
     initial_mean: `[B, d]`, the start `mu_0`.
-    psi: `[B, P]`, the final proposal's own parameters (standardised; `machine.proposal` reads
-      them, e.g. to sample the final proposal), or None where there is no single final proposal
-      (runs pooled by `pool_starts`, exports written before it was recorded).
+    psi: `[B, P]`, the final answer's own parameters (`psi_bar_T`, the average of the last
+      iterates, `InferenceMachine.average_iterates`; standardised, for
+      `machine.sample_final_proposal` and `answer_log_prob`), or None where there is no single
+      final proposal (runs pooled by `pool_starts`, exports written before it was recorded).
     failed_sets: int `[B]`, how many of the data set's `T M` simulated sets (`R T M` with `R`
       pooled starts) held NaN/inf or values outside the observation transform's domain and were
       left out of the updates (`machine.usable_sets`); None from exports written before it was
@@ -43,8 +44,12 @@ class InferenceResult(NamedTuple):
 
   @classmethod
   def from_outputs(cls, outputs: Dict[str, tf.Tensor]) -> "InferenceResult":
-    """Picks the result out of `InferenceMachine.infer`'s (or an export signature's) outputs."""
-    return cls(*(None if outputs.get(key) is None else np.asarray(outputs[key])
+    """Picks the result out of `InferenceMachine.infer`'s (or an export signature's) outputs.
+
+    `psi` is the answer's `answer_psi`; exports written before it existed answered with their
+    last proposal, `psi`."""
+    fields = {**outputs, "psi": outputs.get("answer_psi", outputs.get("psi"))}
+    return cls(*(None if fields.get(key) is None else np.asarray(fields[key])
                  for key in cls._fields))
 
   @classmethod

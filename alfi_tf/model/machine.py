@@ -72,6 +72,15 @@ def usable_sets(simulated: tf.Tensor, transform: str) -> tf.Tensor:
   return tf.reduce_all(usable, axis=[2, 3])
 
 
+def tail_window(steps: tf.Tensor, fraction: float) -> tf.Tensor:
+  """How many of the last iterates the answer after each of `steps` (int32, any shape) averages:
+  `max(1, ceil(fraction * t))` (`MachineConfig.tail_averaging`)."""
+  # Less a hair, so that a product that is an integer in exact arithmetic (0.3 * 10) is not
+  # rounded up past it by a float error.
+  widths = tf.math.ceil(fraction * tf.cast(steps, tf.float64) - 1e-9)
+  return tf.maximum(tf.cast(widths, tf.int32), 1)
+
+
 def standardize_over_samples(features: tf.Tensor, epsilon: float = 1e-5) -> tf.Tensor:
   """Zero mean, unit std across the `M` samples of each problem: `[batch, M, k] -> [batch, M, k]`."""
   mean, variance = tf.nn.moments(features, axes=[1], keepdims=True)
@@ -354,11 +363,30 @@ class InferenceMachine(LossModel):
     return self.proposal.raw_moments(psi, self.theta_standardizer.mean,
                                      self.theta_standardizer.std)
 
+  def average_iterates(self, psi: tf.Tensor) -> tf.Tensor:
+    """The answer's parameters after each step (tail averaging, `config.tail_averaging = f`): the
+    iterates `psi_1 .. psi_T [B, T, P]` (T may be dynamic, or 0) -> `psi_bar_1 .. psi_bar_T
+    [B, T, P]`, where `psi_bar_t` is the mean of `psi_s` over the last `w_t` steps,
+    `s = t - w_t + 1 .. t` (`tail_window`)."""
+    if self.config.tail_averaging == 0:
+      return psi
+    steps = tf.range(1, tf.shape(psi)[1] + 1)
+    widths = tail_window(steps, self.config.tail_averaging)
+    # Window sums as differences of running sums (a zero row first: the sum of no steps),
+    # accumulated in float64 so that a long trajectory's sum does not swamp the spread of a narrow
+    # proposal's parameters.
+    running = tf.cumsum(tf.cast(psi, tf.float64), axis=1)
+    running = tf.concat([tf.zeros_like(running[:, :1]), running], axis=1)
+    window_sum = tf.gather(running, steps, axis=1) - tf.gather(running, steps - widths, axis=1)
+    average = window_sum / tf.cast(widths, tf.float64)[:, tf.newaxis]
+    return tf.ensure_shape(tf.cast(average, psi.dtype), psi.shape)
+
   def answer(self, psi: tf.Tensor, steps: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """The answer after `steps`: `to_raw(psi)` with the std recalibrated (`set_std_scales`).
 
     Args:
-      psi: `[B, P]` after one step (`steps` a scalar) or `[B, T, P]` after each of `steps [T]`.
+      psi: the answer's parameters (`average_iterates`), `[B, P]` after one step (`steps` a
+        scalar) or `[B, T, P]` after each of `steps [T]`.
     """
     mean, std = self.to_raw(psi)
     return mean, std * self.std_scale_at(steps)
@@ -371,24 +399,27 @@ class InferenceMachine(LossModel):
     Args: as for `call`.
 
     Returns:
-      `mean`, `std` `[B, d]` (the final proposal, its std recalibrated), `trajectory_mean`,
-      `trajectory_std` `[B, T, d]` (steps 1..T), `initial_mean` `[B, d]` (the start `mu_0`),
-      `psi` `[B, P]` (the final proposal's parameters, standardised) and `failed_sets` int `[B]`
-      (failed simulated sets, `usable_sets`, of the run's `T M`).
+      `mean`, `std` `[B, d]` (the final answer, its std recalibrated), `trajectory_mean`,
+      `trajectory_std` `[B, T, d]` (the answers after steps 1..T), `initial_mean` `[B, d]` (the
+      start `mu_0`), `answer_psi` `[B, P]` (the final answer's parameters `psi_bar_T`,
+      `average_iterates`, standardised), `psi` `[B, P]` (the last proposal's, `psi_T`) and
+      `failed_sets` int `[B]` (failed simulated sets, `usable_sets`, of the run's `T M`).
     """
     trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
-    mean, std = self.answer(trajectory.psi, tf.range(1, trajectory.psi.shape[1] + 1))
+    answer_psi = self.average_iterates(trajectory.psi)
+    mean, std = self.answer(answer_psi, tf.range(1, trajectory.psi.shape[1] + 1))
     initial, _ = self.to_raw(trajectory.initial_psi)
     return {"mean": mean[:, -1], "std": std[:, -1], "trajectory_mean": mean,
-            "trajectory_std": std, "initial_mean": initial, "psi": trajectory.psi[:, -1],
+            "trajectory_std": std, "initial_mean": initial, "answer_psi": answer_psi[:, -1],
+            "psi": trajectory.psi[:, -1],
             "failed_sets": tf.reduce_sum(trajectory.masked_samples, axis=1)}
 
   def sample_final_proposal(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor,
                             step: int) -> tf.Tensor:
-    """Draws from the answer after `step` in raw parameter units: `psi [B, P]` ->
-    `[B, num_samples, d]`, draws of `q(theta | psi)` spread about its mean by the step's std
-    factors (`set_std_scales`); not clipped to the prior's box: these are the answer's draws, not
-    simulation inputs."""
+    """Draws from the answer after `step` in raw parameter units: `psi [B, P]` (the answer's
+    parameters, `infer`'s `answer_psi`) -> `[B, num_samples, d]`, draws of `q(theta | psi)` spread
+    about its mean by the step's std factors (`set_std_scales`); not clipped to the prior's box:
+    these are the answer's draws, not simulation inputs."""
     draws = self.theta_standardizer.inverse(self.proposal.sample(psi, num_samples, seed))
     mean = self.to_raw(psi)[0][:, tf.newaxis]
     return mean + self.std_scale_at(step) * (draws - mean)

@@ -9,7 +9,8 @@ The export needs only TensorFlow to load and run. Its signatures:
 * `start(observations, seed)` -> the loop state, plus `parameters [B, M, d]` to simulate (raw units)
   and the `simulation_seed [2]` that the in-graph simulator would have used for them.
 * `step(<state>, simulations [B, M, N, d_x])` -> the next state and parameters. After `T` calls
-  `done` is true and `mean` / `std` are the answer. Driving start/step with the same simulator and
+  `done` is true and `mean` / `std` are the answer (`answer_psi` its parameters: the average of
+  the last iterates `psi`, `InferenceMachine.average_iterates`). Driving start/step with the same simulator and
   seeds gives exactly what `infer` gives.
 * `metadata()` -> `{"metadata": JSON string}` (also stored as the asset `alfi_metadata.json`).
 """
@@ -127,9 +128,13 @@ class ExportModule(tf.Module):
     """The next samples to simulate plus every state tensor, as one flat dict."""
     proposal_seed, simulation_seed = self.machine.step_seeds(loop_seed, step)
     samples = self.machine.propose(state, proposal_seed)
-    mean, std = self.machine.answer(state.psi, step)
+    answers = self.machine.average_iterates(trajectory)
+    # After `start` (a trajectory of static length 0) the answer is the starting proposal; after
+    # a step, the average of the last iterates.
+    answer_psi = state.psi if trajectory.shape[1] == 0 else answers[:, -1]
+    mean, std = self.machine.answer(answer_psi, step)
     trajectory_mean, trajectory_std = self.machine.answer(
-        trajectory, tf.range(1, tf.shape(trajectory)[1] + 1))
+        answers, tf.range(1, tf.shape(trajectory)[1] + 1))
     initial_mean, _ = self.machine.to_raw(initial_psi)
     return {
         "psi": state.psi, "lstm_h": state.lstm_h, "lstm_c": state.lstm_c,
@@ -138,7 +143,7 @@ class ExportModule(tf.Module):
         "parameters": self.machine.simulation_parameters(samples),
         "simulation_seed": simulation_seed,
         "done": step >= self.num_steps,
-        "mean": mean, "std": std,
+        "mean": mean, "std": std, "answer_psi": answer_psi,
         "trajectory_mean": trajectory_mean, "trajectory_std": trajectory_std,
         "initial_mean": initial_mean,
     }

@@ -73,8 +73,10 @@ def calibrate_run(workdir: Workdir, machine: InferenceMachine, train_config: Tra
     return
   wanted = {"checkpoint": os.path.basename(checkpoint),
             "num_problems": train_config.calibration_problems,
-            "horizon": calibration_horizon(machine.config, train_config)}
-  existing = workdir.read_calibration() or {}
+            "horizon": calibration_horizon(machine.config, train_config),
+            "tail_averaging": machine.config.tail_averaging}
+  # Records from before the answer could average iterates were fitted to the last one.
+  existing = {"tail_averaging": 0.0, **(workdir.read_calibration() or {})}
   if all(existing.get(key) == value for key, value in wanted.items()):
     machine.set_std_scales(existing["std_scales"])
     return
