@@ -117,7 +117,7 @@ class MachineConfig:
     score_features: give the aggregator each sample's score `grad_psi log q(theta | psi)` (the
       authors' `use_grad`); off, it sees only the encodings and the sample.
     observation_transform: elementwise transform of observations before standardisation.
-    tail_averaging: `f` in [0, 1), the fraction of the trajectory averaged into the answer (tail
+    tail_averaging: `f` in [0, 1], the fraction of the trajectory averaged into the answer (tail
       averaging of the iterates): after step `t` the answer is `q(theta | psi_bar_t)` with
       `psi_bar_t` the mean of the last `w_t = max(1, ceil(f t))` iterates `psi_s`. Once the
       machine has settled, `psi_t` moves about the posterior with each step's Monte-Carlo noise,
@@ -156,8 +156,8 @@ class MachineConfig:
                       "encoder_out", "aggregator_hidden", "aggregator_out", "updater_hidden",
                       "lstm_units", "bound", "initial_scale", "mixture_components")
     require_horizon("num_steps", self.num_steps)
-    if not 0 <= self.tail_averaging < 1:
-      raise ValueError(f"tail_averaging must lie in [0, 1) (the fraction of the trajectory "
+    if not 0 <= self.tail_averaging <= 1:
+      raise ValueError(f"tail_averaging must lie in [0, 1] (the fraction of the trajectory "
                        f"averaged into the answer), got {self.tail_averaging}")
     if self.num_samples < 2:
       raise ValueError(f"num_samples must be at least 2 (scores are standardised across samples), "

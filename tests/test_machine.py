@@ -134,7 +134,7 @@ def test_transform_observations_unknown_kind_raises():
     (MachineConfig, "bound_type", "sigmoid"),
     (MachineConfig, "observation_transform", "log"),
     (MachineConfig, "tail_averaging", -0.5),
-    (MachineConfig, "tail_averaging", 1.0),
+    (MachineConfig, "tail_averaging", 1.5),
     (MachineConfig, "tail_averaging", float("nan")),
     (TrainConfig, "num_problems", 0),
     (TrainConfig, "num_obs", -5),
@@ -486,6 +486,7 @@ def test_the_tail_window_grows_with_the_step():
   assert tail_window(tf.constant([1, 4, 10, 30]), 0.3).numpy().tolist() == [1, 2, 3, 9]
   assert tail_window(tf.constant([1, 7]), 0.0).numpy().tolist() == [1, 1]
   assert tail_window(tf.constant([1, 7]), 0.99).numpy().tolist() == [1, 7]
+  assert tail_window(tf.constant([1, 7]), 1.0).numpy().tolist() == [1, 7]
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.5, 0.9])
