@@ -713,6 +713,18 @@ def test_an_export_beyond_the_unrolling_limit_is_refused_before_tracing(lotka_vo
   assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("num_steps", [0, 2.5, True, "3"])
+def test_an_export_horizon_that_is_not_a_positive_integer_is_refused(lotka_volterra, tmp_path,
+                                                                     num_steps):
+  """0 used to export the default horizon (15) without a word, 2.5 two steps and True one."""
+  message = f"num_steps must be a positive integer, got {re.escape(repr(num_steps))}"
+  with pytest.raises(ValueError, match=message):
+    export_machine(load_machine(lotka_volterra.workdir), str(tmp_path / "lv"), num_steps)
+  with pytest.raises(ValueError, match=message):
+    DeployedMachine.load(lotka_volterra.workdir, num_steps=num_steps)
+  assert not list(tmp_path.iterdir())
+
+
 def test_a_killed_exports_leftovers_are_cleaned_up_and_nothing_is_lost(lotka_volterra, tmp_path):
   machine = load_machine(lotka_volterra.workdir)
   export_dir = tmp_path / "lv"

@@ -28,6 +28,7 @@ from absl import logging
 
 from alfi_tf import __version__
 from alfi_tf.config import default_test_horizon, require_horizon, to_dict
+from alfi_tf.model.arguments import require_positive_integer
 from alfi_tf.model.machine import InferenceMachine, LoopState
 from alfi_tf.simulators import NumpySimulator
 from alfi_tf.workdir import leftovers_of_dead_processes
@@ -83,9 +84,9 @@ class ExportModule(tf.Module):
     # them, which the traced functions actually read, are tracked instead.
     object.__setattr__(self, "machine", machine)
     self.machine_variables = [variable.value for variable in machine.weights]
-    self.num_steps = int(num_steps or default_test_horizon(machine.config))
-    if self.num_steps <= 0:
-      raise ValueError(f"num_steps must be positive, got {self.num_steps}")
+    # 0, 2.5 or True would otherwise become the default horizon, 2 or 1 steps without a word.
+    self.num_steps = (default_test_horizon(machine.config) if num_steps is None else
+                      require_positive_integer("num_steps", num_steps))
     require_horizon("num_steps", self.num_steps)
     simulator = machine.simulator
     d, dx = simulator.parameter_dim, simulator.observation_dim
@@ -181,7 +182,8 @@ def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Option
   Args:
     machine: a trained machine.
     export_dir: destination; refused if it exists unless `overwrite`.
-    num_steps: the horizon `T` baked into `infer` and ask/tell (default: `default_test_horizon`).
+    num_steps: the horizon `T` baked into `infer` and ask/tell, a positive integer up to
+      `MAX_STEPS` (None: `default_test_horizon`).
     overwrite: replace an existing `export_dir`, which must itself be an alfi-tf export (anything
       else, a training workdir say, is refused and left untouched). Only what an export writes
       (`saved_model.pb`, `fingerprint.pb`, `variables/`, `assets/`) is replaced; any other file
