@@ -8,6 +8,7 @@ Sizes are tiny (a few units per layer, M=4, N=5, T=3) so every test runs in abou
 from __future__ import annotations
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -115,6 +116,8 @@ def test_a_failed_fit_leaves_the_machine_trainable():
     (dict(seed=5), r"seed must be an int32 tensor of shape \[2\] .*tf.constant\(\[5, 0\]\)"),
     (dict(seed=tf.constant([1, 2, 3])), r"seed must be an int32 tensor of shape \[2\].*\(3,\)"),
     (dict(seed=tf.constant([1.0, 2.0])), r"seed must be an int32 tensor .* got float32"),
+    (dict(seed=np.array([2 ** 32 + 1, 0])), r"seed must be an int32 tensor .*got \[4294967297, "
+                                            r"0\], outside int32's range"),
     (dict(observations=np.ones((10, 1))), r"observations must have shape \[batch, num_obs, 1\], "
                                           r"got shape \(10, 1\)"),
     (dict(observations=np.ones((2, 10, 3))), r"observations must have shape .*\(2, 10, 3\)"),
@@ -128,6 +131,75 @@ def test_infer_names_the_bad_argument(kwargs, message):
   machine = _machine()
   with pytest.raises(ValueError, match=message):
     machine.infer(**{"observations": _problems(2)[1], "seed": SEED, **kwargs})
+
+
+def test_a_numpy_integer_horizon_is_a_horizon():
+  """Keras hands numpy scalars to `call` as tensors: num_steps=np.int64(2) was refused as "got
+  <tf.Tensor ...>"."""
+  machine = _machine()
+  observations = _problems(2)[1]
+  expected = machine.infer(observations, SEED, num_steps=2)
+  for num_steps in (np.int64(2), tf.constant(2)):
+    actual = machine.infer(observations, SEED, num_steps=num_steps)
+    assert actual["trajectory_mean"].shape == (2, 2, 1)
+    np.testing.assert_array_equal(actual["trajectory_mean"], expected["trajectory_mean"])
+
+
+def _answer_arguments(machine: InferenceMachine) -> dict:
+  outputs = machine.infer(_problems(2)[1], SEED)
+  return dict(psi=outputs["answer_psi"].numpy(), theta=outputs["mean"].numpy(), step=3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(psi=None), r"psi is None: runs pooled over several starts \(num_starts > 1\)"),
+    (dict(psi=np.zeros(2)), r"psi must have shape \[batch, 2\] \(the answer's parameters.*"
+                            r"got shape \(2,\)"),
+    (dict(psi=np.zeros((2, 3))), r"psi must have shape \[batch, 2\].*got shape \(2, 3\)"),
+    (dict(psi=np.full((2, 2), np.nan)), "psi contains NaN/inf"),
+    (dict(theta=np.zeros((2, 2))), r"theta must have shape \[batch, 1\].*got shape \(2, 2\)"),
+    (dict(theta=np.zeros((3, 1))), r"theta must have shape \[batch, 1\].*got shape \(3, 1\)"),
+    (dict(step=-1), "step must be a non-negative integer .*got -1"),
+    (dict(step=2.5), "step must be a non-negative integer .*got 2.5"),
+    (dict(num_samples=0), "num_samples must be a positive integer, got 0"),
+    (dict(seed=5), r"seed must be an int32 tensor of shape \[2\]"),
+    (dict(seed=np.array([2 ** 40, 0])), "outside int32's range"),
+])
+def test_the_answers_draws_and_density_name_the_bad_argument(kwargs, message):
+  """`sample_final_proposal` and `answer_log_prob` failed deep inside TensorFlow (a step of -1, a
+  seed that is an int, psi of the wrong width), or answered wrongly without a word: a psi of one
+  data set without its batch axis gave draws for two, a theta of the wrong width broadcast into a
+  density, a seed beyond int32 wrapped around and NaN gave NaN draws."""
+  machine = _machine()
+  arguments = {**_answer_arguments(machine), "num_samples": 5, "seed": SEED, **kwargs}
+  sample_arguments = {key: arguments[key] for key in ("psi", "num_samples", "seed", "step")}
+  density_arguments = {key: arguments[key] for key in ("theta", "psi", "step")}
+  calls = [] if "theta" in kwargs else [(machine.sample_final_proposal, sample_arguments)]
+  if not {"num_samples", "seed"} & set(kwargs):
+    calls.append((machine.answer_log_prob, density_arguments))
+  for method, method_arguments in calls:
+    with pytest.raises(ValueError, match=message):
+      method(**method_arguments)
+
+
+def test_the_answers_draws_and_density_take_numpy_float64_and_lists():
+  """float64 psi failed with a float32/float64 clash, a list of lists with an AttributeError."""
+  machine = _machine()
+  arguments = _answer_arguments(machine)
+  psi, theta = arguments["psi"], arguments["theta"]
+  expected_draws = machine.sample_final_proposal(psi, 5, SEED, step=3).numpy()
+  expected_density = machine.answer_log_prob(theta, psi, step=3).numpy()
+  for value in (psi.astype(np.float64), psi.tolist()):
+    np.testing.assert_array_equal(machine.sample_final_proposal(value, 5, SEED, step=3),
+                                  expected_draws)
+    np.testing.assert_array_equal(machine.answer_log_prob(theta.astype(np.float64), value, step=3),
+                                  expected_density)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 5)])
+def test_averaging_names_iterates_of_the_wrong_shape(shape):
+  with pytest.raises(ValueError, match=rf"psi must have shape \[batch, steps, 2\] .*got shape "
+                                       rf"{re.escape(str(shape))}"):
+    _machine().average_iterates(np.zeros(shape, np.float32))
 
 
 def test_inferrer_refuses_a_non_finite_start_by_name():

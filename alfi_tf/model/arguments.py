@@ -13,6 +13,9 @@ from alfi_tf.checks import check_observations, require_real_numbers
 from alfi_tf.config import SEED_RANGE
 from alfi_tf.simulators import Simulator
 
+#: The values an int32 seed tensor can hold.
+INT32_RANGE = (-2 ** 31, 2 ** 31 - 1)
+
 
 def is_integer(value) -> bool:
   """Whether `value` is a Python or numpy integer (a bool, 1.0 or "5" is not)."""
@@ -24,6 +27,40 @@ def require_positive_integer(name: str, value) -> int:
   if not is_integer(value) or value < 1:
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
   return int(value)
+
+
+def scalar_value(value):
+  """A scalar tensor whose value is known (eager, or a constant) as a Python number, anything else
+  unchanged: Keras hands numpy scalars to a model's `call` as tensors, so `num_steps=np.int64(5)`
+  arrives as one."""
+  if tf.is_tensor(value) and value.shape.rank == 0:
+    known = tf.get_static_value(value)
+    if known is not None:
+      return known.item()
+  return value
+
+
+def check_step(step):
+  """The step an answer was read after (0: the start), as an int, or an integer scalar tensor in a
+  graph; a ValueError unless it is an integer >= 0."""
+  step = scalar_value(step)
+  if tf.is_tensor(step) and step.dtype.is_integer and step.shape.rank == 0:
+    return tf.cast(step, tf.int32)
+  if not is_integer(step) or step < 0:
+    raise ValueError(f"step must be a non-negative integer (the steps run before the answer: 0 "
+                     f"for the start, T for the final answer), got {step!r}")
+  return int(step)
+
+
+def check_answer_psi(psi, psi_size: int) -> tf.Tensor:
+  """An answer's parameters `psi [batch, P]` as float32, or one ValueError saying what they must
+  be (a pooled result has none)."""
+  if psi is None:
+    raise ValueError("psi is None: runs pooled over several starts (num_starts > 1) have no single "
+                     "answer proposal; use a result of one start per data set")
+  return check_float_tensor(psi, "psi", [None, psi_size],
+                            f"[batch, {psi_size}] (the answer's parameters: InferenceResult.psi, "
+                            "or infer's answer_psi)")
 
 
 def check_seed(seed) -> int:
@@ -45,6 +82,11 @@ def check_seed_tensor(seed) -> tf.Tensor:
   if not seed.dtype.is_integer or not seed.shape.is_compatible_with([2]):
     raise ValueError(f"seed must be an int32 tensor of shape [2] (a stateless seed), got "
                      f"{seed.dtype.name} of shape {seed.shape}")
+  values = tf.get_static_value(seed)
+  # A wider integer would wrap around when cast: [2**32 + 1, 0] would be the seed [1, 0].
+  if values is not None and np.any((values < INT32_RANGE[0]) | (values > INT32_RANGE[1])):
+    raise ValueError(f"seed must be an int32 tensor of shape [2] (a stateless seed), got "
+                     f"{values.tolist()}, outside int32's range")
   return tf.cast(seed, tf.int32)
 
 

@@ -342,7 +342,7 @@ class InferenceMachine(LossModel):
       The `Trajectory` of `psi`, standardised.
     """
     num_steps = (self.config.num_steps if num_steps is None else
-                 arguments.require_positive_integer("num_steps", num_steps))
+                 arguments.require_positive_integer("num_steps", arguments.scalar_value(num_steps)))
     require_horizon("num_steps", num_steps)
     state, loop_seed = self.begin(observations, seed, initial_mean)
     initial_psi = state.psi
@@ -368,6 +368,10 @@ class InferenceMachine(LossModel):
     iterates `psi_1 .. psi_T [B, T, P]` (T may be dynamic, or 0) -> `psi_bar_1 .. psi_bar_T
     [B, T, P]`, where `psi_bar_t` is the mean of `psi_s` over the last `w_t` steps,
     `s = t - w_t + 1 .. t` (`tail_window`)."""
+    psi = tf.convert_to_tensor(psi)
+    if psi.shape.rank != 3 or not psi.shape[2:].is_compatible_with([self.proposal.psi_size]):
+      raise ValueError(f"psi must have shape [batch, steps, {self.proposal.psi_size}] (the "
+                       f"iterates psi_1 .. psi_T), got shape {psi.shape}")
     if self.config.tail_averaging == 0:
       return psi
     steps = tf.range(1, tf.shape(psi)[1] + 1)
@@ -420,6 +424,9 @@ class InferenceMachine(LossModel):
     parameters, `infer`'s `answer_psi`) -> `[B, num_samples, d]`, draws of `q(theta | psi)` spread
     about its mean by the step's std factors (`set_std_scales`); not clipped to the prior's box:
     these are the answer's draws, not simulation inputs."""
+    psi = arguments.check_answer_psi(psi, self.proposal.psi_size)
+    num_samples = arguments.require_positive_integer("num_samples", num_samples)
+    seed, step = arguments.check_seed_tensor(seed), arguments.check_step(step)
     draws = self.theta_standardizer.inverse(self.proposal.sample(psi, num_samples, seed))
     mean = self.to_raw(psi)[0][:, tf.newaxis]
     return mean + self.std_scale_at(step) * (draws - mean)
@@ -428,6 +435,11 @@ class InferenceMachine(LossModel):
     """The log-density at raw `theta [B, d]` of the answer after `step` that
     `sample_final_proposal` draws from: `q(theta | psi)` spread about its mean by the step's
     factors `s`, `log q(mu + (theta - mu) / s) - sum log s`, in raw units -> `[B]`."""
+    psi = arguments.check_answer_psi(psi, self.proposal.psi_size)
+    d = self.simulator.parameter_dim
+    theta = arguments.check_float_tensor(theta, "theta", [psi.shape[0], d],
+                                         f"[batch, {d}] (raw units, a row per row of psi)")
+    step = arguments.check_step(step)
     scale = self.std_scale_at(step)                                              # [d]
     mean = self.proposal.mean(psi)
     unscaled = mean + (self.theta_standardizer.forward(theta) - mean) / scale
