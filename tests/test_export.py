@@ -529,15 +529,21 @@ def test_deployed_machine_takes_one_data_set_as_the_cli_does(weinberg):
     assert machine.start(one_set, seed=2).ask().shape[0] == 1
 
 
-def test_simulations_outside_the_transforms_domain_count_as_failed_sets():
-  """ask/tell (and so run() and --simulator_command) under log1p: a negative simulated value
-  fails its set as NaN does, instead of being clamped to 0."""
+def _log1p_poisson_module() -> ExportModule:
+  """The export's functions, unsaved, of a tiny untrained Poisson machine reading log1p(x)."""
   simulator = get_simulator("poisson")
   machine = InferenceMachine(simulator, MachineConfig(simulator="poisson",
                                                       observation_transform="log1p", **TINY))
   machine.adapt(*(array.numpy() for array in simulator.sample_problems(16, NUM_OBS,
                                                                        tf.constant([3, 0]))))
-  module = ExportModule(machine, EXPORT_STEPS)
+  return ExportModule(machine, EXPORT_STEPS)
+
+
+def test_simulations_outside_the_transforms_domain_count_as_failed_sets():
+  """ask/tell (and so run() and --simulator_command) under log1p: a negative simulated value
+  fails its set as NaN does, instead of being clamped to 0."""
+  simulator = get_simulator("poisson")
+  module = _log1p_poisson_module()
   deployed = DeployedMachine(module, json.loads(module.metadata_json))
   observations = _observations("poisson")
 
@@ -552,6 +558,35 @@ def test_simulations_outside_the_transforms_domain_count_as_failed_sets():
   nan = deployed.run(observations, failing_first_sample(np.nan), seed=1)
   np.testing.assert_array_equal(negative.failed_sets, [EXPORT_STEPS, 0])
   _assert_results_equal(negative, nan)
+
+
+def _corrupted(observations: np.ndarray, value: float) -> tf.Tensor:
+  corrupted = observations.copy()
+  corrupted[1, 3, 0] = value
+  return tf.constant(corrupted)
+
+
+def test_the_bare_saved_model_refuses_observations_it_cannot_read(weinberg):
+  """Called without DeployedMachine's checks (plain tf.saved_model.load), the graph clamped NaN
+  and negative counts to 0 and answered as if they were, and answered a set of no observations."""
+  model = tf.saved_model.load(weinberg.export_dir)
+  seed = tf.constant([1, 0])
+  cases = [(_corrupted(weinberg.observations, np.nan), "observations contain NaN/inf values"),
+           (tf.zeros([2, 0, 1]), r"at least one observation per set \(num_obs > 0\)")]
+  for observations, message in cases:
+    for begin in (model.infer, model.start, model.signatures["infer"]):
+      with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        begin(observations=observations, seed=seed)
+  module = _log1p_poisson_module()
+  observations = _observations("poisson")
+  for begin in (module.infer, module.start):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"observations must be >= 0 for this machine \(it reads them through "
+                             r"log1p\)"):
+      begin(_corrupted(observations, -2.0), seed)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="observations contain NaN/inf"):
+      begin(_corrupted(observations, np.nan), seed)
+  assert np.all(np.isfinite(module.infer(tf.constant(observations), seed)["mean"]))
 
 
 def test_model_that_is_neither_export_nor_workdir(tmp_path):

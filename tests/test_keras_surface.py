@@ -133,6 +133,20 @@ def test_infer_names_the_bad_argument(kwargs, message):
     machine.infer(**{"observations": _problems(2)[1], "seed": SEED, **kwargs})
 
 
+def test_infer_refuses_observations_outside_the_transforms_domain():
+  """A log1p machine clamped negative observations to 0 and answered as if they were."""
+  simulator = get_simulator("poisson")
+  machine = InferenceMachine(simulator, MachineConfig(simulator="poisson",
+                                                      observation_transform="log1p", **TINY))
+  observations = _problems(2)[1]
+  machine.adapt(*_problems())
+  observations[1, 3, 0] = -2.0
+  with pytest.raises(ValueError, match=r"observations must be >= 0 for this machine \(it reads "
+                                       r"them through log1p\); 1 value\(s\) are not, the first "
+                                       r"at \[1, 3, 0\] = -2"):
+    machine.infer(observations, SEED)
+
+
 def test_a_numpy_integer_horizon_is_a_horizon():
   """Keras hands numpy scalars to `call` as tensors: num_steps=np.int64(2) was refused as "got
   <tf.Tensor ...>"."""

@@ -273,10 +273,13 @@ class InferenceMachine(LossModel):
   def _check_inputs(self, observations, seed, initial_mean) -> Tuple[tf.Tensor, tf.Tensor,
                                                                      Optional[tf.Tensor]]:
     """`begin`'s inputs as float32 / int32 tensors (numpy, float64 welcome), or one ValueError
-    naming the argument with the wrong shape (or, eagerly, NaN/inf values)."""
+    naming the argument with the wrong shape (or, eagerly, NaN/inf values, or observations
+    outside the observation transform's domain, which it would clamp into it)."""
     d, dx = self.simulator.parameter_dim, self.simulator.observation_dim
     observations = arguments.check_float_tensor(observations, "observations", [None, None, dx],
                                                 f"[batch, num_obs, {dx}]")
+    if tf.executing_eagerly():
+      check_transform_domain(observations.numpy(), self.config.observation_transform)
     initial_mean = arguments.optional_float_tensor(
         initial_mean, "initial_mean", [observations.shape[0], d], f"[batch, {d}] (raw units)")
     return observations, arguments.check_seed_tensor(seed), initial_mean

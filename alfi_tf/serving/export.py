@@ -27,7 +27,8 @@ import tensorflow as tf
 from absl import logging
 
 from alfi_tf import __version__
-from alfi_tf.config import default_test_horizon, require_horizon, to_dict
+from alfi_tf.config import (OBSERVATION_TRANSFORM_MINIMUM, default_test_horizon,
+                            require_horizon, to_dict)
 from alfi_tf.model.arguments import require_positive_integer
 from alfi_tf.model.machine import InferenceMachine, LoopState
 from alfi_tf.simulators import NumpySimulator
@@ -149,7 +150,26 @@ class ExportModule(tf.Module):
         "initial_mean": initial_mean,
     }
 
+  def _checked(self, observations: tf.Tensor) -> tf.Tensor:
+    """`observations [B, n, d_x]`, checked in the graph as `DeployedMachine` checks them before
+    calling it, for callers of the bare SavedModel: an InvalidArgumentError naming the problem
+    where they hold NaN/inf, values outside the observation transform's domain or no observation
+    per set (the graph would clamp NaN and negative counts to 0 and answer as if they were)."""
+    # NaN first: it would fail the domain's comparison too, and be misnamed there.
+    observations = tf.debugging.assert_all_finite(observations,
+                                                  "observations contain NaN/inf values")
+    checks = [tf.debugging.assert_positive(tf.shape(observations)[1], message=(
+        "observations must hold at least one observation per set (num_obs > 0)"))]
+    minimum = OBSERVATION_TRANSFORM_MINIMUM.get(self.machine.config.observation_transform)
+    if minimum is not None:
+      checks.append(tf.debugging.assert_greater_equal(observations, minimum, message=(
+          f"observations must be >= {minimum:g} for this machine (it reads them through "
+          f"{self.machine.config.observation_transform})")))
+    with tf.control_dependencies(checks):
+      return tf.identity(observations)
+
   def _start(self, observations: tf.Tensor, seed: tf.Tensor) -> Dict[str, tf.Tensor]:
+    observations = self._checked(observations)
     state, loop_seed = self.machine.begin(observations, seed)
     batch = tf.shape(observations)[0]
     empty = tf.zeros(tf.stack([batch, 0, tf.shape(state.psi)[1]]))
@@ -163,7 +183,7 @@ class ExportModule(tf.Module):
     return self._outputs(state, loop_seed, step + 1, trajectory, initial_psi)
 
   def _infer(self, observations: tf.Tensor, seed: tf.Tensor) -> Dict[str, tf.Tensor]:
-    return self.machine.infer(observations, seed, self.num_steps)
+    return self.machine.infer(self._checked(observations), seed, self.num_steps)
 
 
 def is_export(path: str) -> bool:
