@@ -16,10 +16,11 @@ import pytest
 import tensorflow as tf
 
 from alfi_tf.baselines.npe import NPEConfig, PosteriorEstimator
-from alfi_tf.config import MachineConfig
+from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.simulators import get_simulator
+from alfi_tf.training.trainer import Trainer
 
 TINY = dict(num_steps=3, num_samples=4, num_simulated_obs=5, encoder_hidden=8, encoder_out=6,
             aggregator_hidden=8, aggregator_out=6, updater_hidden=8, lstm_units=5)
@@ -214,6 +215,21 @@ def test_averaging_names_iterates_of_the_wrong_shape(shape):
   with pytest.raises(ValueError, match=rf"psi must have shape \[batch, steps, 2\] .*got shape "
                                        rf"{re.escape(str(shape))}"):
     _machine().average_iterates(np.zeros(shape, np.float32))
+
+
+def test_xla_with_a_numpy_simulator_is_refused_up_front(tmp_path):
+  """Inferrer(jit_compile=True) and compile(jit_compile=True) accepted a numpy simulator and
+  failed at the first call, deep inside XLA (PyFuncStateless has no XLA kernel)."""
+  config = MachineConfig(simulator="lotka_volterra", **TINY)
+  machine = InferenceMachine(get_simulator("lotka_volterra"), config)
+  message = "jit_compile needs a TF-native simulator; 'lotka_volterra' runs numpy code"
+  with pytest.raises(ValueError, match=message):
+    Inferrer(machine, jit_compile=True)
+  with pytest.raises(ValueError, match=message):
+    machine.compile(keras.optimizers.Adam(1e-3), jit_compile=True)
+  with pytest.raises(ValueError, match=message):
+    Trainer(config, TrainConfig(), str(tmp_path / "run"), jit_compile=True)
+  assert not list(tmp_path.iterdir())
 
 
 def test_inferrer_refuses_a_non_finite_start_by_name():

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from alfi_tf.checks import check_observations, require_real_numbers
 from alfi_tf.config import SEED_RANGE
-from alfi_tf.simulators import Simulator
+from alfi_tf.simulators import NumpySimulator, Simulator
 
 #: The values an int32 seed tensor can hold.
 INT32_RANGE = (-2 ** 31, 2 ** 31 - 1)
@@ -120,6 +120,14 @@ def optional_float_tensor(value, name: str, shape: list,
                           expected: str) -> Optional[tf.Tensor]:
   """`check_float_tensor`, passing None through."""
   return None if value is None else check_float_tensor(value, name, shape, expected)
+
+
+def check_jit_compile(jit_compile, simulator: Simulator) -> None:
+  """A ValueError when XLA is asked for (`jit_compile=True`) with a simulator that runs numpy
+  code, which XLA cannot compile (it would fail at the first call, deep inside TensorFlow)."""
+  if jit_compile is True and isinstance(simulator, NumpySimulator):
+    raise ValueError(f"jit_compile needs a TF-native simulator; {simulator.name!r} runs numpy code "
+                     "(tf.numpy_function), which XLA cannot compile")
 
 
 def check_model_arguments(simulator, config, config_type: type) -> None:

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from alfi_tf.checks import check_observations, check_transform_domain
 from alfi_tf.config import require_horizon
-from alfi_tf.model.arguments import check_float_tensor, check_seed, require_positive_integer
+from alfi_tf.model.arguments import (check_float_tensor, check_jit_compile, check_seed,
+                                     require_positive_integer)
 from alfi_tf.model.machine import InferenceMachine
 
 
@@ -156,6 +157,7 @@ class Inferrer:
         "num_steps", machine.config.num_steps if num_steps is None else num_steps)
     require_horizon("num_steps", self.num_steps)
     self.batch_size = require_positive_integer("batch_size", batch_size)
+    check_jit_compile(jit_compile, machine.simulator)
     self._run = tf.function(self._run_batch, jit_compile=jit_compile, reduce_retracing=True)
 
   def _run_batch(self, observations: tf.Tensor, seed: tf.Tensor,

@@ -462,6 +462,7 @@ class InferenceMachine(LossModel):
     """
     losses.check_meta_loss_settings(loss, time_weights, beta)
     losses.check_loss_for(self.proposal, loss)
+    arguments.check_jit_compile(jit_compile, self.simulator)
     self._meta_loss_settings = {"loss": loss, "weights": time_weights, "beta": beta}
     super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 

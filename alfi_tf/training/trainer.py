@@ -16,10 +16,11 @@ from absl import logging
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.metrics import rmse_per_step
 from alfi_tf.model import losses
+from alfi_tf.model.arguments import check_jit_compile
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.model.proposals import FAMILIES
-from alfi_tf.simulators import NumpySimulator, get_simulator
+from alfi_tf.simulators import get_simulator
 from alfi_tf.simulators.base import SimulatorError, simulator_error_message
 from alfi_tf.training import data as data_lib
 from alfi_tf.training import distribute, pipeline
@@ -148,9 +149,7 @@ class Trainer:
     if data_workers < 0:
       raise ValueError(f"data_workers must be >= 0, got {data_workers}")
     self.simulator = get_simulator(machine_config.simulator)
-    if jit_compile and isinstance(self.simulator, NumpySimulator):
-      raise ValueError(f"jit_compile needs a TF-native simulator; {self.simulator.name!r} runs "
-                       "numpy code (tf.numpy_function), which XLA cannot compile")
+    check_jit_compile(bool(jit_compile), self.simulator)
     # Refused before the workdir is claimed:
     losses.check_loss_for(FAMILIES[machine_config.proposal], train_config.loss)
     pipeline.require_memory_for(train_config, self.simulator)
