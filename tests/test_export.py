@@ -28,8 +28,8 @@ from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig
 from alfi_tf.evaluation.plots import plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.model.machine import InferenceMachine
-from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, ExportModule,
-                                    export_machine, machine_metadata)
+from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
+                                    ExportModule, export_machine, machine_metadata)
 from alfi_tf.simulators.command import CommandSimulator
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
@@ -587,6 +587,30 @@ def test_the_bare_saved_model_refuses_observations_it_cannot_read(weinberg):
     with pytest.raises(tf.errors.InvalidArgumentError, match="observations contain NaN/inf"):
       begin(_corrupted(observations, np.nan), seed)
   assert np.all(np.isfinite(module.infer(tf.constant(observations), seed)["mean"]))
+
+
+def test_the_bare_saved_model_refuses_a_stale_trajectory(weinberg):
+  """A plain-TensorFlow ask/tell loop that passed back the start's (empty) trajectory with a later
+  step got answers averaged over the wrong iterates without a word."""
+  model = tf.saved_model.load(weinberg.export_dir)
+  observations = tf.constant(weinberg.observations)
+  first = model.start(observations, tf.constant([1, 0]))
+
+  def simulations(outputs):
+    parameters = outputs["parameters"].numpy().reshape(-1, 2)
+    simulated = weinberg.simulator.simulate(parameters, NUM_SIMULATED_OBS,
+                                            outputs["simulation_seed"])
+    return tf.reshape(simulated, [2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1])
+
+  def step(outputs, **replaced):
+    state = {key: replaced.get(key, outputs[key]) for key in STATE_KEYS}
+    return model.step(*state.values(), simulations(outputs))
+
+  second = step(first)
+  assert int(second["step"]) == 1 and second["trajectory"].shape[1] == 1
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"the trajectory in the state must hold psi_1 .. psi_step"):
+    step(second, trajectory=first["trajectory"])
 
 
 def test_model_that_is_neither_export_nor_workdir(tmp_path):

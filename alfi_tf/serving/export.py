@@ -177,6 +177,13 @@ class ExportModule(tf.Module):
 
   def _step(self, psi, lstm_h, lstm_c, real_encoding, samples, loop_seed, step, trajectory,
             initial_psi, simulations) -> Dict[str, tf.Tensor]:
+    # A caller of the bare SavedModel that passes back a stale trajectory would get answers
+    # averaged over the wrong iterates.
+    consistent = tf.debugging.assert_equal(tf.shape(trajectory)[1], step, message=(
+        "the trajectory in the state must hold psi_1 .. psi_step: pass every state output of the "
+        "previous start/step call back"))
+    with tf.control_dependencies([consistent]):
+      psi = tf.identity(psi)
     state = self.machine.update(LoopState(psi, lstm_h, lstm_c, real_encoding), samples,
                                 simulations)
     trajectory = tf.concat([trajectory, state.psi[:, tf.newaxis]], axis=1)
