@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -233,6 +234,23 @@ def test_session_rejects_bad_simulations(weinberg):
   simulations[1, 2, 3, 0] = np.nan
   session.tell(simulations)
   assert session.step == 2 and np.all(np.isfinite(session.result().mean))
+
+
+def test_a_told_value_beyond_float32_fails_its_set_like_inf(weinberg):
+  """A value beyond float32's range (an overflow in the user's float64 code) raised numpy's bare
+  'overflow encountered in cast' RuntimeWarning; it now fails its set like inf, as a numpy
+  simulator's does (named in a first-time warning), and nothing else changes."""
+  results = []
+  for value in (1e300, np.inf):
+    session = weinberg.deployed.start(weinberg.observations, seed=5)
+    simulations = np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1))
+    simulations[1, 2, 3, 0] = value
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      session.tell(simulations)
+    results.append(session.result())
+  np.testing.assert_array_equal(results[0].failed_sets, [0, 1])
+  _assert_results_equal(*results)
 
 
 @pytest.mark.parametrize("proposal, tail_averaging", [

@@ -27,6 +27,7 @@ from alfi_tf.model.arguments import check_seed
 from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
                                      repeat_for_starts)
 from alfi_tf.model.machine import usable_sets
+from alfi_tf.simulators.base import observations_as_float32
 from alfi_tf.workdir import load_machine
 
 #: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
@@ -94,20 +95,23 @@ class AskTellSession:
     """Feeds back `N` observations per asked parameter vector, `[B, M, N, d_x]` or `[B*M, N, d_x]`."""
     if self.done:
       raise RuntimeError(f"all {self._machine.num_steps} steps are done; call result()")
-    parameters = self._outputs["parameters"]
-    batch, samples = int(parameters.shape[0]), int(parameters.shape[1])
+    parameters = self.ask()
+    batch, samples = parameters.shape[:2]
     expected = (batch, samples, self._machine.num_simulated_obs, self._machine.observation_dim)
+    flat = (batch * samples,) + expected[2:]
     array = np.asarray(simulations)
     require_real_numbers(array, f"step {self.step + 1}: simulations")
-    # NaN/inf and values outside the observation transform's domain are allowed: such a simulated
-    # set is left out of the step (a failed simulation).
-    array = array.astype(np.float32)
-    if array.shape == (batch * samples,) + expected[2:]:
-      array = array.reshape(expected)
-    if array.shape != expected:
+    if array.shape not in (expected, flat):
       raise ValueError(f"step {self.step + 1}: simulations must have shape {expected} "
-                       f"[batch, num_samples, num_simulated_obs, observation_dim] (or "
-                       f"{(batch * samples,) + expected[2:]}), got {array.shape}")
+                       f"[batch, num_samples, num_simulated_obs, observation_dim] (or {flat}), "
+                       f"got {array.shape}")
+    # NaN/inf, values beyond float32's range (named in a warning) and values outside the
+    # observation transform's domain are allowed: such a simulated set is left out of the step
+    # (a failed simulation).
+    array = observations_as_float32(
+        array.reshape(flat), parameters.reshape(batch * samples, -1),
+        self._machine.parameter_names, f"step {self.step + 1}: the simulations told")
+    array = array.reshape(expected)
     transform = self._machine.metadata["machine_config"]["observation_transform"]
     usable = usable_sets(tf.constant(array), transform).numpy()                  # [B, M]
     # Failed sets reach the graph as NaN, which every export leaves out (an export written before
