@@ -89,6 +89,19 @@ def test_fit_refuses_theta_of_the_wrong_width():
     _machine().fit(_dataset(np.ones((16, 2), np.float32), observations), epochs=1, verbose=0)
 
 
+def test_fit_refuses_seeds_beyond_int32():
+  """int64 seeds beyond int32 wrapped around in the cast: [2**32 + 3, 4] trained as [3, 4]."""
+  theta, observations = _problems()
+  seeds = np.tile(np.array([[2 ** 32 + 3, 4]], np.int64), (len(theta), 1))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"the seeds of a batch \(its third element\) must lie in the int32 "
+                           r"range"):
+    _machine().fit((theta, observations, seeds), batch_size=8, epochs=1, verbose=0)
+  history = _machine().fit((theta, observations, seeds % 2 ** 32), batch_size=8, epochs=1,
+                           verbose=0)
+  assert np.isfinite(history.history["loss"]).all()
+
+
 def test_fit_names_what_a_batch_must_hold():
   theta, observations = _problems()
   with pytest.raises(ValueError, match=r"each batch for fit / evaluate must be a tuple \(theta "

@@ -495,6 +495,15 @@ class InferenceMachine(LossModel):
     if not tf.convert_to_tensor(seed).dtype.is_integer:
       raise ValueError(f"the batch's seeds (third element) must be integers, got "
                        f"{_describe(seed)}")
+    seed = tf.convert_to_tensor(seed)
+    if seed.dtype != tf.int32:
+      # A wider seed beyond int32 would wrap around in the cast (float64 holds int32's bounds).
+      wide = tf.cast(seed, tf.float64)
+      in_range = tf.debugging.Assert(
+          tf.reduce_all((wide >= tf.int32.min) & (wide <= tf.int32.max)),
+          ["the seeds of a batch (its third element) must lie in the int32 range"])
+      with tf.control_dependencies([in_range]):
+        seed = tf.identity(seed)
     seed = tf.reshape(tf.cast(seed, tf.int32), [-1, 2])[0]
     return theta, observations, seed
 
