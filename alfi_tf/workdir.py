@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import glob
 import json
+import numbers
 import os
 import socket
 import tempfile
@@ -18,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from alfi_tf.config import MachineConfig, TrainConfig, to_dict
+from alfi_tf.model.calibration import check_std_scales
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.simulators import Simulator, get_simulator
 
@@ -30,6 +32,12 @@ LOCK_FILE = "lock"
 #: Settings that shape only the answer read off the trained machine, not its weights or training:
 #: a run with progress may change them (`Workdir.claim`).
 ANSWER_SETTINGS = ("machine.tail_averaging",)
+#: The fields of `training_summary.json` that readers compute with, and their types.
+SUMMARY_FIELD_TYPES = {"steps": numbers.Integral, "final_loss": numbers.Real,
+                       "validation_rmse": dict, "train_seconds": numbers.Real,
+                       "data_seconds": numbers.Real, "redrawn_problems": numbers.Integral,
+                       "online_redrawn_problems": numbers.Integral,
+                       "masked_samples": numbers.Integral, "replicas": numbers.Integral}
 
 
 @contextlib.contextmanager
@@ -317,6 +325,9 @@ class Workdir:
     except (KeyError, TypeError) as error:   # a missing section, an unknown or mistyped setting
       raise ValueError(f"{self.file(CONFIG_FILE)} is damaged or was written by another alfi-tf "
                        f"version: {type(error).__name__}: {error}") from None
+    except ValueError as error:   # a setting of the wrong type or out of range, named by the config
+      raise ValueError(f"{self.file(CONFIG_FILE)} is damaged or was written by another alfi-tf "
+                       f"version: {error}") from None
 
   def _read_json(self, name: str) -> Optional[Dict[str, Any]]:
     """The run's JSON object in file `name`, or None when it has not been written.
@@ -328,7 +339,19 @@ class Workdir:
     return read_json_object(self.file(name))
 
   def read_summary(self) -> Dict[str, Any]:
-    return self._read_json(SUMMARY_FILE) or {}
+    """The run's `training_summary.json` (`{}` before the first checkpoint).
+
+    Raises:
+      ValueError: naming the file and the field, when a field readers compute with
+        (`SUMMARY_FIELD_TYPES`) has the wrong type.
+    """
+    summary = self._read_json(SUMMARY_FILE) or {}
+    for field, kind in SUMMARY_FIELD_TYPES.items():
+      value = summary.get(field)
+      if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise ValueError(f"{self.file(SUMMARY_FILE)} is damaged: {field} must be "
+                         f"{'an object' if kind is dict else 'a number'}, got {value!r}")
+    return summary
 
   def write_summary(self, summary: Dict[str, Any]) -> None:
     write_json_atomically(self.file(SUMMARY_FILE), summary)
@@ -421,17 +444,21 @@ def load_machine(workdir: str, checkpoint: Optional[str] = None) -> InferenceMac
     checkpoint = restore_checkpoint(restorer, run.checkpoints, partial=True)
     if checkpoint is None:
       raise FileNotFoundError(f"no checkpoint in {run.checkpoints}: train first")
-  apply_calibration(machine, run.read_calibration(), checkpoint)
+  apply_calibration(machine, run.read_calibration(), checkpoint, run.file(CALIBRATION_FILE))
   return machine
 
 
 def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str, Any]],
-                      checkpoint: str) -> None:
-  """Gives `machine` the std factors of `calibration` when they were fitted to `checkpoint`.
+                      checkpoint: str, source: str = CALIBRATION_FILE) -> None:
+  """Gives `machine` the std factors of `calibration` (read from the file `source`) when they were
+  fitted to `checkpoint`.
 
   Factors fitted to another checkpoint (training went on after the calibration, or an older
   checkpoint was restored) or to another answer (`tail_averaging` changed since) would misstate the
   widths, so they are left off, with a warning.
+
+  Raises:
+    ValueError: naming `source`, when its factors are missing or not `[C, d]` positive numbers.
   """
   if calibration is None:
     return
@@ -442,4 +469,10 @@ def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str,
                     "answers' std are not recalibrated (rerun the training command to refit "
                     "them)", CALIBRATION_FILE, *fitted_to, *wanted)
     return
-  machine.set_std_scales(calibration["std_scales"])
+  try:
+    scales = check_std_scales(calibration.get("std_scales"), machine.simulator.parameter_dim)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"{source} is damaged: {error} (std_scales: "
+                     f"{str(calibration.get('std_scales'))[:80]}); rerun the training command to "
+                     "refit it") from None
+  machine.set_std_scales(scales)

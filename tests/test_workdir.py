@@ -10,8 +10,9 @@ import pytest
 
 import alfi_tf.simulators
 from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.simulators import NumpySimulator, box_prior, get_simulator, register_simulator
-from alfi_tf.workdir import LOCK_FILE, Workdir, load_machine
+from alfi_tf.workdir import LOCK_FILE, Workdir, apply_calibration, load_machine
 
 HOLD_LOCK = """
 import sys, time
@@ -131,6 +132,12 @@ def test_a_directory_of_other_files_is_refused_untouched(tmp_path):
                        r"KeyError: 'machine'"),
     (b'{"machine": {"simulator": "poisson", "speed": 1}, "train": {}}',
      r"another alfi-tf version: TypeError: .*unexpected keyword argument 'speed'"),
+    # A value edited by hand is named with the file, not as if a flag had been mistyped.
+    (b'{"machine": {"simulator": "poisson", "num_steps": "2"}, "train": {}}',
+     r"config.json is damaged or was written by another alfi-tf version: num_steps must be an "
+     r"integer, got '2'"),
+    (b'{"machine": {"simulator": "poisson", "tail_averaging": NaN}, "train": {}}',
+     r"config.json is damaged .*: tail_averaging must be a finite number, got nan"),
 ])
 def test_a_damaged_config_is_named_by_every_reader(tmp_path, content, message):
   (tmp_path / "config.json").write_bytes(content)
@@ -142,10 +149,32 @@ def test_a_damaged_config_is_named_by_every_reader(tmp_path, content, message):
   assert (tmp_path / "config.json").read_bytes() == content
 
 
-def test_damaged_summaries_are_named(tmp_path):
-  (tmp_path / "training_summary.json").write_text('"a string"')
-  with pytest.raises(ValueError, match=r"training_summary.json is damaged: expected a JSON object"):
+@pytest.mark.parametrize("content, message", [
+    ('"a string"', "expected a JSON object"),
+    ('{"steps": "six"}', "steps must be a number, got 'six'"),
+    ('{"steps": 6, "train_seconds": [1]}', r"train_seconds must be a number, got \[1\]"),
+    ('{"validation_rmse": 1.5}', "validation_rmse must be an object, got 1.5"),
+])
+def test_damaged_summaries_are_named(tmp_path, content, message):
+  (tmp_path / "training_summary.json").write_text(content)
+  with pytest.raises(ValueError, match=rf"training_summary.json is damaged: {message}"):
     Workdir(str(tmp_path)).read_summary()
+
+
+@pytest.mark.parametrize("std_scales, message", [
+    (None, r"shape \[steps >= 1, 1\], got \(\)"),
+    ([[1.0, 2.0]], r"shape \[steps >= 1, 1\], got \(1, 2\)"),
+    ([[-1.0]], "finite and positive"),
+    ("abc", "could not convert string to float"),
+])
+def test_a_damaged_calibration_is_named_when_applied(std_scales, message):
+  machine = InferenceMachine(get_simulator("poisson"), MachineConfig(simulator="poisson"))
+  calibration = {"checkpoint": "ckpt-6", "tail_averaging": 0.0}
+  if std_scales is not None:
+    calibration["std_scales"] = std_scales
+  with pytest.raises(ValueError, match=rf"^run/calibration.json is damaged: .*"
+                                       rf"{message}.*rerun the training command to refit it"):
+    apply_calibration(machine, calibration, "run/checkpoints/ckpt-6", "run/calibration.json")
 
 
 class _EditedDecay(NumpySimulator):
