@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -115,6 +116,27 @@ TRAIN_BAD_FLAGS = [
     (["--num_problems=2000000000"], "GiB of memory, but this machine has"),
     (["--num_obs=1000000000", "--data_source=disk"], "use --data_source=disk (streamed from disk)"),
 ]
+
+
+def test_a_run_killed_before_its_summary_or_with_a_damaged_calibration_is_finished(
+    trained_workdir, tmp_path):
+  """Killed after its last checkpoint but before its summary, a run's summary holds what the
+  checkpoint's summary recorded; a damaged calibration.json is ours to refit. Rerunning the
+  command completes both, to what the uninterrupted run wrote (it used to fail on a KeyError)."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_workdir, workdir)
+  summary_path, calibration_path = (os.path.join(workdir, name) for name in
+                                    ("training_summary.json", "calibration.json"))
+  summary, calibration = (json.load(open(path)) for path in (summary_path, calibration_path))
+  json.dump({"steps": 6, "train_seconds": 1.0, "data_seconds": 1.0}, open(summary_path, "w"))
+  json.dump({**calibration, "std_scales": "damaged"}, open(calibration_path, "w"))
+  result = run("experiments.train", "--flagfile=experiments/configs/weinberg.cfg", *TINY_FLAGS,
+               f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "trained 6 steps" in result.stdout and "calibration.json is damaged" in result.stderr
+  completed = json.load(open(summary_path))
+  assert completed["validation_rmse"] == summary["validation_rmse"]
+  assert json.load(open(calibration_path))["std_scales"] == calibration["std_scales"]
 
 
 def test_train_rejects_bad_flags(tmp_path):

@@ -13,11 +13,11 @@ from absl import logging
 
 from alfi_tf import metrics
 from alfi_tf.config import DEFAULT_TEST_HORIZON, MAX_STEPS, MachineConfig, TrainConfig
-from alfi_tf.model.calibration import fit_std_scales
+from alfi_tf.model.calibration import check_std_scales, fit_std_scales
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.training import data as data_lib
-from alfi_tf.workdir import Workdir
+from alfi_tf.workdir import CALIBRATION_FILE, Workdir
 
 #: Offset of the calibration runs' inference seed from the run's seed (evaluation uses 1..5).
 INFERENCE_SEED_OFFSET = 7
@@ -78,8 +78,13 @@ def calibrate_run(workdir: Workdir, machine: InferenceMachine, train_config: Tra
   # Records from before the answer could average iterates were fitted to the last one.
   existing = {"tail_averaging": 0.0, **(workdir.read_calibration() or {})}
   if all(existing.get(key) == value for key, value in wanted.items()):
-    machine.set_std_scales(existing["std_scales"])
-    return
+    try:
+      machine.set_std_scales(check_std_scales(existing.get("std_scales"),
+                                              machine.simulator.parameter_dim))
+      return
+    except (TypeError, ValueError) as error:   # our own record, damaged: fitted again
+      logging.warning("%s is damaged (%s); refitting the calibration",
+                      workdir.file(CALIBRATION_FILE), error)
   workdir.write_calibration({**calibrate(machine, train_config), **wanted})
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Dict, Iterator, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import keras
 import numpy as np
@@ -253,23 +253,38 @@ class Trainer:
       if self.is_chief and (step % cfg.validate_every == 0 or step == stop):
         validation = self._validate(inferrer, validation_problems)
       if self.checkpoints.due(step, step == stop, clock.minutes_since_save(now)):
-        self._save(step, clock)
+        self._save(step, clock, loss)
       if bar is not None:
         faults = [("redrawn", clock.redrawn), ("masked", clock.masked_samples)]
         bar.update(step, [("loss", loss)] + [(f"val_rmse/{k}", v) for k, v in validation.items()]
                    + [(name, count) for name, count in faults if count])
     self.writer.flush()
-    result = TrainingResult(self.step, loss, validation, clock.train_seconds())
-    previous = self.workdir.read_summary()
-    if self.step == first_step and previous:
-      # A finished run resumed (say to recalibrate it): its summary stands as it was.
-      result = TrainingResult(*(previous[field] for field in TrainingResult._fields))
-    elif self.is_chief:
-      self.workdir.write_summary({**result._asdict(), **clock.record(),
-                                  "replicas": self.replicas})
+    result = self._finish(first_step, loss, validation, clock,
+                          lambda: self._validate(inferrer, validation_problems))
     if self.is_chief and self.step == cfg.total_steps:
       with _simulator_failures_named("recalibrating the std on fresh problems"):
         calibrate_run(self.workdir, self.machine, cfg, self.checkpoints.manager.latest_checkpoint)
+    return result
+
+  def _finish(self, first_step: int, loss: float, validation: Dict[str, float], clock: _Clock,
+              validate: Callable[[], Dict[str, float]]) -> TrainingResult:
+    """The session's result, recorded in the run's summary by the chief.
+
+    A session that trained no step resumed a run already at its end (say to recalibrate it): its
+    summary stands as it was. If that summary is incomplete (the run was killed after saving its
+    last checkpoint, before writing its summary), it is completed: the loss of the last step, as
+    the checkpoint's summary recorded it, and the validation, which is the same on every call.
+    """
+    previous = self.workdir.read_summary()
+    if self.step == first_step:
+      if all(field in previous for field in TrainingResult._fields):
+        return TrainingResult(*(previous[field] for field in TrainingResult._fields))
+      if self.is_chief:
+        loss, validation = previous.get("final_loss", loss), validate()
+    result = TrainingResult(self.step, loss, validation, clock.train_seconds())
+    if self.is_chief:
+      self.workdir.write_summary({**result._asdict(), **clock.record(),
+                                  "replicas": self.replicas})
     return result
 
   def _progress_bar(self, stop: int) -> Optional[keras.utils.Progbar]:
@@ -354,12 +369,14 @@ class Trainer:
     self._write_scalars(scalars)
     return validation
 
-  def _save(self, step: int, clock: _Clock) -> None:
-    """A checkpoint (on every worker), and the chief's summary of the run so far."""
+  def _save(self, step: int, clock: _Clock, loss: float) -> None:
+    """A checkpoint (on every worker), and the chief's summary of the run so far (with the loss of
+    `step`, the final loss should the run be killed before its own summary)."""
     self.checkpoints.save(step)
     clock.saved()
     if self.is_chief:
-      self.workdir.write_summary({"steps": step, **clock.record()})
+      self.workdir.write_summary({"steps": step, "final_loss": loss, **clock.record(),
+                                  "replicas": self.replicas})
 
   def _write_scalars(self, scalars: Dict[str, float]) -> None:
     with self.writer.as_default(step=self.step):
