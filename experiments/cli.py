@@ -104,11 +104,29 @@ def check_output_file(flag: str, path: str, is_own: Callable[[str], bool], what:
   Raises:
     app.UsageError: naming the flag, the path and what it holds.
   """
+  check_output_location(flag, path)
   if os.path.isdir(path):
     raise app.UsageError(f"--{flag}={path} is a directory; expected the path of {what}")
   if os.path.lexists(path) and not is_own(path):
     raise app.UsageError(f"--{flag}={path} exists and is not {what} written by alfi-tf, so "
                          f"nothing was overwritten: choose a new path (or delete that file)")
+
+
+def check_output_location(flag: str, path: str) -> None:
+  """Refuses `--flag=path` before any work when nothing can be written there: an empty path, or
+  one below a file (its missing directories are created when the output is written).
+
+  Raises:
+    app.UsageError: naming the flag, the path and, for a path below a file, that file.
+  """
+  if not path:
+    raise app.UsageError(f"--{flag} must name a path, got an empty one")
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise app.UsageError(f"--{flag}={path} lies below {parent}, which is a file, not a "
+                         "directory: choose a path in a directory")
 
 
 def _message(error: BaseException) -> str:

@@ -30,6 +30,7 @@ def main(argv):
   del argv   # checked by cli.run
   if FLAGS.num_steps < 0:
     raise app.UsageError(f"--num_steps must be >= 0, got {FLAGS.num_steps}")
+  cli.check_output_location("export_dir", FLAGS.export_dir)
   if os.path.exists(FLAGS.export_dir) and not FLAGS.overwrite:
     raise app.UsageError(f"--export_dir={FLAGS.export_dir} already exists; pass --overwrite to "
                          "replace it")

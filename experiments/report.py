@@ -25,6 +25,7 @@ def main(argv):
   del argv   # checked by cli.run
   if not os.path.isdir(FLAGS.runs):
     raise app.UsageError(f"--runs={FLAGS.runs} is not a directory")
+  cli.check_output_location("output", FLAGS.output)
   workdirs, skipped = find_evaluated_runs(FLAGS.runs)
   for path in skipped:
     print(f"skipped {path}: it has metrics.json but no config.json, so it is not an evaluated "

@@ -166,6 +166,27 @@ def test_evaluate_rejects_a_non_workdir_and_bad_flags(trained_workdir, tmp_path)
        "num_problems must be positive, got 0")])
 
 
+def test_outputs_below_a_file_or_empty_are_refused_before_any_work(tmp_path):
+  """An output path below a file used to fail after the work (`[Errno 17] File exists`, no flag
+  named); an empty --export_dir exported into the working directory's name."""
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  below = a_file / "sub" / "out"
+  refused = f"lies below {a_file}, which is a file, not a directory"
+  assert_refused("experiments.infer", [
+      ([f"--model={tmp_path}", "--observations=x.npy", f"--output={below}.json"],
+       f"--output={below}.json {refused}"),
+      ([f"--model={tmp_path}", "--observations=x.npy", f"--output={tmp_path / 'r.json'}",
+        f"--plot={below}.png"], f"--plot={below}.png {refused}")])
+  assert_refused("experiments.export", [
+      ([f"--workdir={tmp_path}", f"--export_dir={below}"], f"--export_dir={below} {refused}"),
+      ([f"--workdir={tmp_path}", "--export_dir="], "--export_dir must name a path, got an empty")])
+  assert_refused("experiments.report", [
+      ([f"--runs={tmp_path}", f"--output={below}.md"], f"--output={below}.md {refused}"),
+      ([f"--runs={tmp_path}", "--output="], "--output must name a path, got an empty one")])
+  assert a_file.read_text() == "x" and sorted(os.listdir(tmp_path)) == ["file"]
+
+
 def test_verbosity_keeps_the_traceback_for_debugging(tmp_path):
   result = run("experiments.evaluate", f"--workdir={tmp_path}", "--verbosity=1")
   assert result.returncode != 0
