@@ -206,9 +206,11 @@ class Workdir:
         if simulator is not None and not self.check_simulator(simulator):
           self.record_simulator(simulator)   # a run from before the record: from now on
         if answer_only:
+          stale = (f"; its {METRICS_FILE} holds the previous answer's evaluation: rerun "
+                   "alfi-evaluate" if os.path.exists(self.file(METRICS_FILE)) else "")
           logging.warning("workdir %s: changing only how the answer is read off the trained "
-                          "machine (the weights stay; the std calibration is refitted):\n  %s",
-                          self.path, "\n  ".join(differences))
+                          "machine (the weights stay; the std calibration is refitted%s):\n  %s",
+                          self.path, stale, "\n  ".join(differences))
           self._write_config(machine_config, train_config)
         return
       if differences:

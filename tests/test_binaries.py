@@ -61,6 +61,7 @@ def test_evaluate_end_to_end_and_report(trained_workdir, tmp_path):
   assert metrics["training_simulations"] == (3840 + 1920 + 320 + 6 * 16 * 64 + 2 * 8 * 64
                                              + 32 * 40 + 32 * 96)
   assert metrics["simulations_per_inference"] == 96
+  assert metrics["tail_averaging"] == 0.5   # the answer evaluated (the report checks it is current)
   assert set(metrics["sbc"]["within_band"]) == {"beam_energy", "fermi_constant"}
   # Calibrated for steps 1..3, evaluated at T = 3: the factors of step 3, as calibration.json has.
   calibration = json.load(open(os.path.join(trained_workdir, "calibration.json")))

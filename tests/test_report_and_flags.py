@@ -83,6 +83,21 @@ def test_runs_other_than_alfi_training_runs_are_skipped(tmp_path):
   assert "| poisson | 0.0 | – | a | 0.5 |" in render_results([alfi])
 
 
+def test_metrics_of_a_previous_answer_are_refused(tmp_path):
+  """A finished run re-read with another --tail_averaging keeps its metrics.json, evaluated with
+  the old answer: the report used to print them as the run's."""
+  run = _run_dir(tmp_path, "poisson", json.dumps({**METRICS, "tail_averaging": 0.5}))
+  (tmp_path / "poisson" / "config.json").write_text(json.dumps(
+      {"machine": {"tail_averaging": 0.5}, "train": {}}))
+  assert "| poisson | 0.0 | – | a | 0.5 |" in render_results([run])
+  (tmp_path / "poisson" / "config.json").write_text(json.dumps(
+      {"machine": {"tail_averaging": 0.0}, "train": {}}))
+  with pytest.raises(ValueError, match=rf"^{run}/metrics.json was evaluated with tail_averaging="
+                                       rf"0.5, but the run now answers with tail_averaging=0.0: "
+                                       rf"evaluate it again \(alfi-evaluate --workdir={run}\)"):
+    render_results([run])
+
+
 @pytest.mark.parametrize("text, message", [
     ("{'a': 1", "is damaged: not valid JSON"), ("[1, 2]", "is damaged: expected a JSON object"),
     ('{"rmse": {}}', "lacks references, ratios, coverage, rmse_per_step, training_horizon"),

@@ -100,6 +100,8 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       "num_steps": num_steps,
       "training_horizon": machine_config.num_steps,
       "num_starts": config.num_starts,
+      # How the answer is read off the machine: a run may change it after this evaluation.
+      "tail_averaging": machine_config.tail_averaging,
       # The factors that multiplied the std at the test horizon (`calibration.json`), or None.
       "std_scales_at_horizon": _std_scales_at(machine, names, num_steps),
       "simulations_per_inference": budgets.alfi_inference_simulations(
