@@ -73,6 +73,10 @@ def require_positive(owner: Any, *names: str) -> None:
 MAX_STEPS = 500
 
 
+#: The most training steps a run may have: its step counters and checkpoint numbers are int64.
+MAX_TOTAL_STEPS = 2 ** 63 - 1
+
+
 def require_horizon(name: str, num_steps: int) -> None:
   """Raises a ValueError naming `name` unless `num_steps <= MAX_STEPS`."""
   if num_steps > MAX_STEPS:
@@ -230,6 +234,9 @@ class TrainConfig:
     if self.num_problems < self.batch_size:
       raise ValueError(f"num_problems ({self.num_problems}) must be at least batch_size "
                        f"({self.batch_size})")
+    if self.total_steps > MAX_TOTAL_STEPS:   # the step counters are int64
+      raise ValueError(f"epochs ({self.epochs}) x steps per epoch ({self.steps_per_epoch}) must "
+                       f"be at most {MAX_TOTAL_STEPS} training steps, got {self.total_steps}")
     if not 0.0 < self.final_learning_rate_fraction <= 1.0:
       raise ValueError("final_learning_rate_fraction must be in (0, 1], got "
                        f"{self.final_learning_rate_fraction}")

@@ -112,6 +112,9 @@ TRAIN_BAD_FLAGS = [
     (["--learning_rate=nan"], "learning_rate must be a finite number, got nan"),
     (["--bound=inf"], "bound must be a finite number, got inf"),
     (["--seed=2147483648"], "seed must be an integer in [-2147483648, 2147483639]"),
+    # Beyond the int64 step counters: was "Can't convert Python sequence with out-of-range integer".
+    (["--epochs=99999999999999999999"], "epochs (99999999999999999999) x steps per epoch (3) must "
+                                        "be at most 9223372036854775807 training steps"),
     (["extra_argument"], "unexpected arguments: extra_argument"),
     # Refused with an estimate before anything is allocated (the kernel used to kill the run).
     (["--num_problems=2000000000"], "GiB of memory, but this machine has"),
