@@ -16,6 +16,7 @@ from absl import flags
 
 from alfi_tf.baselines.npe import NPEConfig
 from alfi_tf.baselines.npe_training import is_trained, load_npe, train_npe
+from alfi_tf.config import SEED_RANGE
 from alfi_tf.evaluation import comparison
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.workdir import write_json_atomically
@@ -32,6 +33,10 @@ define_flags_for(NPEConfig, {
 flags.DEFINE_string("workdir", None, "directory for the trained estimator and its scores")
 flags.DEFINE_integer("test_problems", 500, "held-out problems to score on")
 flags.DEFINE_integer("test_seed", 12345, "seed of the held-out problems (their test stream)")
+# Checked before training: the seed is only used to score the trained estimator.
+flags.register_validator("test_seed", lambda seed: SEED_RANGE[0] <= seed <= SEED_RANGE[1],
+                         message=f"--test_seed must be an integer in [{SEED_RANGE[0]}, "
+                                 f"{SEED_RANGE[1]}] (an int32 seed)")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 per epoch")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS

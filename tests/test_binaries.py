@@ -280,5 +280,7 @@ def test_npe_binary_rejects_bad_flags(tmp_path):
   assert_rejected("experiments.npe", [
       (["--learning_rate=nan"], "learning_rate must be a finite number, got nan"),
       (["--test_problems=0"], "--test_problems must be positive, got 0"),
+      # Used only to score the trained estimator: it used to be accepted and training to start.
+      (["--test_seed=99999999999"], "--test_seed must be an integer in [-2147483648, 2147483639]"),
       (["--simulator=nope"], "unknown simulator 'nope'"),
   ], NPE_TINY_FLAGS, tmp_path)
