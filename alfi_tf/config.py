@@ -14,6 +14,8 @@ from typing import Any, Dict
 
 
 BOUND_TYPES = ("tanh", "clip")
+#: Where an inference run starts when no start is given (`MachineConfig.start`).
+STARTS = ("prior_draw", "prior_mean")
 LOSSES = ("nll", "mse", "l1")
 TIME_WEIGHTS = ("exp", "constant", "last", "observed_improvement")
 DATA_SOURCES = ("memory", "disk", "online")
@@ -129,6 +131,11 @@ class MachineConfig:
       steps, still far from the posterior, out of it. 0 (the paper's) answers with the last
       proposal. The proposals the machine simulates from and the training loss are the same for
       every `f`, so it can be changed without retraining (the std calibration is refitted).
+    start: where an inference run starts when no `initial_mean` is given: `prior_draw` (the
+      paper's: `mu_0` a draw from the prior) or `prior_mean` (the mean of the meta-training
+      parameters, an estimate of the prior's: at most half the prior's width from any `theta*`).
+      Meta-training always starts from prior draws, so the machine learns to arrive from anywhere;
+      like `tail_averaging`, this changes only inference (the calibration is refitted).
   """
 
   simulator: str = "poisson"
@@ -153,6 +160,7 @@ class MachineConfig:
   mixture_components: int = 3
   score_features: bool = True
   tail_averaging: float = 0.0
+  start: str = "prior_draw"
 
   def __post_init__(self):
     require_well_formed(self)
@@ -170,6 +178,7 @@ class MachineConfig:
       raise ValueError("relative_encoding needs moment_features (they carry the real data's "
                        "reference mean and std)")
     require_choice(self, "proposal", PROPOSALS)
+    require_choice(self, "start", STARTS)
     require_choice(self, "bound_type", BOUND_TYPES)
     require_choice(self, "observation_transform", OBSERVATION_TRANSFORMS)
 
@@ -265,6 +274,24 @@ class TrainConfig:
 
 #: The spec evaluates machines at T = 15; a machine trained for longer runs its own horizon.
 DEFAULT_TEST_HORIZON = 15
+
+
+#: The `MachineConfig` fields that shape only how the answer is read off a trained machine, not its
+#: weights or its training: a run may change them after training (`Workdir.claim`), and its
+#: calibration and evaluation record the values they were made with.
+ANSWER_FIELDS = ("tail_averaging", "start")
+
+
+def answer_settings(config: "MachineConfig") -> Dict[str, Any]:
+  """`config`'s `ANSWER_FIELDS` by name."""
+  return {name: getattr(config, name) for name in ANSWER_FIELDS}
+
+
+def recorded_answer_settings(record: Dict[str, Any]) -> Dict[str, Any]:
+  """The answer settings a record (`calibration.json`, `metrics.json`) was made with: its own, and
+  for the fields it predates their defaults, which every run then had."""
+  defaults = {field.name: field.default for field in dataclasses.fields(MachineConfig)}
+  return {name: record.get(name, defaults[name]) for name in ANSWER_FIELDS}
 
 
 def default_test_horizon(config: MachineConfig) -> int:

@@ -18,7 +18,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import tensorflow as tf
 from absl import logging
 
-from alfi_tf.config import MachineConfig, TrainConfig, to_dict
+from alfi_tf.config import (ANSWER_FIELDS, MachineConfig, TrainConfig, answer_settings,
+                            recorded_answer_settings, to_dict)
 from alfi_tf.model.calibration import check_std_scales
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.simulators import Simulator, get_simulator
@@ -29,9 +30,8 @@ CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 SIMULATOR_FILE = "simulator.json"
 LOCK_FILE = "lock"
-#: Settings that shape only the answer read off the trained machine, not its weights or training:
-#: a run with progress may change them (`Workdir.claim`).
-ANSWER_SETTINGS = ("machine.tail_averaging",)
+#: The settings (`config.ANSWER_FIELDS`) that a run with progress may change (`Workdir.claim`).
+ANSWER_SETTINGS = tuple(f"machine.{name}" for name in ANSWER_FIELDS)
 #: The fields of `training_summary.json` that readers compute with, and their types.
 SUMMARY_FIELD_TYPES = {"steps": numbers.Integral, "final_loss": numbers.Real,
                        "validation_rmse": dict, "train_seconds": numbers.Real,
@@ -456,20 +456,20 @@ def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str,
   fitted to `checkpoint`.
 
   Factors fitted to another checkpoint (training went on after the calibration, or an older
-  checkpoint was restored) or to another answer (`tail_averaging` changed since) would misstate the
-  widths, so they are left off, with a warning.
+  checkpoint was restored) or to another answer (`config.ANSWER_FIELDS` changed since) would
+  misstate the widths, so they are left off, with a warning.
 
   Raises:
     ValueError: naming `source`, when its factors are missing or not `[C, d]` positive numbers.
   """
   if calibration is None:
     return
-  fitted_to = (calibration.get("checkpoint"), calibration.get("tail_averaging", 0.0))
-  wanted = (os.path.basename(checkpoint), machine.config.tail_averaging)
+  fitted_to = (calibration.get("checkpoint"), recorded_answer_settings(calibration))
+  wanted = (os.path.basename(checkpoint), answer_settings(machine.config))
   if fitted_to != wanted:
-    logging.warning("%s was fitted to checkpoint %s with tail_averaging %s, not to %s with %s: the "
-                    "answers' std are not recalibrated (rerun the training command to refit "
-                    "them)", CALIBRATION_FILE, *fitted_to, *wanted)
+    logging.warning("%s was fitted to checkpoint %s with %s, not to %s with %s: the answers' std "
+                    "are not recalibrated (rerun the training command to refit them)",
+                    CALIBRATION_FILE, *fitted_to, *wanted)
     return
   try:
     scales = check_std_scales(calibration.get("std_scales"), machine.simulator.parameter_dim)

@@ -203,7 +203,7 @@ def _change_the_tail_averaging(workdir: str, machine_config: MachineConfig, summ
   the weights stay, the factors are refitted to the new answer, and only then applied."""
   checkpoints = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   window_one = json.load(open(os.path.join(workdir, CALIBRATION_FILE)))
-  averaged_config = dataclasses.replace(machine_config, tail_averaging=0.5)
+  averaged_config = dataclasses.replace(machine_config, tail_averaging=0.5, start="prior_mean")
   with pytest.raises(ValueError, match="lstm_units"):   # a setting the weights depend on
     Trainer(dataclasses.replace(averaged_config, lstm_units=5), TINY_TRAIN, workdir)
   Trainer(averaged_config, TINY_TRAIN, workdir, log_every=1000).train()
@@ -211,6 +211,7 @@ def _change_the_tail_averaging(workdir: str, machine_config: MachineConfig, summ
   assert open(os.path.join(workdir, "training_summary.json")).read() == summary
   record = json.load(open(os.path.join(workdir, CALIBRATION_FILE)))
   assert record["tail_averaging"] == 0.5 and record["checkpoint"] == "ckpt-2"
+  assert record["start"] == "prior_mean"
   assert record["std_scales"] != window_one["std_scales"]
   loaded = load_machine(workdir)
   assert loaded.config.tail_averaging == 0.5

@@ -253,17 +253,18 @@ def test_a_told_value_beyond_float32_fails_its_set_like_inf(weinberg):
   _assert_results_equal(*results)
 
 
-@pytest.mark.parametrize("proposal, tail_averaging", [
-    ("full_covariance_gaussian", 0.0), ("gaussian_mixture", 0.0), ("diagonal_gaussian", 0.5),
-    ("full_covariance_gaussian", 0.9)])
-def test_other_proposal_families_export_and_step_alike(proposal, tail_averaging, tmp_path):
+@pytest.mark.parametrize("proposal, tail_averaging, start", [
+    ("full_covariance_gaussian", 0.0, "prior_draw"), ("gaussian_mixture", 0.0, "prior_draw"),
+    ("diagonal_gaussian", 0.5, "prior_mean"), ("full_covariance_gaussian", 0.9, "prior_draw")])
+def test_other_proposal_families_export_and_step_alike(proposal, tail_averaging, start, tmp_path):
   """... and so do answers that average the last iterates, at every step of a session."""
   from alfi_tf.model.machine import InferenceMachine
   simulator = get_simulator("weinberg")
   set_global_seed(1)
   machine = InferenceMachine(simulator, MachineConfig(simulator="weinberg", proposal=proposal,
                                                       mixture_components=2,
-                                                      tail_averaging=tail_averaging, **TINY))
+                                                      tail_averaging=tail_averaging, start=start,
+                                                      **TINY))
   theta, observations = simulator.sample_problems(32, NUM_OBS, tf.constant([1, 2]))
   machine.adapt(theta.numpy(), observations.numpy())
   layer = machine.updater.output_net.layers[-1]   # so that psi moves
@@ -283,6 +284,10 @@ def test_other_proposal_families_export_and_step_alike(proposal, tail_averaging,
     session.tell(simulator.simulate(session.ask().reshape(-1, 2), NUM_SIMULATED_OBS,
                                     session.simulation_seed))
     np.testing.assert_allclose(session.result().mean, inferred.trajectory_mean[:, step],
+                               **TOLERANCE)
+  if start == "prior_mean":   # the export starts where the machine does
+    np.testing.assert_allclose(inferred.initial_mean,
+                               np.broadcast_to(machine.theta_standardizer.mean, (2, 2)),
                                **TOLERANCE)
 
 

@@ -135,6 +135,7 @@ def test_transform_observations_unknown_kind_raises():
     (MachineConfig, "observation_transform", "log"),
     (MachineConfig, "tail_averaging", -0.5),
     (MachineConfig, "tail_averaging", 1.5),
+    (MachineConfig, "start", "center"),
     (MachineConfig, "tail_averaging", float("nan")),
     (TrainConfig, "num_problems", 0),
     (TrainConfig, "num_obs", -5),
@@ -478,6 +479,28 @@ def test_averaging_the_last_iterates_divides_their_noise_by_the_root_of_their_nu
   # Relative standard error of an RMSE over 20,000 problems: about 1 / sqrt(2 * 20000) = 0.5%.
   rmse = np.sqrt(np.mean(np.square(answers[:, -1] - theta[:, 0]), axis=0))
   np.testing.assert_allclose(rmse, noise / np.sqrt(8), rtol=0.02)
+
+
+def test_inference_starts_where_config_start_says_and_training_from_prior_draws():
+  machine = _machine(start="prior_mean")
+  _activate(machine)
+  _, observations = _problems("poisson")
+  center = machine.theta_standardizer.mean.numpy()
+  result = Inferrer(machine, batch_size=2)(observations, seed=3)
+  np.testing.assert_allclose(result.initial_mean, np.broadcast_to(center, (NUM_PROBLEMS, 1)),
+                             rtol=1e-6)
+  outputs = machine.infer(tf.constant(observations), _seed(3))
+  np.testing.assert_allclose(outputs["initial_mean"], result.initial_mean, rtol=1e-6)
+  # Given starts win; meta-training starts from prior draws, so the machine learns to arrive
+  # from anywhere.
+  start = np.full((NUM_PROBLEMS, 1), 2.0, np.float32)
+  np.testing.assert_allclose(Inferrer(machine)(observations, seed=3, initial_mean=start)
+                             .initial_mean, start)
+  training_starts = machine.to_raw(machine(tf.constant(observations), seed=_seed(3),
+                                           training=True).initial_psi)[0].numpy()
+  assert np.ptp(training_starts) > 0.5
+  drawn = _machine()
+  assert np.ptp(Inferrer(drawn)(observations, seed=3).initial_mean) > 0.5
 
 
 def test_the_tail_window_grows_with_the_step():

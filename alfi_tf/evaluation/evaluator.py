@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf import metrics
-from alfi_tf.config import (default_test_horizon, require_horizon, require_positive,
-                            require_well_formed)
+from alfi_tf.config import (answer_settings, default_test_horizon, require_horizon,
+                            require_positive, require_well_formed)
 from alfi_tf.evaluation import budgets, plots
 from alfi_tf.evaluation.references import reference_estimates, require_grid_fits
 from alfi_tf.model.inference import InferenceResult, Inferrer
@@ -101,7 +101,7 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       "training_horizon": machine_config.num_steps,
       "num_starts": config.num_starts,
       # How the answer is read off the machine: a run may change it after this evaluation.
-      "tail_averaging": machine_config.tail_averaging,
+      **answer_settings(machine_config),
       # The factors that multiplied the std at the test horizon (`calibration.json`), or None.
       "std_scales_at_horizon": _std_scales_at(machine, names, num_steps),
       "simulations_per_inference": budgets.alfi_inference_simulations(
@@ -251,10 +251,14 @@ def _figures_to_tensorboard(run: Workdir, figures: Sequence[str]) -> None:
 
 def _robustness(inferrer: Inferrer, test: data_lib.Problems, seed: int, config: EvaluationConfig,
                 names: List[str], run: Workdir) -> Dict[str, Any]:
-  """Re-runs the first problems from many random starts: how much does `mu_T` depend on `psi_0`?"""
+  """Re-runs the first problems from many random starts: how much does `mu_T` depend on `psi_0`?
+
+  The starts are prior draws whatever the run's default start (`MachineConfig.start`)."""
   count, starts = min(config.robustness_problems, len(test.theta)), config.robustness_starts
   observations = np.repeat(test.observations[:count], starts, axis=0)
-  result = inferrer(observations, seed=seed + 2)
+  draws = inferrer.machine.simulator.prior.sample(
+      count * starts, seed=tf.constant([seed + 2, 3], tf.int32)).numpy().astype(np.float32)
+  result = inferrer(observations, seed=seed + 2, initial_mean=draws)
   d = test.theta.shape[1]
   means = result.trajectory_mean.reshape(count, starts, -1, d)
   initial = result.initial_mean.reshape(count, starts, d)

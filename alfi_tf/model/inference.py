@@ -173,9 +173,11 @@ class Inferrer:
       observations: `B` observation sets of `n` observations each.
       seed: integer seed; batch `i` splits `fold_in([seed, 0], i)` into the seed of its prior-drawn
         starts and the seed of the machine's run.
-      initial_mean: optional `[B, d]` raw starts; default draws from the prior.
-      num_starts: `R` runs per data set, each from its own start and with its own simulations,
-        batched together and combined by `pool_starts` (`R` times the simulations).
+      initial_mean: optional `[B, d]` raw starts; default `machine.default_starts` (prior draws, or
+        the prior's mean for every run under `start = prior_mean`).
+      num_starts: `R` runs per data set, each from its own start (one start for all under
+        `start = prior_mean`) and with its own simulations, batched together and combined by
+        `pool_starts` (`R` times the simulations).
     """
     seed = check_seed(seed)
     simulator = self.machine.simulator
@@ -201,12 +203,9 @@ class Inferrer:
       chunk = slice(start, start + self.batch_size)
       start_seed, run_seed = tf.unstack(tf.random.experimental.stateless_split(
           tf.random.experimental.stateless_fold_in(base_seed, index), 2))
-      # Starts are always passed explicitly, so one graph serves both prior draws and user starts.
+      # Starts are always passed explicitly, so one graph serves default and user starts.
       start_mean = (initial_mean[chunk] if initial_mean is not None else
-                    self._prior_draw(observations[chunk].shape[0], start_seed))
+                    self.machine.default_starts(observations[chunk].shape[0], start_seed))
       results.append(InferenceResult.from_outputs(self._run(
           tf.constant(observations[chunk]), run_seed, tf.constant(start_mean))))
     return InferenceResult.concatenate(results)
-
-  def _prior_draw(self, count: int, seed: tf.Tensor) -> np.ndarray:
-    return self.machine.simulator.prior.sample(count, seed=seed).numpy().astype(np.float32)

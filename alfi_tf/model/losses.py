@@ -114,7 +114,8 @@ def meta_loss(machine, theta: tf.Tensor, observations: tf.Tensor, seed: tf.Tenso
   Returns:
     A scalar: the batch's mean of the weighted per-step losses.
   """
-  return trajectory_loss(machine, machine(observations, seed=seed), theta, loss, weights, beta)
+  return trajectory_loss(machine, machine(observations, seed=seed, training=True), theta, loss,
+                         weights, beta)
 
 
 def trajectory_loss(machine, trajectory, theta: tf.Tensor, loss: str = "nll",

@@ -220,11 +220,23 @@ class InferenceMachine(LossModel):
         transform_observations(observations, self.config.observation_transform))
 
   def initial_psi(self, batch_size: int, seed: tf.Tensor,
-                  initial_mean: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """`psi_0`: centred on a prior draw (or `initial_mean [batch, d]`, raw units), spread sigma_0."""
-    if initial_mean is None:
-      initial_mean = tf.cast(self.simulator.prior.sample(batch_size, seed=seed), tf.float32)
-    return self.proposal.initial_psi(self.theta_standardizer.forward(initial_mean))
+                  initial_mean: Optional[tf.Tensor] = None, training: bool = False) -> tf.Tensor:
+    """`psi_0`, spread sigma_0, centred on `initial_mean [batch, d]` (raw units) where given, else
+    on a prior draw in training and on the start `config.start` names at inference."""
+    if initial_mean is not None:
+      return self.proposal.initial_psi(self.theta_standardizer.forward(initial_mean))
+    if self.config.start == "prior_mean" and not training:
+      # The standardised origin is the mean of the meta-training parameters.
+      return self.proposal.initial_psi(tf.zeros([batch_size, self.simulator.parameter_dim]))
+    draws = tf.cast(self.simulator.prior.sample(batch_size, seed=seed), tf.float32)
+    return self.proposal.initial_psi(self.theta_standardizer.forward(draws))
+
+  def default_starts(self, count: int, seed: tf.Tensor) -> np.ndarray:
+    """The raw starts `mu_0 [count, d]` of `count` inference runs given none (`config.start`)."""
+    if self.config.start == "prior_mean":
+      mean = self.theta_standardizer.mean.numpy()
+      return np.broadcast_to(mean, (count, mean.shape[0])).astype(np.float32)
+    return self.simulator.prior.sample(count, seed=seed).numpy().astype(np.float32)
 
   def simulation_parameters(self, theta_standardized: tf.Tensor) -> tf.Tensor:
     """Standardised samples `[batch, M, d]` -> the raw parameters to simulate, `[batch, M, d]`.
@@ -251,13 +263,16 @@ class InferenceMachine(LossModel):
   # strings them together with the simulator inline.
 
   def begin(self, observations: tf.Tensor, seed: tf.Tensor,
-            initial_mean: Optional[tf.Tensor] = None) -> Tuple[LoopState, tf.Tensor]:
+            initial_mean: Optional[tf.Tensor] = None,
+            training: bool = False) -> Tuple[LoopState, tf.Tensor]:
     """Encodes the observations and sets up `psi_0` and `h_0`.
 
     Args:
       observations: `[batch, n, d_x]` raw observations.
       seed: int32 `[2]`; the start (when drawn) and every later step derive from it.
-      initial_mean: optional `[batch, d]` raw start `mu_0`; default a draw from the prior.
+      initial_mean: optional `[batch, d]` raw start `mu_0`; default a prior draw in training,
+        `config.start` at inference (`initial_psi`).
+      training: whether this is a meta-training run.
 
     Returns:
       `(state, loop_seed)`: the state before step 1 and the seed that `step_seeds` derives from.
@@ -266,7 +281,8 @@ class InferenceMachine(LossModel):
     batch = tf.shape(observations)[0]
     init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     h, c = self.updater.initial_state(batch)
-    state = LoopState(psi=self.initial_psi(batch, init_seed, initial_mean), lstm_h=h, lstm_c=c,
+    state = LoopState(psi=self.initial_psi(batch, init_seed, initial_mean, training),
+                      lstm_h=h, lstm_c=c,
                       real_encoding=self.encoder(self.standardize_observations(observations)))
     return state, loop_seed
 
@@ -332,14 +348,17 @@ class InferenceMachine(LossModel):
     return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
 
   def call(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
-           initial_mean: Optional[tf.Tensor] = None) -> Trajectory:
+           initial_mean: Optional[tf.Tensor] = None, training: Optional[bool] = None) -> Trajectory:
     """Runs the machine on a batch of problems, the T steps unrolled in one graph.
 
     Args:
       observations: `[batch, n, d_x]` raw observations (n may differ from training).
       seed: int32 `[2]` stateless seed (initial means, proposals and simulations derive from it).
       num_steps: horizon `T` (a Python int), default `config.num_steps`.
-      initial_mean: optional `[batch, d]` raw start `mu_0`; default a draw from the prior.
+      initial_mean: optional `[batch, d]` raw start `mu_0`; default a prior draw in training,
+        `config.start` at inference.
+      training: a meta-training run (the meta-loss's): starts are prior draws whatever
+        `config.start` says.
 
     Returns:
       The `Trajectory` of `psi`, standardised.
@@ -347,7 +366,7 @@ class InferenceMachine(LossModel):
     num_steps = (self.config.num_steps if num_steps is None else
                  arguments.require_positive_integer("num_steps", arguments.scalar_value(num_steps)))
     require_horizon("num_steps", num_steps)
-    state, loop_seed = self.begin(observations, seed, initial_mean)
+    state, loop_seed = self.begin(observations, seed, initial_mean, bool(training))
     initial_psi = state.psi
     trajectory, masked = [], []
     for t in range(num_steps):

@@ -12,7 +12,8 @@ import tensorflow as tf
 from absl import logging
 
 from alfi_tf import metrics
-from alfi_tf.config import DEFAULT_TEST_HORIZON, MAX_STEPS, MachineConfig, TrainConfig
+from alfi_tf.config import (DEFAULT_TEST_HORIZON, MAX_STEPS, MachineConfig, TrainConfig,
+                            answer_settings, recorded_answer_settings)
 from alfi_tf.model.calibration import check_std_scales, fit_std_scales
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
@@ -74,9 +75,9 @@ def calibrate_run(workdir: Workdir, machine: InferenceMachine, train_config: Tra
   wanted = {"checkpoint": os.path.basename(checkpoint),
             "num_problems": train_config.calibration_problems,
             "horizon": calibration_horizon(machine.config, train_config),
-            "tail_averaging": machine.config.tail_averaging}
-  # Records from before the answer could average iterates were fitted to the last one.
-  existing = {"tail_averaging": 0.0, **(workdir.read_calibration() or {})}
+            **answer_settings(machine.config)}
+  recorded = workdir.read_calibration() or {}
+  existing = {**recorded, **recorded_answer_settings(recorded)}
   if all(existing.get(key) == value for key, value in wanted.items()):
     try:
       machine.set_std_scales(check_std_scales(existing.get("std_scales"),

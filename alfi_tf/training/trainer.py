@@ -198,7 +198,7 @@ class Trainer:
                                seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """`meta_loss` and how many simulated sets of the run failed (`step.LossFn`)."""
     cfg = self.train_config
-    trajectory = self.machine(observations, seed=seed)
+    trajectory = self.machine(observations, seed=seed, training=True)
     loss = losses.trajectory_loss(self.machine, trajectory, theta, cfg.loss, cfg.time_weights,
                                   cfg.beta)
     return loss, tf.cast(tf.reduce_sum(trajectory.masked_samples), tf.float32)
