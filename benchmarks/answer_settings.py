@@ -1,10 +1,12 @@
-r"""Tail averaging: what answering with the mean of the last iterates buys (`--tail_averaging`).
+r"""What the answer settings buy: tail averaging (`--tail_averaging`) and where inference starts
+(`--start`), which change how the answer is read off a trained machine, not its weights.
 
-  python -m benchmarks.tail_averaging --workdirs=runs/poisson,runs/gaussian --fractions=0,0.5
+  python -m benchmarks.answer_settings --workdirs=runs/poisson,runs/gaussian --fractions=0,0.5 \
+      --starts=prior_draw,prior_mean
 
-Each trained run is read off with every fraction `f`: a copy of the run under --output_root gets
-`tail_averaging = f` and its std recalibrated by the library's own `calibrate_run` (what rerunning
-the training command with `--tail_averaging=f` does; the weights are the same for every `f`). On
+Each trained run is read off with every fraction `f` and start `s`: a copy of the run under
+--output_root gets `tail_averaging = f`, `start = s` and its std recalibrated by the library's own
+`calibrate_run` (what rerunning the training command with `--tail_averaging=f --start=s` does). On
 --num_problems held-out problems (the run's test stream), per inference seed and parameter: the
 RMSE of the answer at t = 10, at --report_step and at the horizon divided by the reference's (the
 exact posterior mean where the simulator has one, else its reference estimator), the flatness of the
@@ -28,7 +30,8 @@ from alfi_tf.workdir import Workdir
 
 flags.DEFINE_list("workdirs", None, "trained runs (read only)")
 flags.DEFINE_list("fractions", ["0", "0.5"], "tail_averaging values to compare")
-flags.DEFINE_string("output_root", "runs/tail_averaging", "where the recalibrated copies go")
+flags.DEFINE_list("starts", ["prior_draw"], "start values to compare")
+flags.DEFINE_string("output_root", "runs/answer_settings", "where the recalibrated copies go")
 flags.DEFINE_integer("num_problems", 500, "held-out problems")
 flags.DEFINE_integer("num_steps", 30, "inference horizon")
 flags.DEFINE_integer("report_step", 15, "the step whose coverage is reported")
@@ -39,25 +42,27 @@ FLAGS = flags.FLAGS
 FIRST_STEP = 10
 
 
-def read_off_with(workdir: str, fraction: float) -> str:
-  """`workdir` itself if it already answers with `fraction`, else a recalibrated copy of it."""
+def read_off_with(workdir: str, fraction: float, start: str) -> str:
+  """`workdir` itself if it already answers with `fraction` and `start`, else a recalibrated copy
+  of it."""
   machine_config, train_config = Workdir(workdir).read_config()
-  if machine_config.tail_averaging == fraction:
+  if (machine_config.tail_averaging, machine_config.start) == (fraction, start):
     return workdir
   # Named after the run's last two path components: runs/comparison/<simulator>/alfi_1 differ in
   # the simulator only.
   name = "_".join(os.path.normpath(os.path.abspath(workdir)).split(os.sep)[-2:])
-  copy = os.path.join(FLAGS.output_root, f"{name}_tail_averaging_{fraction:g}")
+  copy = os.path.join(FLAGS.output_root, f"{name}_tail_averaging_{fraction:g}_{start}")
   if not os.path.exists(copy):
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("tb", "lock", "*.png"))
   run = Workdir(copy)
-  run.claim(dataclasses.replace(machine_config, tail_averaging=fraction), train_config)
+  run.claim(dataclasses.replace(machine_config, tail_averaging=fraction, start=start),
+            train_config)
   machine = load_machine(copy)
   calibrate_run(run, machine, train_config, tf.train.latest_checkpoint(run.checkpoints))
   return copy
 
 
-def report(workdir: str, fraction: float) -> None:
+def report(workdir: str, label: str) -> None:
   machine = load_machine(workdir)
   _, train_config = Workdir(workdir).read_config()
   test = data_lib.generate_problems(machine.simulator, FLAGS.num_problems, train_config.num_obs,
@@ -78,7 +83,7 @@ def report(workdir: str, fraction: float) -> None:
     flatness = metrics.flatness(ratio, FIRST_STEP)
     for j, parameter in enumerate(machine.simulator.parameter_names):
       far = "" if stragglers is None else f"; >4 posterior std at t>={FIRST_STEP}: {stragglers[j]}"
-      print(f"{workdir} f={fraction:g} seed={seed} {parameter}: RMSE / {name} "
+      print(f"{workdir} {label} seed={seed} {parameter}: RMSE / {name} "
             f"t={FIRST_STEP} {ratio[FIRST_STEP - 1, j]:.3f} t={t} {ratio[t - 1, j]:.3f} "
             f"t={FLAGS.num_steps} {ratio[-1, j]:.3f}; flatness {flatness[j]:.3f}{far}; "
             f"coverage t={t} {coverage['0.68'][j]:.3f} / {coverage['0.95'][j]:.3f}", flush=True)
@@ -91,7 +96,8 @@ def main(argv):
     raise app.UsageError(f"--report_step must lie in [{FIRST_STEP}, --num_steps]")
   for workdir in FLAGS.workdirs:
     for fraction in fractions:
-      report(read_off_with(workdir, fraction), fraction)
+      for start in FLAGS.starts:
+        report(read_off_with(workdir, fraction, start), f"f={fraction:g} start={start}")
 
 
 if __name__ == "__main__":
