@@ -58,8 +58,12 @@ def get_simulator(spec: str) -> Simulator:
   elif spec in _REGISTRY:
     simulator = _REGISTRY[spec]()
   else:
+    # A machine saved with a simulator its user registered in that session names it by name
+    # alone: loading it elsewhere needs the registration again.
     raise ValueError(f"unknown simulator {spec!r}; valid names are: "
-                     f"{', '.join(available_simulators())} (or {SPEC_FORMS})")
+                     f"{', '.join(available_simulators())} (or {SPEC_FORMS}); a simulator of your "
+                     f"own named {spec!r} must be registered first "
+                     f"(alfi_tf.register_simulator) in the process that loads it")
   simulator.spec = spec
   return simulator
 
