@@ -95,6 +95,40 @@ def test_partial_store_of_a_killed_generation_is_discarded(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["train"]
 
 
+def _damage_manifest(store, text):
+  with open(os.path.join(store.path, store.MANIFEST), "w") as stream:
+    stream.write(text)
+
+
+def _truncate_a_data_file(store, keep):
+  shard = next(os.path.join(root, name) for root, _, names in os.walk(store.path)
+               for name in names if name.endswith(".snapshot"))
+  with open(shard, "rb") as stream:
+    content = stream.read()
+  with open(shard, "wb") as stream:
+    stream.write(content[:keep])
+  return os.path.relpath(shard, store.path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda store: _damage_manifest(store, "not json{"), "alfi_problems.json is not valid JSON"),
+    (lambda store: _damage_manifest(store, "[1, 2]"), "holds a list, not a JSON object"),
+    (lambda store: _truncate_a_data_file(store, 100), ".snapshot has 100 bytes"),
+    (lambda store: _truncate_a_data_file(store, 0) and os.remove(
+        os.path.join(store.path, "snapshot.metadata")), "snapshot.metadata is missing"),
+])
+def test_a_damaged_store_is_named_when_it_is_opened(tmp_path, damage, message):
+  """A store changed after its generation (a partial copy, a truncated file, an edited manifest)
+  is refused when a run opens it, naming the store and what is damaged, before any batch."""
+  simulator = get_simulator("poisson")
+  path = str(tmp_path / "train")
+  damage(data_lib.ProblemStore(path).create(simulator, 20, 10, 2, 0))
+  with pytest.raises(ValueError, match=f"problem store {path} is damaged") as error:
+    data_lib.ProblemStore(path).create(simulator, 20, 10, 2, 0)
+  assert message in str(error.value) and "Delete it" in str(error.value)
+  assert os.path.exists(path)   # refused, never deleted: it may be the user's only copy
+
+
 def test_streamed_moments_equal_the_whole_set_moments():
   data = np.random.default_rng(0).normal(3.0, 2.0, size=(1000, 3))
   merged = Moments.of(data[:1], 3)

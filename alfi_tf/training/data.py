@@ -298,13 +298,26 @@ def with_worker_threads(dataset: tf.data.Dataset,
   return dataset.with_options(options)
 
 
+def _file_sizes(directory: str, exclude: str) -> Dict[str, int]:
+  """The size of every file below `directory` but `exclude`, by its path relative to `directory`."""
+  sizes = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      relative = os.path.relpath(path, directory)
+      if relative != exclude:
+        sizes[relative] = os.path.getsize(path)
+  return sizes
+
+
 class ProblemStore:
   """A meta-dataset on disk (`tf.data.Dataset.save`), streamed back with `tf.data.Dataset.load`.
 
   Generation streams chunk by chunk from the simulator to disk, so a meta-dataset never has to fit
   in memory. It is written into a temporary sibling directory that is renamed into place when
   complete: a killed generation leaves no partial store behind (the next run starts it over). A
-  manifest records the generation recipe; opening a store made with another recipe is refused.
+  manifest records the generation recipe and the size of every data file; opening a store made
+  with another recipe, or one whose files changed since (a partial copy), is refused.
 
   Args:
     path: the store's directory.
@@ -333,17 +346,57 @@ class ProblemStore:
     return os.path.exists(os.path.join(self.path, self.MANIFEST))
 
   def read_recipe(self) -> Dict[str, Any]:
-    with open(os.path.join(self.path, self.MANIFEST)) as stream:
-      return json.load(stream)
+    """The manifest: the recipe, the count of redrawn problems and the data files' sizes.
+
+    Raises:
+      ValueError: naming the manifest, when it holds no JSON object.
+    """
+    manifest = os.path.join(self.path, self.MANIFEST)
+    try:
+      with open(manifest) as stream:
+        stored = json.load(stream)
+    except ValueError as error:   # also a UnicodeDecodeError
+      raise self._damaged(f"{manifest} is not valid JSON ({error})") from None
+    if not isinstance(stored, dict):
+      raise self._damaged(f"{manifest} holds a {type(stored).__name__}, not a JSON object")
+    return stored
+
+  def _damaged(self, what: str) -> ValueError:
+    """The error for a store that something other than its generation changed: `what` is wrong."""
+    return ValueError(f"problem store {self.path} is damaged: {what}; it was changed or copied "
+                      "incompletely after it was generated. Delete it (or use another --data_dir) "
+                      "to generate it again")
 
   def check(self, recipe: Dict[str, Any]) -> None:
-    """Raises a ValueError naming every setting in which the stored recipe differs from `recipe`."""
+    """Raises a ValueError naming every setting in which the stored recipe differs from `recipe`,
+    or, for a damaged store, what is damaged (`check_files`)."""
     stored = self.read_recipe()
     differences = [f"{key}: store has {stored.get(key)!r}, requested {value!r}"
                    for key, value in recipe.items() if stored.get(key) != value]
     if differences:
       raise ValueError(f"problem store {self.path} was generated with other settings; use another "
                        "--data_dir or delete it. Differences:\n  " + "\n  ".join(differences))
+    self.check_files(stored.get("files"))
+
+  def check_files(self, recorded: Optional[Dict[str, int]]) -> None:
+    """Refuses a store whose data files differ from the manifest's record of them (`files`: size
+    by relative path): one missing, truncated or grown, as a partial copy leaves it. A store
+    generated before the record is not checked.
+
+    Raises:
+      ValueError: naming the store and each file that differs.
+    """
+    if recorded is None:
+      return
+    if not isinstance(recorded, dict):
+      raise self._damaged(f"its {self.MANIFEST} has no valid record of its files")
+    found = _file_sizes(self.path, exclude=self.MANIFEST)
+    differing = [f"{name} is missing" if name not in found else
+                 f"{name} has {found[name]} bytes, {size} were written"
+                 for name, size in sorted(recorded.items()) if found.get(name) != size]
+    if differing:
+      raise self._damaged(", ".join(differing[:5])
+                          + (f" (and {len(differing) - 5} more)" if len(differing) > 5 else ""))
 
   def create(self, simulator: Simulator, num_problems: int, num_obs: int, seed: int, stream: int,
              chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -375,7 +428,8 @@ class ProblemStore:
         shutil.rmtree(partial, ignore_errors=True)
         raise
       with open(os.path.join(partial, self.MANIFEST), "w") as stream_file:
-        json.dump({**recipe, "redrawn": redrawn}, stream_file, indent=2, sort_keys=True)
+        json.dump({**recipe, "redrawn": redrawn, "files": _file_sizes(partial, self.MANIFEST)},
+                  stream_file, indent=2, sort_keys=True)
       try:
         os.rename(partial, self.path)
       except OSError:
