@@ -55,11 +55,23 @@ def watch_interrupts() -> None:
   status 130). Files are written atomically and checkpoints are kept, so a training run resumes.
   Call from the main thread.
   """
+  if signal.getsignal(signal.SIGINT) is signal.default_int_handler:   # not ignored (nohup, &)
+    signal.signal(signal.SIGINT, _note_interrupt)
   read_end, write_end = os.pipe()
   os.set_blocking(write_end, False)
   signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
   threading.Thread(target=_count_interrupts, args=(read_end,), daemon=True,
                    name="interrupt-watchdog").start()
+
+
+#: Set once a Ctrl-C has arrived: a failure after it is its consequence, not the user's input.
+_INTERRUPTED = threading.Event()
+
+
+def _note_interrupt(signum, frame) -> None:
+  """The SIGINT handler: Python's own (a KeyboardInterrupt), after noting the interrupt."""
+  _INTERRUPTED.set()
+  signal.default_int_handler(signum, frame)
 
 
 def _count_interrupts(read_end: int) -> None:
@@ -86,14 +98,23 @@ def _guarded(main: Callable[[List[str]], None], argv: List[str]) -> None:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
   try:
     main(argv)
-  except KNOWN_FAILURES as error:
-    if flags.FLAGS.verbosity >= 1:
+  except KeyboardInterrupt:
+    _stop_interrupted()
+  except Exception as error:   # pylint: disable=broad-except
+    # After a Ctrl-C, what fails fails because of it: TensorFlow's error for the call it cut
+    # short, say, as a RuntimeError of its C++ bindings.
+    if _INTERRUPTED.is_set():
+      _stop_interrupted()
+    if not isinstance(error, KNOWN_FAILURES) or flags.FLAGS.verbosity >= 1:
       raise
     _fail(_message(error))
-  except KeyboardInterrupt:
-    # Checkpoints and files are written atomically: a training run continues where it stopped.
-    print("interrupted (re-running the same command resumes a training run)", file=sys.stderr)
-    sys.exit(130)
+
+
+def _stop_interrupted() -> None:
+  """Exits with status 130 after a Ctrl-C. Checkpoints and files are written atomically: a
+  training run continues where it stopped."""
+  print("interrupted (re-running the same command resumes a training run)", file=sys.stderr)
+  sys.exit(130)
 
 
 def check_output_file(flag: str, path: str, is_own: Callable[[str], bool], what: str) -> None:

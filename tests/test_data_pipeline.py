@@ -2,6 +2,8 @@
 function of the step; stores are written atomically and checked against their recipe."""
 
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -127,6 +129,21 @@ def test_a_damaged_store_is_named_when_it_is_opened(tmp_path, damage, message):
     data_lib.ProblemStore(path).create(simulator, 20, 10, 2, 0)
   assert message in str(error.value) and "Delete it" in str(error.value)
   assert os.path.exists(path)   # refused, never deleted: it may be the user's only copy
+
+
+def test_worker_processes_leave_ctrl_c_to_the_training_process():
+  """A Ctrl-C reaches the whole process group: the workers neither die of it (a broken pool) nor
+  print a KeyboardInterrupt traceback each; the training process stops the run."""
+  with data_lib.WorkerPool(1) as pool:
+    worker = pool.submit(os.getpid).result(timeout=120)
+    simulating = pool.submit(time.sleep, 2.0)   # a simulator call under way
+    time.sleep(0.5)
+    os.kill(worker, signal.SIGINT)
+    try:
+      assert simulating.result(timeout=60) is None
+    except KeyboardInterrupt:   # the worker's own, carried back with its call
+      pytest.fail("the worker process was interrupted by the Ctrl-C")
+    assert pool.submit(os.getpid).result(timeout=60) == worker
 
 
 def test_streamed_moments_equal_the_whole_set_moments():

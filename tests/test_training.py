@@ -2,6 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.training import Trainer, set_global_seed
 from alfi_tf.training.calibration import warn_if_unfinished
 from alfi_tf.workdir import Workdir, load_machine
+from tests.binary_runs import ROOT, binary_env
 
 TINY_MACHINE = MachineConfig(simulator="poisson", num_steps=3, num_samples=4, num_simulated_obs=8,
                              encoder_hidden=16, encoder_out=8, aggregator_hidden=16,
@@ -205,3 +210,34 @@ def test_a_non_finite_step_stops_the_run_before_it_is_checkpointed(tmp_path):
                                                r"'poisson'\)\. Either the simulator"):
     trainer.train(stop_at_step=40)
   assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-20")
+
+
+def test_ctrl_c_during_data_generation_with_worker_processes_is_one_message(tmp_path):
+  """A terminal's Ctrl-C reaches the whole process group, the --data_workers processes included:
+  the binary stops with status 130 and its one line, no worker's traceback, no TensorFlow error."""
+  process = subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", "--config=base", "--simulator=lotka_volterra",
+       "--observation_transform=none", "--num_problems=20000", "--num_obs=20", "--epochs=1",
+       "--data_workers=2", f"--workdir={tmp_path / 'run'}"],
+      cwd=ROOT, env=binary_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      start_new_session=True)   # its own process group, as a terminal's foreground job
+  try:
+    deadline = time.time() + 120
+    while not _spawned_workers(process.pid) and time.time() < deadline:
+      time.sleep(0.1)
+    assert _spawned_workers(process.pid), "the data workers never started"
+    time.sleep(2.0)   # the workers are starting or simulating
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+  assert process.returncode == 130, stderr[-3000:]
+  assert "interrupted" in stderr and "error:" not in stderr
+  assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+
+
+def _spawned_workers(pid: int) -> list:
+  """The multiprocessing workers started by process `pid`."""
+  return subprocess.run(["pgrep", "-P", str(pid), "-f", "multiprocessing.spawn"],
+                        capture_output=True, text=True).stdout.split()

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
@@ -255,6 +256,10 @@ def _unrecovered(simulator: Simulator, failed_theta: np.ndarray) -> SimulatorErr
 class WorkerPool(concurrent.futures.ProcessPoolExecutor):
   """Spawned processes that run a numpy simulator's code (see `worker_pool`).
 
+  A Ctrl-C in a terminal reaches every process of the foreground group, the workers included. Only
+  the parent acts on it (it stops the run and shuts the pool down); the workers ignore it, from
+  their start on, rather than each dying with a KeyboardInterrupt traceback of its own.
+
   Attributes:
     num_workers: the number of processes.
   """
@@ -263,8 +268,25 @@ class WorkerPool(concurrent.futures.ProcessPoolExecutor):
     # Spawned, not forked: forking a process that runs TensorFlow's threads is unsafe. A simulator
     # imported from a file is imported again in each worker, so its classes unpickle there.
     super().__init__(num_workers, mp_context=multiprocessing.get_context("spawn"),
-                     initializer=import_spec_module, initargs=(simulator_spec,))
+                     initializer=_start_worker, initargs=(simulator_spec,))
     self.num_workers = num_workers
+
+  def _spawn_process(self) -> None:
+    """Starts a worker with SIGINT blocked (inherited through exec: the worker's start, its imports
+    included, is not interrupted); `_start_worker` then ignores it. Workers start on demand, from
+    whichever thread submits, so the mask (per thread), not the handler (main thread), is used."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+      super()._spawn_process()
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _start_worker(simulator_spec: str) -> None:
+  """A worker's initializer: ignores SIGINT (the parent handles it), then imports the simulator."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # a pending one is discarded
+  import_spec_module(simulator_spec)
 
 
 def worker_pool(simulator: Simulator, num_workers: int) -> Optional[WorkerPool]:
