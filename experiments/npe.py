@@ -19,6 +19,8 @@ from alfi_tf.baselines.npe_training import is_trained, load_npe, train_npe
 from alfi_tf.config import SEED_RANGE
 from alfi_tf.evaluation import comparison
 from alfi_tf.evaluation.references import reference_estimates
+from alfi_tf.simulators import get_simulator
+from alfi_tf.training import data as data_lib
 from alfi_tf.workdir import write_json_atomically
 from experiments import cli
 from experiments.config_flags import config_from_flags, define_flags_for
@@ -47,6 +49,7 @@ def main(argv):
   config = config_from_flags(NPEConfig)
   if FLAGS.test_problems < 1:
     raise ValueError(f"--test_problems must be positive, got {FLAGS.test_problems}")
+  _require_memory_for_test_problems(config)
   if not is_trained(FLAGS.workdir):
     train_npe(config, FLAGS.workdir, verbose=FLAGS.verbose)
   trained = load_npe(FLAGS.workdir)   # its own configuration, should the flags differ
@@ -62,6 +65,16 @@ def main(argv):
                        for level, values in report["coverage"].items())
   print(f"NPE ({config.density}, {report['training_simulations']:.3g} training simulations): "
         f"RMSE / {report['reference']} {ratios}; coverage {coverage}; NLL {report['nll']:.3f}")
+
+
+def _require_memory_for_test_problems(config: NPEConfig) -> None:
+  """Refuses, before training, held-out problems that cannot fit in memory (they are drawn only
+  to score the trained estimator)."""
+  data_lib.require_memory(
+      2 * data_lib.problems_bytes(get_simulator(config.simulator), FLAGS.test_problems,
+                                  config.num_obs),
+      f"--test_problems={FLAGS.test_problems} held-out problems of {config.num_obs} observations",
+      "use fewer --test_problems")
 
 
 def entry_point() -> None:

@@ -17,8 +17,10 @@ from alfi_tf.baselines import npe_training
 from alfi_tf.baselines.gaussian_density import ConditionalGaussian
 from alfi_tf.baselines.npe import NPEConfig, PosteriorEstimator
 from alfi_tf.baselines.spline_flow import ConditionalSplineFlow, coupling_masks
+from alfi_tf.config import SEED_RANGE
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training import data as data_lib
+from tests.binary_runs import assert_rejected
 
 tfd = tfp.distributions
 CONTEXT = 5
@@ -258,3 +260,58 @@ def test_posterior_names_bad_observations():
     estimator.posterior(np.array([[[1.0], [np.nan]]]))
   with pytest.raises(ValueError, match=r"observations must have shape \[num_problems, num_obs, 1\]"):
     estimator.posterior(np.ones([3, 4]))
+
+
+def test_a_diverged_training_saves_nothing_as_trained_and_a_rerun_takes_new_settings(tmp_path):
+  """Used to save an estimator of NaN weights as trained, with `"best_validation_loss": NaN` in
+  its summary, and to score it; its workdir then refused any other learning rate."""
+  workdir = str(tmp_path / "npe")
+  diverging = _small_config(density="gaussian", num_problems=100, num_obs=20, epochs=2,
+                            learning_rate=1e30)
+  with pytest.raises(FloatingPointError, match="diverged.*learning_rate=1e\\+30.*smaller"):
+    npe_training.train_npe(diverging, workdir)
+  assert not npe_training.is_trained(workdir)
+  assert not os.path.exists(os.path.join(workdir, npe_training.STATE_DIR))
+  # A batch beyond the training pairs is all of them (it used to overflow inside Keras).
+  fixed = dataclasses.replace(diverging, learning_rate=1e-3, batch_size=10 ** 20)
+  run = npe_training.train_npe(fixed, workdir)
+  assert math.isfinite(run.summary["best_validation_loss"])
+  with open(os.path.join(workdir, npe_training.CONFIG_FILE)) as stream:
+    assert NPEConfig(**json.load(stream)) == fixed
+
+
+def test_training_pairs_beyond_memory_are_refused_before_anything_is_written(tmp_path):
+  """The refusal used to come after `npe_config.json` was written, and the rerun with a
+  fixable num_problems was then refused as another configuration."""
+  workdir = tmp_path / "npe"
+  with pytest.raises(ValueError, match=r"num_problems=100000000000 training pairs of "
+                                       r"num_obs=50 observations needs about .* GiB"):
+    npe_training.train_npe(_small_config(num_problems=10 ** 11), str(workdir))
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1,", "is damaged: not valid JSON"),
+    ('{"training_simulations": 5}', "is damaged: expected a number in 'training_seconds', got None"),
+])
+def test_a_damaged_training_summary_is_named(tmp_path, content, message):
+  """Used to fail with a bare JSON error, or a KeyError traceback from alfi-npe."""
+  (tmp_path / npe_training.SUMMARY_FILE).write_text(content)
+  with pytest.raises(ValueError, match=f"training_summary.json {message}"):
+    npe_training.read_summary(str(tmp_path))
+
+
+def test_posterior_takes_the_seed_alfi_npe_derives_from_the_top_test_seed():
+  """alfi-npe scores with `--test_seed + 1`: a --test_seed at the top of its range used to train
+  the estimator and then fail with a seed the user never gave."""
+  estimator = PosteriorEstimator(get_simulator("poisson"), _small_config(density="gaussian"))
+  observations = np.ones([1, 4, 1], np.float32)
+  assert estimator.posterior(observations, 2, seed=SEED_RANGE[1] + 1).samples.shape == (1, 2, 1)
+
+
+def test_npe_binary_refuses_test_problems_beyond_memory_before_training(tmp_path):
+  """Used to train the estimator first, and be refused when drawing the held-out problems."""
+  assert_rejected("experiments.npe", [
+      (["--test_problems=100000000000"], "--test_problems=100000000000 held-out problems of 20 "
+                                         "observations needs about"),
+  ], ["--simulator=poisson", "--num_obs=20", "--num_problems=32", "--epochs=1"], tmp_path)

@@ -11,7 +11,6 @@ fixed by the seed and the epoch); the state is removed once the estimator is sav
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -54,8 +53,9 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0,
     FileExistsError: `workdir` already holds a trained estimator, or files that are not an NPE
       run's (nothing is written there).
     NotADirectoryError: `workdir` is a file.
-    ValueError: `workdir` holds an unfinished training of another configuration, or its
-      training state is damaged.
+    ValueError: the training pairs cannot fit in memory, `workdir`'s training state is damaged,
+      or it trained an epoch of another configuration (one that did not take `config`).
+    FloatingPointError: the training diverged: nothing is saved, so it may run again.
     RuntimeError: another process is training in `workdir`.
     SimulatorError: the simulator fails on too much of its prior (see `data.generate_problems`).
   """
@@ -63,6 +63,7 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0,
     raise FileExistsError(f"workdir {workdir!r} already holds a trained NPE estimator "
                           f"({MODEL_FILE}); choose a new directory")
   simulator = get_simulator(config.simulator)   # an unknown simulator: nothing written yet
+  _require_memory(simulator, config)
   _require_npe_workdir(workdir)
   with Workdir(workdir).lock():
     state = _claim(workdir, config)
@@ -80,6 +81,7 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0,
         {"theta": theta[num_validation:], "observations": observations[num_validation:]},
         {"theta": theta[:num_validation], "observations": observations[:num_validation]},
         verbose, saver, callbacks)
+    _require_converged(estimator, losses, config, saver.directory)
     with atomic_output(os.path.join(workdir, MODEL_FILE), suffix=".keras") as temporary:
       estimator.save(temporary)
     summary = {
@@ -97,6 +99,14 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0,
   return NPERun(estimator, summary)
 
 
+def _require_memory(simulator, config: NPEConfig) -> None:
+  """Refuses training pairs that cannot fit in memory, before anything is written."""
+  data_lib.require_memory(
+      2 * data_lib.problems_bytes(simulator, config.num_problems, config.num_obs),
+      f"num_problems={config.num_problems} training pairs of num_obs={config.num_obs} "
+      f"observations", "use fewer num_problems or num_obs")
+
+
 def _require_npe_workdir(workdir: str) -> None:
   """Refuses a file, or a directory holding anything but an NPE run: the run's files would
   replace the user's (`metrics.json` and `training_summary.json` of an ALFI run, say)."""
@@ -111,21 +121,51 @@ def _require_npe_workdir(workdir: str) -> None:
 
 def _claim(workdir: str, config: NPEConfig) -> Optional[Dict[str, Any]]:
   """Records `config` in a new run; in an unfinished one, checks it and returns its saved
-  training state (None when it stopped before its first save)."""
+  training state (None when it stopped before its first save).
+
+  A run that stopped before finishing an epoch (it failed at the start, or diverged) trained
+  nothing worth keeping: it takes `config`, whatever it was started with, logging the changes.
+  """
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  recorded = read_json_object(path)
+  state = read_json_object(os.path.join(workdir, STATE_DIR, STATE_FILE))
+  differing = sorted(key for key, value in to_dict(config).items()
+                     if recorded is not None and recorded.get(key) != value)
+  if recorded is None or (differing and not _trained_an_epoch(state)):
+    if differing:
+      logging.info("the NPE run in %s trained no epoch yet: it takes the new settings (%s)",
+                   workdir, ", ".join(differing))
+    shutil.rmtree(os.path.join(workdir, STATE_DIR), ignore_errors=True)
     write_json_atomically(path, to_dict(config))
     return None
-  recorded = read_json_object(path)
-  differing = sorted(key for key, value in to_dict(config).items() if recorded.get(key) != value)
   if differing:
     raise ValueError(f"workdir {workdir!r} holds an unfinished NPE training with another "
                      f"configuration (it differs in {', '.join(differing)}); run it again with "
                      f"the settings in {path}, or choose a new directory")
-  state = read_json_object(os.path.join(workdir, STATE_DIR, STATE_FILE))
   if state is not None:
     logging.info("resuming the NPE training in %s", workdir)
   return state
+
+
+def _trained_an_epoch(state: Optional[Dict[str, Any]]) -> bool:
+  """Whether a saved training state holds at least one finished epoch."""
+  return state is not None and bool(sum(map(len, state.get("losses", []))))
+
+
+def _require_converged(estimator: PosteriorEstimator, losses: List[List[float]],
+                       config: NPEConfig, state_directory: str) -> None:
+  """Refuses to save an estimator whose training diverged (NaN/inf weights, or no finite
+  validation loss in its last stage). The saved training state, being no better, is removed, so
+  that the run can be started again with other settings."""
+  weights_finite = all(np.all(np.isfinite(weights)) for weights in estimator.get_weights())
+  if weights_finite and np.any(np.isfinite(losses[-1])):
+    return
+  shutil.rmtree(state_directory, ignore_errors=True)
+  raise FloatingPointError(
+      f"the NPE training diverged (validation losses {losses[-1]}, "
+      f"{'finite' if weights_finite else 'NaN/inf'} weights) at learning_rate="
+      f"{config.learning_rate}; nothing was saved as trained: run it again with a smaller "
+      f"learning_rate")
 
 
 def _train_in_stages(estimator: PosteriorEstimator, config: NPEConfig,
@@ -172,9 +212,11 @@ def _fit(estimator: PosteriorEstimator, config: NPEConfig, train: Dict[str, np.n
   if saver.restore(estimator):
     return   # the stage had finished; `restore` left the weights it ended with
   first_epoch = saver.epoch
+  # A batch larger than the training pairs is all of them (a huge one would overflow in Keras).
+  batch_size = min(config.batch_size, len(train["theta"]))
   estimator.fit(
-      _ShuffledEpochs(train, config.batch_size, config.seed, first_epoch),
-      validation_data=(validation,), validation_batch_size=config.batch_size,
+      _ShuffledEpochs(train, batch_size, config.seed, first_epoch),
+      validation_data=(validation,), validation_batch_size=batch_size,
       initial_epoch=first_epoch, epochs=config.epochs, shuffle=False, verbose=verbose,
       # `_ShuffledEpochs` orders the batches (Keras' own shuffle would not be reproducible on a
       # resume). The saver comes after the rules it saves, so it records their state each epoch.
@@ -324,7 +366,23 @@ def load_npe(workdir: str) -> PosteriorEstimator:
   return keras.saving.load_model(os.path.join(workdir, MODEL_FILE))
 
 
+#: What `read_summary` needs in `training_summary.json`.
+SUMMARY_FIELDS = ("training_simulations", "training_seconds")
+
+
 def read_summary(workdir: str) -> Dict[str, Any]:
-  """`training_summary.json` of an NPE run."""
-  with open(os.path.join(workdir, SUMMARY_FILE)) as stream:
-    return json.load(stream)
+  """`training_summary.json` of an NPE run.
+
+  Raises:
+    FileNotFoundError: the file is missing.
+    ValueError: naming the file, when it is not a JSON object or lacks a number it needs.
+  """
+  path = os.path.join(workdir, SUMMARY_FILE)
+  summary = read_json_object(path)
+  if summary is None:
+    raise FileNotFoundError(f"{path} is missing: {workdir!r} holds no finished NPE training")
+  for field in SUMMARY_FIELDS:
+    value = summary.get(field)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      raise ValueError(f"{path} is damaged: expected a number in {field!r}, got {value!r}")
+  return summary

@@ -10,7 +10,6 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf.checks import check_observations, require_real_numbers
-from alfi_tf.config import SEED_RANGE
 from alfi_tf.simulators import NumpySimulator, Simulator
 
 #: The values an int32 seed tensor can hold.
@@ -64,10 +63,15 @@ def check_answer_psi(psi, psi_size: int) -> tf.Tensor:
 
 
 def check_seed(seed) -> int:
-  """Returns `seed` as an int; a ValueError unless it is an integer in `SEED_RANGE` (it becomes an
-  int32 seed tensor, so anything else would fail deep inside TensorFlow)."""
-  if not is_integer(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-    raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (an int32 "
+  """Returns `seed` as an int; a ValueError unless it is an int32 (it becomes the int32 seed tensor
+  `[seed, 0]`, so anything else would fail deep inside TensorFlow).
+
+  The whole int32 range, not the configurations' `SEED_RANGE`: the seeds handed here are often
+  derived ones, `seed + k` of a configuration's or a flag's seed at the top of `SEED_RANGE`, and
+  the functions checking them derive no further seeds by addition.
+  """
+  if not is_integer(seed) or not INT32_RANGE[0] <= seed <= INT32_RANGE[1]:
+    raise ValueError(f"seed must be an integer in [{INT32_RANGE[0]}, {INT32_RANGE[1]}] (an int32 "
                      f"seed), got {seed!r}")
   return int(seed)
 
