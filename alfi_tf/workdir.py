@@ -11,8 +11,8 @@ import json
 import numbers
 import os
 import socket
-import tempfile
 import time
+import uuid
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import tensorflow as tf
@@ -30,6 +30,8 @@ CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 SIMULATOR_FILE = "simulator.json"
 LOCK_FILE = "lock"
+#: The start of `atomic_output`'s temporary files' names.
+TEMPORARY_PREFIX = ".tmp-"
 #: The settings (`config.ANSWER_FIELDS`) that a run with progress may change (`Workdir.claim`).
 ANSWER_SETTINGS = tuple(f"machine.{name}" for name in ANSWER_FIELDS)
 #: The fields of `training_summary.json` that readers compute with, and their types.
@@ -49,8 +51,11 @@ def atomic_output(path: str, suffix: str = "") -> Iterator[str]:
   """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-  os.close(handle)
+  temporary = os.path.join(directory, f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{suffix}")
+  # Created like any file of the user's (0666 less the umask), not private as a mkstemp file is:
+  # the file it becomes must be as readable as the checkpoints beside it.
+  with open(temporary, "x"):
+    pass
   try:
     yield temporary
     os.replace(temporary, path)
@@ -191,7 +196,10 @@ class Workdir:
       RuntimeError: another process holds the run's lock (the first attempt may still be running).
     """
     self.require_writable()
-    if not os.path.exists(self.file(CONFIG_FILE)) and os.listdir(self.path):
+    if not os.path.exists(self.file(CONFIG_FILE)) and not all(
+        name == LOCK_FILE or name.startswith(TEMPORARY_PREFIX) for name in os.listdir(self.path)):
+      # The lock and a temporary file are what a first attempt killed before it wrote its
+      # config.json leaves; anything else may be the user's.
       raise ValueError(f"workdir {self.path} exists, is not empty and has no {CONFIG_FILE}: "
                        "refusing to write a run into it")
     # Compared and written under the run's lock: a run another process is training (its first

@@ -124,6 +124,28 @@ def test_a_directory_of_other_files_is_refused_untouched(tmp_path):
   assert os.listdir(tmp_path) == ["notes.txt"]
 
 
+@pytest.mark.parametrize("leftovers", [[LOCK_FILE], [LOCK_FILE, ".tmp-4242-0123abcd"]])
+def test_a_first_attempt_killed_before_its_config_is_resumed(tmp_path, leftovers):
+  """Killed between taking the lock and renaming config.json into place, a first attempt leaves
+  the lock file (and a temporary file); the rerun takes the workdir instead of refusing it."""
+  for name in leftovers:
+    (tmp_path / name).write_text("")
+  Workdir(str(tmp_path)).claim(MachineConfig(), FIRST)
+  assert _recorded_train_config(tmp_path) == FIRST
+
+
+def test_the_run_files_are_as_readable_as_any_file_of_the_user(tmp_path):
+  """config.json and the other atomically written files get the umask's mode, as the checkpoints
+  do, not the private 0600 of a temporary file: a colleague can read a shared run."""
+  previous = os.umask(0o022)
+  try:
+    Workdir(str(tmp_path)).claim(MachineConfig(), FIRST)
+  finally:
+    os.umask(previous)
+  assert oct(os.stat(tmp_path / "config.json").st_mode & 0o777) == oct(0o644)
+  assert [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")] == []
+
+
 @pytest.mark.parametrize("content, message", [
     (b"{bad", r"config.json is damaged: not valid JSON \(Expecting property name"),
     (b"\xff\xfe", r"config.json is damaged: not valid JSON \('utf-8' codec"),
