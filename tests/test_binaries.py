@@ -170,6 +170,25 @@ def test_evaluate_rejects_a_non_workdir_and_bad_flags(trained_workdir, tmp_path)
        "num_problems must be positive, got 0")])
 
 
+def test_evaluate_takes_the_top_seed_and_one_problem_and_refuses_runs_beyond_memory(
+    trained_workdir, tmp_path):
+  """--seed at the top of its range used to fail after the references, on the inference seed
+  seed + 1 that the user never gave; --num_starts or --robustness_starts beyond memory failed
+  with a numpy allocation traceback."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_workdir, workdir)
+  result = run("experiments.evaluate", f"--workdir={workdir}", "--num_problems=1",
+               "--seed=2147483639", "--num_steps=2", "--robustness_problems=2",
+               "--robustness_starts=2", "--predictive_problems=2", "--grid_points=21")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.load(open(os.path.join(workdir, "metrics.json")))["num_problems"] == 1
+  assert_refused("experiments.evaluate", [
+      ([f"--workdir={workdir}", "--num_problems=2", "--num_starts=100000000"],
+       "num_problems=2 x num_starts=100000000 inference runs needs about"),
+      ([f"--workdir={workdir}", "--robustness_starts=1000000000"],
+       "robustness_problems=20 x robustness_starts=1000000000 inference runs needs about")])
+
+
 def test_outputs_below_a_file_or_empty_are_refused_before_any_work(tmp_path):
   """An output path below a file used to fail after the work (`[Errno 17] File exists`, no flag
   named); an empty --export_dir exported into the working directory's name."""

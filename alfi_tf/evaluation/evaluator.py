@@ -85,6 +85,7 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
   require_grid_fits(simulator, config.grid_points, train_config.num_obs)   # before inference runs
   names = list(simulator.parameter_names)
   num_steps = config.num_steps or default_test_horizon(machine_config)
+  _require_memory_for_runs(config, simulator, train_config.num_obs, num_steps)
   seed = train_config.seed if config.seed is None else config.seed
   test = data_lib.generate_problems(simulator, config.num_problems, train_config.num_obs, seed,
                                     data_lib.TEST_STREAM)
@@ -120,6 +121,23 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
   _figures_to_tensorboard(run, ("rmse_per_step", "error_boxplots", "predictive_histograms",
                                 "robustness", "sbc"))
   return report
+
+
+def _require_memory_for_runs(config: EvaluationConfig, simulator: Simulator, num_obs: int,
+                             num_steps: int) -> None:
+  """Refuses, before any work, runs whose inputs and trajectories cannot fit in memory: the
+  Inferrer holds every run's observations (`num_starts` copies of each problem's, and
+  `robustness_starts` of the robustness problems') and its mean and std at every step at once."""
+  per_run = 4 * (num_obs * simulator.observation_dim
+                 + 2 * (num_steps + 1) * simulator.parameter_dim)
+  robustness_problems = min(config.robustness_problems, config.num_problems)
+  for problems, starts, names in (
+      (config.num_problems, config.num_starts, ("num_problems", "num_starts")),
+      (robustness_problems, config.robustness_starts,
+       ("robustness_problems", "robustness_starts"))):
+    data_lib.require_memory(per_run * problems * starts,
+                            f"{names[0]}={problems} x {names[1]}={starts} inference runs",
+                            f"use a smaller {names[1]} or {names[0]}")
 
 
 def _std_scales_at(machine, names: List[str], step: int) -> Optional[Dict[str, float]]:
