@@ -174,6 +174,22 @@ def test_simulated_sets_with_nan_are_never_accepted():
   assert np.all(np.isnan(starved.mean)) and np.all(np.isnan(starved.samples))
 
 
+def test_a_data_set_with_no_answer_is_warned_about(caplog):
+  """Every simulated set failing used to give NaN answers without a word."""
+  observations = _poisson_data(count=2)
+  RejectionABC(_Counting(get_simulator("poisson"), nan_above=0.0),
+               ABCConfig(200, 10))(observations, seed=2)
+  assert "answers NaN for 2 of 2 data set(s) ([0, 1]): fewer than 2 of their 20" in caplog.text
+
+
+def test_a_budget_beyond_memory_is_refused_when_built():
+  """Used to fail inside the graph, with TensorFlow's allocation error, at the first call."""
+  with pytest.raises(ValueError, match=r"simulations_per_dataset=1000000000000000 "
+                                       r"\(1000000000000000 draws of simulated_obs_per_draw=1 "
+                                       r"observations per data set\) needs about"):
+    RejectionABC(get_simulator("poisson"), ABCConfig(10 ** 15, 1))
+
+
 def test_a_summary_fn_replaces_missing_summary_statistics():
   simulator = _Wrapped(get_simulator("poisson"))
   with pytest.raises(ValueError, match="needs a summary_fn"):

@@ -24,12 +24,14 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 import tensorflow_probability as tfp
 
 from alfi_tf.checks import check_observations
 from alfi_tf.config import require_positive, require_well_formed
 from alfi_tf.model.arguments import check_seed
 from alfi_tf.simulators.base import Simulator
+from alfi_tf.training import data as data_lib
 
 #: Maps observation sets `[batch, n, d_x]` to summaries `[batch, s]`.
 SummaryFn = Callable[[tf.Tensor], tf.Tensor]
@@ -110,6 +112,17 @@ def _scaled_distances(summaries: tf.Tensor, observed: tf.Tensor, valid: tf.Tenso
   return tf.where(valid, distances, float("inf"))
 
 
+def _require_memory(simulator: Simulator, config: ABCConfig) -> None:
+  """Refuses a budget whose draws for one data set (`J` parameters, `J` sets of `N` observations)
+  cannot fit in memory: they would fail inside the graph, with TensorFlow's allocation error."""
+  data_lib.require_memory(
+      4 * config.draws * (config.simulated_obs_per_draw * simulator.observation_dim
+                          + simulator.parameter_dim),
+      f"simulations_per_dataset={config.simulations_per_dataset} ({config.draws} draws of "
+      f"simulated_obs_per_draw={config.simulated_obs_per_draw} observations per data set)",
+      "use a smaller simulations_per_dataset")
+
+
 class RejectionABC:
   """Rejection ABC for a simulator, on its `summary_statistics` or on a given `summary_fn`.
 
@@ -120,7 +133,8 @@ class RejectionABC:
       NPE summary network); default `simulator.summary_statistics`.
 
   Raises:
-    ValueError: no `summary_fn` for a simulator without summary statistics.
+    ValueError: no `summary_fn` for a simulator without summary statistics, or one data set's
+      candidate draws and their simulated sets cannot fit in memory.
   """
 
   def __init__(self, simulator: Simulator, config: ABCConfig,
@@ -130,6 +144,7 @@ class RejectionABC:
         raise ValueError(f"simulator {simulator.name!r} has no summary_statistics: RejectionABC "
                          f"needs a summary_fn (e.g. a trained NPE summary network)")
       summary_fn = simulator.summary_statistics
+    _require_memory(simulator, config)
     self.simulator, self.config, self.summary_fn = simulator, config, summary_fn
     self._accept_batch = tf.function(self._accept_all, reduce_retracing=True)
 
@@ -183,6 +198,12 @@ class RejectionABC:
         self._accept_batch(self._observed_summaries(observations[start:start + size], start),
                            tf.range(start, min(start + size, len(observations))), base_seed).numpy()
         for start in range(0, len(observations), size)])
+    starved = np.flatnonzero(np.isnan(samples).any(axis=(1, 2)))
+    if starved.size:
+      logging.warning("rejection ABC answers NaN for %d of %d data set(s) (%s): fewer than %d of "
+                      "their %d simulated sets were free of NaN/inf", starved.size,
+                      len(observations), starved[:10].tolist(), self.config.accepted,
+                      self.config.draws)
     return ABCResult(mean=samples.mean(axis=1), std=samples.std(axis=1, ddof=1), samples=samples,
                      simulated_observations=(len(observations) * self.config.draws
                                              * self.config.simulated_obs_per_draw))
