@@ -13,10 +13,11 @@ run would have, when run again with the same flags.
 import os
 
 from absl import flags
+from absl import logging
 
 from alfi_tf.baselines.npe import NPEConfig
 from alfi_tf.baselines.npe_training import is_trained, load_npe, train_npe
-from alfi_tf.config import SEED_RANGE
+from alfi_tf.config import SEED_RANGE, to_dict
 from alfi_tf.evaluation import comparison
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.simulators import get_simulator
@@ -53,6 +54,7 @@ def main(argv):
   if not is_trained(FLAGS.workdir):
     train_npe(config, FLAGS.workdir, verbose=FLAGS.verbose)
   trained = load_npe(FLAGS.workdir)   # its own configuration, should the flags differ
+  _warn_if_settings_differ(config, trained.config)
   simulator, config = trained.simulator, trained.config
   test = comparison.held_out_problems(simulator, FLAGS.test_problems, config.num_obs,
                                       FLAGS.test_seed)
@@ -65,6 +67,18 @@ def main(argv):
                        for level, values in report["coverage"].items())
   print(f"NPE ({config.density}, {report['training_simulations']:.3g} training simulations): "
         f"RMSE / {report['reference']} {ratios}; coverage {coverage}; NLL {report['nll']:.3f}")
+
+
+def _warn_if_settings_differ(flag_config: NPEConfig, trained_config: NPEConfig) -> None:
+  """Warns when the flags ask for another estimator than the workdir's trained one, which is
+  scored as it is (it is never retrained)."""
+  flag_settings, trained_settings = to_dict(flag_config), to_dict(trained_config)
+  differing = [f"--{name}={trained_settings[name]} (not {value})"
+               for name, value in flag_settings.items() if trained_settings[name] != value]
+  if differing:
+    logging.warning("%s holds an estimator trained with other settings, scored as it is: %s; "
+                    "choose a new --workdir to train one with the flags' settings",
+                    FLAGS.workdir, ", ".join(differing))
 
 
 def _require_memory_for_test_problems(config: NPEConfig) -> None:

@@ -20,7 +20,7 @@ from alfi_tf.baselines.spline_flow import ConditionalSplineFlow, coupling_masks
 from alfi_tf.config import SEED_RANGE
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training import data as data_lib
-from tests.binary_runs import assert_rejected
+from tests.binary_runs import assert_rejected, run
 
 tfd = tfp.distributions
 CONTEXT = 5
@@ -315,3 +315,15 @@ def test_npe_binary_refuses_test_problems_beyond_memory_before_training(tmp_path
       (["--test_problems=100000000000"], "--test_problems=100000000000 held-out problems of 20 "
                                          "observations needs about"),
   ], ["--simulator=poisson", "--num_obs=20", "--num_problems=32", "--epochs=1"], tmp_path)
+
+
+def test_npe_binary_warns_that_a_trained_workdir_is_scored_with_its_own_settings(tmp_path):
+  """Flags asking for another estimator than the trained one were silently ignored."""
+  tiny = ["--simulator=poisson", "--num_obs=20", "--num_problems=32", "--epochs=1",
+          "--density=gaussian", "--encoder_hidden=8", "--encoder_out=4", "--context_hidden=8",
+          "--test_problems=8", "--verbose=0", f"--workdir={tmp_path / 'npe'}"]
+  assert run("experiments.npe", *tiny).returncode == 0
+  again = run("experiments.npe", *tiny, "--num_problems=64")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "trained with other settings, scored as it is: --num_problems=32 (not 64)" in again.stderr
+  assert "NPE (gaussian, 640 training simulations)" in again.stdout
