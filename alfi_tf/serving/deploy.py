@@ -110,7 +110,8 @@ class AskTellSession:
     # (a failed simulation).
     array = observations_as_float32(
         array.reshape(flat), parameters.reshape(batch * samples, -1),
-        self._machine.parameter_names, f"step {self.step + 1}: the simulations told")
+        self._machine.parameter_names, f"step {self.step + 1}: the simulations told",
+        source="the simulations told")
     array = array.reshape(expected)
     transform = self._machine.metadata["machine_config"]["observation_transform"]
     usable = usable_sets(tf.constant(array), transform).numpy()                  # [B, M]

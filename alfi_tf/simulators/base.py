@@ -74,26 +74,31 @@ def box_prior(low: Sequence[float], high: Sequence[float]) -> tfd.Distribution:
                          reinterpreted_batch_ndims=1)
 
 
+#: The sources `observations_as_float32` has warned about in this process.
+_NAMED_BEYOND_FLOAT32 = set()
+
+
 def observations_as_float32(observations: np.ndarray, theta: np.ndarray,
-                            parameter_names: Sequence[str], where: str) -> np.ndarray:
+                            parameter_names: Sequence[str], where: str,
+                            source: str) -> np.ndarray:
   """A simulator's real-valued `observations [K, n, d_x]` for `theta [K, d]`, cast to float32.
 
   A finite value beyond float32's range (an overflow in float64 code, say) becomes inf like the
   cast makes it, but knowingly: it marks a failed set, as NaN/inf do, which the callers leave out
-  or redraw (a simulator that blows up on part of its prior need not stop a run). The first time,
-  a warning names `where`, the value and its parameter vector, since the failure counts alone
-  would read as NaN/inf.
+  or redraw (a simulator that blows up on part of its prior need not stop a run). The first time
+  for each `source` (a simulator, the told simulations), a warning names `where`, the value and
+  its parameter vector, since the failure counts alone would read as NaN/inf.
   """
   with np.errstate(over="ignore"):   # the overflow is the point, not a numpy warning
     cast = observations.astype(np.float32)
   beyond = np.isinf(cast) & np.isfinite(observations)
-  if beyond.any():
+  if beyond.any() and source not in _NAMED_BEYOND_FLOAT32:
+    _NAMED_BEYOND_FLOAT32.add(source)
     first = tuple(np.argwhere(beyond)[0])
-    logging.log_first_n(
-        logging.WARNING, "%s returned %d value(s) beyond float32's range (±%.4g), e.g. %.6g at %s; "
-        "they count as failed simulations, like NaN/inf", 1, where, int(beyond.sum()),
-        FLOAT32_MAX, observations[first],
-        describe_parameters(theta[first[0]:first[0] + 1], parameter_names))
+    logging.warning(
+        "%s returned %d value(s) beyond float32's range (±%.4g), e.g. %.6g at %s; they count as "
+        "failed simulations, like NaN/inf", where, int(beyond.sum()), FLOAT32_MAX,
+        observations[first], describe_parameters(theta[first[0]:first[0] + 1], parameter_names))
   return cast
 
 
@@ -400,8 +405,9 @@ class NumpySimulator(Simulator):
       require_real_numbers(out, f"{where}: {type(self).__name__}.simulate_numpy's output")
     except ValueError as error:
       raise SimulatorError(str(error)) from None
-    return observations_as_float32(out, theta, self.parameter_names,
-                                   f"{where}: {type(self).__name__}.simulate_numpy")
+    method = f"{type(self).__name__}.simulate_numpy"
+    return observations_as_float32(out, theta, self.parameter_names, f"{where}: {method}",
+                                   source=f"{type(self).__module__}.{method}")
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
                executor: Optional[concurrent.futures.Executor] = None) -> tf.Tensor:

@@ -161,7 +161,8 @@ class CommandSimulator:
                          f"expected {expected[0]} rows ({count} parameter vectors x "
                          f"{num_obs} observations) of {expected[1]}")
     return observations_as_float32(values.reshape(count, num_obs, self.observation_dim),
-                                   parameters, self.parameter_names, where)
+                                   parameters, self.parameter_names, where,
+                                   source=f"simulator command {self.command!r}")
 
 
 def _wait_without_reaping(pid: int, timeout: float) -> bool:
