@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import keras
 import numpy as np
@@ -292,7 +293,8 @@ def test_training_pairs_beyond_memory_are_refused_before_anything_is_written(tmp
 
 @pytest.mark.parametrize("content, message", [
     ("[1,", "is damaged: not valid JSON"),
-    ('{"training_simulations": 5}', "is damaged: expected a number in 'training_seconds', got None"),
+    ('{"training_simulations": 5}',
+     "is damaged: expected a number in 'training_seconds', got None"),
 ])
 def test_a_damaged_training_summary_is_named(tmp_path, content, message):
   """Used to fail with a bare JSON error, or a KeyError traceback from alfi-npe."""
@@ -327,3 +329,22 @@ def test_npe_binary_warns_that_a_trained_workdir_is_scored_with_its_own_settings
   assert again.returncode == 0, again.stderr[-3000:]
   assert "trained with other settings, scored as it is: --num_problems=32 (not 64)" in again.stderr
   assert "NPE (gaussian, 640 training simulations)" in again.stdout
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"stage": 0, "epoch": 1, "losses": [[1.0]]}, "'finished' is None"),
+    ({"stage": 0, "epoch": 1, "finished": False, "losses": [[1.0]], "seconds": 1.0,
+      "weights": "stage0-epoch1.weights.h5", "best_weights": None, "rules": {}},
+     "its weights file stage0-epoch1.weights.h5 is missing"),
+    ({"stage": 0, "epoch": 1, "finished": False, "losses": [[1.0]], "seconds": 1.0,
+      "weights": npe_training.STATE_FILE, "best_weights": None, "rules": {}},
+     "the rules' state lacks ReduceLROnPlateau's"),
+])
+def test_a_damaged_training_state_is_named(tmp_path, state, message):
+  """Used to fail with a KeyError traceback, or Keras' error for a missing file, on resuming."""
+  config = _small_config(density="gaussian")
+  (tmp_path / npe_training.CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config)))
+  (tmp_path / npe_training.STATE_DIR).mkdir()
+  (tmp_path / npe_training.STATE_DIR / npe_training.STATE_FILE).write_text(json.dumps(state))
+  with pytest.raises(ValueError, match=f"state.json is damaged: {re.escape(message)}"):
+    npe_training.train_npe(config, str(tmp_path))

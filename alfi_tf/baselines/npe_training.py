@@ -143,8 +143,34 @@ def _claim(workdir: str, config: NPEConfig) -> Optional[Dict[str, Any]]:
                      f"configuration (it differs in {', '.join(differing)}); run it again with "
                      f"the settings in {path}, or choose a new directory")
   if state is not None:
+    _check_state(state, os.path.join(workdir, STATE_DIR))
     logging.info("resuming the NPE training in %s", workdir)
   return state
+
+
+#: The fields of `state.json`, and their types.
+_STATE_FIELDS = {"stage": int, "epoch": int, "finished": bool, "losses": list,
+                 "seconds": (int, float), "weights": str, "best_weights": (str, type(None)),
+                 "rules": dict}
+
+
+def _check_state(state: Dict[str, Any], directory: str) -> None:
+  """Refuses a saved training state with a field missing or of the wrong type, or naming a
+  weights file that is not there, naming `state.json` and what is wrong."""
+  path = os.path.join(directory, STATE_FILE)
+  for field, kind in _STATE_FIELDS.items():
+    if not isinstance(state.get(field), kind):
+      raise ValueError(f"{path} is damaged: {field!r} is {state.get(field)!r}; remove "
+                       f"{directory} to train from the start")
+  for field in ("weights", "best_weights"):
+    if state[field] is not None and not os.path.exists(os.path.join(directory, state[field])):
+      raise ValueError(f"{path} is damaged: its {field} file {state[field]} is missing; remove "
+                       f"{directory} to train from the start")
+  for rule, names in (("ReduceLROnPlateau", _PLATEAU_STATE), ("EarlyStopping", _STOPPING_STATE)):
+    saved = state["rules"].get(rule)
+    if not isinstance(saved, dict) or not set(names) <= set(saved):
+      raise ValueError(f"{path} is damaged: the rules' state lacks {rule}'s {', '.join(names)}; "
+                       f"remove {directory} to train from the start")
 
 
 def _trained_an_epoch(state: Optional[Dict[str, Any]]) -> bool:
