@@ -228,6 +228,10 @@ def test_train_npe_writes_nothing_into_a_directory_that_is_not_an_npe_run(tmp_pa
 def test_load_npe_without_a_trained_estimator_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="no trained NPE"):
     npe_training.load_npe(str(tmp_path))
+  # A damaged archive used to be reported by Keras as "File not found".
+  (tmp_path / npe_training.MODEL_FILE).write_text("garbage")
+  with pytest.raises(ValueError, match="npe.keras is damaged and cannot be loaded"):
+    npe_training.load_npe(str(tmp_path))
 
 
 def test_gaussian_head_posterior_moments_are_exact():

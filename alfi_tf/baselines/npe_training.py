@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import zipfile
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import keras
@@ -385,11 +386,18 @@ def load_npe(workdir: str) -> PosteriorEstimator:
 
   Raises:
     FileNotFoundError: `workdir` holds no trained estimator.
+    ValueError: its `npe.keras` is damaged (not a Keras archive of an estimator).
   """
   if not is_trained(workdir):
     raise FileNotFoundError(f"{workdir!r} holds no trained NPE estimator ({MODEL_FILE} missing); "
                             f"train one first")
-  return keras.saving.load_model(os.path.join(workdir, MODEL_FILE))
+  path = os.path.join(workdir, MODEL_FILE)
+  try:
+    # Keras calls an archive that is not a zip file "not found".
+    return keras.saving.load_model(path)
+  except (ValueError, OSError, zipfile.BadZipFile, KeyError) as error:
+    raise ValueError(f"{path} is damaged and cannot be loaded ({error}); train the estimator "
+                     f"again in a new directory") from None
 
 
 #: What `read_summary` needs in `training_summary.json`.
