@@ -146,6 +146,17 @@ def test_worker_processes_leave_ctrl_c_to_the_training_process():
     assert pool.submit(os.getpid).result(timeout=60) == worker
 
 
+def test_streaming_a_store_raises_no_autograph_warning(tmp_path, caplog):
+  """The disk source's per-epoch dataset is not converted by AutoGraph, which cannot read the
+  source of the store's file checks (`os.path.exists`, frozen in Python 3.11) and warned of it
+  on every run."""
+  store = data_lib.ProblemStore(str(tmp_path / "train")).create(get_simulator("poisson"), 40, 30,
+                                                                 5, 0)
+  config = TrainConfig(**{**CONFIG.__dict__, "data_source": "disk"})
+  next(iter(pipeline.training_batches(config, get_simulator("poisson"), 3, store=store)))
+  assert "AutoGraph could not transform" not in caplog.text
+
+
 def test_streamed_moments_equal_the_whole_set_moments():
   data = np.random.default_rng(0).normal(3.0, 2.0, size=(1000, 3))
   merged = Moments.of(data[:1], 3)

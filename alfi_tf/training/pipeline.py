@@ -117,6 +117,8 @@ def _streamed_batches(config: TrainConfig, store: data_lib.ProblemStore,
   """Epochs of buffered-shuffled batches from disk, from the batch of `start_step` on."""
   first_epoch, position = divmod(start_step, config.steps_per_epoch)
 
+  # Plain graph code: AutoGraph would try (and warn that it fails) to convert the store's checks.
+  @tf.autograph.experimental.do_not_convert
   def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
     seed = _epoch_seed(config, epoch)
     # A 63-bit op seed from the stateless epoch seed: the order depends on the run seed and the
