@@ -276,7 +276,7 @@ class Workdir:
     """Creates the directory if needed; raises a clear error when it cannot hold a run.
 
     Raises:
-      ValueError: the path exists but is not a directory.
+      ValueError: the path exists but is not a directory, or lies below a file.
       PermissionError: the directory (or its parent) is not writable.
     """
     if os.path.exists(self.path) and not os.path.isdir(self.path):
@@ -285,6 +285,9 @@ class Workdir:
       os.makedirs(self.path, exist_ok=True)
     except PermissionError as error:
       raise PermissionError(f"workdir {self.path} cannot be created: {error.strerror}") from None
+    except OSError as error:   # a file on the way: NotADirectoryError, FileExistsError
+      raise ValueError(f"workdir {self.path} cannot be created: "
+                       f"{nearest_existing(self.path)} is a file, not a directory") from None
     if not os.access(self.path, os.W_OK | os.X_OK):
       raise PermissionError(f"workdir {self.path} is not writable")
 
@@ -372,6 +375,14 @@ class Workdir:
 
   def write_calibration(self, calibration: Dict[str, Any]) -> None:
     write_json_atomically(self.file(CALIBRATION_FILE), calibration)
+
+
+def nearest_existing(path: str) -> str:
+  """`path`, or its nearest ancestor that exists (a directory, or the file in the way)."""
+  path = os.path.abspath(path)
+  while not os.path.lexists(path):
+    path = os.path.dirname(path)
+  return path
 
 
 def leftovers_of_dead_processes(prefix: str) -> List[str]:

@@ -104,6 +104,22 @@ def test_non_empty_foreign_directory_is_refused(tmp_path):
     seeded_trainer(TINY_TRAIN, str(tmp_path))
 
 
+def test_a_data_dir_below_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
+  """--data_dir that is (or lies below) a file, or is not writable, is named before the workdir
+  is claimed or a problem simulated, not as a TensorFlow error after the validation set."""
+  config = TrainConfig(**{**TINY_TRAIN.__dict__, "data_source": "disk"})
+  a_file = tmp_path / "file"
+  a_file.write_text("mine")
+  for data_dir in (a_file, a_file / "sub"):
+    with pytest.raises(ValueError, match=f"problem store {data_dir / 'train'} cannot be written: "
+                                         f"{a_file} is a file, not a directory"):
+      seeded_trainer(config, str(tmp_path / "run"), data_dir=str(data_dir))
+  monkeypatch.setattr(os, "access", lambda *args: False)   # root may write anywhere
+  with pytest.raises(PermissionError, match=f"{tmp_path} is not writable"):
+    seeded_trainer(config, str(tmp_path / "run"), data_dir=str(tmp_path / "data"))
+  assert not (tmp_path / "run").exists() and a_file.read_text() == "mine"
+
+
 def test_load_machine_restores_weights_and_statistics(tmp_path, caplog):
   trainer = seeded_trainer(TINY_TRAIN, str(tmp_path / "run"), log_every=1000)
   trainer.train(stop_at_step=20)

@@ -73,6 +73,10 @@ def test_a_workdir_that_is_a_file_or_not_writable_is_named(tmp_path, monkeypatch
   path.write_text("not a directory")
   with pytest.raises(ValueError, match=f"workdir {path} exists and is not a directory"):
     Workdir(str(path)).claim(MachineConfig(), TrainConfig())
+  # Below a file: named, not "[Errno 20] Not a directory".
+  with pytest.raises(ValueError, match=f"workdir {path / 'run'} cannot be created: {path} is a "
+                                       "file, not a directory"):
+    Workdir(str(path / "run")).claim(MachineConfig(), TrainConfig())
   # Root may write anywhere, so the permission check is exercised through os.access.
   monkeypatch.setattr(os, "access", lambda *args: False)
   with pytest.raises(PermissionError, match=f"workdir {tmp_path / 'run'} is not writable"):

@@ -25,7 +25,7 @@ import tensorflow as tf
 from alfi_tf.simulators import NumpySimulator, Simulator, SimulatorError
 from alfi_tf.simulators.base import describe_parameters
 from alfi_tf.simulators.specs import import_spec_module
-from alfi_tf.workdir import leftovers_of_dead_processes
+from alfi_tf.workdir import leftovers_of_dead_processes, nearest_existing
 
 # Seed streams of one run: the same run seed gives independent training, validation, test and
 # calibration sets.
@@ -366,6 +366,24 @@ class ProblemStore:
 
   def exists(self) -> bool:
     return os.path.exists(os.path.join(self.path, self.MANIFEST))
+
+  def require_writable(self) -> None:
+    """Refuses, before anything is simulated, a store that does not exist and cannot be written:
+    its path lies below a file, or its nearest existing directory is not writable.
+
+    Raises:
+      ValueError: naming the store and the file in its way.
+      PermissionError: naming the store and the directory.
+    """
+    if self.exists():
+      return   # only read
+    parent = nearest_existing(os.path.dirname(os.path.abspath(self.path)))
+    if not os.path.isdir(parent):
+      raise ValueError(f"problem store {self.path} cannot be written: {parent} is a file, not a "
+                       "directory (--data_dir)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+      raise PermissionError(f"problem store {self.path} cannot be written: {parent} is not "
+                            "writable (--data_dir)")
 
   def read_recipe(self) -> Dict[str, Any]:
     """The manifest: the recipe, the count of redrawn problems and the data files' sizes.

@@ -180,6 +180,11 @@ def require_memory_for(config: TrainConfig, simulator: Simulator) -> None:
       "--num_problems, or fewer --num_obs")
 
 
+def problem_store(data_dir: str) -> data_lib.ProblemStore:
+  """The `disk` source's store of the meta-training set in `data_dir`."""
+  return data_lib.ProblemStore(os.path.join(data_dir, "train"))
+
+
 def meta_training_data(config: TrainConfig, simulator: Simulator, data_dir: str,
                        executor: Optional[concurrent.futures.Executor] = None) -> MetaTrainingData:
   """Creates (or, for a store, reuses) a run's meta-training and validation sets.
@@ -200,8 +205,7 @@ def meta_training_data(config: TrainConfig, simulator: Simulator, data_dir: str,
   problems, store = None, None
   recipe = (simulator, config.num_problems, config.num_obs, config.seed, data_lib.TRAIN_STREAM)
   if config.data_source == "disk":
-    store = data_lib.ProblemStore(os.path.join(data_dir, "train")).create(*recipe,
-                                                                          executor=executor)
+    store = problem_store(data_dir).create(*recipe, executor=executor)
   else:
     problems = data_lib.generate_problems(*recipe, executor=executor)
   return MetaTrainingData(problems, store, validation)

@@ -153,8 +153,11 @@ class Trainer:
     # Refused before the workdir is claimed:
     losses.check_loss_for(FAMILIES[machine_config.proposal], train_config.loss)
     pipeline.require_memory_for(train_config, self.simulator)
-    self.is_chief = distribute.is_chief(self.strategy)
     self.workdir = Workdir(workdir)
+    self.data_dir = data_dir or self.workdir.data
+    if train_config.data_source == "disk":
+      pipeline.problem_store(self.data_dir).require_writable()
+    self.is_chief = distribute.is_chief(self.strategy)
     if self.is_chief:
       self.workdir.claim(machine_config, train_config, self.simulator)
     else:   # the chief records the run; the others only refuse a mismatching one
@@ -162,7 +165,6 @@ class Trainer:
     self.log_every = log_every
     self.progress_bar = progress_bar
     self.data_workers = data_workers
-    self.data_dir = data_dir or self.workdir.data
     with self.strategy.scope():
       self.machine = InferenceMachine(self.simulator, machine_config)
       schedule = keras.optimizers.schedules.CosineDecay(
