@@ -120,6 +120,20 @@ def test_a_data_dir_below_a_file_is_refused_before_any_work(tmp_path, monkeypatc
   assert not (tmp_path / "run").exists() and a_file.read_text() == "mine"
 
 
+def test_the_progress_bar_of_a_resumed_session_times_its_own_steps(monkeypatch):
+  """Resumed at step 90 of 100, one second per step: the bar's time per step is one second, not
+  (time since the bar started) / 90."""
+  from alfi_tf.training.trainer import SessionProgbar
+
+  clock = [1000.0]
+  monkeypatch.setattr("time.time", lambda: clock[0])
+  bar = SessionProgbar(100, first_step=90, verbose=0)
+  for step in range(91, 96):
+    clock[0] += 1.0
+    bar.update(step)
+  assert bar._estimate_step_duration(96, clock[0] + 1.0) == pytest.approx(1.0)
+
+
 def test_load_machine_restores_weights_and_statistics(tmp_path, caplog):
   trainer = seeded_trainer(TINY_TRAIN, str(tmp_path / "run"), log_every=1000)
   trainer.train(stop_at_step=20)

@@ -50,6 +50,23 @@ def _simulator_failures_named(stage: str) -> Iterator[None]:
     raise SimulatorError(f"{stage}: {message}") from None
 
 
+class SessionProgbar(keras.utils.Progbar):
+  """A `keras.utils.Progbar` of a session that starts at step `first_step` (a resumed run): the
+  bar shows the run's steps, its time per step and ETA count only the session's own.
+
+  Keras' estimate divides the time since the bar was made by the step number, so a session
+  resumed at step 90,000 of 100,000 would show a time per step and an ETA about ten times too
+  small, and always count its first step (which traces the graph).
+  """
+
+  def __init__(self, target: int, first_step: int, **kwargs):
+    super().__init__(target, **kwargs)
+    self.first_step = first_step
+
+  def _estimate_step_duration(self, current, now):
+    return super()._estimate_step_duration(current - self.first_step, now)
+
+
 class TrainingResult(NamedTuple):
   """Summary of a finished run, also written to `DIR/training_summary.json`.
 
@@ -238,7 +255,7 @@ class Trainer:
     inferrer = Inferrer(self.machine, batch_size=cfg.num_validation_problems)
     loss = float("nan")
     validation: Dict[str, float] = {}
-    bar = self._progress_bar(stop)
+    bar = self._progress_bar(first_step, stop)
     while self.step < stop:
       loss_tensor, gradient_norm = self._step(batches, clock)
       loss, step, now = float(loss_tensor), self.step, time.time()
@@ -289,13 +306,14 @@ class Trainer:
                                   "replicas": self.replicas})
     return result
 
-  def _progress_bar(self, stop: int) -> Optional[keras.utils.Progbar]:
-    """A bar to `stop` showing the current loss and validation RMSE (not averages), or None."""
+  def _progress_bar(self, first_step: int, stop: int) -> Optional[keras.utils.Progbar]:
+    """A bar from `first_step` to `stop` showing the current loss and validation RMSE (not
+    averages), or None."""
     if not (self.progress_bar and self.is_chief):
       return None
     current = (["loss", "redrawn", "masked"]
                + [f"val_rmse/{name}" for name in self.simulator.parameter_names])
-    return keras.utils.Progbar(stop, stateful_metrics=current, unit_name="step")
+    return SessionProgbar(stop, first_step, stateful_metrics=current, unit_name="step")
 
   def _step(self, batches, clock: _Clock) -> Tuple[tf.Tensor, tf.Tensor]:
     """One optimisation step, its redraws and masked samples counted on `clock`; a numpy
