@@ -65,11 +65,16 @@ def _is_result_file(path: str) -> bool:
   return isinstance(content, dict) and _RESULT_KEYS <= content.keys()
 
 
-def _check_outputs() -> None:
+def _check_flags() -> None:
   """Refuses --output and --plot before the model loads where writing them could lose a file, or
-  where they name no file at all."""
+  where they name no file at all, and an empty --simulator_command."""
   if not FLAGS.output:
     raise app.UsageError("--output must name a JSON file for the result, got an empty path")
+  if FLAGS.simulator_command is not None and not FLAGS.simulator_command.strip():
+    # An unset shell variable (--simulator_command="$SIM") must not quietly mean the machine's
+    # own simulator.
+    raise app.UsageError("--simulator_command must name a program, got an empty one; leave the "
+                         "flag out to run the machine's own simulator")
   cli.check_output_file("output", FLAGS.output, _is_result_file, "an inference result (JSON)")
   if FLAGS.plot is None:
     return
@@ -136,7 +141,7 @@ def _summary(machine: DeployedMachine, result) -> list:
 
 def main(argv):
   del argv   # checked by cli.run
-  _check_outputs()
+  _check_flags()
   machine = DeployedMachine.load(FLAGS.model)
   observations = load_observations(FLAGS.observations, machine.observation_dim,
                                    machine.metadata["machine_config"]["observation_transform"])

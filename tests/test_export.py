@@ -714,6 +714,8 @@ def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
        "--seed must be an integer in [-2147483648, "),
       ([f"--model={weinberg.export_dir}", f"--observations={zeros}", "--output="],
        "--output must name a JSON file for the result, got an empty path"),
+      ([f"--model={weinberg.export_dir}", f"--observations={zeros}", "--simulator_command= "],
+       "--simulator_command must name a program, got an empty one"),
       ([f"--model={weinberg.export_dir}", f"--observations={zeros}",
         "--simulator_timeout=1e300"], "--simulator_timeout must be a positive number of seconds, "
                                       "at most 1e+06"),
