@@ -110,6 +110,16 @@ def test_fit_names_what_a_batch_must_hold():
     _machine().fit(tf.data.Dataset.from_tensor_slices((theta, observations)).batch(8), verbose=0)
 
 
+@pytest.mark.parametrize("seed_shape", [(3,), (4,)])
+def test_fit_names_seeds_that_are_not_pairs(seed_shape):
+  theta, observations = _problems()
+  seeds = np.zeros((len(theta),) + seed_shape, np.int32)     # per problem: [B, 3] / [B, 4]
+  dataset = tf.data.Dataset.from_tensor_slices((theta, observations, seeds)).batch(8)
+  with pytest.raises(ValueError, match=r"the batch's seeds \(third element\) must have shape "
+                                       r"\[2\] or \[B, 2\], got int32\[None, [34]\]"):
+    _machine().fit(dataset, verbose=0)
+
+
 def test_a_failed_fit_leaves_the_machine_trainable():
   """A first `fit` that fails on a malformed batch used to leave every later `fit` failing
   ("Creating variables on a non-first call"): the optimizer's slots are now built by `compile`."""

@@ -515,6 +515,10 @@ class InferenceMachine(LossModel):
       raise ValueError(f"the batch's seeds (third element) must be integers, got "
                        f"{_describe(seed)}")
     seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank not in (None, 1, 2) or seed.shape[-1] not in (None, 2):
+      # [B, 3] or [4] would be read as other pairs of numbers than the ones meant.
+      raise ValueError(f"the batch's seeds (third element) must have shape [2] or [B, 2], got "
+                       f"{_describe(seed)}")
     if seed.dtype != tf.int32:
       # A wider seed beyond int32 would wrap around in the cast (float64 holds int32's bounds).
       wide = tf.cast(seed, tf.float64)
