@@ -98,6 +98,16 @@ def test_a_run_whose_config_was_replaced_before_it_started_does_not_train(tmp_pa
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+def test_a_session_that_trains_no_step_records_nothing_that_pins_the_run(tmp_path):
+  run = str(tmp_path / "run")
+  result = seeded_trainer(TINY_TRAIN, run).train(stop_at_step=0)
+  assert result.steps == 0
+  assert not os.path.exists(os.path.join(run, "training_summary.json"))
+  # The next attempt may still take other settings: the first made no progress.
+  other = TrainConfig(**{**TINY_TRAIN.__dict__, "batch_size": 8})
+  assert seeded_trainer(other, run).train(stop_at_step=1).steps == 1
+
+
 def test_non_empty_foreign_directory_is_refused(tmp_path):
   (tmp_path / "notes.txt").write_text("not a run")
   with pytest.raises(ValueError, match="has no config.json"):

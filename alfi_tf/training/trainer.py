@@ -294,6 +294,10 @@ class Trainer:
     last checkpoint, before writing its summary), it is completed: the loss of the last step, as
     the checkpoint's summary recorded it, and the validation, which is the same on every call.
     """
+    if self.step == first_step == 0:
+      # Nothing trained yet (`train(stop_at_step=0)` on a new run): nothing to record, and no
+      # summary that would pin the run's settings as if it had made progress.
+      return TrainingResult(0, loss, validation, clock.train_seconds())
     previous = self.workdir.read_summary()
     if self.step == first_step:
       if all(field in previous for field in TrainingResult._fields):
