@@ -103,3 +103,8 @@ def test_score_uses_the_methods_own_density_and_falls_back_to_the_reference_esti
   assert report["nll"] == 2.0 and report["nll_source"] == "own density"
   assert report["reference"] == "mle" and report["rmse_ratio"]["a"] == pytest.approx(2.0)
   assert "marginal_kl_to_posterior" not in report
+  # No reference estimator (Lotka-Volterra): against the prior mean, the answer of no data.
+  theta = np.array([[0.0], [2.0], [0.0], [2.0]])                 # mean 1, RMSE of the mean 1
+  report = comparison.score(_answer(np.full([4, 1], 1.5), np.ones([4, 1]), None), theta, {}, ["a"])
+  assert report["reference"] == "prior_mean"
+  assert report["rmse_ratio"]["a"] == pytest.approx(np.sqrt(1.25))

@@ -106,7 +106,8 @@ def score(answer: Answer, theta: np.ndarray, references: Dict[str, np.ndarray],
           names) -> Dict[str, Any]:
   """The comparison's figures for `answer` on problems `theta [K, d]`.
 
-  RMSE per parameter and divided by the exact posterior mean's (else the reference estimator's),
+  RMSE per parameter and divided by the exact posterior mean's (else the reference estimator's,
+  else, for a simulator with neither, the prior mean's: the estimate that ignores the data),
   coverage of the central 68% / 95% intervals of `N(mean, std^2)`, the mean negative log-density of
   the true parameters (`nll_source` says whose density), and, where the exact posterior's std is
   known, the mean KL divergence of the answer's marginals from the exact posterior's (both as
@@ -115,15 +116,17 @@ def score(answer: Answer, theta: np.ndarray, references: Dict[str, np.ndarray],
   """
   answered = np.all(np.isfinite(answer.mean) & np.isfinite(answer.std), axis=1)
   mean, std, truth = answer.mean[answered], answer.std[answered], theta[answered]
-  reference = "posterior_mean" if "posterior_mean" in references else "mle"
+  reference = next((name for name in ("posterior_mean", "mle") if name in references),
+                   "prior_mean")
+  # The prior mean estimated by the problems' own parameters, which are prior draws.
+  baseline = references.get(reference, np.broadcast_to(theta.mean(axis=0), theta.shape))
   rmse = metrics.rmse(mean, truth)
   report: Dict[str, Any] = {
       "method": answer.method,
       "failed": int((~answered).sum()),
       "rmse": dict(zip(names, rmse.tolist())),
       "reference": reference,
-      "rmse_ratio": dict(zip(names, (rmse / metrics.rmse(references[reference][answered],
-                                                         truth)).tolist())),
+      "rmse_ratio": dict(zip(names, (rmse / metrics.rmse(baseline[answered], truth)).tolist())),
       "coverage": {level: dict(zip(names, value.tolist()))
                    for level, value in metrics.interval_coverage(mean, std, truth).items()},
       "nll": float(np.mean(-answer.log_prob[answered]) if answer.log_prob is not None
