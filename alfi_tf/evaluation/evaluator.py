@@ -274,8 +274,8 @@ def _robustness(inferrer: Inferrer, test: data_lib.Problems, seed: int, config: 
   The starts are prior draws whatever the run's default start (`MachineConfig.start`)."""
   count, starts = min(config.robustness_problems, len(test.theta)), config.robustness_starts
   observations = np.repeat(test.observations[:count], starts, axis=0)
-  draws = inferrer.machine.simulator.prior.sample(
-      count * starts, seed=tf.constant([seed + 2, 3], tf.int32)).numpy().astype(np.float32)
+  draws = inferrer.machine.prior_draws(count * starts,
+                                      tf.constant([seed + 2, 3], tf.int32)).numpy()
   result = inferrer(observations, seed=seed + 2, initial_mean=draws)
   d = test.theta.shape[1]
   means = result.trajectory_mean.reshape(count, starts, -1, d)

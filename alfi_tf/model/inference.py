@@ -205,7 +205,8 @@ class Inferrer:
           tf.random.experimental.stateless_fold_in(base_seed, index), 2))
       # Starts are always passed explicitly, so one graph serves default and user starts.
       start_mean = (initial_mean[chunk] if initial_mean is not None else
-                    self.machine.default_starts(observations[chunk].shape[0], start_seed))
+                    self.machine.default_starts(observations[chunk].shape[0],
+                                                start_seed).numpy())
       results.append(InferenceResult.from_outputs(self._run(
           tf.constant(observations[chunk]), run_seed, tf.constant(start_mean))))
     return InferenceResult.concatenate(results)

@@ -222,21 +222,23 @@ class InferenceMachine(LossModel):
   def initial_psi(self, batch_size: int, seed: tf.Tensor,
                   initial_mean: Optional[tf.Tensor] = None, training: bool = False) -> tf.Tensor:
     """`psi_0`, spread sigma_0, centred on `initial_mean [batch, d]` (raw units) where given, else
-    on a prior draw in training and on the start `config.start` names at inference."""
-    if initial_mean is not None:
-      return self.proposal.initial_psi(self.theta_standardizer.forward(initial_mean))
-    if self.config.start == "prior_mean" and not training:
-      # The standardised origin is the mean of the meta-training parameters.
-      return self.proposal.initial_psi(tf.zeros([batch_size, self.simulator.parameter_dim]))
-    draws = tf.cast(self.simulator.prior.sample(batch_size, seed=seed), tf.float32)
-    return self.proposal.initial_psi(self.theta_standardizer.forward(draws))
+    on `default_starts`."""
+    if initial_mean is None:
+      initial_mean = self.default_starts(batch_size, seed, training)
+    return self.proposal.initial_psi(self.theta_standardizer.forward(initial_mean))
 
-  def default_starts(self, count: int, seed: tf.Tensor) -> np.ndarray:
-    """The raw starts `mu_0 [count, d]` of `count` inference runs given none (`config.start`)."""
-    if self.config.start == "prior_mean":
-      mean = self.theta_standardizer.mean.numpy()
-      return np.broadcast_to(mean, (count, mean.shape[0])).astype(np.float32)
-    return self.simulator.prior.sample(count, seed=seed).numpy().astype(np.float32)
+  def default_starts(self, count, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
+    """The raw starts `mu_0 [count, d]` (float32) of `count` runs given none: prior draws in
+    training, and at inference where `config.start` is `prior_draw`; else the mean of the
+    meta-training parameters, the standardised origin."""
+    if self.config.start == "prior_mean" and not training:
+      return tf.broadcast_to(self.theta_standardizer.mean,
+                             tf.stack([count, self.simulator.parameter_dim]))
+    return self.prior_draws(count, seed)
+
+  def prior_draws(self, count, seed: tf.Tensor) -> tf.Tensor:
+    """`count` draws from the simulator's prior, raw units, float32 `[count, d]`."""
+    return tf.cast(self.simulator.prior.sample(count, seed=seed), tf.float32)
 
   def simulation_parameters(self, theta_standardized: tf.Tensor) -> tf.Tensor:
     """Standardised samples `[batch, M, d]` -> the raw parameters to simulate, `[batch, M, d]`.
