@@ -123,6 +123,12 @@ class MachineConfig:
     score_features: give the aggregator each sample's score `grad_psi log q(theta | psi)` (the
       authors' `use_grad`); off, it sees only the encodings and the sample.
     observation_transform: elementwise transform of observations before standardisation.
+    observed_design: for a simulator with design columns (`Simulator.design_dim`, a regression's
+      covariates), simulate at the real data's design: each step, the `N` observations of every
+      sample take their design from `N` rows of the real set (a fresh random choice per step,
+      shared by the step's `M` samples, `InferenceMachine.design_rows`), so simulated and real
+      sets differ only through the parameters and the noise. Off (the paper's), the simulator
+      draws a fresh design for every simulated set. No effect on simulators without a design.
     tail_averaging: `f` in [0, 1], the fraction of the trajectory averaged into the answer (tail
       averaging of the iterates): after step `t` the answer is `q(theta | psi_bar_t)` with
       `psi_bar_t` the mean of the last `w_t = max(1, ceil(f t))` iterates `psi_s`. Once the
@@ -157,6 +163,7 @@ class MachineConfig:
   relative_updates: bool = False
   initial_scale: float = 0.1
   observation_transform: str = "none"
+  observed_design: bool = False
   mixture_components: int = 3
   score_features: bool = True
   tail_averaging: float = 0.0

@@ -25,6 +25,10 @@ from alfi_tf.model.proposals import get_proposal
 from alfi_tf.simulators import Simulator, get_simulator
 
 
+#: Folded into a step's simulation seed to draw the design rows it simulates at (`design_rows`).
+_DESIGN_STREAM = 0x0DE5
+
+
 class Trajectory(NamedTuple):
   """Proposal parameters after each step, in standardised parameter space.
 
@@ -251,13 +255,42 @@ class InferenceMachine(LossModel):
       theta = tf.clip_by_value(theta, self._bounds[0], self._bounds[1])
     return theta
 
-  def _simulate(self, theta_standardized: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Runs the simulator on `[batch, M, d]` standardised samples -> `[batch, M, N, d_x]` raw obs."""
+  @property
+  def simulates_at_observed_design(self) -> bool:
+    """Whether each step simulates at rows of the real data's design (`config.observed_design`
+    with a simulator that has one)."""
+    return self.config.observed_design and self.simulator.design_dim > 0
+
+  def design_rows(self, simulation_seed: tf.Tensor, batch_size, num_obs) -> tf.Tensor:
+    """The rows of each real set `[batch, n, d_x]` whose design a step simulates at: int32
+    `[batch, N]`, the first `N` of a random permutation of the `n` rows (cycled through again when
+    `N > n`, so every row serves equally often), drawn from the step's `simulation_seed` (folded
+    with a constant, to keep it apart from the simulator's own use of that seed)."""
+    keys = tf.random.stateless_uniform(
+        tf.stack([batch_size, num_obs]),
+        seed=tf.random.experimental.stateless_fold_in(simulation_seed, _DESIGN_STREAM))
+    permutation = tf.argsort(keys, axis=-1, stable=True)
+    return tf.gather(permutation, tf.range(self.config.num_simulated_obs) % num_obs, axis=1)
+
+  def _simulate(self, theta_standardized: tf.Tensor, seed: tf.Tensor,
+                observations: tf.Tensor) -> tf.Tensor:
+    """Runs the simulator on `[batch, M, d]` standardised samples -> `[batch, M, N, d_x]` raw obs;
+    at the real `observations [batch, n, d_x]`'s design when `simulates_at_observed_design`."""
     batch, num_samples = tf.shape(theta_standardized)[0], theta_standardized.shape[1]
+    n_sim = self.config.num_simulated_obs
     theta = tf.reshape(self.simulation_parameters(theta_standardized),
                        [-1, self.simulator.parameter_dim])
-    simulated = self.simulator.simulate(theta, self.config.num_simulated_obs, seed)
-    return tf.reshape(simulated, tf.stack([batch, num_samples, self.config.num_simulated_obs,
+    if self.simulates_at_observed_design:
+      design_dim = self.simulator.design_dim
+      rows = self.design_rows(seed, batch, tf.shape(observations)[1])
+      design = tf.gather(observations[..., :design_dim], rows, batch_dims=1)   # [batch, N, k]
+      design = tf.broadcast_to(design[:, tf.newaxis],
+                               tf.stack([batch, num_samples, n_sim, design_dim]))
+      simulated = self.simulator.simulate_at_design(
+          theta, tf.reshape(design, [-1, n_sim, design_dim]), seed)
+    else:
+      simulated = self.simulator.simulate(theta, n_sim, seed)
+    return tf.reshape(simulated, tf.stack([batch, num_samples, n_sim,
                                            self.simulator.observation_dim]))
 
   # The loop is exposed in three pieces (begin, propose, update) so that it can also be driven from
@@ -369,12 +402,13 @@ class InferenceMachine(LossModel):
                  arguments.require_positive_integer("num_steps", arguments.scalar_value(num_steps)))
     require_horizon("num_steps", num_steps)
     state, loop_seed = self.begin(observations, seed, initial_mean, bool(training))
+    observations = tf.cast(observations, tf.float32)   # checked by `begin`
     initial_psi = state.psi
     trajectory, masked = [], []
     for t in range(num_steps):
       proposal_seed, simulation_seed = self.step_seeds(loop_seed, t)
       theta = self.propose(state, proposal_seed)                               # [batch, M, d]
-      simulated = self._simulate(theta, simulation_seed)
+      simulated = self._simulate(theta, simulation_seed, observations)
       valid = usable_sets(simulated, self.config.observation_transform)   # [batch, M]
       state = self.update(state, theta, simulated, valid)
       trajectory.append(state.psi)

@@ -116,10 +116,21 @@ class Simulator(abc.ABC):
 
   Shapes: `theta` is `[batch, d]` with `d = len(parameter_names)`; observations are
   `[batch, num_obs, observation_dim]`. Everything is float32.
+
+  **Designs.** Where part of each observation is set by the experiment rather than drawn by
+  nature (a regression's covariates, a detector setting, the time of a measurement), a simulator
+  declares those columns as the *design*: the first `design_dim` columns of an observation, and
+  implements `simulate_at_design`, which draws the rest given them. The machine can then simulate
+  at the real data's own design (`MachineConfig.observed_design`), so that a simulated set differs
+  from the real one only through the parameters and the noise, not through a fresh draw of the
+  design, whose spread would otherwise swamp the comparison (`docs/results.md`, linear regression).
   """
 
   #: Registry name, used by `--simulator=NAME`.
   name: str = ""
+
+  #: How many leading columns of an observation are its design (0: none); see the class docstring.
+  design_dim: int = 0
 
   def __init__(self, parameter_names: Sequence[str], observation_dim: int,
                prior: tfd.Distribution):
@@ -154,11 +165,26 @@ class Simulator(abc.ABC):
     if event_shape != tf.TensorShape([len(names)]):
       raise ValueError(f"prior event shape must be [{len(names)}] (one entry per name in "
                        f"parameter_names), got {event_shape}")
+    self._check_design(int(observation_dim))
     self._parameter_names = names
     self._observation_dim = int(observation_dim)
     self._prior = prior
     if self.parameter_bounds is not None:   # a box built without box_prior is checked here
       check_box(*self.parameter_bounds, f"simulator {self.name or type(self).__name__!r}: prior")
+
+  def _check_design(self, observation_dim: int) -> None:
+    """Raises a ValueError naming the class unless `design_dim` is an int in
+    `[0, observation_dim)` and, when positive, `simulate_at_design` is implemented."""
+    design_dim, where = self.design_dim, f"simulator class {type(self).__name__}"
+    if (isinstance(design_dim, (bool, np.bool_)) or not isinstance(design_dim, (int, np.integer))
+        or not 0 <= design_dim < observation_dim):
+      raise ValueError(f"{where}: design_dim must be an int from 0 to observation_dim - 1 = "
+                       f"{observation_dim - 1} (the leading observation columns the experiment "
+                       f"sets), got {design_dim!r}")
+    if design_dim and not self.has_design_simulation:
+      raise ValueError(f"{where} declares design_dim={design_dim} but does not implement "
+                       f"{'simulate_numpy_at_design' if isinstance(self, NumpySimulator) else 'simulate_at_design'}"
+                       " (the simulation given the design columns)")
 
   def __getattr__(self, attribute: str):
     """Only reached for attributes the instance lacks: names a subclass whose `__init__` skipped
@@ -224,6 +250,25 @@ class Simulator(abc.ABC):
     Returns:
       `[batch, num_obs, observation_dim]` float32 observations.
     """
+
+  def simulate_at_design(self, theta: tf.Tensor, design: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Draws one observation at each design point, for simulators with `design_dim > 0`.
+
+    Args:
+      theta: `[batch, d]` float32 parameters, in raw units.
+      design: `[batch, num_obs, design_dim]` float32 design columns, one row per observation.
+      seed: int32 `[2]` stateless seed; the same seed gives the same observations.
+
+    Returns:
+      `[batch, num_obs, observation_dim]` float32 observations whose first `design_dim` columns
+      are `design`.
+    """
+    raise NotImplementedError(f"simulator {self.name!r} has no design (design_dim = 0)")
+
+  @property
+  def has_design_simulation(self) -> bool:
+    """Whether `simulate_at_design` is implemented."""
+    return type(self).simulate_at_design is not Simulator.simulate_at_design
 
   def log_likelihood(self, theta: tf.Tensor, observations: tf.Tensor) -> tf.Tensor:
     """Total log-likelihood of each observation set under each candidate parameter.
@@ -373,55 +418,93 @@ class NumpySimulator(Simulator):
                      rng: np.random.Generator) -> np.ndarray:
     """Draws observations; `theta` is `[batch, d]` float64, returns `[batch, num_obs, d_x]`."""
 
+  def simulate_numpy_at_design(self, theta: np.ndarray, design: np.ndarray,
+                               rng: np.random.Generator) -> np.ndarray:
+    """For `design_dim > 0`: draws one observation per design row (`Simulator.simulate_at_design`).
+
+    `theta` is `[batch, d]` and `design` `[batch, num_obs, design_dim]`, both float64; returns
+    `[batch, num_obs, d_x]` whose first `design_dim` columns are `design`.
+    """
+    raise NotImplementedError(f"simulator {self.name!r} has no design (design_dim = 0)")
+
+  @property
+  def has_design_simulation(self) -> bool:
+    return (type(self).simulate_numpy_at_design
+            is not NumpySimulator.simulate_numpy_at_design)
+
   def __getstate__(self) -> Dict[str, object]:
     # TF/TFP objects do not pickle; the workers only ever call `simulate_numpy`.
     return {key: value for key, value in self.__dict__.items()
             if not _is_tensorflow_object(value)}
 
-  def simulate_checked(self, theta: np.ndarray, num_obs: int, seed: np.ndarray) -> np.ndarray:
-    """`simulate_numpy` with its generator seeded from the stateless `seed` and its output checked.
+  def simulate_checked(self, theta: np.ndarray, num_obs: int, seed: np.ndarray,
+                       design: Optional[np.ndarray] = None) -> np.ndarray:
+    """`simulate_numpy` (or, given a `design`, `simulate_numpy_at_design`) with its generator
+    seeded from the stateless `seed` and its output checked.
 
     Args:
       theta: `[batch, d]` parameters.
-      num_obs: observations per parameter vector.
+      num_obs: observations per parameter vector (the design's rows, when one is given).
       seed: int32 `[2]` stateless seed.
+      design: optional `[batch, num_obs, design_dim]` design columns to simulate at.
 
     Returns:
       `[batch, num_obs, d_x]` float32.
     """
     rng = np.random.default_rng(np.asarray(seed, np.int64).view(np.uint64))
     where = f"simulator {self.name or type(self).__name__!r}"
+    method = f"{type(self).__name__}.simulate_numpy" + ("" if design is None else "_at_design")
     try:
-      out = np.asarray(self.simulate_numpy(np.asarray(theta, np.float64), num_obs, rng))
+      theta64 = np.asarray(theta, np.float64)
+      out = np.asarray(self.simulate_numpy(theta64, num_obs, rng) if design is None else
+                       self.simulate_numpy_at_design(theta64, np.asarray(design, np.float64),
+                                                     rng))
     except Exception as error:   # a user's code: any exception, reported with its inputs
       raise SimulatorError(
           f"{where} raised {type(error).__name__}: {error} (for {theta.shape[0]} parameter "
           f"vector(s): {describe_parameters(theta, self.parameter_names)})") from error
     want = (theta.shape[0], num_obs, self.observation_dim)
     if out.shape != want:
-      raise SimulatorError(f"{where}: {type(self).__name__}.simulate_numpy returned shape "
-                           f"{out.shape}, expected {want}")
+      raise SimulatorError(f"{where}: {method} returned shape {out.shape}, expected {want}")
     try:   # strings would fail the cast below with an unrelated message; complex would pass it
-      require_real_numbers(out, f"{where}: {type(self).__name__}.simulate_numpy's output")
+      require_real_numbers(out, f"{where}: {method}'s output")
     except ValueError as error:
       raise SimulatorError(str(error)) from None
-    method = f"{type(self).__name__}.simulate_numpy"
-    return observations_as_float32(out, theta, self.parameter_names, f"{where}: {method}",
-                                   source=f"{type(self).__module__}.{method}")
+    out = observations_as_float32(out, theta, self.parameter_names, f"{where}: {method}",
+                                  source=f"{type(self).__module__}.{method}")
+    if design is not None and not np.array_equal(out[..., :self.design_dim],
+                                                 np.asarray(design, np.float32)):
+      raise SimulatorError(f"{where}: {method} must return the design it was given as the first "
+                           f"{self.design_dim} column(s) of each observation")
+    return out
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
                executor: Optional[concurrent.futures.Executor] = None) -> tf.Tensor:
     """`simulate_checked` as a TF op; with `executor`, the numpy code runs in its processes."""
+    return self._bridge(theta, int(num_obs), seed, None, executor)
+
+  def simulate_at_design(self, theta: tf.Tensor, design: tf.Tensor,
+                         seed: tf.Tensor) -> tf.Tensor:
+    """`simulate_checked` at a design, as a TF op."""
+    design = tf.convert_to_tensor(design, tf.float32)
+    return self._bridge(theta, design.shape[1], seed, design, None)
+
+  def _bridge(self, theta: tf.Tensor, num_obs: Optional[int], seed: tf.Tensor,
+              design: Optional[tf.Tensor],
+              executor: Optional[concurrent.futures.Executor]) -> tf.Tensor:
+    """The `tf.numpy_function` around `simulate_checked` (`num_obs` None: the design's rows, not
+    known until it runs)."""
     theta = tf.convert_to_tensor(theta, tf.float32)
-    num_obs = int(num_obs)
 
     @tf.autograph.experimental.do_not_convert   # plain Python, called by TF with numpy arrays
-    def _bridge(theta_np: np.ndarray, seed_np: np.ndarray) -> np.ndarray:
+    def _call(theta_np: np.ndarray, seed_np: np.ndarray, *design_np: np.ndarray) -> np.ndarray:
+      design_np = design_np[0] if design_np else None
+      rows = num_obs if design_np is None else design_np.shape[1]
       if executor is None:
-        return self.simulate_checked(theta_np, num_obs, seed_np)
+        return self.simulate_checked(theta_np, rows, seed_np, design_np)
       # Waiting on the worker releases the GIL, so tf.data's parallel calls run concurrently.
       try:
-        return executor.submit(self.simulate_checked, theta_np, num_obs, seed_np).result()
+        return executor.submit(self.simulate_checked, theta_np, rows, seed_np).result()
       except concurrent.futures.BrokenExecutor as error:
         raise SimulatorError(
             f"simulator {self.name or type(self).__name__!r}: a data worker process died while "
@@ -430,8 +513,9 @@ class NumpySimulator(Simulator):
             f"{describe_parameters(theta_np, self.parameter_names)}; run with --data_workers=0 "
             f"to simulate in this process and see its own error") from error
 
-    out = tf.numpy_function(_bridge, [theta, tf.convert_to_tensor(seed, tf.int32)], tf.float32,
-                            stateful=False, name=f"{self.name or 'numpy'}_simulator")
+    inputs = [theta, tf.convert_to_tensor(seed, tf.int32)] + ([] if design is None else [design])
+    out = tf.numpy_function(_call, inputs, tf.float32, stateful=False,
+                            name=f"{self.name or 'numpy'}_simulator")
     out.set_shape([theta.shape[0], num_obs, self.observation_dim])
     return out
 

@@ -3,7 +3,8 @@
 `theta = (angle_1..angle_p ~ U(0, pi/2), offset ~ U(-1, 1))`. Each observation draws covariates
 `u ~ U(-1, 1)^p` and a response `y = sum_k tan(angle_k) u_k + offset + eps`, `eps ~ N(0, 0.1^2)`, and is
 recorded as `x = (u_1..u_p, 1, y)` (`d_x = p + 2`): the constant column makes the design matrix of a
-set of observations a plain slice of it.
+set of observations a plain slice of it. The covariates are the simulator's design (`design_dim = p`,
+`simulate_at_design`): the machine can simulate responses at the real data's covariates.
 
 With the noise level known the likelihood is Gaussian in the coefficients `beta = (tan(angles), offset)`,
 so least squares gives the MLE, and the exact posterior mean is cheap (`posterior_mean`).
@@ -68,6 +69,7 @@ class LinearRegressionSimulator(Simulator):
     if num_covariates < 1:
       raise ValueError(f"num_covariates must be at least 1, got {num_covariates}")
     self._num_covariates = num_covariates
+    self.design_dim = num_covariates   # the covariates u are set by the experiment
     super().__init__(
         parameter_names=tuple(f"angle_{k}" for k in range(1, num_covariates + 1)) + ("offset",),
         observation_dim=num_covariates + 2,
@@ -85,10 +87,17 @@ class LinearRegressionSimulator(Simulator):
     covariate_seed, noise_seed = tfp.random.split_seed(seed, n=2)
     covariates = tf.random.stateless_uniform([batch, num_obs, p], seed=covariate_seed,
                                              minval=-1.0, maxval=1.0)
-    noise = NOISE_STD * tf.random.stateless_normal([batch, num_obs], seed=noise_seed)
-    response = (tf.einsum("bnp,bp->bn", covariates, _slopes(theta[:, :p]))
+    return self.simulate_at_design(theta, covariates, noise_seed)
+
+  def simulate_at_design(self, theta: tf.Tensor, design: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """The responses at the covariates `design [batch, num_obs, p]`: `(u, 1, y)` per row."""
+    theta = tf.convert_to_tensor(theta, tf.float32)
+    design = tf.convert_to_tensor(design, tf.float32)
+    p = self._num_covariates
+    noise = NOISE_STD * tf.random.stateless_normal(tf.shape(design)[:2], seed=seed)
+    response = (tf.einsum("bnp,bp->bn", design, _slopes(theta[:, :p]))
                 + theta[:, p, tf.newaxis] + noise)
-    return tf.concat([covariates, tf.ones([batch, num_obs, 1]), response[..., tf.newaxis]], axis=-1)
+    return tf.concat([design, tf.ones_like(design[..., :1]), response[..., tf.newaxis]], axis=-1)
 
   def log_likelihood(self, theta: tf.Tensor, observations: tf.Tensor) -> tf.Tensor:
     """`sum_i log N(y_i; tan(angles) . u_i + offset, 0.1^2)`; the covariates' density is constant.
