@@ -299,10 +299,16 @@ def _predictive(machine, test: data_lib.Problems, final_mean: np.ndarray, seed: 
   if simulator.parameter_bounds is not None:
     estimate = np.clip(estimate, *simulator.parameter_bounds)
   base = tf.constant([seed + 3, 0], tf.int32)
-  at_estimate = simulator.simulate(tf.constant(estimate), num_obs,
-                                   tf.random.experimental.stateless_fold_in(base, 0)).numpy()
-  at_truth = simulator.simulate(tf.constant(test.theta), num_obs,
-                                tf.random.experimental.stateless_fold_in(base, 1)).numpy()
+
+  def simulate(theta: np.ndarray, stream: int) -> np.ndarray:
+    """Observations like the real ones at `theta`: at their design, where the simulator has one."""
+    seed = tf.random.experimental.stateless_fold_in(base, stream)
+    if simulator.design_dim:
+      design = tf.constant(test.observations[..., :simulator.design_dim], tf.float32)
+      return simulator.simulate_at_design(tf.constant(theta), design, seed).numpy()
+    return simulator.simulate(tf.constant(theta), num_obs, seed).numpy()
+
+  at_estimate, at_truth = simulate(estimate, 0), simulate(test.theta, 1)
 
   def mean_ks(simulated: np.ndarray) -> float:
     return float(np.mean([metrics.ks_statistic(real[:, dim], sim[:, dim])

@@ -145,9 +145,11 @@ class InferenceMachine(LossModel):
     d, dx, psi_size = (self.simulator.parameter_dim, self.simulator.observation_dim,
                        self.proposal.psi_size)
     self.encoder(tf.zeros([1, 1, dx]))
-    # Per sample: real and simulated encodings, the sample itself and (optionally) its score.
+    # Per sample: real and simulated encodings, the sample itself, (optionally) its score, and
+    # (simulating at the observed design) the real observations' at the same design rows.
     score_size = psi_size if self.config.score_features else 0
-    self.aggregator(tf.zeros([1, 1, 2 * self.encoder.size + d + score_size]))
+    encodings = 3 if self.simulates_at_observed_design else 2
+    self.aggregator(tf.zeros([1, 1, encodings * self.encoder.size + d + score_size]))
     self.updater(tf.zeros([1, self.config.aggregator_out + psi_size]),
                  self.updater.initial_state(1))
 
@@ -272,19 +274,27 @@ class InferenceMachine(LossModel):
     permutation = tf.argsort(keys, axis=-1, stable=True)
     return tf.gather(permutation, tf.range(self.config.num_simulated_obs) % num_obs, axis=1)
 
+  def observations_at_design(self, observations: tf.Tensor,
+                             simulation_seed: tf.Tensor) -> Optional[tf.Tensor]:
+    """The real observations `[batch, n, d_x]` at the step's `design_rows`, `[batch, N, d_x]`
+    (None unless `simulates_at_observed_design`): the design the step simulates at, and the real
+    observations its simulations are compared with row by row."""
+    if not self.simulates_at_observed_design:
+      return None
+    rows = self.design_rows(simulation_seed, tf.shape(observations)[0], tf.shape(observations)[1])
+    return tf.gather(observations, rows, batch_dims=1)
+
   def _simulate(self, theta_standardized: tf.Tensor, seed: tf.Tensor,
-                observations: tf.Tensor) -> tf.Tensor:
+                real_at_design: Optional[tf.Tensor]) -> tf.Tensor:
     """Runs the simulator on `[batch, M, d]` standardised samples -> `[batch, M, N, d_x]` raw obs;
-    at the real `observations [batch, n, d_x]`'s design when `simulates_at_observed_design`."""
+    at the design of `real_at_design [batch, N, d_x]` (`observations_at_design`) when given."""
     batch, num_samples = tf.shape(theta_standardized)[0], theta_standardized.shape[1]
     n_sim = self.config.num_simulated_obs
     theta = tf.reshape(self.simulation_parameters(theta_standardized),
                        [-1, self.simulator.parameter_dim])
-    if self.simulates_at_observed_design:
+    if real_at_design is not None:
       design_dim = self.simulator.design_dim
-      rows = self.design_rows(seed, batch, tf.shape(observations)[1])
-      design = tf.gather(observations[..., :design_dim], rows, batch_dims=1)   # [batch, N, k]
-      design = tf.broadcast_to(design[:, tf.newaxis],
+      design = tf.broadcast_to(real_at_design[:, tf.newaxis, :, :design_dim],
                                tf.stack([batch, num_samples, n_sim, design_dim]))
       simulated = self.simulator.simulate_at_design(
           theta, tf.reshape(design, [-1, n_sim, design_dim]), seed)
@@ -347,7 +357,8 @@ class InferenceMachine(LossModel):
     return self.proposal.sample(state.psi, self.config.num_samples, seed)
 
   def update(self, state: LoopState, theta: tf.Tensor, simulated: tf.Tensor,
-             valid: Optional[tf.Tensor] = None) -> LoopState:
+             valid: Optional[tf.Tensor] = None,
+             real_at_design: Optional[tf.Tensor] = None) -> LoopState:
     """One update `psi_{t+1} = psi_t + Delta psi_t` from the simulations of the proposed samples.
 
     Args:
@@ -357,7 +368,14 @@ class InferenceMachine(LossModel):
         sets with NaN/inf values or values outside the observation transform's domain are masked
         out of the update (`usable_sets`).
       valid: `usable_sets(simulated, ...)`, when the caller has it already.
+      real_at_design: `[batch, N, d_x]` the real observations at the rows whose design the step
+        simulated at (`observations_at_design`); required when `simulates_at_observed_design`.
+        Their encoding joins each sample's features: the difference from a simulated set's
+        encoding at the same design is free of the design's own spread.
     """
+    if self.simulates_at_observed_design and real_at_design is None:
+      raise ValueError("this machine simulates at the observed design: update needs "
+                       "real_at_design (observations_at_design)")
     psi = state.psi
     # A failed simulated set is left out of the aggregator's mean (zeroed first, so that no NaN
     # reaches the gradients either).
@@ -371,6 +389,10 @@ class InferenceMachine(LossModel):
                                       reference)                                 # [batch, M, E]
     features = [tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
                 simulated_encoding, theta]
+    if self.simulates_at_observed_design:
+      real_rows = self.standardize_observations(real_at_design[:, tf.newaxis])
+      real_rows_encoding = self.encoder(real_rows, reference)                   # [batch, 1, E]
+      features.append(tf.broadcast_to(real_rows_encoding, tf.shape(simulated_encoding)))
     if self.config.score_features:
       # Scores are random features of the samples; like the samples they carry no gradient.
       features.append(standardize_over_samples(
@@ -408,9 +430,10 @@ class InferenceMachine(LossModel):
     for t in range(num_steps):
       proposal_seed, simulation_seed = self.step_seeds(loop_seed, t)
       theta = self.propose(state, proposal_seed)                               # [batch, M, d]
-      simulated = self._simulate(theta, simulation_seed, observations)
+      real_at_design = self.observations_at_design(observations, simulation_seed)
+      simulated = self._simulate(theta, simulation_seed, real_at_design)
       valid = usable_sets(simulated, self.config.observation_transform)   # [batch, M]
-      state = self.update(state, theta, simulated, valid)
+      state = self.update(state, theta, simulated, valid, real_at_design)
       trajectory.append(state.psi)
       masked.append(tf.reduce_sum(tf.cast(~valid, tf.int32), axis=1))
     return Trajectory(initial_psi=initial_psi, psi=tf.stack(trajectory, axis=1),

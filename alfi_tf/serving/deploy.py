@@ -9,6 +9,10 @@
       parameters = session.ask()                            # [B, M, d] raw parameters
       session.tell(simulate_somehow(parameters))            # [B, M, N, d_x] observations
     result = session.result()
+
+A machine that simulates at the real data's design (`design_dim > 0`: a regression's covariates)
+asks for simulations at `session.design()` `[B, N, design_dim]` too, and `run` calls
+`simulate(parameters, design, seed)` (a simulator's `simulate_at_design`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from alfi_tf.simulators.base import observations_as_float32
 from alfi_tf.workdir import load_machine
 
 #: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
-#: convention: a simulator's bound `simulate` method can be passed directly.
+#: convention: a simulator's bound `simulate` method can be passed directly. For a machine with a
+#: design: `simulate(parameters [K, d], design [K, N, design_dim], seed [2])`, the
+#: `Simulator.simulate_at_design` convention.
 SimulateFn = Callable[[np.ndarray, int, np.ndarray], Any]
 
 
@@ -39,7 +45,8 @@ SimulateFn = Callable[[np.ndarray, int, np.ndarray], Any]
 #: them all).
 _METADATA_FIELDS = {"format_version": int, "simulator": str, "parameter_names": list,
                     "observation_dim": int, "num_steps": int, "num_samples": int,
-                    "num_simulated_obs": int, "tf_native_simulator": bool, "machine_config": dict}
+                    "num_simulated_obs": int, "design_dim": int, "tf_native_simulator": bool,
+                    "machine_config": dict}
 _MACHINE_CONFIG_FIELDS = {"observation_transform": str, "encoder_hidden": int, "encoder_out": int}
 _JSON_TYPE_NAMES = {str: "a string", list: "an array", int: "an integer", bool: "true or false",
                     dict: "an object"}
@@ -86,6 +93,16 @@ class AskTellSession:
     """The parameters to simulate next, `[B, M, d]` (raw units, inside the prior's box)."""
     return self._outputs["parameters"].numpy()
 
+  def design(self) -> np.ndarray:
+    """The design to simulate the asked parameters at, `[B, N, design_dim]`: row `b` for all `M`
+    parameter vectors of data set `b` (machines with `design_dim > 0` only)."""
+    if not self._machine.design_dim:
+      raise ValueError("this machine does not simulate at the observed design (design_dim is 0): "
+                       "simulate the asked parameters with num_obs observations each")
+    rows = self._outputs["design_rows"].numpy()                                  # [B, N]
+    design = self._outputs["observations"].numpy()[..., :self._machine.design_dim]
+    return np.take_along_axis(design, rows[..., np.newaxis], axis=1)
+
   @property
   def simulation_seed(self) -> np.ndarray:
     """The seed the in-graph simulator would use for these parameters (int32 `[2]`)."""
@@ -115,12 +132,26 @@ class AskTellSession:
     array = array.reshape(expected)
     transform = self._machine.metadata["machine_config"]["observation_transform"]
     usable = usable_sets(tf.constant(array), transform).numpy()                  # [B, M]
+    self._check_design(array, usable)
     # Failed sets reach the graph as NaN, which every export leaves out (an export written before
     # out-of-domain sets were masked would clamp them), so the count and the step agree.
     array[~usable] = np.nan
     state = [self._outputs[key] for key in STATE_KEYS]
     self._outputs = self._machine.module.step(*state, tf.constant(array))
     self._failed_sets += np.sum(~usable, axis=1)
+
+  def _check_design(self, simulations: np.ndarray, usable: np.ndarray) -> None:
+    """Raises a ValueError unless every usable set told `[B, M, N, d_x]` was simulated at
+    `design()` (a set simulated elsewhere would be compared with the real data as if it were)."""
+    if not self._machine.design_dim:
+      return
+    design = np.broadcast_to(self.design()[:, np.newaxis], simulations.shape[:3] + (
+        self._machine.design_dim,))
+    told = simulations[..., :self._machine.design_dim]
+    if not np.array_equal(told[usable], design.astype(np.float32)[usable]):
+      raise ValueError(f"step {self.step + 1}: simulations must be simulated at design(): their "
+                       f"first {self._machine.design_dim} column(s) must equal its rows, for "
+                       "every sample of a data set")
 
   def result(self) -> InferenceResult:
     """The current answer (final once `done`), with the failed simulated sets told so far."""
@@ -205,6 +236,11 @@ class DeployedMachine:
     return int(self.metadata["observation_dim"])
 
   @property
+  def design_dim(self) -> int:
+    """The design columns simulated at the real data's (0: none); see the module docstring."""
+    return int(self.metadata["design_dim"])
+
+  @property
   def can_infer(self) -> bool:
     """Whether the simulator runs inside the graph (`infer` available)."""
     return bool(self.metadata["tf_native_simulator"])
@@ -239,7 +275,8 @@ class DeployedMachine:
 
   def run(self, observations, simulate: SimulateFn, seed: int = 0,
           num_starts: int = 1) -> InferenceResult:
-    """Runs all steps with `simulate(parameters [B*M, d], num_obs, seed [2])` as the simulator.
+    """Runs all steps with `simulate(parameters [B*M, d], num_obs, seed [2])` as the simulator
+    (for a machine with a design, `simulate(parameters, design [B*M, N, design_dim], seed)`).
 
     With the same simulator and seed this equals `infer` (the simulator gets the very seeds the
     in-graph loop would have used), `num_starts` included.
@@ -248,7 +285,11 @@ class DeployedMachine:
     while not session.done:
       parameters = session.ask()
       flat = parameters.reshape(-1, parameters.shape[-1])
-      simulated = simulate(flat, self.num_simulated_obs, session.simulation_seed)
+      if self.design_dim:   # every sample of a data set at that set's design rows
+        design = np.repeat(session.design(), parameters.shape[1], axis=0)
+        simulated = simulate(flat, design, session.simulation_seed)
+      else:
+        simulated = simulate(flat, self.num_simulated_obs, session.simulation_seed)
       session.tell(np.asarray(simulated))
     return self._checked(pool_starts(session.result(), num_starts), num_starts)
 

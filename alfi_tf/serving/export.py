@@ -7,7 +7,10 @@ The export needs only TensorFlow to load and run. Its signatures:
   `trajectory_std` (`[B, T, d]`) and `initial_mean` (`[B, d]`): the fields of
   `alfi_tf.model.inference.InferenceResult`.
 * `start(observations, seed)` -> the loop state, plus `parameters [B, M, d]` to simulate (raw units)
-  and the `simulation_seed [2]` that the in-graph simulator would have used for them.
+  and the `simulation_seed [2]` that the in-graph simulator would have used for them. A machine
+  that simulates at the observed design (metadata `design_dim > 0`) also returns `design_rows
+  [B, N]`: the rows of each data set whose first `design_dim` columns the step's `N` simulated
+  observations must use, for all `M` samples (`InferenceMachine.design_rows`).
 * `step(<state>, simulations [B, M, N, d_x])` -> the next state and parameters. After `T` calls
   `done` is true and `mean` / `std` are the answer (`answer_psi` its parameters: the average of
   the last iterates `psi`, `InferenceMachine.average_iterates`). Driving start/step with the same simulator and
@@ -35,10 +38,10 @@ from alfi_tf.simulators import NumpySimulator
 from alfi_tf.workdir import leftovers_of_dead_processes
 
 #: Bumped whenever the signatures or the state layout change; loaders refuse other versions.
-EXPORT_FORMAT_VERSION = 2
+EXPORT_FORMAT_VERSION = 3
 METADATA_ASSET = "alfi_metadata.json"
 STATE_KEYS = ("psi", "lstm_h", "lstm_c", "real_encoding", "samples", "loop_seed", "step",
-              "trajectory", "initial_psi")
+              "trajectory", "initial_psi", "observations")
 
 
 def machine_metadata(machine: InferenceMachine, num_steps: int) -> Dict[str, Any]:
@@ -63,6 +66,8 @@ def machine_metadata(machine: InferenceMachine, num_steps: int) -> Dict[str, Any
       "num_steps": num_steps,
       "num_samples": config.num_samples,
       "num_simulated_obs": config.num_simulated_obs,
+      # The design columns simulated at the real data's (0: none, or the simulator draws its own).
+      "design_dim": simulator.design_dim if machine.simulates_at_observed_design else 0,
       "machine_config": to_dict(config),
       "std_scales": machine.get_config()["std_scales"],
       "standardization": {
@@ -108,6 +113,7 @@ class ExportModule(tf.Module):
         tf.TensorSpec([], tf.int32, name="step"),
         tf.TensorSpec([None, None, psi_size], tf.float32, name="trajectory"),
         tf.TensorSpec([None, psi_size], tf.float32, name="initial_psi"),
+        tf.TensorSpec([None, None, dx], tf.float32, name="observations"),
         tf.TensorSpec([None, m, n, dx], tf.float32, name="simulations"),
     ])
     self.metadata = tf.function(lambda: {"metadata": tf.constant(self.metadata_json)},
@@ -126,7 +132,8 @@ class ExportModule(tf.Module):
     return signatures
 
   def _outputs(self, state: LoopState, loop_seed: tf.Tensor, step: tf.Tensor,
-               trajectory: tf.Tensor, initial_psi: tf.Tensor) -> Dict[str, tf.Tensor]:
+               trajectory: tf.Tensor, initial_psi: tf.Tensor,
+               observations: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The next samples to simulate plus every state tensor, as one flat dict."""
     proposal_seed, simulation_seed = self.machine.step_seeds(loop_seed, step)
     samples = self.machine.propose(state, proposal_seed)
@@ -138,7 +145,7 @@ class ExportModule(tf.Module):
     trajectory_mean, trajectory_std = self.machine.answer(
         answers, tf.range(1, tf.shape(trajectory)[1] + 1))
     initial_mean, _ = self.machine.to_raw(initial_psi)
-    return {
+    outputs = {
         "psi": state.psi, "lstm_h": state.lstm_h, "lstm_c": state.lstm_c,
         "real_encoding": state.real_encoding, "samples": samples, "loop_seed": loop_seed,
         "step": step, "trajectory": trajectory, "initial_psi": initial_psi,
@@ -147,8 +154,12 @@ class ExportModule(tf.Module):
         "done": step >= self.num_steps,
         "mean": mean, "std": std, "answer_psi": answer_psi,
         "trajectory_mean": trajectory_mean, "trajectory_std": trajectory_std,
-        "initial_mean": initial_mean,
+        "initial_mean": initial_mean, "observations": observations,
     }
+    if self.machine.simulates_at_observed_design:
+      outputs["design_rows"] = self.machine.design_rows(
+          simulation_seed, tf.shape(observations)[0], tf.shape(observations)[1])
+    return outputs
 
   def _checked(self, observations: tf.Tensor) -> tf.Tensor:
     """`observations [B, n, d_x]`, checked in the graph as `DeployedMachine` checks them before
@@ -173,10 +184,10 @@ class ExportModule(tf.Module):
     state, loop_seed = self.machine.begin(observations, seed)
     batch = tf.shape(observations)[0]
     empty = tf.zeros(tf.stack([batch, 0, tf.shape(state.psi)[1]]))
-    return self._outputs(state, loop_seed, tf.constant(0), empty, state.psi)
+    return self._outputs(state, loop_seed, tf.constant(0), empty, state.psi, observations)
 
   def _step(self, psi, lstm_h, lstm_c, real_encoding, samples, loop_seed, step, trajectory,
-            initial_psi, simulations) -> Dict[str, tf.Tensor]:
+            initial_psi, observations, simulations) -> Dict[str, tf.Tensor]:
     # A caller of the bare SavedModel that passes back a stale trajectory would get answers
     # averaged over the wrong iterates.
     consistent = tf.debugging.assert_equal(tf.shape(trajectory)[1], step, message=(
@@ -184,10 +195,12 @@ class ExportModule(tf.Module):
         "previous start/step call back"))
     with tf.control_dependencies([consistent]):
       psi = tf.identity(psi)
+    _, simulation_seed = self.machine.step_seeds(loop_seed, step)
     state = self.machine.update(LoopState(psi, lstm_h, lstm_c, real_encoding), samples,
-                                simulations)
+                                simulations, real_at_design=self.machine.observations_at_design(
+                                    observations, simulation_seed))
     trajectory = tf.concat([trajectory, state.psi[:, tf.newaxis]], axis=1)
-    return self._outputs(state, loop_seed, step + 1, trajectory, initial_psi)
+    return self._outputs(state, loop_seed, step + 1, trajectory, initial_psi, observations)
 
   def _infer(self, observations: tf.Tensor, seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     return self.machine.infer(self._checked(observations), seed, self.num_steps)

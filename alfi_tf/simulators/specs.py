@@ -132,6 +132,15 @@ def _check_prior_draws(spec: str, simulator: Simulator, count: int = 16) -> None
                      "parameters of its distribution")
 
 
+def _error_detail(error: Exception) -> str:
+  """The line that names `error`: TF adds its trace above the error's own (last) line."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  detail = lines[-1] if lines else ""
+  if type(error).__name__ != "StagingError":   # TF's wrapper: its last line names the error
+    detail = f"{type(error).__name__}: {detail}"
+  return detail
+
+
 def _check_trial_call(spec: str, simulator: Simulator, count: int = 2, num_obs: int = 3) -> None:
   """Calls a TF-native simulator once, traced as training traces it, on `count` draws from its
   prior, so that a failing or malformed `simulate` is named here in one line rather than deep
@@ -147,12 +156,8 @@ def _check_trial_call(spec: str, simulator: Simulator, count: int = 2, num_obs: 
     theta = simulator.prior.sample(count, seed=tf.constant([0, 1]))
     simulated = tf.function(simulator.simulate)(theta, num_obs, tf.constant([2, 3]))
     simulated = tf.convert_to_tensor(simulated)
-  except Exception as error:   # the user's code; TF adds its trace above the error's own line
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = lines[-1] if lines else ""
-    if type(error).__name__ != "StagingError":   # TF's wrapper: its last line names the error
-      detail = f"{type(error).__name__}: {detail}"
-    raise ValueError(f"{where} raised {detail}") from error
+  except Exception as error:   # the user's code
+    raise ValueError(f"{where} raised {_error_detail(error)}") from error
   expected = (count, num_obs, simulator.observation_dim)
   if tuple(simulated.shape) != expected:
     raise ValueError(f"{where} returned shape {tuple(simulated.shape)}, expected {expected} "
@@ -160,3 +165,28 @@ def _check_trial_call(spec: str, simulator: Simulator, count: int = 2, num_obs: 
   if not simulated.dtype.is_floating:
     raise ValueError(f"{where} returned {simulated.dtype.name} observations; expected floating "
                      f"point")
+  if simulator.design_dim:
+    _check_trial_design_call(spec, simulator, theta, simulated[..., :simulator.design_dim])
+
+
+def _check_trial_design_call(spec: str, simulator: Simulator, theta: tf.Tensor,
+                             design: tf.Tensor) -> None:
+  """`_check_trial_call` for `simulate_at_design`, at the design of the trial's own observations.
+
+  Raises:
+    ValueError: the call raised, returned another shape, or changed the design columns.
+  """
+  where = (f"simulator spec {spec!r}: a trial call of simulate_at_design "
+           f"(design_dim={simulator.design_dim})")
+  try:
+    simulated = tf.convert_to_tensor(tf.function(simulator.simulate_at_design)(
+        theta, tf.cast(design, tf.float32), tf.constant([4, 5])))
+  except Exception as error:   # the user's code
+    raise ValueError(f"{where} raised {_error_detail(error)}") from error
+  expected = tuple(design.shape[:2]) + (simulator.observation_dim,)
+  if tuple(simulated.shape) != expected:
+    raise ValueError(f"{where} returned shape {tuple(simulated.shape)}, expected {expected}")
+  if not np.array_equal(simulated.numpy()[..., :simulator.design_dim],
+                        tf.cast(design, tf.float32).numpy()):
+    raise ValueError(f"{where} must return the design it was given as the first "
+                     f"{simulator.design_dim} column(s) of each observation")
