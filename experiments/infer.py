@@ -103,6 +103,11 @@ def _require_memory_for_starts(machine: DeployedMachine, observations: np.ndarra
 
 def _run(machine: DeployedMachine, observations: np.ndarray):
   if FLAGS.simulator_command:
+    if machine.design_dim:
+      raise app.UsageError(
+          f"--simulator_command: this machine simulates at the observed data's design (its "
+          f"simulator's first {machine.design_dim} observation column(s)), which an external "
+          "command cannot be given; run without --simulator_command (the export's own simulator)")
     simulate = CommandSimulator(FLAGS.simulator_command, machine.parameter_names,
                                 machine.observation_dim, timeout=FLAGS.simulator_timeout)
     return machine.run(observations, simulate, FLAGS.seed, FLAGS.num_starts)
@@ -114,7 +119,8 @@ def _run(machine: DeployedMachine, observations: np.ndarray):
   except ValueError as error:
     raise app.UsageError(f"the export's simulator is not TF-native, so it runs here, but it cannot "
                          f"be found ({error}); pass --simulator_command") from None
-  return machine.run(observations, simulator.simulate, FLAGS.seed, FLAGS.num_starts)
+  simulate = simulator.simulate_at_design if machine.design_dim else simulator.simulate
+  return machine.run(observations, simulate, FLAGS.seed, FLAGS.num_starts)
 
 
 def _summary(machine: DeployedMachine, result) -> list:

@@ -15,6 +15,8 @@ from alfi_tf.serving.export import ExportModule
 from alfi_tf.simulators import get_simulator
 from alfi_tf.simulators.base import SimulatorError, box_prior
 from alfi_tf.simulators.linear_regression import NOISE_STD
+from tests.binary_runs import assert_refused, run
+from tests.test_user_simulators import TINY_FLAGS
 
 SMALL = dict(num_steps=3, num_samples=4, num_simulated_obs=6, encoder_hidden=8, encoder_out=4,
              aggregator_hidden=8, aggregator_out=4, updater_hidden=8, lstm_units=4)
@@ -200,3 +202,44 @@ def test_a_user_simulator_that_changes_its_design_is_named_when_built(tmp_path):
                                        r"return the design it was given"):
     get_simulator(f"{path}:Line")
 
+
+
+NUMPY_LINE = """
+import numpy as np
+from alfi_tf import NumpySimulator
+from alfi_tf.simulators.base import box_prior
+
+class Line(NumpySimulator):
+  design_dim = 1
+
+  def __init__(self):
+    super().__init__(parameter_names=["slope"], observation_dim=2, prior=box_prior([-2.0], [2.0]))
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    return self.simulate_numpy_at_design(theta, rng.uniform(-1, 1, (len(theta), num_obs, 1)), rng)
+
+  def simulate_numpy_at_design(self, theta, design, rng):
+    return np.concatenate([design, theta[:, None, :1] * design + rng.normal(size=design.shape)], -1)
+"""
+
+
+def test_a_numpy_design_simulator_through_train_export_and_infer(tmp_path):
+  """The binaries with a user's numpy simulator that has a design: `alfi-infer` simulates at the
+  data's own design, and refuses an external command, which could not be given it."""
+  (tmp_path / "line.py").write_text(NUMPY_LINE)
+  workdir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
+  trained = run("experiments.train", f"--simulator={tmp_path}/line.py:Line", "--observed_design",
+                *TINY_FLAGS, f"--workdir={workdir}")
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  exported = run("experiments.export", f"--workdir={workdir}", f"--export_dir={export_dir}")
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  metadata = json.load(open(tmp_path / "export" / "assets" / "alfi_metadata.json"))
+  assert metadata["design_dim"] == 1 and not metadata["tf_native_simulator"]
+  np.save(tmp_path / "data.npy", np.stack([np.linspace(-1, 1, 20), np.linspace(-1, 1, 20)], -1))
+  flags = [f"--model={export_dir}", f"--observations={tmp_path}/data.npy"]
+  inferred = run("experiments.infer", *flags, f"--output={tmp_path}/result.json")
+  assert inferred.returncode == 0, inferred.stderr[-3000:]
+  assert set(json.load(open(tmp_path / "result.json"))["datasets"][0]["parameters"]) == {"slope"}
+  assert_refused("experiments.infer", [(
+      flags + ["--simulator_command=/bin/true"],
+      "--simulator_command: this machine simulates at the observed data's design")])

@@ -19,7 +19,7 @@ from alfi_tf.config import (OBSERVATION_TRANSFORM_MINIMUM, MachineConfig, requir
 from alfi_tf.model import arguments, losses
 from alfi_tf.model.calibration import check_std_scales
 from alfi_tf.model.loss_model import LossModel, float32_layers
-from alfi_tf.model.networks import SampleAggregator, SetEncoder, Updater
+from alfi_tf.model.networks import PairedSetEncoder, SampleAggregator, SetEncoder, Updater
 from alfi_tf.model.normalization import Moments, Standardizer, transform_observations
 from alfi_tf.model.proposals import get_proposal
 from alfi_tf.simulators import Simulator, get_simulator
@@ -132,6 +132,10 @@ class InferenceMachine(LossModel):
     self.encoder = SetEncoder(config.encoder_hidden, config.encoder_out, config.moment_features,
                               simulator.observation_dim, config.cross_moment_features,
                               config.relative_encoding)
+    self.paired_encoder = None
+    if self.simulates_at_observed_design:
+      self.paired_encoder = PairedSetEncoder(config.encoder_hidden, config.encoder_out,
+                                             simulator.observation_dim, simulator.design_dim)
     self.aggregator = SampleAggregator(config.aggregator_hidden, config.aggregator_out)
     self.updater = Updater(config.updater_hidden, config.lstm_units, self.proposal.psi_size,
                            config.bound, config.bound_type)
@@ -146,10 +150,13 @@ class InferenceMachine(LossModel):
                        self.proposal.psi_size)
     self.encoder(tf.zeros([1, 1, dx]))
     # Per sample: real and simulated encodings, the sample itself, (optionally) its score, and
-    # (simulating at the observed design) the real observations' at the same design rows.
+    # (simulating at the observed design) the pair of it and the real rows it was simulated at.
     score_size = psi_size if self.config.score_features else 0
-    encodings = 3 if self.simulates_at_observed_design else 2
-    self.aggregator(tf.zeros([1, 1, encodings * self.encoder.size + d + score_size]))
+    paired_size = 0
+    if self.paired_encoder is not None:
+      self.paired_encoder(tf.zeros([1, 1, dx]), tf.zeros([1, 1, 1, dx]))
+      paired_size = self.paired_encoder.size
+    self.aggregator(tf.zeros([1, 1, 2 * self.encoder.size + paired_size + d + score_size]))
     self.updater(tf.zeros([1, self.config.aggregator_out + psi_size]),
                  self.updater.initial_state(1))
 
@@ -285,7 +292,7 @@ class InferenceMachine(LossModel):
     return tf.gather(observations, rows, batch_dims=1)
 
   def _simulate(self, theta_standardized: tf.Tensor, seed: tf.Tensor,
-                real_at_design: Optional[tf.Tensor]) -> tf.Tensor:
+                real_at_design: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Runs the simulator on `[batch, M, d]` standardised samples -> `[batch, M, N, d_x]` raw obs;
     at the design of `real_at_design [batch, N, d_x]` (`observations_at_design`) when given."""
     batch, num_samples = tf.shape(theta_standardized)[0], theta_standardized.shape[1]
@@ -370,8 +377,8 @@ class InferenceMachine(LossModel):
       valid: `usable_sets(simulated, ...)`, when the caller has it already.
       real_at_design: `[batch, N, d_x]` the real observations at the rows whose design the step
         simulated at (`observations_at_design`); required when `simulates_at_observed_design`.
-        Their encoding joins each sample's features: the difference from a simulated set's
-        encoding at the same design is free of the design's own spread.
+        Each simulated set is encoded paired with them (`PairedSetEncoder`), which the
+        design's own spread does not blur.
     """
     if self.simulates_at_observed_design and real_at_design is None:
       raise ValueError("this machine simulates at the observed design: update needs "
@@ -385,14 +392,13 @@ class InferenceMachine(LossModel):
     reference = None
     if self.config.relative_encoding:   # the real data's (mean, log std), [batch, 1, d_x] each
       reference = tuple(r[:, tf.newaxis] for r in self.encoder.reference(state.real_encoding))
-    simulated_encoding = self.encoder(self.standardize_observations(simulated),
-                                      reference)                                 # [batch, M, E]
+    standardized = self.standardize_observations(simulated)
+    simulated_encoding = self.encoder(standardized, reference)                   # [batch, M, E]
     features = [tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
                 simulated_encoding, theta]
-    if self.simulates_at_observed_design:
-      real_rows = self.standardize_observations(real_at_design[:, tf.newaxis])
-      real_rows_encoding = self.encoder(real_rows, reference)                   # [batch, 1, E]
-      features.append(tf.broadcast_to(real_rows_encoding, tf.shape(simulated_encoding)))
+    if self.paired_encoder is not None:
+      features.append(self.paired_encoder(self.standardize_observations(real_at_design),
+                                          standardized))                        # [batch, M, E']
     if self.config.score_features:
       # Scores are random features of the samples; like the samples they carry no gradient.
       features.append(standardize_over_samples(

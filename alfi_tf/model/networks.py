@@ -116,6 +116,36 @@ class SetEncoder(keras.layers.Layer):
                      rows * observations.shape[-1] + columns, axis=-1)
 
 
+class PairedSetEncoder(keras.layers.Layer):
+  """`f_pair`: each simulated set against the real observations at the same design rows.
+
+  For simulators with a design (the first `design_dim` observation columns, set by the
+  experiment), a step simulates every sample at `N` rows of the real data's design
+  (`InferenceMachine.observations_at_design`). Row `i` of a simulated set and row `i` of the real
+  rows then differ only through the parameters and the noise, so the pair is encoded together:
+  `(design_i, asinh(sim_i - real_i))` (the columns after the design as residuals; `asinh` keeps
+  far samples finite), pooled by a `SetEncoder` with moment and cross-moment features. The mean
+  residual and the mean products of design and residual are what a regression's parameter error
+  shows in: `mean(u_k (y_sim - y_real)) ~ Cov(u) (beta - beta*)`.
+
+  Maps real rows `[..., N, d_x]` and simulated sets `[..., M, N, d_x]` (both standardised) to
+  `[..., M, size]`.
+  """
+
+  def __init__(self, hidden: int, out: int, observation_dim: int, design_dim: int,
+               name: str = "paired_encoder"):
+    super().__init__(name=name)
+    self.design_dim = design_dim
+    self.encoder = SetEncoder(hidden, out, moment_features=True, observation_dim=observation_dim,
+                              cross_moment_features=True, name="paired_set_encoder")
+    self.size = self.encoder.size
+
+  def call(self, real_rows: tf.Tensor, simulated: tf.Tensor) -> tf.Tensor:
+    real = tf.broadcast_to(real_rows[..., tf.newaxis, :, :], tf.shape(simulated))
+    residual = tf.math.asinh(simulated[..., self.design_dim:] - real[..., self.design_dim:])
+    return self.encoder(tf.concat([real[..., :self.design_dim], residual], axis=-1))
+
+
 class SampleAggregator(keras.layers.Layer):
   """`g`: maps each sample's features `[batch, M, k]` to a vector, then averages over the M samples.
 
