@@ -204,32 +204,12 @@ def test_a_user_simulator_that_changes_its_design_is_named_when_built(tmp_path):
 
 
 
-NUMPY_LINE = """
-import numpy as np
-from alfi_tf import NumpySimulator
-from alfi_tf.simulators.base import box_prior
-
-class Line(NumpySimulator):
-  design_dim = 1
-
-  def __init__(self):
-    super().__init__(parameter_names=["slope"], observation_dim=2, prior=box_prior([-2.0], [2.0]))
-
-  def simulate_numpy(self, theta, num_obs, rng):
-    return self.simulate_numpy_at_design(theta, rng.uniform(-1, 1, (len(theta), num_obs, 1)), rng)
-
-  def simulate_numpy_at_design(self, theta, design, rng):
-    return np.concatenate([design, theta[:, None, :1] * design + rng.normal(size=design.shape)], -1)
-"""
-
-
 def test_a_numpy_design_simulator_through_train_export_and_infer(tmp_path):
   """The binaries with a user's numpy simulator that has a design: `alfi-infer` simulates at the
   data's own design, and refuses an external command, which could not be given it."""
-  (tmp_path / "line.py").write_text(NUMPY_LINE)
   workdir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
-  trained = run("experiments.train", f"--simulator={tmp_path}/line.py:Line", "--observed_design",
-                *TINY_FLAGS, f"--workdir={workdir}")
+  trained = run("experiments.train", "--simulator=tests.test_designs:NumpyLine",
+                "--observed_design", *TINY_FLAGS, f"--workdir={workdir}")
   assert trained.returncode == 0, trained.stderr[-3000:]
   exported = run("experiments.export", f"--workdir={workdir}", f"--export_dir={export_dir}")
   assert exported.returncode == 0, exported.stderr[-3000:]
