@@ -205,7 +205,7 @@ class Workdir:
     # Compared and written under the run's lock: a run another process is training (its first
     # attempt may still be drawing data, before any checkpoint) is never given another config.
     with self.lock():
-      differences = self._differences(machine_config, train_config)
+      differences = self._differences(machine_config, train_config, simulator)
       answer_only = bool(differences) and all(
           difference.partition(":")[0] in ANSWER_SETTINGS for difference in differences)
       if differences is not None and self.has_progress():
@@ -301,10 +301,11 @@ class Workdir:
       raise self._configuration_mismatch(differences)
     return differences is not None
 
-  def _differences(self, machine_config: MachineConfig,
-                   train_config: TrainConfig) -> Optional[List[str]]:
+  def _differences(self, machine_config: MachineConfig, train_config: TrainConfig,
+                   simulator: Optional[Simulator] = None) -> Optional[List[str]]:
     """Each setting in which the recorded run differs from the given configuration (`[]`: none),
-    or None when the workdir records no run."""
+    or None when the workdir records no run. `observed_design` is left out for a `simulator`
+    without a design, where it changes nothing (runs from before the setting recorded none)."""
     existing = self._read_json(CONFIG_FILE)
     if existing is None:
       return None
@@ -317,7 +318,9 @@ class Workdir:
     for section, values in wanted.items():
       recorded = {**defaults[section], **existing.get(section, {})}
       differences.extend(f"{section}.{key}: workdir has {recorded.get(key)!r}, requested {value!r}"
-                         for key, value in values.items() if recorded.get(key) != value)
+                         for key, value in values.items() if recorded.get(key) != value
+                         and not (key == "observed_design" and simulator is not None
+                                  and not simulator.design_dim))
     return differences
 
   def _configuration_mismatch(self, differences: List[str]) -> ValueError:

@@ -1,6 +1,7 @@
 """The run directory: the advisory lock, damaged files named, and loading a machine through the
 checkpoint fallback."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -110,6 +111,25 @@ def test_a_run_with_progress_keeps_its_config(tmp_path, progress):
                                        r"train.epochs: workdir has 1, requested 2"):
     Workdir(str(tmp_path)).claim(MachineConfig(), FIXED)
   assert _recorded_train_config(tmp_path) == FIRST
+
+
+@pytest.mark.parametrize("simulator, refused", [("poisson", False), ("linear_regression", True)])
+def test_observed_design_pins_only_the_runs_of_simulators_with_a_design(tmp_path, simulator,
+                                                                        refused):
+  """A run from before `observed_design` (recorded without it, so off) resumes under the shipped
+  configs, which turn it on, where it changes nothing; a simulator with a design trains another
+  machine with it, so that run is refused."""
+  Workdir(str(tmp_path)).claim(MachineConfig(simulator=simulator), FIRST)
+  recorded = json.loads((tmp_path / "config.json").read_text())
+  del recorded["machine"]["observed_design"]
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  (tmp_path / "training_summary.json").write_text("{}")
+  outcome = (pytest.raises(ValueError, match="machine.observed_design: workdir has False, "
+                                             "requested True")
+             if refused else contextlib.nullcontext())
+  with outcome:
+    Workdir(str(tmp_path)).claim(MachineConfig(simulator=simulator, observed_design=True), FIRST,
+                                 get_simulator(simulator))
 
 
 def test_the_config_of_a_running_attempt_is_not_replaced(tmp_path):
