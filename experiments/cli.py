@@ -53,10 +53,16 @@ def watch_interrupts() -> None:
   usual way (`KeyboardInterrupt`, after the current call); if it has not within
   `INTERRUPT_GRACE_SECONDS`, the user is told, and a second Ctrl-C ends the process at once (exit
   status 130). Files are written atomically and checkpoints are kept, so a training run resumes.
-  Call from the main thread.
+
+  A termination request (SIGTERM: `kill`, a batch scheduler at the end of a job's time, `docker
+  stop`) stops the program the same way, with exit status 143, but does not wait for a second
+  signal: if the program has not stopped within `INTERRUPT_GRACE_SECONDS` (a simulator call that
+  does not return), it ends at once. Call from the main thread.
   """
   if signal.getsignal(signal.SIGINT) is signal.default_int_handler:   # not ignored (nohup, &)
     signal.signal(signal.SIGINT, _note_interrupt)
+  if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _note_termination)
   read_end, write_end = os.pipe()
   os.set_blocking(write_end, False)
   signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
@@ -66,6 +72,8 @@ def watch_interrupts() -> None:
 
 #: Set once a Ctrl-C has arrived: a failure after it is its consequence, not the user's input.
 _INTERRUPTED = threading.Event()
+#: Set once a SIGTERM has arrived (with `_INTERRUPTED`).
+_TERMINATED = threading.Event()
 
 
 def _note_interrupt(signum, frame) -> None:
@@ -74,19 +82,34 @@ def _note_interrupt(signum, frame) -> None:
   signal.default_int_handler(signum, frame)
 
 
+def _note_termination(signum, frame) -> None:
+  """The SIGTERM handler: stops the program as a Ctrl-C does (`_stop_interrupted` tells which)."""
+  del signum, frame
+  _TERMINATED.set()
+  _INTERRUPTED.set()
+  raise KeyboardInterrupt
+
+
 def _count_interrupts(read_end: int) -> None:
-  interrupts, told = 0, False
+  interrupts, told, terminated = 0, False, False
   while True:
-    waiting_on_first = interrupts == 1 and not told
-    ready, _, _ = select.select([read_end], [], [], INTERRUPT_GRACE_SECONDS if waiting_on_first
-                                else None)
+    waiting = (interrupts == 1 and not told) or terminated
+    ready, _, _ = select.select([read_end], [], [], INTERRUPT_GRACE_SECONDS if waiting else None)
+    if not ready and terminated:
+      print("terminated (SIGTERM), and the program did not stop within "
+            f"{INTERRUPT_GRACE_SECONDS:g} s (a simulator call still running): stopped at once "
+            "(re-running the same command resumes a training run from its last checkpoint)",
+            file=sys.stderr, flush=True)
+      os._exit(143)   # pylint: disable=protected-access
     if not ready:
       print("interrupt received: stopping once the current simulator call returns; press Ctrl-C "
             "again to stop at once (re-running the same command resumes a training run)",
             file=sys.stderr, flush=True)
       told = True
       continue
-    interrupts += os.read(read_end, 64).count(signal.SIGINT)
+    received = os.read(read_end, 64)
+    terminated = terminated or signal.SIGTERM in received
+    interrupts += received.count(signal.SIGINT)
     if interrupts >= 2:
       print("stopped at once by a second Ctrl-C (re-running the same command resumes a training "
             "run from its last checkpoint)", file=sys.stderr, flush=True)
@@ -111,8 +134,12 @@ def _guarded(main: Callable[[List[str]], None], argv: List[str]) -> None:
 
 
 def _stop_interrupted() -> None:
-  """Exits with status 130 after a Ctrl-C. Checkpoints and files are written atomically: a
-  training run continues where it stopped."""
+  """Exits with status 130 after a Ctrl-C (143 after a SIGTERM). Checkpoints and files are
+  written atomically: a training run continues where it stopped."""
+  if _TERMINATED.is_set():
+    print("terminated (SIGTERM; re-running the same command resumes a training run)",
+          file=sys.stderr)
+    sys.exit(143)
   print("interrupted (re-running the same command resumes a training run)", file=sys.stderr)
   sys.exit(130)
 

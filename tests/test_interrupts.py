@@ -1,4 +1,5 @@
-"""Ctrl-C stops a binary even while the main thread waits on a simulator call that never returns."""
+"""Ctrl-C and SIGTERM stop a binary, even while the main thread waits on a simulator call that
+never returns."""
 
 import os
 import signal
@@ -57,6 +58,45 @@ def test_a_second_ctrl_c_stops_a_binary_stuck_in_a_simulator_call(tmp_path):
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=10) == 130
     assert "stopped at once" in stderr_path.read_text()
+  finally:
+    process.kill()
+    process.wait()
+
+
+# A binary's main busy in Python (a training loop between steps).
+SLEEPING_BINARY = textwrap.dedent("""
+    import time
+    from experiments import cli
+
+    def main(argv):
+      print("working", flush=True)
+      time.sleep(10**6)
+
+    cli.run(main)
+""")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+@pytest.mark.parametrize("source, first_line, message", [
+    (SLEEPING_BINARY, "working", "terminated (SIGTERM; re-running the same command resumes"),
+    (HANGING_BINARY, "simulating", "did not stop within 3 s (a simulator call still running): "
+                                   "stopped at once"),
+])
+def test_sigterm_stops_a_binary_with_one_message(tmp_path, source, first_line, message):
+  """A batch scheduler's SIGTERM ends a binary with status 143 and one line saying so, promptly
+  even while a simulator call hangs (it does not wait for a second signal as Ctrl-C does)."""
+  script = tmp_path / "binary.py"
+  script.write_text(source)
+  stderr_path = tmp_path / "stderr"
+  with open(stderr_path, "w") as stderr:
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                               stderr=stderr, env={**os.environ, "PYTHONPATH": REPOSITORY})
+  try:
+    assert process.stdout.readline().strip() == first_line
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=cli.INTERRUPT_GRACE_SECONDS + 20) == 143
+    assert message in stderr_path.read_text()
+    assert "Traceback" not in stderr_path.read_text()
   finally:
     process.kill()
     process.wait()
