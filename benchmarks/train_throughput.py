@@ -120,13 +120,13 @@ def main(argv):
         rows.append({"config": name, "xla": jit.lower() == "true",
                      "error": str(error).strip().splitlines()[-1][:90]})
   print(f"float32 matmul (2048^2) on this machine: {peak:.1f} GFLOP/s")
-  print(f"{'config':<16}{'XLA':>5}{'steps/s':>10}{'draws/s':>12}{'GFLOP/s':>10}{'peak RSS MB':>13}"
+  print(f"{'config':<20}{'XLA':>5}{'steps/s':>10}{'draws/s':>12}{'GFLOP/s':>10}{'peak RSS MB':>13}"
         f"{'1st step s':>12}")
   for row in rows:
     if "error" in row:
-      print(f"{row['config']:<16}{str(row['xla']):>5}  not compilable: {row['error']}")
+      print(f"{row['config']:<20}{str(row['xla']):>5}  not compilable: {row['error']}")
       continue
-    print(f"{row['config']:<16}{str(row['xla']):>5}{row['steps_per_s']:>10.1f}"
+    print(f"{row['config']:<20}{str(row['xla']):>5}{row['steps_per_s']:>10.1f}"
           f"{row['draws_per_s']:>12.3g}{row['gflops']:>10.1f}{row['peak_rss_mb']:>13.0f}"
           f"{row['first_step_s']:>12.1f}")
   print("(one step = proposals, simulations, the unrolled T-step loop, backprop "
