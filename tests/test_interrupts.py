@@ -41,14 +41,20 @@ def _wait_for(condition, seconds: float) -> bool:
   return condition()
 
 
-@pytest.mark.skipif(os.name != "posix", reason="signals")
-def test_a_second_ctrl_c_stops_a_binary_stuck_in_a_simulator_call(tmp_path):
-  script = tmp_path / "hanging_binary.py"
-  script.write_text(HANGING_BINARY)
+def _start(tmp_path, source: str):
+  """Runs the binary `source` as a subprocess: `(process, path of its stderr)`."""
+  script = tmp_path / "binary.py"
+  script.write_text(source)
   stderr_path = tmp_path / "stderr"
   with open(stderr_path, "w") as stderr:
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                                stderr=stderr, env={**os.environ, "PYTHONPATH": REPOSITORY})
+  return process, stderr_path
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_a_second_ctrl_c_stops_a_binary_stuck_in_a_simulator_call(tmp_path):
+  process, stderr_path = _start(tmp_path, HANGING_BINARY)
   try:
     assert process.stdout.readline().strip() == "simulating"
     process.send_signal(signal.SIGINT)
@@ -85,12 +91,7 @@ SLEEPING_BINARY = textwrap.dedent("""
 def test_sigterm_stops_a_binary_with_one_message(tmp_path, source, first_line, message):
   """A batch scheduler's SIGTERM ends a binary with status 143 and one line saying so, promptly
   even while a simulator call hangs (it does not wait for a second signal as Ctrl-C does)."""
-  script = tmp_path / "binary.py"
-  script.write_text(source)
-  stderr_path = tmp_path / "stderr"
-  with open(stderr_path, "w") as stderr:
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                               stderr=stderr, env={**os.environ, "PYTHONPATH": REPOSITORY})
+  process, stderr_path = _start(tmp_path, source)
   try:
     assert process.stdout.readline().strip() == first_line
     process.send_signal(signal.SIGTERM)

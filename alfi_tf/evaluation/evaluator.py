@@ -302,11 +302,11 @@ def _predictive(machine, test: data_lib.Problems, final_mean: np.ndarray, seed: 
 
   def simulate(theta: np.ndarray, stream: int) -> np.ndarray:
     """Observations like the real ones at `theta`: at their design, where the simulator has one."""
-    seed = tf.random.experimental.stateless_fold_in(base, stream)
+    stream_seed = tf.random.experimental.stateless_fold_in(base, stream)
     if simulator.design_dim:
       design = tf.constant(test.observations[..., :simulator.design_dim], tf.float32)
-      return simulator.simulate_at_design(tf.constant(theta), design, seed).numpy()
-    return simulator.simulate(tf.constant(theta), num_obs, seed).numpy()
+      return simulator.simulate_at_design(tf.constant(theta), design, stream_seed).numpy()
+    return simulator.simulate(tf.constant(theta), num_obs, stream_seed).numpy()
 
   at_estimate, at_truth = simulate(estimate, 0), simulate(test.theta, 1)
 

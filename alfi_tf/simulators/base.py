@@ -102,6 +102,16 @@ def observations_as_float32(observations: np.ndarray, theta: np.ndarray,
   return cast
 
 
+def require_design_kept(observations: np.ndarray, design: np.ndarray, design_dim: int,
+                        where: str) -> None:
+  """Raises a ValueError naming `where` unless `observations [..., n, d_x]` begin with `design
+  [..., n, design_dim]` (compared as float32): a simulation at a design must return it."""
+  if not np.array_equal(np.asarray(observations)[..., :design_dim],
+                        np.asarray(design, np.float32)):
+    raise ValueError(f"{where} must return the design it was given as the first {design_dim} "
+                     "column(s) of each observation")
+
+
 #: What `Simulator.__init__` stores (`_prior` is left out of the pickled copies workers get).
 _DECLARED_MEMBERS = ("_parameter_names", "_observation_dim", "_prior")
 
@@ -182,9 +192,10 @@ class Simulator(abc.ABC):
                        f"{observation_dim - 1} (the leading observation columns the experiment "
                        f"sets), got {design_dim!r}")
     if design_dim and not self.has_design_simulation:
+      method = ("simulate_numpy_at_design" if isinstance(self, NumpySimulator)
+                else "simulate_at_design")
       raise ValueError(f"{where} declares design_dim={design_dim} but does not implement "
-                       f"{'simulate_numpy_at_design' if isinstance(self, NumpySimulator) else 'simulate_at_design'}"
-                       " (the simulation given the design columns)")
+                       f"{method} (the simulation given the design columns)")
 
   def __getattr__(self, attribute: str):
     """Only reached for attributes the instance lacks: names a subclass whose `__init__` skipped
@@ -472,10 +483,11 @@ class NumpySimulator(Simulator):
       raise SimulatorError(str(error)) from None
     out = observations_as_float32(out, theta, self.parameter_names, f"{where}: {method}",
                                   source=f"{type(self).__module__}.{method}")
-    if design is not None and not np.array_equal(out[..., :self.design_dim],
-                                                 np.asarray(design, np.float32)):
-      raise SimulatorError(f"{where}: {method} must return the design it was given as the first "
-                           f"{self.design_dim} column(s) of each observation")
+    if design is not None:
+      try:
+        require_design_kept(out, design, self.design_dim, f"{where}: {method}")
+      except ValueError as error:
+        raise SimulatorError(str(error)) from None
     return out
 
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
@@ -504,7 +516,8 @@ class NumpySimulator(Simulator):
         return self.simulate_checked(theta_np, rows, seed_np, design_np)
       # Waiting on the worker releases the GIL, so tf.data's parallel calls run concurrently.
       try:
-        return executor.submit(self.simulate_checked, theta_np, rows, seed_np).result()
+        return executor.submit(self.simulate_checked, theta_np, rows, seed_np,
+                               design_np).result()
       except concurrent.futures.BrokenExecutor as error:
         raise SimulatorError(
             f"simulator {self.name or type(self).__name__!r}: a data worker process died while "

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.simulators.base import NumpySimulator, Simulator
+from alfi_tf.simulators.base import NumpySimulator, Simulator, require_design_kept
 
 #: The forms a spec takes, for error messages.
 SPEC_FORMS = "a registered name, package.module:Attr or path/to/file.py:Attr"
@@ -186,7 +186,4 @@ def _check_trial_design_call(spec: str, simulator: Simulator, theta: tf.Tensor,
   expected = tuple(design.shape[:2]) + (simulator.observation_dim,)
   if tuple(simulated.shape) != expected:
     raise ValueError(f"{where} returned shape {tuple(simulated.shape)}, expected {expected}")
-  if not np.array_equal(simulated.numpy()[..., :simulator.design_dim],
-                        tf.cast(design, tf.float32).numpy()):
-    raise ValueError(f"{where} must return the design it was given as the first "
-                     f"{simulator.design_dim} column(s) of each observation")
+  require_design_kept(simulated.numpy(), design.numpy(), simulator.design_dim, where)
