@@ -33,6 +33,8 @@ class InferenceResult(NamedTuple):
       pooled starts) held NaN/inf or values outside the observation transform's domain and were
       left out of the updates (`machine.usable_sets`); None from exports written before it was
       recorded. See `check_failed_simulations`.
+    trajectory_psi: `[B, T, P]`, the answers' own parameters after each step (standardised, as
+      `psi`), or None (pooled runs, exports written before it was recorded).
   """
 
   mean: np.ndarray
@@ -42,6 +44,7 @@ class InferenceResult(NamedTuple):
   initial_mean: np.ndarray
   psi: Optional[np.ndarray] = None
   failed_sets: Optional[np.ndarray] = None
+  trajectory_psi: Optional[np.ndarray] = None
 
   @classmethod
   def from_outputs(cls, outputs: Dict[str, tf.Tensor]) -> "InferenceResult":
@@ -49,7 +52,8 @@ class InferenceResult(NamedTuple):
 
     `psi` is the answer's `answer_psi`; exports written before it existed answered with their
     last proposal, `psi`."""
-    fields = {**outputs, "psi": outputs.get("answer_psi", outputs.get("psi"))}
+    fields = {**outputs, "psi": outputs.get("answer_psi", outputs.get("psi")),
+              "trajectory_psi": outputs.get("trajectory_answer_psi")}
     return cls(*(None if fields.get(key) is None else np.asarray(fields[key])
                  for key in cls._fields))
 

@@ -122,7 +122,7 @@ def trajectory_loss(machine, trajectory, theta: tf.Tensor, loss: str = "nll",
                     weights: str = "exp", beta: float = 3.0) -> tf.Tensor:
   """`meta_loss` of a trajectory the machine has already run (`machine(observations, seed)`), for
   callers that also want the rest of the trajectory (e.g. its masked-sample counts)."""
-  target = machine.theta_standardizer.forward(theta)
+  target = machine.parameter_space.forward(theta)
   per_step = step_losses(target, trajectory.psi, loss, machine.proposal)
   initial = None
   if weights == "observed_improvement":

@@ -21,6 +21,7 @@ from alfi_tf.model.calibration import check_std_scales
 from alfi_tf.model.loss_model import LossModel, float32_layers
 from alfi_tf.model.networks import PairedSetEncoder, SampleAggregator, SetEncoder, Updater
 from alfi_tf.model.normalization import Moments, Standardizer, transform_observations
+from alfi_tf.model.parameter_space import ParameterSpace, parameter_bijector
 from alfi_tf.model.proposals import get_proposal
 from alfi_tf.simulators import Simulator, get_simulator
 
@@ -141,6 +142,9 @@ class InferenceMachine(LossModel):
                            config.bound, config.bound_type)
     bounds = simulator.parameter_bounds
     self._bounds = None if bounds is None else tuple(tf.constant(b, tf.float32) for b in bounds)
+    self.parameter_space = ParameterSpace(
+        self.theta_standardizer,
+        parameter_bijector(simulator) if config.unconstrained_parameters else None, self._bounds)
     self._build_weights()
     self.built = True
 
@@ -219,7 +223,7 @@ class InferenceMachine(LossModel):
                            "for the meta-training problems")
     transformed = transform_observations(tf.constant(observations, tf.float32),
                                          self.config.observation_transform)
-    return (Moments.of(theta, self.simulator.parameter_dim),
+    return (self.parameter_space.moments_of(theta),
             Moments.of(transformed.numpy(), self.simulator.observation_dim))
 
   def set_moments(self, theta_moments: Moments, observation_moments: Moments) -> None:
@@ -238,14 +242,14 @@ class InferenceMachine(LossModel):
     on `default_starts`."""
     if initial_mean is None:
       initial_mean = self.default_starts(batch_size, seed, training)
-    return self.proposal.initial_psi(self.theta_standardizer.forward(initial_mean))
+    return self.proposal.initial_psi(self.parameter_space.forward(initial_mean))
 
   def default_starts(self, count, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
     """The raw starts `mu_0 [count, d]` (float32) of `count` runs given none: prior draws in
     training, and at inference where `config.start` is `prior_draw`; else the mean of the
-    meta-training parameters, the standardised origin."""
+    meta-training parameters (in the proposals' space), the standardised origin."""
     if self.config.start == "prior_mean" and not training:
-      return tf.broadcast_to(self.theta_standardizer.mean,
+      return tf.broadcast_to(self.parameter_space.inverse(tf.zeros([self.simulator.parameter_dim])),
                              tf.stack([count, self.simulator.parameter_dim]))
     return self.prior_draws(count, seed)
 
@@ -256,10 +260,11 @@ class InferenceMachine(LossModel):
   def simulation_parameters(self, theta_standardized: tf.Tensor) -> tf.Tensor:
     """Standardised samples `[batch, M, d]` -> the raw parameters to simulate, `[batch, M, d]`.
 
-    Gaussian proposals may leave the prior's support, where a simulator can be undefined, so the
-    samples are clipped into the prior's box (when it has one) before simulation.
+    Gaussian proposals on the raw parameters may leave the prior's support, where a simulator can
+    be undefined, so the samples are clipped into the prior's box (when it has one) before
+    simulation (under `unconstrained_parameters` they are inside it but for float32 rounding).
     """
-    theta = self.theta_standardizer.inverse(theta_standardized)
+    theta = self.parameter_space.inverse(theta_standardized)
     if self._bounds is not None:
       theta = tf.clip_by_value(theta, self._bounds[0], self._bounds[1])
     return theta
@@ -447,8 +452,7 @@ class InferenceMachine(LossModel):
 
   def to_raw(self, psi: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Standardised `psi [..., P]` -> `(mean, std)` in raw parameter units, each `[..., d]`."""
-    return self.proposal.raw_moments(psi, self.theta_standardizer.mean,
-                                     self.theta_standardizer.std)
+    return self.parameter_space.moments(self.proposal, psi, tf.ones([self.simulator.parameter_dim]))
 
   def average_iterates(self, psi: tf.Tensor) -> tf.Tensor:
     """The answer's parameters after each step (tail averaging, `config.tail_averaging = f`): the
@@ -479,8 +483,7 @@ class InferenceMachine(LossModel):
       psi: the answer's parameters (`average_iterates`), `[B, P]` after one step (`steps` a
         scalar) or `[B, T, P]` after each of `steps [T]`.
     """
-    mean, std = self.to_raw(psi)
-    return mean, std * self.std_scale_at(steps)
+    return self.parameter_space.moments(self.proposal, psi, self.std_scale_at(steps))
 
   def infer(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
             initial_mean: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
@@ -493,7 +496,8 @@ class InferenceMachine(LossModel):
       `mean`, `std` `[B, d]` (the final answer, its std recalibrated), `trajectory_mean`,
       `trajectory_std` `[B, T, d]` (the answers after steps 1..T), `initial_mean` `[B, d]` (the
       start `mu_0`), `answer_psi` `[B, P]` (the final answer's parameters `psi_bar_T`,
-      `average_iterates`, standardised), `psi` `[B, P]` (the last proposal's, `psi_T`) and
+      `average_iterates`, standardised; `trajectory_answer_psi` `[B, T, P]` after each step),
+      `psi` `[B, P]` (the last proposal's, `psi_T`) and
       `failed_sets` int `[B]` (failed simulated sets, `usable_sets`, of the run's `T M`).
     """
     trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
@@ -502,6 +506,7 @@ class InferenceMachine(LossModel):
     initial, _ = self.to_raw(trajectory.initial_psi)
     return {"mean": mean[:, -1], "std": std[:, -1], "trajectory_mean": mean,
             "trajectory_std": std, "initial_mean": initial, "answer_psi": answer_psi[:, -1],
+            "trajectory_answer_psi": answer_psi,
             "psi": trajectory.psi[:, -1],
             "failed_sets": tf.reduce_sum(trajectory.masked_samples, axis=1)}
 
@@ -514,9 +519,9 @@ class InferenceMachine(LossModel):
     psi = arguments.check_answer_psi(psi, self.proposal.psi_size)
     num_samples = arguments.require_positive_integer("num_samples", num_samples)
     seed, step = arguments.check_seed_tensor(seed), arguments.check_step(step)
-    draws = self.theta_standardizer.inverse(self.proposal.sample(psi, num_samples, seed))
-    mean = self.to_raw(psi)[0][:, tf.newaxis]
-    return mean + self.std_scale_at(step) * (draws - mean)
+    draws = self.proposal.sample(psi, num_samples, seed)                      # [B, S, d]
+    mean = self.proposal.mean(psi)[:, tf.newaxis]
+    return self.parameter_space.inverse(mean + self.std_scale_at(step) * (draws - mean))
 
   def answer_log_prob(self, theta: tf.Tensor, psi: tf.Tensor, step: int) -> tf.Tensor:
     """The log-density at raw `theta [B, d]` of the answer after `step` that
@@ -529,9 +534,9 @@ class InferenceMachine(LossModel):
     step = arguments.check_step(step)
     scale = self.std_scale_at(step)                                              # [d]
     mean = self.proposal.mean(psi)
-    unscaled = mean + (self.theta_standardizer.forward(theta) - mean) / scale
+    unscaled = mean + (self.parameter_space.forward(theta) - mean) / scale
     return (self.proposal.log_prob(unscaled, psi) - tf.reduce_sum(tf.math.log(scale))
-            + self.theta_standardizer.forward_log_det_jacobian())
+            + self.parameter_space.forward_log_det_jacobian(theta))
 
   # The Keras training surface. `fit` gets batches `(theta [B, d], observations [B, n, d_x], seed)`
   # with an int32 seed `[2]` per batch (or `[B, 2]` per problem, of which the first is used), and

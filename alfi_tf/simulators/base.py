@@ -249,6 +249,19 @@ class Simulator(abc.ABC):
                                        np.asarray(prior.distribution.high, np.float32)))
     return None
 
+  @property
+  def parameter_bijector(self) -> tfp.bijectors.Bijector:
+    """`b`, an elementwise bijector from `R^d` onto the prior's support: with
+    `MachineConfig.unconstrained_parameters` the machine's proposals live in `u = b^-1(theta)`
+    (`alfi_tf.model.parameter_space`).
+
+    By default the prior's `experimental_default_event_space_bijector()`: for a box prior
+    `low + (high - low) sigmoid(u)`, for a log-normal one `exp(u)`. Override it where another
+    parameterisation makes the posterior's width more even over the prior (it must map each
+    parameter on its own: `forward_min_event_ndims == 0`).
+    """
+    return self.prior.experimental_default_event_space_bijector()
+
   @abc.abstractmethod
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor) -> tf.Tensor:
     """Draws `num_obs` i.i.d. observations for each parameter vector.

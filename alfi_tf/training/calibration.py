@@ -48,17 +48,21 @@ def calibrate(machine: InferenceMachine, train_config: TrainConfig,
   machine.set_std_scales(None)
   result = Inferrer(machine, num_steps=horizon, batch_size=batch_size)(
       problems.observations, seed=train_config.seed + INFERENCE_SEED_OFFSET)
-  scales = fit_std_scales(result.trajectory_mean, result.trajectory_std, problems.theta)
+  # The factors rescale the proposal's spread in its own standardised space (the same as in raw
+  # units where the map between them is affine: `alfi_tf.model.parameter_space`).
+  mean = machine.proposal.mean(result.trajectory_psi).numpy()                # [K, C, d]
+  std = machine.proposal.stddev(result.trajectory_psi).numpy()
+  theta = machine.parameter_space.forward(problems.theta).numpy()            # [K, d]
+  scales = fit_std_scales(mean, std, theta)
   machine.set_std_scales(scales)
 
-  def coverage(std: np.ndarray) -> Dict[str, Any]:
-    per_level = metrics.interval_coverage(result.trajectory_mean, std, problems.theta[:, None])
+  def coverage(scaled_std: np.ndarray) -> Dict[str, Any]:
+    per_level = metrics.interval_coverage(mean, scaled_std, theta[:, None])
     return {level: np.asarray(value).tolist() for level, value in per_level.items()}
 
   record = {"std_scales": scales.tolist(), "num_problems": train_config.calibration_problems,
             "num_obs": train_config.num_obs, "horizon": horizon, "seed": train_config.seed,
-            "coverage_before": coverage(result.trajectory_std),
-            "coverage_after": coverage(result.trajectory_std * scales),
+            "coverage_before": coverage(std), "coverage_after": coverage(std * scales),
             "seconds": time.time() - started}
   logging.info("recalibrated the std on %d fresh problems in %.0fs: factors at step %d: %s",
                train_config.calibration_problems, record["seconds"], machine.config.num_steps,

@@ -4,8 +4,8 @@ The machine never sees a proposal's internals: it asks for an initial `psi_0`, d
 computes score features, and reads the mean and standard deviation of the answer. A family is one
 subclass of `Proposal` in a file of its own, registered by name in `alfi_tf.model.proposals`.
 
-Everything lives in *standardised* parameter space (`alfi_tf.model.normalization`); `raw_moments`
-maps a proposal's mean and standard deviation back to the parameters' own units.
+Everything lives in *standardised* parameter space; `alfi_tf.model.parameter_space` maps a
+proposal's mean and standard deviation back to the parameters' own units.
 
 Shapes: `d` parameters, `P = psi_size` proposal parameters; `psi` is `[batch, P]` (or with a time
 axis, `[batch, T, P]`), samples are `[batch, M, d]`.
@@ -14,7 +14,6 @@ axis, `[batch, T, P]`), samples are `[batch, M, d]`.
 from __future__ import annotations
 
 import abc
-from typing import Tuple
 
 import tensorflow as tf
 
@@ -96,16 +95,6 @@ class Proposal(abc.ABC):
     relative scale (log standard deviations, logits, Cholesky entries).
     """
     return tf.ones_like(psi)
-
-  def raw_moments(self, psi: tf.Tensor, loc: tf.Tensor,
-                  scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Mean and marginal standard deviations in raw units, each `[..., d]`.
-
-    Args:
-      psi: `[..., P]` standardised proposal parameters.
-      loc, scale: `[d]` the standardisation `theta = loc + scale * z`.
-    """
-    return loc + scale * self.mean(psi), scale * self.stddev(psi)
 
 
 class LocationProposal(Proposal):

@@ -1,0 +1,146 @@
+"""The space the machine's proposals live in, and the way back to the parameters' own units.
+
+Raw parameters `theta` reach the proposals through two maps:
+
+    theta  --(b^-1, optional)-->  u  --(standardise)-->  z = (u - m) / s,
+
+where `b` is the simulator's `parameter_bijector` (`MachineConfig.unconstrained_parameters`; by
+default the prior's `experimental_default_event_space_bijector()`: for a box prior
+`b(u) = low + (high - low) sigmoid(u)`, the transform sbi and BayesFlow apply to bounded
+parameters), and `m`, `s` the meta-training parameters' mean and std in `u`. Without `b` the first
+map is the identity (the paper's: proposals on the box, clipped into it for simulation).
+
+Why: a Gaussian proposal has one width per parameter, but a posterior's width in raw units can
+vary by orders of magnitude over the prior. A regression slope parameterised as an angle `alpha`
+has posterior std `~ sigma_beta / (1 + tan(alpha)^2)` in `alpha`: 100 times narrower at
+`tan(alpha) = 10` than at 0. Under the logit of the box it is `~ sigma_beta / tan(alpha)` near the
+upper bound, which halves that range in orders of magnitude, and a proposal can no longer step
+past the box's edge.
+
+With `b` nonlinear, a proposal's mean and std in raw units are those of the push-forward `b(u)`,
+estimated from `MOMENT_SAMPLES` draws with a fixed seed (deterministic; its Monte-Carlo error is
+`1 / sqrt(MOMENT_SAMPLES)` of the answer's std). The answer's calibration factors (`std_scales`)
+rescale the proposal's spread in `z` about its mean, where it is Gaussian, and the raw answer is
+the push-forward of that rescaled proposal: the same distribution `sample_final_proposal` draws
+from and `answer_log_prob` scores.
+
+Shapes: `d` parameters; `theta`, `z`: `[..., d]`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from alfi_tf.model.normalization import Moments, Standardizer
+from alfi_tf.model.proposals import Proposal
+
+#: Draws per answer for its raw moments under a nonlinear `b`.
+MOMENT_SAMPLES = 512
+#: The fixed seed of those draws (the answer is a deterministic function of `psi`).
+_MOMENT_SEED = (0x5EED, 0xA15F)
+#: Raw parameters are moved this fraction of the box's width inside it before `b^-1`: a prior
+#: draw on the box's edge (float32 rounding makes them) would map to an infinite `u`.
+_EDGE_MARGIN = 1e-6
+
+
+class ParameterSpace:
+  """Maps between raw parameters and the proposals' standardised space `z`.
+
+  Args:
+    standardizer: the statistics `m`, `s` of `u` (the machine's weights; set by `set_moments`).
+    bijector: `b`, an elementwise `tfp.bijectors.Bijector` from `R^d` onto the prior's support, or
+      None for the identity.
+    bounds: the prior's box `(low, high)`, `[d]` each, or None.
+  """
+
+  def __init__(self, standardizer: Standardizer, bijector: Optional[tfp.bijectors.Bijector],
+               bounds: Optional[Tuple[tf.Tensor, tf.Tensor]]):
+    self.standardizer = standardizer
+    self.bijector = bijector
+    self._bounds = bounds
+
+  def _inside(self, theta: tf.Tensor) -> tf.Tensor:
+    """`theta` moved `_EDGE_MARGIN` of the box's width inside it (as is without a box)."""
+    if self._bounds is None:
+      return theta
+    low, high = self._bounds
+    margin = _EDGE_MARGIN * (high - low)
+    return tf.clip_by_value(theta, low + margin, high - margin)
+
+  def unconstrained(self, theta) -> tf.Tensor:
+    """Raw `theta [..., d]` -> `u = b^-1(theta)` (float32; `theta` itself without `b`)."""
+    theta = tf.cast(theta, tf.float32)
+    return theta if self.bijector is None else self.bijector.inverse(self._inside(theta))
+
+  def moments_of(self, theta: np.ndarray) -> Moments:
+    """The statistics of `u` over some raw parameters `[K, d]`, for `Standardizer.set_moments`."""
+    return Moments.of(self.unconstrained(theta).numpy(), self.standardizer.size)
+
+  def forward(self, theta) -> tf.Tensor:
+    """Raw `theta [..., d]` -> standardised `z`."""
+    return self.standardizer.forward(self.unconstrained(theta))
+
+  def inverse(self, z: tf.Tensor) -> tf.Tensor:
+    """Standardised `z [..., d]` -> raw `theta` (inside the prior's support under `b`)."""
+    u = self.standardizer.inverse(z)
+    return u if self.bijector is None else self.bijector.forward(u)
+
+  def forward_log_det_jacobian(self, theta) -> tf.Tensor:
+    """`log |det dz / dtheta|` at raw `theta [..., d]` -> `[...]`: added to a log-density of `z`,
+    it gives one of raw `theta` (-inf outside the prior's box under `b`, where that density is
+    zero)."""
+    theta = tf.cast(theta, tf.float32)
+    log_det = tf.broadcast_to(self.standardizer.forward_log_det_jacobian(), tf.shape(theta)[:-1])
+    if self.bijector is None:
+      return log_det
+    log_det += self.bijector.inverse_log_det_jacobian(self._inside(theta), event_ndims=1)
+    if self._bounds is None:
+      return log_det
+    low, high = self._bounds
+    outside = tf.reduce_any((theta < low) | (theta > high), axis=-1)
+    return tf.where(outside, tf.constant(-np.inf, tf.float32), log_det)
+
+  def moments(self, proposal: Proposal, psi: tf.Tensor,
+              scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The raw mean and marginal std of `q(z | psi)` rescaled about its mean by `scale`, pushed
+    forward to raw units: `psi [..., P]`, `scale` broadcasting to `[..., d]` -> `[..., d]` each."""
+    mean_z, std_z = proposal.mean(psi), proposal.stddev(psi)
+    if self.bijector is None:   # affine: closed form
+      return self.standardizer.inverse(mean_z), self.standardizer.std * std_z * scale
+    batch_shape = tf.shape(psi)[:-1]
+    flat_psi = tf.reshape(psi, [-1, proposal.psi_size])
+    flat_mean = tf.reshape(mean_z, [-1, 1, proposal.parameter_dim])
+    flat_scale = tf.reshape(tf.broadcast_to(scale, tf.shape(mean_z)),
+                            [-1, 1, proposal.parameter_dim])
+    draws = proposal.sample(flat_psi, MOMENT_SAMPLES, tf.constant(_MOMENT_SEED, tf.int32))
+    theta = tf.cast(self.inverse(flat_mean + flat_scale * (draws - flat_mean)), tf.float64)
+    mean, variance = tf.nn.moments(theta, axes=[1])
+    shape = tf.concat([batch_shape, [proposal.parameter_dim]], axis=0)
+    return (tf.reshape(tf.cast(mean, tf.float32), shape),
+            tf.reshape(tf.cast(tf.sqrt(variance), tf.float32), shape))
+
+
+def parameter_bijector(simulator) -> tfp.bijectors.Bijector:
+  """`simulator.parameter_bijector`, checked: elementwise, and mapping prior draws to finite `u`
+  and back; or one ValueError naming the simulator and what is wrong."""
+  where = f"simulator {simulator.spec!r}: parameter_bijector"
+  bijector = simulator.parameter_bijector
+  if not isinstance(bijector, tfp.bijectors.Bijector):
+    raise ValueError(f"{where} must be a tfp.bijectors.Bijector, got {type(bijector).__name__}")
+  if bijector.forward_min_event_ndims != 0:
+    raise ValueError(f"{where} must map each parameter on its own (forward_min_event_ndims 0), "
+                     f"got {bijector.name} with forward_min_event_ndims "
+                     f"{bijector.forward_min_event_ndims}")
+  draws = tf.cast(simulator.prior.sample(16, seed=tf.constant([0, 1])), tf.float32)
+  bounds = simulator.parameter_bounds
+  space = ParameterSpace(Standardizer(simulator.parameter_dim), bijector,
+                         None if bounds is None else tuple(tf.constant(b) for b in bounds))
+  u = space.unconstrained(draws)
+  if u.shape != draws.shape or not np.all(np.isfinite(u.numpy())):
+    raise ValueError(f"{where} ({bijector.name}) must map draws from the prior to finite values "
+                     f"of the same shape {draws.shape.as_list()}, got {u.shape.as_list()}")
+  return bijector
