@@ -14,20 +14,29 @@ For each simulator, with its ALFI config (`experiments/configs/<config>.cfg`):
   at 100 x that budget with full-size simulated sets (N = n), on the simulator's summary
   statistics (else the largest NPE's summary network).
 
-All are scored on the same `--num_problems` held-out problems (`comparison.score`), cached in
-`<root>/<simulator>/scores.json`; a rerun trains and scores only what is missing (an interrupted
-ALFI or NPE training resumes where it stopped), then rewrites the generated section of `--output`
-(between its markers; the text around them is kept) and the learning-curve figure from every
-simulator scored so far.
+All are scored on the same `--num_problems` held-out problems (`comparison.score`). The scores of
+record live in the repository, in `--scores_dir` (`benchmarks/results/comparison/<simulator>.json`,
+one entry per method, rewritten atomically after every method scored), so that they outlive the
+run root, which only holds the trainings. A rerun trains and scores only the methods missing there
+(an interrupted ALFI or NPE training resumes where it stopped); to rescore a method, delete its
+entry (and from any `<root>/<simulator>/scores.json`, which would bring it back).
+
+Before the scores of record, each simulator's were cached in `<root>/<simulator>/scores.json`; every
+run still imports the methods such a file holds and the scores of record lack (`load_scores`), so
+the scores of a run of the older code come in without retraining: `--simulators= --root=<its root>`
+imports and re-renders.
+
+Each run then rewrites, in the generated part of `--output` (between its markers; the text around
+them is kept), the table and learning-curve figure (`figures/comparison_<simulator>.png`) of every
+simulator with scores of record, each table between markers of its own. The tables of simulators
+without scores here are kept as the page has them.
 """
 
-import json
-import math
 import os
 import re
 import subprocess
 import sys
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import app, flags, logging
 import numpy as np
@@ -37,9 +46,10 @@ from alfi_tf.baselines.npe import NPEConfig
 from alfi_tf.baselines.npe_training import is_trained, load_npe, train_npe
 from alfi_tf.evaluation import comparison
 from alfi_tf.evaluation.references import reference_estimates
-from alfi_tf.evaluation.report import replace_marked_section
+from alfi_tf.evaluation.report import (marked_section, marked_text, replace_marked_section,
+                                       replace_marked_text)
 from alfi_tf.simulators import get_simulator
-from alfi_tf.workdir import write_json_atomically
+from alfi_tf.workdir import read_json_object, write_json_atomically
 
 #: Simulator -> its ALFI config.
 CONFIGS = {"poisson": "poisson", "weinberg": "weinberg", "gaussian": "gaussian",
@@ -47,7 +57,10 @@ CONFIGS = {"poisson": "poisson", "weinberg": "weinberg", "gaussian": "gaussian",
            "lotka_volterra": "lotka_volterra", "linear_gaussian_5": "linear_gaussian",
            "linear_gaussian_10": "linear_gaussian"}
 
-flags.DEFINE_string("root", None, "directory for the runs: <root>/<simulator>/<method>")
+flags.DEFINE_string("root", None, "directory for the runs: <root>/<simulator>/<method>; a "
+                    "<root>/<simulator>/scores.json of an older run is imported")
+flags.DEFINE_string("scores_dir", "benchmarks/results/comparison",
+                    "the scores of record, <scores_dir>/<simulator>.json (kept in git)")
 flags.DEFINE_list("simulators", list(CONFIGS), "simulators to compare")
 flags.DEFINE_list("alfi_fractions", ["0.1", "0.3", "1"], "fractions of the config's epochs")
 flags.DEFINE_list("npe_budgets", ["1e5", "1e6", "1e7"], "NPE training simulations")
@@ -149,21 +162,47 @@ def _test_problems(simulator: str, settings: Dict[str, str]):
   return _TEST_CACHE[simulator]
 
 
-def run_simulator(simulator: str) -> Dict[str, Any]:
-  """Trains and scores every missing method of `simulator`; returns its scores by label."""
-  root = os.path.join(FLAGS.root, simulator)
-  os.makedirs(root, exist_ok=True)
-  path = os.path.join(root, "scores.json")
-  scores = json.load(open(path)) if os.path.exists(path) else {}   # pylint: disable=consider-using-with
+def scores_path(scores_dir: str, simulator: str) -> str:
+  """Where `simulator`'s scores of record live."""
+  return os.path.join(scores_dir, f"{simulator}.json")
+
+
+def load_scores(simulator: str, scores_dir: str, root: Optional[str]) -> Dict[str, Any]:
+  """`simulator`'s scores of record by label, with the methods that `<root>/<simulator>/scores.json`
+  holds and they lack imported (and saved): where runs cached their scores before the scores of
+  record, and still do while a run of that older code goes on.
+
+  An entry in both is the record's: it was imported from there, or rescored since.
+  """
+  path = scores_path(scores_dir, simulator)
+  scores = read_json_object(path) or {}
+  cached = (read_json_object(os.path.join(root, simulator, "scores.json")) or {}) if root else {}
+  imported = sorted(set(cached) - set(scores))
+  if imported:
+    logging.info("%s: importing %s from %s", simulator, ", ".join(imported), root)
+    scores.update({label: cached[label] for label in imported})
+    write_json_atomically(path, scores)
+  return scores
+
+
+def run_simulator(simulator: str, scores_dir: str, root: str) -> Dict[str, Any]:
+  """Trains and scores every method of `simulator` missing from its scores of record, saving them
+  after each (hours of training each: a crash loses at most the method in progress); returns its
+  scores by label."""
+  scores = load_scores(simulator, scores_dir, root)
+  run_root = os.path.join(root, simulator)
+  missing = {label: method for label, method in _methods(simulator, run_root).items()
+             if label not in scores}
+  if not missing:   # an import needs neither the held-out problems nor their references
+    return scores
+  os.makedirs(run_root, exist_ok=True)
   test = _test_problems(simulator, config_settings(CONFIGS[simulator]))
   sim = get_simulator(simulator)
   references = reference_estimates(sim, test.observations)
-  for label, method in _methods(simulator, root).items():
-    if label in scores:
-      continue
+  for label, method in missing.items():
     logging.info("%s: %s", simulator, label)
     scores[label] = comparison.score(method(), test.theta, references, sim.parameter_names)
-    write_json_atomically(path, scores)
+    write_json_atomically(scores_path(scores_dir, simulator), scores)
   return scores
 
 
@@ -234,10 +273,14 @@ def plot_learning_curves(all_scores: Dict[str, Dict[str, Any]], path: str) -> No
 
 MARKERS = ("<!-- comparison:begin (generated by `python -m benchmarks.comparison`) -->",
            "<!-- comparison:end -->")
-HEADER = """Regenerate with `python -m benchmarks.comparison --root={root}` (a rerun trains and scores only what
-is missing). {num_problems} held-out problems per simulator, the same for every method; budgets in
-simulated observations, counted as `alfi_tf.evaluation.budgets` documents; times on the machine
-that ran it. Not yet run: {missing}.
+#: The one figure of the simulators scored before each got its own (`figure_name`); still shown for
+#: those whose section has no figure of its own.
+COMBINED_FIGURE = "comparison.png"
+HEADER = """Regenerate with `python -m benchmarks.comparison --root={root}` (a rerun trains and
+scores only what is missing from the scores of record, `{scores_dir}/<simulator>.json`).
+{num_problems} held-out problems per simulator, the same for every method; budgets in simulated
+observations, counted as `alfi_tf.evaluation.budgets` documents; times on the machine that ran it.
+Not yet run: {missing}.{combined}
 
 Methods: `alfi_<f>` is ALFI trained for the fraction f of its config's epochs (T = 15 at test time,
 one start); `npe_flow_<B>` / `npe_gaussian_<B>` is NPE trained on B simulated observations;
@@ -246,6 +289,88 @@ one start); `npe_flow_<B>` / `npe_gaussian_<B>` is NPE trained on B simulated ob
 density where it has one (ALFI's final proposal, NPE's), else under N(mean, std²) (ABC).
 
 """
+COMBINED_NOTE = """
+Scored before each simulator got a figure of its own, the learning curves of
+{simulators} are in [figures/{figure}](figures/{figure}) until they are rerun."""
+
+
+def simulator_markers(simulator: str) -> Tuple[str, str]:
+  """The markers around `simulator`'s section of the generated part."""
+  return f"<!-- comparison:{simulator}:begin -->", f"<!-- comparison:{simulator}:end -->"
+
+
+def figure_name(simulator: str) -> str:
+  """The file name, in the page's `figures/`, of `simulator`'s learning curves."""
+  return f"comparison_{simulator}.png"
+
+
+def render_section(simulator: str, scores: Dict[str, Any]) -> str:
+  """`simulator`'s section: its table, then its learning curves."""
+  return (render_table(simulator, scores)
+          + f"\n![learning curves of {simulator}](figures/{figure_name(simulator)})")
+
+
+def simulator_sections(generated: str, page: str) -> str:
+  """The per-simulator sections of the generated part `generated`, without the header before them
+  (rewritten on every render).
+
+  Raises:
+    ValueError: when the header holds a table: a page from before per-simulator sections, whose
+      tables a render would drop.
+  """
+  first = re.search(r"<!-- comparison:\w+:begin -->", generated)
+  header = generated[:first.start()] if first else generated
+  if any(line.startswith("|") for line in header.splitlines()):
+    raise ValueError(f"the generated part of {page} holds a table before the first "
+                     f"{simulator_markers('<simulator>')[0]}, which a render would drop: put "
+                     "each simulator's table between its markers; nothing was written")
+  return generated[len(header):]
+
+
+def update_sections(sections: str, all_scores: Dict[str, Dict[str, Any]], page: str) -> str:
+  """`sections` with the section of every simulator in `all_scores` rendered anew, in its place or
+  appended in `CONFIGS` order; the sections of the others are kept verbatim (their scores may be
+  lost: the page is then their only record)."""
+  for simulator in CONFIGS:
+    if simulator in all_scores:
+      sections = replace_marked_text(sections, render_section(simulator, all_scores[simulator]),
+                                     *simulator_markers(simulator), page)
+  return sections
+
+
+def sections_on_page(sections: str, page: str) -> Dict[str, str]:
+  """Simulator -> its section in `sections`, for those that have one, in `CONFIGS` order."""
+  on_page = {simulator: marked_text(sections, *simulator_markers(simulator), page)
+             for simulator in CONFIGS}
+  return {simulator: section for simulator, section in on_page.items() if section is not None}
+
+
+def render_header(on_page: Dict[str, str], root: str, scores_dir: str, num_problems: int) -> str:
+  """The text before the sections `on_page` (`sections_on_page`): how to regenerate them, which
+  simulators the page does not hold yet (whether or not their scores of record are lost), and
+  where the learning curves of sections without a figure of their own are."""
+  missing = [simulator for simulator in CONFIGS if simulator not in on_page]
+  combined = [simulator for simulator, section in on_page.items()
+              if f"figures/{figure_name(simulator)}" not in section]
+  note = (COMBINED_NOTE.format(simulators=", ".join(combined), figure=COMBINED_FIGURE)
+          if combined else "")
+  return HEADER.format(root=root, scores_dir=scores_dir, num_problems=num_problems,
+                       missing=", ".join(missing) or "none", combined=note)
+
+
+def write_page(output: str, all_scores: Dict[str, Dict[str, Any]], root: str, scores_dir: str,
+               num_problems: int) -> None:
+  """Rewrites the sections and learning-curve figures of the simulators in `all_scores`, and the
+  header, in the generated part of `output`; the text around it is kept."""
+  sections = update_sections(simulator_sections(marked_section(output, *MARKERS) or "", output),
+                             all_scores, output)
+  header = render_header(sections_on_page(sections, output), root, scores_dir, num_problems)
+  figures = os.path.join(os.path.dirname(output) or ".", "figures")
+  os.makedirs(figures, exist_ok=True)
+  for simulator, scores in all_scores.items():
+    plot_learning_curves({simulator: scores}, os.path.join(figures, figure_name(simulator)))
+  # The generated part sits between markers; the verdict written around it is kept.
+  replace_marked_section(output, header + sections.strip("\n"), *MARKERS)
 
 
 def main(argv):
@@ -255,22 +380,13 @@ def main(argv):
       raise app.UsageError(f"--simulators: unknown simulator {simulator!r}; choose from "
                            f"{', '.join(CONFIGS)}")
   for simulator in FLAGS.simulators:
-    run_simulator(simulator)
-  all_scores = {}
-  for simulator in CONFIGS:
-    path = os.path.join(FLAGS.root, simulator, "scores.json")
-    if os.path.exists(path):
-      with open(path) as stream:
-        all_scores[simulator] = json.load(stream)
-  figure = os.path.join(os.path.dirname(FLAGS.output) or ".", "figures", "comparison.png")
-  os.makedirs(os.path.dirname(figure), exist_ok=True)
-  plot_learning_curves(all_scores, figure)
-  missing = [s for s in CONFIGS if s not in all_scores]
-  # The generated part sits between markers; the verdict written around it is kept.
-  replace_marked_section(FLAGS.output, HEADER.format(
-      root=FLAGS.root, num_problems=FLAGS.num_problems, missing=", ".join(missing) or "none")
-      + "\n".join(render_table(s, scores) for s, scores in all_scores.items())
-      + "\n![learning curves](figures/comparison.png)", *MARKERS)
+    run_simulator(simulator, FLAGS.scores_dir, FLAGS.root)
+  # Every simulator, not only those run: a root's cached scores are imported without retraining.
+  all_scores = {simulator: load_scores(simulator, FLAGS.scores_dir, FLAGS.root)
+                for simulator in CONFIGS}
+  write_page(FLAGS.output, {simulator: scores for simulator, scores in all_scores.items()
+                            if scores}, FLAGS.root, FLAGS.scores_dir, FLAGS.num_problems)
+
 
 if __name__ == "__main__":
   app.run(main)

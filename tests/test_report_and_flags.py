@@ -8,7 +8,8 @@ import pytest
 
 from alfi_tf.evaluation.references import require_grid_fits
 from alfi_tf.evaluation.report import (BEGIN_MARKER, END_MARKER, find_evaluated_runs,
-                                       render_results, replace_marked_section)
+                                       marked_section, marked_text, render_results,
+                                       replace_marked_section, replace_marked_text)
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training import data as data_lib
 from experiments.config_flags import expand_flagfiles, read_flagfile
@@ -24,6 +25,19 @@ def test_a_markdown_file_without_markers_gets_the_section_appended(tmp_path):
   assert path.read_text() == f"# Results\n\nProse.\n\n{BEGIN_MARKER}\ntable\n{END_MARKER}\n"
   replace_marked_section(str(path), "new table")   # only the section changes
   assert path.read_text() == f"# Results\n\nProse.\n\n{BEGIN_MARKER}\nnew table\n{END_MARKER}\n"
+
+
+def test_the_marked_body_is_read_back_as_written(tmp_path):
+  path = tmp_path / "results.md"
+  assert marked_section(str(path)) is None                     # no file
+  path.write_text("# Results\n")
+  assert marked_section(str(path)) is None                     # no markers
+  replace_marked_section(str(path), "line 1\n\nline 3")
+  assert marked_section(str(path)) == "line 1\n\nline 3"
+  text = replace_marked_text("a\n", "x", "<b>", "<e>", "text")
+  assert text == "a\n\n<b>\nx\n<e>\n" and marked_text(text, "<b>", "<e>", "text") == "x"
+  with pytest.raises(ValueError, match="text holds 2 '<b>'"):
+    marked_text(text + text, "<b>", "<e>", "text")
 
 
 def test_a_new_file_is_created(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from alfi_tf.config import ANSWER_FIELDS, recorded_answer_settings
 from alfi_tf.workdir import CONFIG_FILE, Workdir, read_json_object, write_text_atomically
@@ -133,24 +133,60 @@ def replace_marked_section(path: str, body: str, begin_marker: str = BEGIN_MARKE
       text).
   """
   text = _read_text(path)
+  if (_marker_span(text, begin_marker, end_marker, path) is None and os.path.exists(path)
+      and not path.lower().endswith(MARKDOWN_SUFFIXES)):
+    raise ValueError(f"{path} exists, is not a markdown file ({', '.join(MARKDOWN_SUFFIXES)}) "
+                     f"and holds no {begin_marker!r} / {end_marker!r} markers: refusing to "
+                     "append to it; choose a markdown file")
+  write_text_atomically(path, replace_marked_text(text, body, begin_marker, end_marker, path))
+
+
+def replace_marked_text(text: str, body: str, begin_marker: str, end_marker: str,
+                        name: str) -> str:
+  """`text` with `body` between its markers, or with the markers and `body` appended where it has
+  neither; the text around them is kept.
+
+  Raises:
+    ValueError: naming `name` (the file `text` comes from), when the markers are not exactly one
+      begin followed by one end.
+  """
   block = f"{begin_marker}\n{body}\n{end_marker}"
+  span = _marker_span(text, begin_marker, end_marker, name)
+  if span is None:
+    return (text.rstrip() + "\n\n" if text else "") + block + "\n"
+  return text[:span[0]] + block + text[span[1]:]
+
+
+def marked_text(text: str, begin_marker: str, end_marker: str, name: str) -> Optional[str]:
+  """The body between the markers of `text` (as `replace_marked_text` wrote it); None where `text`
+  has neither marker. Raises `replace_marked_text`'s ValueError."""
+  span = _marker_span(text, begin_marker, end_marker, name)
+  if span is None:
+    return None
+  inner = text[span[0] + len(begin_marker):span[1] - len(end_marker)]
+  # The markers sit on lines of their own: the newlines beside them are not part of the body.
+  return inner[1 if inner.startswith("\n") else 0:-1 if inner.endswith("\n") else None]
+
+
+def marked_section(path: str, begin_marker: str = BEGIN_MARKER,
+                   end_marker: str = END_MARKER) -> Optional[str]:
+  """`marked_text` of the file `path` (None for a missing file); raises the ValueErrors of
+  `replace_marked_section` for a file it would refuse."""
+  return marked_text(_read_text(path), begin_marker, end_marker, path)
+
+
+def _marker_span(text: str, begin_marker: str, end_marker: str,
+                 name: str) -> Optional[Tuple[int, int]]:
+  """Where the marked block of `text` starts and ends, markers included; None without markers."""
   begins, ends = text.count(begin_marker), text.count(end_marker)
   if begins == ends == 0:
-    if os.path.exists(path) and not path.lower().endswith(MARKDOWN_SUFFIXES):
-      raise ValueError(f"{path} exists, is not a markdown file ({', '.join(MARKDOWN_SUFFIXES)}) "
-                       f"and holds no {begin_marker!r} / {end_marker!r} markers: refusing to "
-                       "append to it; choose a markdown file")
-    text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
-  elif begins == ends == 1 and text.index(begin_marker) < text.index(end_marker):
-    start = text.index(begin_marker)
-    end = text.index(end_marker) + len(end_marker)
-    text = text[:start] + block + text[end:]
-  else:
-    order = " (the end marker comes first)" if begins == ends == 1 else ""
-    raise ValueError(f"{path} holds {begins} {begin_marker!r} and {ends} {end_marker!r} "
-                     f"markers{order}; expected one begin marker followed by one end marker: fix "
-                     "the file, nothing was written")
-  write_text_atomically(path, text)
+    return None
+  if begins == ends == 1 and text.index(begin_marker) < text.index(end_marker):
+    return text.index(begin_marker), text.index(end_marker) + len(end_marker)
+  order = " (the end marker comes first)" if begins == ends == 1 else ""
+  raise ValueError(f"{name} holds {begins} {begin_marker!r} and {ends} {end_marker!r} "
+                   f"markers{order}; expected one begin marker followed by one end marker: fix "
+                   "the file, nothing was written")
 
 
 def _read_text(path: str) -> str:
