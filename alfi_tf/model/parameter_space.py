@@ -17,9 +17,10 @@ has posterior std `~ sigma_beta / (1 + tan(alpha)^2)` in `alpha`: 100 times narr
 upper bound, which halves that range in orders of magnitude, and a proposal can no longer step
 past the box's edge.
 
-With `b` nonlinear, a proposal's mean and std in raw units are those of the push-forward `b(u)`,
-estimated from `MOMENT_SAMPLES` draws with a fixed seed (deterministic; its Monte-Carlo error is
-`1 / sqrt(MOMENT_SAMPLES)` of the answer's std). The answer's calibration factors (`std_scales`)
+With `b` nonlinear, a proposal's mean and std in raw units are those of the push-forward `b(u)`:
+`b` maps each parameter on its own, so they follow from each parameter's marginal (a normal, or a
+mixture of normals), by `QUADRATURE_NODES`-point Gauss-Hermite quadrature per component:
+deterministic, and the same for a data set whatever batch it is answered in. The answer's calibration factors (`std_scales`)
 rescale the proposal's spread in `z` about its mean, where it is Gaussian, and the raw answer is
 the push-forward of that rescaled proposal: the same distribution `sample_final_proposal` draws
 from and `answer_log_prob` scores.
@@ -38,10 +39,9 @@ import tensorflow_probability as tfp
 from alfi_tf.model.normalization import Moments, Standardizer
 from alfi_tf.model.proposals import Proposal
 
-#: Draws per answer for its raw moments under a nonlinear `b`.
-MOMENT_SAMPLES = 512
-#: The fixed seed of those draws (the answer is a deterministic function of `psi`).
-_MOMENT_SEED = (0x5EED, 0xA15F)
+#: Gauss-Hermite nodes per normal for the answer's raw moments under a nonlinear `b` (exact for
+#: polynomials of degree < 2K; sigmoids and exponentials of a normal converge long before).
+QUADRATURE_NODES = 24
 #: Raw parameters are moved this fraction of the box's width inside it before `b^-1`: a prior
 #: draw on the box's edge (float32 rounding makes them) would map to an infinite `u`.
 _EDGE_MARGIN = 1e-6
@@ -106,22 +106,31 @@ class ParameterSpace:
 
   def moments(self, proposal: Proposal, psi: tf.Tensor,
               scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """The raw mean and marginal std of `q(z | psi)` rescaled about its mean by `scale`, pushed
+    """The raw mean and marginal std of `q(z | psi)` spread about its mean by `scale`, pushed
     forward to raw units: `psi [..., P]`, `scale` broadcasting to `[..., d]` -> `[..., d]` each."""
     mean_z, std_z = proposal.mean(psi), proposal.stddev(psi)
+    scale = tf.broadcast_to(scale, tf.shape(mean_z))
     if self.bijector is None:   # affine: closed form
       return self.standardizer.inverse(mean_z), self.standardizer.std * std_z * scale
-    batch_shape = tf.shape(psi)[:-1]
-    flat_psi = tf.reshape(psi, [-1, proposal.psi_size])
-    flat_mean = tf.reshape(mean_z, [-1, 1, proposal.parameter_dim])
-    flat_scale = tf.reshape(tf.broadcast_to(scale, tf.shape(mean_z)),
-                            [-1, 1, proposal.parameter_dim])
-    draws = proposal.sample(flat_psi, MOMENT_SAMPLES, tf.constant(_MOMENT_SEED, tf.int32))
-    theta = tf.cast(self.inverse(flat_mean + flat_scale * (draws - flat_mean)), tf.float64)
-    mean, variance = tf.nn.moments(theta, axes=[1])
-    shape = tf.concat([batch_shape, [proposal.parameter_dim]], axis=0)
-    return (tf.reshape(tf.cast(mean, tf.float32), shape),
-            tf.reshape(tf.cast(tf.sqrt(variance), tf.float32), shape))
+    weights, means, stds = proposal.marginal_components(psi)     # [..., C], [..., C, d] twice
+    centre, scale = mean_z[..., tf.newaxis, :], scale[..., tf.newaxis, :]
+    means, stds = centre + scale * (means - centre), scale * stds
+    nodes, node_weights = _quadrature()                           # [K, 1], [K, 1]
+    z = means[..., tf.newaxis, :] + stds[..., tf.newaxis, :] * nodes           # [..., C, K, d]
+    theta = tf.cast(self.inverse(z), tf.float64)
+    weight = tf.cast(weights, tf.float64)[..., tf.newaxis, tf.newaxis] * node_weights
+    mean = tf.reduce_sum(weight * theta, axis=[-3, -2])                        # [..., d]
+    variance = tf.reduce_sum(weight * tf.square(theta - mean[..., tf.newaxis, tf.newaxis, :]),
+                             axis=[-3, -2])
+    return tf.cast(mean, tf.float32), tf.cast(tf.sqrt(variance), tf.float32)
+
+
+def _quadrature() -> Tuple[tf.Tensor, tf.Tensor]:
+  """Gauss-Hermite nodes `[K, 1]` (float32) and weights `[K, 1]` (float64, summing to 1) for
+  `E f(x)`, `x ~ N(0, 1)`."""
+  nodes, weights = np.polynomial.hermite_e.hermegauss(QUADRATURE_NODES)
+  return (tf.constant(nodes[:, np.newaxis], tf.float32),
+          tf.constant((weights / weights.sum())[:, np.newaxis], tf.float64))
 
 
 def parameter_bijector(simulator) -> tfp.bijectors.Bijector:

@@ -14,6 +14,7 @@ axis, `[batch, T, P]`), samples are `[batch, M, d]`.
 from __future__ import annotations
 
 import abc
+from typing import Tuple
 
 import tensorflow as tf
 
@@ -86,6 +87,14 @@ class Proposal(abc.ABC):
   @abc.abstractmethod
   def stddev(self, psi: tf.Tensor) -> tf.Tensor:
     """The proposal's marginal standard deviations, `[..., P] -> [..., d]`."""
+
+  def marginal_components(self, psi: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Each parameter's marginal as a mixture of `C` normals (scale 0: a point), for the answer's
+    moments through a nonlinear map (`alfi_tf.model.parameter_space`): `psi [..., P]` ->
+    `(weights [..., C], means [..., C, d], stds [..., C, d])`. One component, the family's mean
+    and marginal std, unless the family is a mixture."""
+    return (tf.ones_like(psi[..., :1]), self.mean(psi)[..., tf.newaxis, :],
+            self.stddev(psi)[..., tf.newaxis, :])
 
   def update_units(self, psi: tf.Tensor) -> tf.Tensor:
     """The unit of each entry of `psi [..., P]` for steps relative to the proposal (the machine's

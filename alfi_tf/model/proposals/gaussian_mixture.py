@@ -122,6 +122,10 @@ class GaussianMixture(Proposal):
     logits, means, _ = self.split(psi)
     return tf.einsum("...k,...kd->...d", tf.nn.softmax(logits, axis=-1), means)
 
+  def marginal_components(self, psi: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    logits, means, log_scales = self.split(psi)
+    return tf.nn.softmax(logits, axis=-1), means, tf.exp(log_scales)
+
   def update_units(self, psi: tf.Tensor) -> tf.Tensor:
     """Each component's mean moves in units of that component's own spread."""
     logits, _, log_scales = self.split(psi)
