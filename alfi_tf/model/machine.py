@@ -513,9 +513,10 @@ class InferenceMachine(LossModel):
   def sample_final_proposal(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor,
                             step: int) -> tf.Tensor:
     """Draws from the answer after `step` in raw parameter units: `psi [B, P]` (the answer's
-    parameters, `infer`'s `answer_psi`) -> `[B, num_samples, d]`, draws of `q(theta | psi)` spread
-    about its mean by the step's std factors (`set_std_scales`); not clipped to the prior's box:
-    these are the answer's draws, not simulation inputs."""
+    parameters, `infer`'s `answer_psi`) -> `[B, num_samples, d]`, draws of `q(z | psi)` spread
+    about its mean by the step's std factors (`set_std_scales`), mapped to raw units
+    (`parameter_space`); not clipped to the prior's box: these are the answer's draws, not
+    simulation inputs."""
     psi = arguments.check_answer_psi(psi, self.proposal.psi_size)
     num_samples = arguments.require_positive_integer("num_samples", num_samples)
     seed, step = arguments.check_seed_tensor(seed), arguments.check_step(step)
@@ -525,8 +526,9 @@ class InferenceMachine(LossModel):
 
   def answer_log_prob(self, theta: tf.Tensor, psi: tf.Tensor, step: int) -> tf.Tensor:
     """The log-density at raw `theta [B, d]` of the answer after `step` that
-    `sample_final_proposal` draws from: `q(theta | psi)` spread about its mean by the step's
-    factors `s`, `log q(mu + (theta - mu) / s) - sum log s`, in raw units -> `[B]`."""
+    `sample_final_proposal` draws from: `q(z | psi)` spread about its mean by the step's
+    factors `s`, `log q(mu + (z - mu) / s) - sum log s + log |dz / dtheta|` with
+    `z = parameter_space.forward(theta)` -> `[B]`."""
     psi = arguments.check_answer_psi(psi, self.proposal.psi_size)
     d = self.simulator.parameter_dim
     theta = arguments.check_float_tensor(theta, "theta", [psi.shape[0], d],
