@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -89,6 +89,28 @@ def describe_simulator(simulator: Simulator) -> Dict[str, Any]:
 def _box_text(box: Optional[Dict[str, List[float]]]) -> str:
   """`low=[...], high=[...]` of a recorded prior box, for messages."""
   return "not a box" if box is None else f"low={box['low']}, high={box['high']}"
+
+
+class SettingDifference(NamedTuple):
+  """A setting in which a workdir's recorded run differs from the configuration requested.
+
+  Attributes:
+    setting: its name, `section.field` (e.g. `train.batch_size`).
+    recorded: its value in the workdir's `config.json` (its default where the run predates it).
+    requested: its value in the configuration given now.
+  """
+
+  setting: str
+  recorded: Any
+  requested: Any
+
+  def __str__(self) -> str:
+    return f"{self.setting}: workdir has {self.recorded!r}, requested {self.requested!r}"
+
+
+def _listed(differences: List[SettingDifference]) -> str:
+  """The differences one per line, indented, for a message that ends in `Differences:`."""
+  return "\n  ".join(map(str, differences))
 
 
 def read_json_object(path: str) -> Optional[Dict[str, Any]]:
@@ -207,7 +229,7 @@ class Workdir:
     with self.lock():
       differences = self._differences(machine_config, train_config, simulator)
       answer_only = bool(differences) and all(
-          difference.partition(":")[0] in ANSWER_SETTINGS for difference in differences)
+          difference.setting in ANSWER_SETTINGS for difference in differences)
       if differences is not None and self.has_progress():
         if differences and not answer_only:
           raise self._configuration_mismatch(differences)
@@ -218,13 +240,13 @@ class Workdir:
                    "alfi-evaluate" if os.path.exists(self.file(METRICS_FILE)) else "")
           logging.warning("workdir %s: changing only how the answer is read off the trained "
                           "machine (the weights stay; the std calibration is refitted%s):\n  %s",
-                          self.path, stale, "\n  ".join(differences))
+                          self.path, stale, _listed(differences))
           self._write_config(machine_config, train_config)
         return
       if differences:
         logging.warning("workdir %s holds the configuration of an attempt that saved no "
                         "checkpoint; replacing it with this run's. Differences:\n  %s", self.path,
-                        "\n  ".join(differences))
+                        _listed(differences))
       self._write_config(machine_config, train_config)
       if simulator is not None:
         self.record_simulator(simulator)
@@ -302,7 +324,7 @@ class Workdir:
     return differences is not None
 
   def _differences(self, machine_config: MachineConfig, train_config: TrainConfig,
-                   simulator: Optional[Simulator] = None) -> Optional[List[str]]:
+                   simulator: Optional[Simulator] = None) -> Optional[List[SettingDifference]]:
     """Each setting in which the recorded run differs from the given configuration (`[]`: none),
     or None when the workdir records no run. `observed_design` is left out for a `simulator`
     without a design, where it changes nothing (runs from before the setting recorded none)."""
@@ -317,15 +339,15 @@ class Workdir:
     differences = []
     for section, values in wanted.items():
       recorded = {**defaults[section], **existing.get(section, {})}
-      differences.extend(f"{section}.{key}: workdir has {recorded.get(key)!r}, requested {value!r}"
+      differences.extend(SettingDifference(f"{section}.{key}", recorded.get(key), value)
                          for key, value in values.items() if recorded.get(key) != value
                          and not (key == "observed_design" and simulator is not None
                                   and not simulator.design_dim))
     return differences
 
-  def _configuration_mismatch(self, differences: List[str]) -> ValueError:
+  def _configuration_mismatch(self, differences: List[SettingDifference]) -> ValueError:
     return ValueError(f"workdir {self.path} holds a run with a different configuration; use a new "
-                      "--workdir or the same settings. Differences:\n  " + "\n  ".join(differences))
+                      "--workdir or the same settings. Differences:\n  " + _listed(differences))
 
   def read_config(self) -> Tuple[MachineConfig, TrainConfig]:
     raw = self._read_json(CONFIG_FILE)

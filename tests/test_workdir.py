@@ -2,6 +2,7 @@
 checkpoint fallback."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,8 @@ import alfi_tf.simulators
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.simulators import NumpySimulator, box_prior, get_simulator, register_simulator
-from alfi_tf.workdir import LOCK_FILE, Workdir, apply_calibration, load_machine
+from alfi_tf.workdir import (LOCK_FILE, SettingDifference, Workdir, apply_calibration,
+                            load_machine)
 
 HOLD_LOCK = """
 import sys, time
@@ -111,6 +113,29 @@ def test_a_run_with_progress_keeps_its_config(tmp_path, progress):
                                        r"train.epochs: workdir has 1, requested 2"):
     Workdir(str(tmp_path)).claim(MachineConfig(), FIXED)
   assert _recorded_train_config(tmp_path) == FIRST
+
+
+def test_a_run_with_progress_goes_on_when_only_its_answer_settings_differ(tmp_path, caplog):
+  """`claim` tells answer settings from the others by the differences' setting names, computed as
+  data (it used to parse them back out of the messages' text), which the messages render."""
+  Workdir(str(tmp_path)).claim(MachineConfig(), FIRST)
+  (tmp_path / "training_summary.json").write_text("{}")
+  recorded = MachineConfig()
+  answer = dataclasses.replace(recorded, tail_averaging=0.5, start="prior_mean")
+  differences = Workdir(str(tmp_path))._differences(answer, FIRST)
+  assert differences == [
+      SettingDifference("machine.tail_averaging", recorded.tail_averaging, 0.5),
+      SettingDifference("machine.start", recorded.start, "prior_mean")]
+  rendered = (f"machine.tail_averaging: workdir has {recorded.tail_averaging!r}, requested 0.5\n"
+              f"  machine.start: workdir has {recorded.start!r}, requested 'prior_mean'")
+  with pytest.raises(ValueError, match="holds a run with a different configuration") as error:
+    Workdir(str(tmp_path)).claim(dataclasses.replace(answer, num_samples=7), FIRST)
+  assert str(error.value).endswith(f"Differences:\n  machine.num_samples: workdir has "
+                                   f"{recorded.num_samples}, requested 7\n  {rendered}")
+  assert Workdir(str(tmp_path)).read_config()[0] == recorded   # refused: nothing written
+  Workdir(str(tmp_path)).claim(answer, FIRST)   # only how the answer is read off: goes on
+  assert Workdir(str(tmp_path)).read_config()[0] == answer
+  assert "changing only how the answer is read off" in caplog.text and rendered in caplog.text
 
 
 @pytest.mark.parametrize("simulator, refused", [("poisson", False), ("linear_regression", True)])
