@@ -9,11 +9,12 @@ for debugging. absl reports unparseable flags itself, in one line, before `main`
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import sys
 import threading
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from absl import app, flags
 
@@ -25,7 +26,17 @@ from experiments.config_flags import expand_flagfiles
 #: Failures a user can cause and fix: they get one message, not a traceback.
 KNOWN_FAILURES = (app.UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
                   NotADirectoryError, PermissionError, RuntimeError, FloatingPointError,
-                  tf.errors.OpError)
+                  MemoryError, tf.errors.OpError)
+
+#: The flags whose values size what a binary holds in memory (the model's layers, the batches of
+#: problems and simulations, the sets in memory), named when it runs out: one of them is too large.
+#: Each binary names those it defines.
+SIZE_FLAGS = ("batch_size", "num_problems", "num_obs", "num_validation_problems", "num_samples",
+              "num_simulated_obs", "num_steps", "encoder_hidden", "encoder_out",
+              "aggregator_hidden", "aggregator_out", "updater_hidden", "lstm_units",
+              "mixture_components", "calibration_problems", "num_starts", "robustness_problems",
+              "robustness_starts", "grid_points", "context_hidden", "flow_layers", "flow_hidden",
+              "spline_bins", "test_problems")
 
 
 def run(main: Callable[[List[str]], None]) -> None:
@@ -179,15 +190,39 @@ def check_output_location(flag: str, path: str) -> None:
 
 def _message(error: BaseException) -> str:
   """What the user needs to read: a simulator's own failure rather than the TensorFlow error that
-  carried it out of `tf.numpy_function`; the first line of other TensorFlow errors."""
+  carried it out of `tf.numpy_function`; the size flags when memory ran out; the first line of
+  other TensorFlow errors."""
   from_simulator = simulator_error_message(error)
   if from_simulator:
     return from_simulator
+  out_of_memory = _out_of_memory_message(error)
+  if out_of_memory:
+    return out_of_memory
   if isinstance(error, tf.errors.OpError):
     first_line = (error.message or "").strip().splitlines()[:1]
     return (f"TensorFlow {type(error).__name__}: {first_line[0] if first_line else ''} "
             "(--verbosity=1 shows the full trace)")
   return str(error) or type(error).__name__
+
+
+def _out_of_memory_message(error: BaseException) -> Optional[str]:
+  """For an allocation that failed (numpy's MemoryError, TensorFlow's ResourceExhaustedError but
+  for a full disk, which TensorFlow reports the same way), what failed and the binary's
+  `SIZE_FLAGS` with their values; else None."""
+  if isinstance(error, tf.errors.ResourceExhaustedError):
+    text = error.message or ""
+    if "No space left on device" in text:
+      return None
+    # Keras puts its layer's name first; the allocation's shape is further down.
+    allocation = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", text)
+    what = allocation.group(0) if allocation else text.strip().partition("\n")[0]
+  elif isinstance(error, MemoryError):
+    what = str(error) or "MemoryError"
+  else:
+    return None
+  sizes = [f"--{name}={flags.FLAGS[name].value}" for name in SIZE_FLAGS if name in flags.FLAGS]
+  advice = f"; the settings that size it are {', '.join(sizes)}: use smaller ones" if sizes else ""
+  return f"ran out of memory building or running the model ({what}){advice}"
 
 
 def _fail(message: str) -> None:

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
 import alfi_tf.simulators
 from alfi_tf.config import MachineConfig, TrainConfig
@@ -74,10 +75,56 @@ def test_training_reports_the_failing_step(fragile, tmp_path):
             str(tmp_path / "data")).train()
 
 
-def test_other_tensorflow_errors_are_shortened():
-  error = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor\nlong detail")
-  assert cli._message(error) == ("TensorFlow ResourceExhaustedError: OOM when allocating tensor "
-                                 "(--verbosity=1 shows the full trace)")
+@pytest.mark.parametrize("error, first_line", [
+    (tf.errors.InternalError(None, None, "cuDNN launch failure\nlong detail"),
+     "InternalError: cuDNN launch failure"),
+    # TensorFlow reports a full disk as exhausted resources too: not a matter of memory.
+    (tf.errors.ResourceExhaustedError(None, None, "ckpt-6.index: No space left on device\nmore"),
+     "ResourceExhaustedError: ckpt-6.index: No space left on device"),
+])
+def test_other_tensorflow_errors_are_shortened(error, first_line):
+  assert cli._message(error) == f"TensorFlow {first_line} (--verbosity=1 shows the full trace)"
+
+
+@pytest.fixture
+def size_flags(monkeypatch):
+  """The parsed flags of a binary run with an absurd --encoder_hidden: two size flags (of
+  `cli.SIZE_FLAGS`) and one other."""
+  values = flags.FlagValues()
+  flags.DEFINE_integer("batch_size", 32, "", flag_values=values)
+  flags.DEFINE_integer("encoder_hidden", 50, "", flag_values=values)
+  flags.DEFINE_integer("verbosity", 0, "", flag_values=values)
+  values(["alfi-train", "--encoder_hidden=100000000"])
+  monkeypatch.setattr(flags, "FLAGS", values)
+
+
+SIZES = ("the settings that size it are --batch_size=32, --encoder_hidden=100000000: use smaller "
+         "ones")
+
+
+@pytest.mark.parametrize("error, what", [
+    # As Keras re-raises TensorFlow's: its layer first, the allocation further down.
+    (tf.errors.ResourceExhaustedError(
+        None, None, "Exception encountered when calling Dense.call().\n\n{{function_node "
+        "__wrapped__Mul_device_/job:localhost/replica:0/task:0/device:CPU:0}} OOM when allocating "
+        "tensor with shape[100000000,4] and type float on /job:localhost/replica:0/task:0/device:"
+        "CPU:0 by allocator mklcpu [Op:Mul] name: \n\nArguments received by Dense.call():"),
+     "OOM when allocating tensor with shape[100000000,4]"),
+    (MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000, 2) and data "
+                 "type float32"),
+     "Unable to allocate 7.45 GiB for an array with shape (1000000000, 2) and data type float32"),
+])
+def test_running_out_of_memory_names_the_size_settings(size_flags, capsys, error, what):
+  """An absurd size flag used to end a binary with TensorFlow's ResourceExhaustedError of a Keras
+  layer, or numpy's MemoryError traceback, naming no flag."""
+  def main(argv):
+    raise error
+
+  with pytest.raises(SystemExit) as exit_status:
+    cli._guarded(main, ["alfi-train"])
+  assert exit_status.value.code == 1
+  assert capsys.readouterr().err == (f"error: ran out of memory building or running the model "
+                                     f"({what}); {SIZES}\n")
 
 
 class PatchySimulator(NumpySimulator):
