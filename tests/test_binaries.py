@@ -9,7 +9,14 @@ import sys
 import pytest
 import tensorflow as tf
 
-from tests.binary_runs import ROOT, assert_refused, assert_rejected, binary_env, run
+from alfi_tf.evaluation import plots
+from alfi_tf.evaluation.evaluator import EvaluationConfig, evaluate
+from alfi_tf.simulators import get_simulator
+from alfi_tf.training import data as data_lib
+from alfi_tf.training import pipeline
+from tests.binary_runs import (ROOT, assert_one_message, assert_refused, assert_rejected,
+                               binary_env, run)
+from tests.test_data_pipeline import overwrite_in_place
 
 TINY_FLAGS = [
     "--num_problems=48", "--num_obs=40", "--epochs=2", "--batch_size=16", "--num_steps=2",
@@ -87,6 +94,35 @@ def test_evaluate_end_to_end_and_report(trained_workdir, tmp_path):
   assert "| weinberg † |" in text and "asymmetry (derived)" in text and "† its σ" in text
 
 
+def test_a_figure_that_cannot_be_drawn_loses_no_metrics(trained_workdir, tmp_path, monkeypatch):
+  """The figures used to be drawn before metrics.json was written: a plotting failure (a full
+  disk, a matplotlib error) lost the whole evaluation. Now the metrics come first, every other
+  figure is drawn, and one message names the figure that failed and where the metrics are."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_workdir, workdir)
+  for name in os.listdir(workdir):   # no figures or metrics of the fixture's evaluation
+    if name.endswith(".png") or name == "metrics.json":
+      os.remove(os.path.join(workdir, name))
+
+  def full_disk(path, *arguments):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(plots, "plot_robustness", full_disk)
+  config = EvaluationConfig(num_problems=4, num_steps=2, robustness_problems=2,
+                            robustness_starts=2, predictive_problems=2, grid_points=21)
+  robustness = os.path.join(workdir, "robustness.png")
+  with pytest.raises(RuntimeError) as error:
+    evaluate(workdir, config)
+  assert str(error.value) == (
+      f"the evaluation's metrics are in {os.path.join(workdir, 'metrics.json')}, but 1 of its "
+      f"figures could not be drawn: {robustness} (OSError: [Errno 28] No space left on device); "
+      "fix that and evaluate again to draw them")
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  assert metrics["num_problems"] == 4 and metrics["robustness"]["starts"] == 2
+  assert sorted(name for name in os.listdir(workdir) if name.endswith(".png")) == [
+      "error_boxplots.png", "predictive_histograms.png", "rmse_per_step.png", "sbc.png"]
+
+
 TRAIN_BAD_FLAGS = [
     (["--simulator=poison"], "unknown --simulator='poison'; valid names are: gaussian, "
                              "linear_gaussian_10, linear_gaussian_2, linear_gaussian_20, "
@@ -146,6 +182,23 @@ def test_a_run_killed_before_its_summary_or_with_a_damaged_calibration_is_finish
 def test_train_rejects_bad_flags(tmp_path):
   assert_rejected("experiments.train", TRAIN_BAD_FLAGS,
                   ["--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS], tmp_path)
+
+
+def test_train_names_a_store_corrupted_in_place(tmp_path):
+  """A meta-training store whose shard was overwritten in place (same size) used to end the run
+  with TensorFlow's DataLossError ("corrupted record at N"), naming neither store nor file."""
+  data_dir = str(tmp_path / "data")
+  # The store this command generates (poisson.cfg's seed 0), made here to be corrupted first.
+  store = pipeline.problem_store(data_dir).create(get_simulator("poisson"), 48, 40, seed=0,
+                                                  stream=data_lib.TRAIN_STREAM)
+  corrupted = overwrite_in_place(store, ".snapshot")
+  result = run("experiments.train", "--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS,
+               "--data_source=disk", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert (f"error: problem store {store.path} is damaged: {corrupted} is corrupted"
+          in result.stderr), result.stderr[-3000:]
+  assert "Delete it (or use another --data_dir) to generate it again" in result.stderr
+  assert_one_message(result)
 
 
 def test_train_refuses_workdirs_it_cannot_use_and_unknown_configs(trained_workdir, tmp_path):

@@ -15,7 +15,7 @@ from alfi_tf.config import TrainConfig
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.model.normalization import Moments
 from alfi_tf.simulators import get_simulator
-from tests.test_training import TINY_MACHINE
+from tests.test_training import TINY_MACHINE, TINY_TRAIN, seeded_trainer
 
 CONFIG = TrainConfig(num_problems=40, num_obs=30, epochs=3, batch_size=8, seed=5,
                      shuffle_buffer=16)
@@ -129,6 +129,62 @@ def test_a_damaged_store_is_named_when_it_is_opened(tmp_path, damage, message):
     data_lib.ProblemStore(path).create(simulator, 20, 10, 2, 0)
   assert message in str(error.value) and "Delete it" in str(error.value)
   assert os.path.exists(path)   # refused, never deleted: it may be the user's only copy
+
+
+def overwrite_in_place(store, suffix, offset=None):
+  """Inverts 8 bytes of the store's file ending in `suffix` (at `offset`, default its middle), as
+  a faulty disk or copy does: its size, which the manifest records, stays the same. Returns the
+  file's path in the store."""
+  path = next(os.path.join(root, name) for root, _, names in os.walk(store.path)
+              for name in names if name.endswith(suffix))
+  offset = os.path.getsize(path) // 2 if offset is None else offset
+  with open(path, "r+b") as stream:
+    stream.seek(offset)
+    content = stream.read(8)
+    stream.seek(offset)
+    stream.write(bytes(byte ^ 0xFF for byte in content))
+  return os.path.relpath(path, store.path)
+
+
+@pytest.mark.parametrize("suffix, offset, failure", [
+    (".snapshot", None, "corrupted record at"),   # a shard's records fail their checksums
+    ("dataset_spec.pb", 10, "Wire format was corrupt"),   # the protobuf that Dataset.load parses
+    ("snapshot.metadata", 5, "as binary proto"),   # ... and the one its op parses
+])
+def test_a_store_corrupted_in_place_is_named_when_it_is_read(tmp_path, suffix, offset, failure):
+  """Bytes overwritten in place pass the size check of the store's opening; reading the store
+  (the streaming pass of the statistics, the training batches) used to die with TensorFlow's
+  DataLossError, naming neither the store nor its file."""
+  simulator = get_simulator("poisson")
+  path = str(tmp_path / "train")
+  corrupted = overwrite_in_place(data_lib.ProblemStore(path).create(simulator, 40, 30, 5, 0),
+                                 suffix, offset)
+  store = data_lib.ProblemStore(path).create(simulator, 40, 30, 5, 0)   # sizes still match
+  config = TrainConfig(**{**CONFIG.__dict__, "data_source": "disk"})
+  readers = {
+      "statistics": lambda: list(store.iterate_chunks()),
+      "training batches": lambda: list(store.with_corruption_named(iter(
+          pipeline.training_batches(config, simulator, 0, store=store)))),
+  }
+  for reader, read in readers.items():
+    with pytest.raises(ValueError, match=f"^problem store {path} is damaged: {corrupted} is "
+                                         "corrupted") as error:
+      read()
+    assert failure in str(error.value) and "Delete it" in str(error.value), reader
+  assert os.path.exists(path)   # refused, never deleted: it may be the user's only copy
+
+
+def test_a_resumed_run_names_its_store_corrupted_in_place(tmp_path):
+  """A resumed run reads its store first in the training steps (its statistics are restored, not
+  streamed again): the Trainer names the corrupted file there too."""
+  config = TrainConfig(**{**TINY_TRAIN.__dict__, "data_source": "disk"})
+  workdir = str(tmp_path / "run")
+  seeded_trainer(config, workdir, log_every=1000).train(stop_at_step=1)   # checkpointed
+  store = pipeline.problem_store(os.path.join(workdir, "data"))
+  corrupted = overwrite_in_place(store, ".snapshot")
+  with pytest.raises(ValueError, match=f"^problem store {store.path} is damaged: {corrupted} is "
+                                       "corrupted"):
+    seeded_trainer(config, workdir, log_every=1000).train()
 
 
 def test_worker_processes_leave_ctrl_c_to_the_training_process():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -16,7 +16,7 @@ from alfi_tf.evaluation.references import reference_estimates, require_grid_fits
 from alfi_tf.model.inference import InferenceResult, Inferrer
 from alfi_tf.simulators import Simulator
 from alfi_tf.training import data as data_lib
-from alfi_tf.workdir import Workdir, load_machine, write_json_atomically
+from alfi_tf.workdir import METRICS_FILE, Workdir, load_machine, write_json_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,15 @@ class EvaluationConfig:
       raise ValueError(f"grid_points must be at least 3, got {self.grid_points}")
 
 
+class Figure(NamedTuple):
+  """A figure of the evaluation, drawn once its metrics are written: `plot(path, *arguments)`
+  draws it into the workdir's `NAME.png`."""
+
+  name: str
+  plot: Callable[..., None]
+  arguments: tuple
+
+
 def _per_parameter(names: List[str], values: np.ndarray) -> Dict[str, float]:
   return {name: float(value) for name, value in zip(names, np.ravel(values))}
 
@@ -73,10 +82,13 @@ def _coverage(names: List[str], mean: np.ndarray, std: np.ndarray,
 
 
 def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dict[str, Any]:
-  """Evaluates the latest checkpoint of `workdir`; writes `metrics.json` and PNGs into it.
+  """Evaluates the latest checkpoint of `workdir`; writes `metrics.json`, then PNGs into it.
 
   Returns:
     The metrics dictionary (also in `DIR/metrics.json`).
+
+  Raises:
+    RuntimeError: a figure could not be drawn (`_draw`); `metrics.json` is written all the same.
   """
   run = Workdir(workdir)
   machine_config, train_config = run.read_config()
@@ -94,6 +106,8 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
   references = reference_estimates(simulator, test.observations, config.grid_points)
   reference_rmse = _reference_rmse(simulator, references, test.theta)
   rmse_steps = metrics.rmse_per_step(result.trajectory_mean, test.theta)
+  figures = _accuracy_figures(names, rmse_steps, reference_rmse, machine_config.num_steps,
+                              result.mean, references, test.theta)
   report: Dict[str, Any] = {
       "simulator": simulator.name,
       "num_problems": config.num_problems,
@@ -110,17 +124,36 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       "training_simulations": budgets.alfi_training_simulations(
           machine_config, train_config, run.read_summary().get("steps", 0))["total"],
       **_accuracy(names, rmse_steps, reference_rmse),
-      **_calibration(run, names, result, test.theta, references),
+      **_calibration(names, result, test.theta, references, figures),
       **_derived_parameters(machine, result, test.theta, references, seed),
-      "robustness": _robustness(inferrer, test, seed, config, names, run),
-      "predictive": _predictive(machine, test, result.mean, seed, config, run),
+      "robustness": _robustness(inferrer, test, seed, config, names, figures),
+      "predictive": _predictive(machine, test, result.mean, seed, config, figures),
   }
-  _accuracy_figures(run, names, rmse_steps, reference_rmse, machine_config.num_steps,
-                    result.mean, references, test.theta)
-  write_json_atomically(run.file("metrics.json"), report)
-  _figures_to_tensorboard(run, ("rmse_per_step", "error_boxplots", "predictive_histograms",
-                                "robustness", "sbc"))
+  # The metrics first: a figure that cannot be drawn (a plotting error, a full disk) loses none.
+  write_json_atomically(run.file(METRICS_FILE), report)
+  _draw(run, figures)
+  _figures_to_tensorboard(run, [figure.name for figure in figures])
   return report
+
+
+def _draw(run: Workdir, figures: Sequence[Figure]) -> None:
+  """Draws each of `figures` into the workdir, each whatever became of the others.
+
+  Raises:
+    RuntimeError: naming each figure that could not be drawn, why, and the metrics already kept.
+  """
+  failed = []
+  for figure in figures:
+    path = run.file(f"{figure.name}.png")
+    try:
+      figure.plot(path, *figure.arguments)
+    except Exception as error:   # pylint: disable=broad-except
+      # Any kind (matplotlib's own, an OSError of a full disk): reported as what it is, below.
+      failed.append(f"{path} ({type(error).__name__}: {error})")
+  if failed:
+    raise RuntimeError(f"the evaluation's metrics are in {run.file(METRICS_FILE)}, but "
+                       f"{len(failed)} of its figures could not be drawn: {'; '.join(failed)}; "
+                       "fix that and evaluate again to draw them")
 
 
 def _require_memory_for_runs(config: EvaluationConfig, simulator: Simulator, num_obs: int,
@@ -170,11 +203,11 @@ def _accuracy(names: List[str], rmse_steps: np.ndarray,
   }
 
 
-def _calibration(run: Workdir, names: List[str], result: InferenceResult, theta: np.ndarray,
-                 references: Dict[str, np.ndarray]) -> Dict[str, Any]:
-  """Interval coverage (final and per step), Gaussian NLL and SBC (with `sbc.png`) of the
-  proposals at the truths `theta [K, d]`, and of the exact posterior where the references have its
-  std."""
+def _calibration(names: List[str], result: InferenceResult, theta: np.ndarray,
+                 references: Dict[str, np.ndarray], figures: List[Figure]) -> Dict[str, Any]:
+  """Interval coverage (final and per step), Gaussian NLL and SBC (with `sbc.png`, added to
+  `figures`) of the proposals at the truths `theta [K, d]`, and of the exact posterior where the
+  references have its std."""
   section = {
       "coverage": _coverage(names, result.mean, result.std, theta),
       "coverage_per_step": {
@@ -182,7 +215,7 @@ def _calibration(run: Workdir, names: List[str], result: InferenceResult, theta:
           for level, values in metrics.interval_coverage(
               result.trajectory_mean, result.trajectory_std, theta[:, np.newaxis]).items()},
       "nll": _per_parameter(names, metrics.gaussian_nll(result.mean, result.std, theta)),
-      "sbc": _simulation_based_calibration(run, names, result, theta),
+      "sbc": _simulation_based_calibration(names, result, theta, figures),
   }
   if "posterior_std" in references:
     # A Gaussian with the exact posterior's moments: the calibration a perfect machine would reach.
@@ -196,14 +229,14 @@ def _calibration(run: Workdir, names: List[str], result: InferenceResult, theta:
   return section
 
 
-def _simulation_based_calibration(run: Workdir, names: List[str], result: InferenceResult,
-                                  theta: np.ndarray) -> Dict[str, Any]:
+def _simulation_based_calibration(names: List[str], result: InferenceResult, theta: np.ndarray,
+                                  figures: List[Figure]) -> Dict[str, Any]:
   """SBC of the final answers (`sbc.png`): the uniformity distance of the normalised ranks per
   parameter, the 95% simultaneous band it stays within when the answer is calibrated, the verdict."""
   pit = metrics.probability_integral_transform(result.mean, result.std, theta)
   distance = metrics.uniformity_distance(pit)
   band = metrics.dkw_band(pit.shape[0])
-  plots.plot_calibration(run.file("sbc.png"), names, pit, band)
+  figures.append(Figure("sbc", plots.plot_calibration, (names, pit, band)))
   return {"uniformity_distance": _per_parameter(names, distance), "band_95": band,
           "within_band": {name: bool(value <= band) for name, value in zip(names, distance)}}
 
@@ -243,18 +276,18 @@ def _derived_parameters(machine, result: InferenceResult, theta: np.ndarray,
   return {"derived_rmse": section}
 
 
-def _accuracy_figures(run: Workdir, names: List[str], rmse_steps: np.ndarray,
+def _accuracy_figures(names: List[str], rmse_steps: np.ndarray,
                       reference_rmse: Dict[str, np.ndarray], training_horizon: int,
                       final_mean: np.ndarray, references: Dict[str, np.ndarray],
-                      theta: np.ndarray) -> None:
+                      theta: np.ndarray) -> List[Figure]:
   """`rmse_per_step.png`, and `error_boxplots.png` of `mu_T` and the references (`[K, d]` each)."""
-  plots.plot_rmse_per_step(run.file("rmse_per_step.png"), names, rmse_steps, reference_rmse,
-                           training_horizon)
   errors = {"ALFI": final_mean - theta}
   for key, label in (("mle", "MLE"), ("posterior_mean", "posterior mean")):
     if key in references:
       errors[label] = references[key] - theta
-  plots.plot_error_boxes(run.file("error_boxplots.png"), names, errors)
+  return [Figure("rmse_per_step", plots.plot_rmse_per_step,
+                 (names, rmse_steps, reference_rmse, training_horizon)),
+          Figure("error_boxplots", plots.plot_error_boxes, (names, errors))]
 
 
 def _figures_to_tensorboard(run: Workdir, figures: Sequence[str]) -> None:
@@ -268,8 +301,9 @@ def _figures_to_tensorboard(run: Workdir, figures: Sequence[str]) -> None:
 
 
 def _robustness(inferrer: Inferrer, test: data_lib.Problems, seed: int, config: EvaluationConfig,
-                names: List[str], run: Workdir) -> Dict[str, Any]:
+                names: List[str], figures: List[Figure]) -> Dict[str, Any]:
   """Re-runs the first problems from many random starts: how much does `mu_T` depend on `psi_0`?
+  (`robustness.png`, added to `figures`.)
 
   The starts are prior draws whatever the run's default start (`MachineConfig.start`)."""
   count, starts = min(config.robustness_problems, len(test.theta)), config.robustness_starts
@@ -283,16 +317,17 @@ def _robustness(inferrer: Inferrer, test: data_lib.Problems, seed: int, config: 
   spread = means[:, :, -1].std(axis=1).mean(axis=0)
   rmse_all = metrics.rmse(means[:, :, -1].reshape(-1, d), np.repeat(test.theta[:count], starts, 0))
   shown = min(4, count)
-  plots.plot_robustness(run.file("robustness.png"), names, initial[:shown], means[:shown],
-                        test.theta[:shown])
+  figures.append(Figure("robustness", plots.plot_robustness,
+                        (names, initial[:shown], means[:shown], test.theta[:shown])))
   return {"problems": count, "starts": starts,
           "mean_std_over_starts": _per_parameter(names, spread),
           "rmse_over_starts": _per_parameter(names, rmse_all)}
 
 
 def _predictive(machine, test: data_lib.Problems, final_mean: np.ndarray, seed: int,
-                config: EvaluationConfig, run: Workdir) -> Dict[str, Any]:
-  """Observations simulated at `mu_T` against the real ones; KS against the KS at the truth."""
+                config: EvaluationConfig, figures: List[Figure]) -> Dict[str, Any]:
+  """Observations simulated at `mu_T` against the real ones; KS against the KS at the truth
+  (`predictive_histograms.png`, added to `figures`)."""
   simulator = machine.simulator
   num_obs = test.observations.shape[1]
   estimate = np.asarray(final_mean, np.float32)
@@ -318,8 +353,8 @@ def _predictive(machine, test: data_lib.Problems, final_mean: np.ndarray, seed: 
   shown = min(config.predictive_problems, len(test.theta))
   titles = [", ".join(f"{n}={v:.3g}" for n, v in zip(simulator.parameter_names, theta))
             for theta in test.theta[:shown]]
-  plots.plot_predictive(run.file("predictive_histograms.png"), test.observations[:shown],
-                        at_estimate[:shown], titles)
+  figures.append(Figure("predictive_histograms", plots.plot_predictive,
+                        (test.observations[:shown], at_estimate[:shown], titles)))
   return {"mean_ks_at_estimate": mean_ks(at_estimate), "mean_ks_at_truth": mean_ks(at_truth)}
 
 

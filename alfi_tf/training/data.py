@@ -10,17 +10,21 @@ pipeline either fills memory (`generate_problems`) or is written to disk and str
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
-from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, TypeVar
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import snapshot_pb2, struct_pb2
 
 from alfi_tf.simulators import NumpySimulator, Simulator, SimulatorError
 from alfi_tf.simulators.base import describe_parameters
@@ -42,6 +46,8 @@ MAX_REDRAW_ROUNDS = 8
 MAX_FAILED_FRACTION = 0.1
 #: Redraws use seed streams of their own: `REDRAW_STREAM_BASE + 16 * stream + round`.
 REDRAW_STREAM_BASE = 1000
+
+Element = TypeVar("Element")
 
 
 class Problems(NamedTuple):
@@ -339,7 +345,8 @@ class ProblemStore:
   in memory. It is written into a temporary sibling directory that is renamed into place when
   complete: a killed generation leaves no partial store behind (the next run starts it over). A
   manifest records the generation recipe and the size of every data file; opening a store made
-  with another recipe, or one whose files changed since (a partial copy), is refused.
+  with another recipe, or one whose files changed since (a partial copy), is refused. A file
+  corrupted in place, its size kept, is named when it is read (`with_corruption_named`).
 
   Args:
     path: the store's directory.
@@ -349,6 +356,9 @@ class ProblemStore:
   #: Layout of the stored elements; part of the recipe, so a store of another layout is refused.
   #: 2: `(theta, observations, redrawn)` per chunk.
   FORMAT = 2
+  #: The small files that `tf.data.Dataset.load` parses, and their protocol buffers.
+  PROTOBUF_FILES = {"dataset_spec.pb": struct_pb2.StructuredValue,
+                    "snapshot.metadata": snapshot_pb2.SnapshotMetadataRecord}
 
   def __init__(self, path: str):
     self.path = path
@@ -507,18 +517,85 @@ class ProblemStore:
       shutil.rmtree(partial, ignore_errors=True)
 
   def chunks(self) -> tf.data.Dataset:
-    """The stored chunks `(theta [c, d], observations [c, n, d_x])`, in generation order."""
+    """The stored chunks `(theta [c, d], observations [c, n, d_x])`, in generation order.
+
+    Iterating them raises TensorFlow's `DataLossError` where a file was corrupted in place: read
+    them through `iterate_chunks` or `with_corruption_named` for the store's own error.
+    """
     if not self.exists():
       raise FileNotFoundError(f"no problem store at {self.path}")
-    return tf.data.Dataset.load(self.path).map(
-        lambda theta, observations, redrawn: (theta, observations))
+    with self._corruption_named():   # the dataset's spec is parsed here
+      stored = tf.data.Dataset.load(self.path)
+    return stored.map(lambda theta, observations, redrawn: (theta, observations))
 
   def problems(self) -> tf.data.Dataset:
-    """The stored problems one by one, `(theta [d], observations [n, d_x])`, in order."""
+    """The stored problems one by one, `(theta [d], observations [n, d_x])`, in order (see
+    `chunks` for a corrupted file)."""
     return self.chunks().unbatch()
 
   def iterate_chunks(self) -> Iterator[Problems]:
-    """The chunks as numpy `Problems` (e.g. to accumulate statistics in one streaming pass)."""
-    for theta, observations in self.chunks():
+    """The chunks as numpy `Problems` (e.g. to accumulate statistics in one streaming pass).
+
+    Raises:
+      ValueError: naming the store and its corrupted file (`with_corruption_named`).
+    """
+    for theta, observations in self.with_corruption_named(iter(self.chunks())):
       yield Problems(theta.numpy(), observations.numpy())
+
+  def with_corruption_named(self, elements: Iterator[Element]) -> Iterator[Element]:
+    """`elements`, read from this store (its chunks, or training batches streamed from it), with
+    a file corrupted in place reported as the store's damage instead of TensorFlow's error.
+
+    A corruption that keeps a file's size (bytes overwritten by a faulty disk or copy) passes the
+    size check of `check_files`; it shows only when the file is read, maybe deep into training.
+
+    Raises:
+      ValueError: naming the store, its corrupted file and how to recover.
+    """
+    with self._corruption_named():
+      yield from elements
+
+  @contextlib.contextmanager
+  def _corruption_named(self) -> Iterator[None]:
+    try:
+      yield
+    except (tf.errors.DataLossError, DecodeError) as error:
+      corrupted = self._corrupted_files()
+      what = (f"{', '.join(corrupted)} {'is' if len(corrupted) == 1 else 'are'} corrupted"
+              if corrupted else "a data file is corrupted")
+      raise self._damaged(f"{what} (reading failed: {_reading_failure(error)})") from error
+
+  def _corrupted_files(self) -> List[str]:
+    """The data files that no longer read back, by their path in the store: each shard's records
+    fail their checksums, or a small file fails to parse. Only run once a read failed: it reads
+    every shard."""
+    with tf.init_scope():   # eagerly, also when the failure came while a pipeline was traced
+      return [name for name in sorted(_file_sizes(self.path, exclude=self.MANIFEST))
+              if not self._reads_back(name)]
+
+  def _reads_back(self, name: str) -> bool:
+    path = os.path.join(self.path, name)
+    try:
+      if name.endswith(".snapshot"):   # TFRecord files (the store is written uncompressed)
+        for _ in tf.data.TFRecordDataset(path):
+          pass
+      elif name in self.PROTOBUF_FILES:
+        with open(path, "rb") as stream:
+          self.PROTOBUF_FILES[name]().ParseFromString(stream.read())
+    except (tf.errors.DataLossError, DecodeError):
+      return False
+    return True
+
+
+#: What TensorFlow's errors say around the gist: the graph function, the tf.data function and
+#: iterator, and the op that raised.
+_TENSORFLOW_CONTEXT = re.compile(r"\{\{[^}]*\}\}\s*|Error in user-defined function passed to "
+                                 r".*? with iterator: \S+: |\s*\[Op:.*$")
+
+
+def _reading_failure(error: Exception) -> str:
+  """The gist of TensorFlow's (or protobuf's) error for a corrupted file: its first line, without
+  `_TENSORFLOW_CONTEXT`."""
+  lines = (getattr(error, "message", None) or str(error)).strip().splitlines()
+  return _TENSORFLOW_CONTEXT.sub("", lines[0] if lines else "").strip()
 

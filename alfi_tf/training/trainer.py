@@ -350,6 +350,8 @@ class Trainer:
     # The pipeline holds what it needs of the meta-training set; the rest goes with `data`.
     batches = iter(pipeline.training_batches(cfg, self.simulator, self.step, data.problems,
                                              data.store, executor))
+    if data.store is not None:   # a file corrupted in place shows only when it is read
+      batches = data.store.with_corruption_named(batches)
     clock = _Clock(self.step, data_seconds, data.redrawn, previous)
     if data.redrawn:
       logging.warning("simulator %r returned NaN/inf observations for %d problems drawn from its "
