@@ -537,8 +537,9 @@ class InferenceMachine(LossModel):
     scale = self.std_scale_at(step)                                              # [d]
     mean = self.proposal.mean(psi)
     unscaled = mean + (self.parameter_space.forward(theta) - mean) / scale
-    return (self.proposal.log_prob(unscaled, psi) - tf.reduce_sum(tf.math.log(scale))
-            + self.parameter_space.forward_log_det_jacobian(theta))
+    log_det = self.parameter_space.forward_log_det_jacobian(theta)   # -inf: outside the support
+    log_prob = self.proposal.log_prob(unscaled, psi) - tf.reduce_sum(tf.math.log(scale)) + log_det
+    return tf.where(tf.math.is_finite(log_det), log_prob, log_det)
 
   # The Keras training surface. `fit` gets batches `(theta [B, d], observations [B, n, d_x], seed)`
   # with an int32 seed `[2]` per batch (or `[B, 2]` per problem, of which the first is used), and

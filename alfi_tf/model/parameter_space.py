@@ -64,12 +64,15 @@ class ParameterSpace:
     self._bounds = bounds
 
   def _inside(self, theta: tf.Tensor) -> tf.Tensor:
-    """`theta` moved `_EDGE_MARGIN` of the box's width inside it (as is without a box)."""
+    """`theta`, its entries on or next to the box's edges moved `_EDGE_MARGIN` of the box's width
+    inside it; entries beyond the box are left for `b^-1` to map (a `b` may map onto more than
+    the box) or to refuse (NaN)."""
     if self._bounds is None:
       return theta
     low, high = self._bounds
     margin = _EDGE_MARGIN * (high - low)
-    return tf.clip_by_value(theta, low + margin, high - margin)
+    in_box = (theta >= low) & (theta <= high)
+    return tf.where(in_box, tf.clip_by_value(theta, low + margin, high - margin), theta)
 
   def unconstrained(self, theta) -> tf.Tensor:
     """Raw `theta [..., d]` -> `u = b^-1(theta)` (float32; `theta` itself without `b`)."""
@@ -85,24 +88,19 @@ class ParameterSpace:
     return self.standardizer.forward(self.unconstrained(theta))
 
   def inverse(self, z: tf.Tensor) -> tf.Tensor:
-    """Standardised `z [..., d]` -> raw `theta` (inside the prior's support under `b`)."""
+    """Standardised `z [..., d]` -> raw `theta` (in `b`'s image)."""
     u = self.standardizer.inverse(z)
     return u if self.bijector is None else self.bijector.forward(u)
 
   def forward_log_det_jacobian(self, theta) -> tf.Tensor:
     """`log |det dz / dtheta|` at raw `theta [..., d]` -> `[...]`: added to a log-density of `z`,
-    it gives one of raw `theta` (-inf outside the prior's box under `b`, where that density is
-    zero)."""
+    it gives one of raw `theta`; -inf outside `b`'s image, where that density is zero."""
     theta = tf.cast(theta, tf.float32)
     log_det = tf.broadcast_to(self.standardizer.forward_log_det_jacobian(), tf.shape(theta)[:-1])
     if self.bijector is None:
       return log_det
     log_det += self.bijector.inverse_log_det_jacobian(self._inside(theta), event_ndims=1)
-    if self._bounds is None:
-      return log_det
-    low, high = self._bounds
-    outside = tf.reduce_any((theta < low) | (theta > high), axis=-1)
-    return tf.where(outside, tf.constant(-np.inf, tf.float32), log_det)
+    return tf.where(tf.math.is_finite(log_det), log_det, tf.constant(-np.inf, tf.float32))
 
   def moments(self, proposal: Proposal, psi: tf.Tensor,
               scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -149,7 +147,7 @@ def parameter_bijector(simulator) -> tfp.bijectors.Bijector:
   space = ParameterSpace(Standardizer(simulator.parameter_dim), bijector,
                          None if bounds is None else tuple(tf.constant(b) for b in bounds))
   u = space.unconstrained(draws)
-  if u.shape != draws.shape or not np.all(np.isfinite(u.numpy())):
+  if u.shape != draws.shape or not np.all(np.isfinite(u.numpy())):   # NaN: not onto the prior
     raise ValueError(f"{where} ({bijector.name}) must map draws from the prior to finite values "
                      f"of the same shape {draws.shape.as_list()}, got {u.shape.as_list()}")
   return bijector

@@ -251,7 +251,7 @@ class Simulator(abc.ABC):
 
   @property
   def parameter_bijector(self) -> tfp.bijectors.Bijector:
-    """`b`, an elementwise bijector from `R^d` onto the prior's support: with
+    """`b`, an elementwise bijector from `R^d` onto (at least) the prior's support: with
     `MachineConfig.unconstrained_parameters` the machine's proposals live in `u = b^-1(theta)`
     (`alfi_tf.model.parameter_space`).
 
