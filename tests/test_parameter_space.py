@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,6 +55,23 @@ def test_the_box_space_round_trips_and_stays_inside_the_box():
   inside = tf.abs(z) < 3.0   # where float32 resolves the round trip
   np.testing.assert_allclose(tf.boolean_mask(space.forward(theta), inside),
                              tf.boolean_mask(z, inside), atol=2e-3)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(low=st.floats(-1e3, 1e3), width=st.floats(1e-2, 1e3), mean=st.floats(-3.0, 3.0),
+       std=st.floats(0.2, 5.0), z=st.floats(-3.0, 3.0))
+def test_any_box_round_trips_inside_it(low, width, mean, std, z):
+  """Whatever the box and the statistics of `u`, `z` maps into the box and back."""
+  bounds = np.float32([low]), np.float32([low + width])
+  space = ParameterSpace(_standardizer([mean], [std]), tfb.Sigmoid(low=bounds[0], high=bounds[1]),
+                         tuple(tf.constant(b) for b in bounds))
+  theta = space.inverse(tf.constant([[z]]))
+  assert bounds[0] <= theta.numpy()[0, 0] <= bounds[1]
+  # float32 resolves theta to eps (|low| + width); dz / dtheta = 1 / (width s (1 - s) std) at
+  # s = sigmoid(u): z comes back to that precision (a few eps, for the sums on the way).
+  s = 1 / (1 + math.exp(-(mean + std * z)))
+  tolerance = 8 * 6e-8 * (abs(low) + width) / (width * s * (1 - s) * std) + 1e-5
+  np.testing.assert_allclose(space.forward(theta).numpy()[0, 0], z, atol=tolerance)
 
 
 def test_the_box_edges_map_to_finite_values():
@@ -204,3 +223,22 @@ def test_a_bijector_onto_more_than_the_box_is_clipped_for_simulation(machine):
   assert np.isfinite(machine.parameter_space.forward_log_det_jacobian(below).numpy()).all()
   simulated_at = machine.simulation_parameters(z[tf.newaxis])
   np.testing.assert_allclose(simulated_at.numpy()[0, 0], [0.0, 0.5, 0.5, 0.0], atol=1e-6)
+
+
+class _HalfLine(_Triangular):
+  """A bijector onto the positive half-line under a box prior that reaches below 0."""
+  name = "half_line_bijector"
+
+  def __init__(self):
+    Simulator.__init__(self, parameter_names=("a", "b"), observation_dim=1,
+                       prior=box_prior([-1.0, 0.0], [1.0, 1.0]))
+
+  @property
+  def parameter_bijector(self):
+    return tfb.Exp()
+
+
+def test_a_bijector_whose_image_misses_part_of_the_prior_is_refused():
+  with pytest.raises(ValueError, match="half_line_bijector.*parameter_bijector \\(exp\\) must map "
+                     "draws from the prior to finite values"):
+    parameter_bijector(_HalfLine())

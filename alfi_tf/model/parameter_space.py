@@ -135,7 +135,12 @@ def parameter_bijector(simulator) -> tfp.bijectors.Bijector:
   """`simulator.parameter_bijector`, checked: elementwise, and mapping prior draws to finite `u`
   and back; or one ValueError naming the simulator and what is wrong."""
   where = f"simulator {simulator.spec!r}: parameter_bijector"
-  bijector = simulator.parameter_bijector
+  try:
+    bijector = simulator.parameter_bijector
+  except NotImplementedError as error:   # TFP has no default for some priors
+    raise ValueError(f"{where}: the prior {type(simulator.prior).__name__} has no default "
+                     f"event-space bijector ({error}); define the simulator's "
+                     "parameter_bijector property") from error
   if not isinstance(bijector, tfp.bijectors.Bijector):
     raise ValueError(f"{where} must be a tfp.bijectors.Bijector, got {type(bijector).__name__}")
   if bijector.forward_min_event_ndims != 0:
@@ -146,8 +151,15 @@ def parameter_bijector(simulator) -> tfp.bijectors.Bijector:
   bounds = simulator.parameter_bounds
   space = ParameterSpace(Standardizer(simulator.parameter_dim), bijector,
                          None if bounds is None else tuple(tf.constant(b) for b in bounds))
-  u = space.unconstrained(draws)
-  if u.shape != draws.shape or not np.all(np.isfinite(u.numpy())):   # NaN: not onto the prior
+  try:
+    u = space.unconstrained(draws)
+    back = space.inverse(u)
+  except (ValueError, TypeError, tf.errors.OpError) as error:
+    raise ValueError(f"{where} ({bijector.name}) failed on draws from the prior: {error}") from error
+  if (u.shape != draws.shape or back.shape != draws.shape
+      or not np.all(np.isfinite(u.numpy())) or not np.all(np.isfinite(back.numpy()))):
+    # NaN: the prior's draws are not all in the bijector's image.
     raise ValueError(f"{where} ({bijector.name}) must map draws from the prior to finite values "
-                     f"of the same shape {draws.shape.as_list()}, got {u.shape.as_list()}")
+                     f"of the same shape {draws.shape.as_list()} and back, got "
+                     f"{u.shape.as_list()}")
   return bijector
