@@ -46,8 +46,22 @@ def run(main: Callable[[List[str]], None]) -> None:
     argv = sys.argv[:1] + expand_flagfiles(sys.argv[1:])
   except (ValueError, OSError) as error:
     _fail(str(error))
+  _help_for_console_scripts(main)
   watch_interrupts()
   app.run(lambda args: _guarded(main, args), argv=argv)
+
+
+def _help_for_console_scripts(main: Callable[[List[str]], None]) -> None:
+  """Makes `--help` / `--helpshort` of an installed command (`alfi-train`) show its binary's
+  docstring and flags. absl looks both up on `__main__` and on the module named by `argv[0]`;
+  for a console script those are pip's wrapper, with neither, and the help was empty."""
+  binary = sys.modules.get(main.__module__)
+  wrapper = sys.modules.get("__main__")
+  if binary is None or wrapper is None or binary is wrapper:   # `python -m experiments.train`
+    return
+  wrapper.__doc__ = binary.__doc__
+  for flag in flags.FLAGS.get_key_flags_for_module(binary):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
 #: Seconds a first Ctrl-C may take to stop the program before it is told how to stop at once.

@@ -330,6 +330,18 @@ def test_installed_commands_with_shipped_configs_from_any_directory(tmp_path):
       assert noise not in trained.stderr and noise not in exported.stderr, noise
 
 
+def test_installed_commands_explain_themselves_with_helpshort(tmp_path):
+  """`alfi-infer --helpshort` shows the binary's docstring and its own flags, as
+  `python -m experiments.infer --helpshort` does (absl looks them up on pip's wrapper)."""
+  shown = subprocess.run([_installed("alfi-infer"), "--helpshort"], cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+  module = subprocess.run([sys.executable, "-m", "experiments.infer", "--helpshort"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert "--observations" in shown.stdout and "--model" in shown.stdout, shown.stdout[-2000:]
+  assert shown.stdout.split("flags:")[0].strip().endswith(
+      module.stdout.split("flags:")[0].strip().splitlines()[-1])
+
+
 NPE_TINY_FLAGS = ["--simulator=poisson", "--observation_transform=log1p", "--num_problems=32",
                   "--num_obs=20", "--epochs=1", "--encoder_hidden=8", "--encoder_out=4",
                   "--context_hidden=8", "--flow_layers=1", "--flow_hidden=8",
