@@ -3,7 +3,8 @@ needed)."""
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+import functools
+from typing import Callable, Dict, Optional, Sequence
 
 import matplotlib
 
@@ -31,6 +32,21 @@ def _save(figure: plt.Figure, path: str) -> None:
     plt.close(figure)
 
 
+def _closes_its_figures(plot: Callable[..., None]) -> Callable[..., None]:
+  """Closes the figures `plot` opened even when drawing them fails: a long-lived process (a
+  notebook evaluating many runs) would otherwise keep every figure that failed, and matplotlib
+  warns past 20 open ones. Figures the caller had open are left alone."""
+  @functools.wraps(plot)
+  def drawn(*args, **kwargs) -> None:
+    already_open = set(plt.get_fignums())
+    try:
+      plot(*args, **kwargs)
+    finally:
+      for number in set(plt.get_fignums()) - already_open:
+        plt.close(number)
+  return drawn
+
+
 def is_own_figure(path: str) -> bool:
   """Whether `path` is a PNG these functions wrote (they stamp its `Software` text chunk)."""
   try:
@@ -45,6 +61,7 @@ def _axes_row(count: int, width: float = 4.2, height: float = 3.4):
   return figure, axes[0]
 
 
+@_closes_its_figures
 def plot_rmse_per_step(path: str, names: Sequence[str], rmse_steps: np.ndarray,
                        references: Dict[str, np.ndarray], training_horizon: int) -> None:
   """RMSE of `mu_t` per parameter against `t = 1..T`, with the references as horizontal lines.
@@ -69,6 +86,7 @@ def plot_rmse_per_step(path: str, names: Sequence[str], rmse_steps: np.ndarray,
   _save(figure, path)
 
 
+@_closes_its_figures
 def plot_error_boxes(path: str, names: Sequence[str], errors: Dict[str, np.ndarray]) -> None:
   """Box plots of estimation errors per parameter for each estimator (`errors[label] [K, d]`)."""
   figure, axes = _axes_row(len(names))
@@ -81,6 +99,7 @@ def plot_error_boxes(path: str, names: Sequence[str], errors: Dict[str, np.ndarr
   _save(figure, path)
 
 
+@_closes_its_figures
 def plot_predictive(path: str, real: np.ndarray, simulated: np.ndarray,
                     titles: Sequence[str], dimension_names: Optional[Sequence[str]] = None) -> None:
   """Histograms of real observations against observations simulated at `mu_T`.
@@ -107,6 +126,7 @@ def plot_predictive(path: str, real: np.ndarray, simulated: np.ndarray,
   _save(figure, path)
 
 
+@_closes_its_figures
 def plot_robustness(path: str, names: Sequence[str], initial: np.ndarray, means: np.ndarray,
                     theta: np.ndarray) -> None:
   """Trajectories of `mu_t` from many starts for a few problems.
@@ -129,6 +149,7 @@ def plot_robustness(path: str, names: Sequence[str], initial: np.ndarray, means:
   _save(figure, path)
 
 
+@_closes_its_figures
 def plot_trajectory(path: str, names: Sequence[str], means: np.ndarray, stds: np.ndarray) -> None:
   """The proposal's mean +- std over the steps for each data set.
 
@@ -150,6 +171,7 @@ def plot_trajectory(path: str, names: Sequence[str], means: np.ndarray, stds: np
   _save(figure, path)
 
 
+@_closes_its_figures
 def plot_calibration(path: str, names: Sequence[str], pit: np.ndarray, band: float,
                      bins: int = 20) -> None:
   """Simulation-based calibration per parameter: the histogram of the normalised ranks `pit [K, d]`
