@@ -132,9 +132,10 @@ class MachineConfig:
     unconstrained_parameters: propose in `u = b^-1(theta)`, with `b` the simulator's
       `parameter_bijector` (by default the prior's event-space bijector: the logit of a box
       prior's, `alfi_tf.model.parameter_space`), standardised, instead of in `theta` itself (the
-      paper's, proposals clipped into the prior's box for simulation). A Gaussian in `u` stays
-      inside the prior's support, and its width follows a posterior that narrows towards the
-      edge of the box. The answer's mean and std are then those of the pushed-forward proposal.
+      paper's, proposals clipped into the prior's box for simulation). Under the default `b` a
+      Gaussian in `u` stays inside the prior's support, and its width follows a posterior that
+      narrows towards the edge of the box. The answer's mean and std are then those of the
+      pushed-forward proposal.
     tail_averaging: `f` in [0, 1], the fraction of the trajectory averaged into the answer (tail
       averaging of the iterates): after step `t` the answer is `q(theta | psi_bar_t)` with
       `psi_bar_t` the mean of the last `w_t = max(1, ceil(f t))` iterates `psi_s`. Once the

@@ -24,12 +24,10 @@ _REFERENCE_STYLES = {"mle": ("MLE", "tab:orange", "--"),
 
 
 def _save(figure: plt.Figure, path: str) -> None:
+  """Writes `figure` to `path` atomically (the plot's `_closes_its_figures` closes it)."""
   figure.tight_layout()
-  try:
-    with atomic_output(path, suffix=".png") as temporary:
-      figure.savefig(temporary, format="png", dpi=110, metadata={"Software": PNG_SOFTWARE})
-  finally:
-    plt.close(figure)
+  with atomic_output(path, suffix=".png") as temporary:
+    figure.savefig(temporary, format="png", dpi=110, metadata={"Software": PNG_SOFTWARE})
 
 
 def _closes_its_figures(plot: Callable[..., None]) -> Callable[..., None]:

@@ -15,15 +15,16 @@ vary by orders of magnitude over the prior. A regression slope parameterised as 
 has posterior std `~ sigma_beta / (1 + tan(alpha)^2)` in `alpha`: 100 times narrower at
 `tan(alpha) = 10` than at 0. Under the logit of the box it is `~ sigma_beta / tan(alpha)` near the
 upper bound, which halves that range in orders of magnitude, and a proposal can no longer step
-past the box's edge.
+past the box's edge. A simulator may give a `b` onto more than the box (`linear_regression`'s
+`asinh(slope)`); samples beyond the box are then clipped for simulation, as without `b`.
 
 With `b` nonlinear, a proposal's mean and std in raw units are those of the push-forward `b(u)`:
 `b` maps each parameter on its own, so they follow from each parameter's marginal (a normal, or a
 mixture of normals), by `QUADRATURE_NODES`-point Gauss-Hermite quadrature per component:
-deterministic, and the same for a data set whatever batch it is answered in. The answer's calibration factors (`std_scales`)
-rescale the proposal's spread in `z` about its mean, where it is Gaussian, and the raw answer is
-the push-forward of that rescaled proposal: the same distribution `sample_final_proposal` draws
-from and `answer_log_prob` scores.
+deterministic, and the same for a data set whatever batch it is answered in. The answer's
+calibration factors (`std_scales`) rescale the proposal's spread in `z` about its mean, where it
+is Gaussian, and the raw answer is the push-forward of that rescaled proposal: the same
+distribution `sample_final_proposal` draws from and `answer_log_prob` scores.
 
 Shapes: `d` parameters; `theta`, `z`: `[..., d]`.
 """
@@ -52,8 +53,8 @@ class ParameterSpace:
 
   Args:
     standardizer: the statistics `m`, `s` of `u` (the machine's weights; set by `set_moments`).
-    bijector: `b`, an elementwise `tfp.bijectors.Bijector` from `R^d` onto the prior's support, or
-      None for the identity.
+    bijector: `b`, an elementwise `tfp.bijectors.Bijector` from `R^d` onto (at least) the prior's
+      support, or None for the identity.
     bounds: the prior's box `(low, high)`, `[d]` each, or None.
   """
 
@@ -155,7 +156,8 @@ def parameter_bijector(simulator) -> tfp.bijectors.Bijector:
     u = space.unconstrained(draws)
     back = space.inverse(u)
   except (ValueError, TypeError, tf.errors.OpError) as error:
-    raise ValueError(f"{where} ({bijector.name}) failed on draws from the prior: {error}") from error
+    raise ValueError(f"{where} ({bijector.name}) failed on draws from the prior: "
+                     f"{error}") from error
   if (u.shape != draws.shape or back.shape != draws.shape
       or not np.all(np.isfinite(u.numpy())) or not np.all(np.isfinite(back.numpy()))):
     # NaN: the prior's draws are not all in the bijector's image.
