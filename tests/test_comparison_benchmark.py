@@ -68,8 +68,7 @@ def _write_page(path, all_scores, monkeypatch):
   drawn = []
   monkeypatch.setattr(benchmark, "plot_learning_curves",
                       lambda scores, figure: drawn.append((list(scores), os.path.basename(figure))))
-  benchmark.write_page(str(path), all_scores, "runs/comparison", "benchmarks/results/comparison",
-                       500)
+  benchmark.write_page(str(path), all_scores, "benchmarks/results/comparison", 500)
   return drawn
 
 
