@@ -22,6 +22,7 @@ from alfi_tf.config import (ANSWER_FIELDS, MachineConfig, TrainConfig, answer_se
                             recorded_answer_settings, to_dict)
 from alfi_tf.model.calibration import check_std_scales
 from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.model.parameter_space import bijector_changes, describe_bijector, parameter_bijector
 from alfi_tf.simulators import Simulator, get_simulator
 
 CONFIG_FILE = "config.json"
@@ -76,14 +77,20 @@ def write_json_atomically(path: str, payload: Any) -> None:
   write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def describe_simulator(simulator: Simulator) -> Dict[str, Any]:
+def describe_simulator(simulator: Simulator, unconstrained_parameters: bool = False
+                       ) -> Dict[str, Any]:
   """What a run's checkpoints assume of its simulator (`simulator.json`): the parameter names, the
-  observation_dim and the prior's box (`{"low": [d], "high": [d]}`, None for other priors)."""
+  observation_dim, the prior's box (`{"low": [d], "high": [d]}`, None for other priors) and, for a
+  run with `unconstrained_parameters`, its `parameter_bijector` (`describe_bijector`; else None)."""
   bounds = simulator.parameter_bounds
+  bijector = None
+  if unconstrained_parameters:
+    bijector = describe_bijector(parameter_bijector(simulator), bounds)
   return {"parameter_names": list(simulator.parameter_names),
           "observation_dim": simulator.observation_dim,
           "prior_box": None if bounds is None else {"low": bounds[0].tolist(),
-                                                    "high": bounds[1].tolist()}}
+                                                    "high": bounds[1].tolist()},
+          "parameter_bijector": bijector}
 
 
 def _box_text(box: Optional[Dict[str, List[float]]]) -> str:
@@ -256,26 +263,44 @@ class Workdir:
                                                    "train": to_dict(train_config)})
 
   def record_simulator(self, simulator: Simulator) -> None:
-    """Writes `simulator.json`: what the run's checkpoints assume of `simulator`."""
-    write_json_atomically(self.file(SIMULATOR_FILE), describe_simulator(simulator))
+    """Writes `simulator.json`: what the run's checkpoints (and recorded config) assume of
+    `simulator`."""
+    write_json_atomically(self.file(SIMULATOR_FILE),
+                          describe_simulator(simulator, self._unconstrained_parameters()))
+
+  def _unconstrained_parameters(self) -> bool:
+    """Whether the recorded run proposes in its simulator's `parameter_bijector`'s space."""
+    return self.read_config()[0].unconstrained_parameters
 
   def check_simulator(self, simulator: Simulator) -> bool:
     """Whether the run records its simulator; refuses `simulator` if it differs from the record in
     what the checkpoints depend on, and warns if only the prior's box changed.
 
     Raises:
-      ValueError: the parameter names or the observation_dim changed (each change is named), or
-        `simulator.json` is damaged.
+      ValueError: the parameter names, the observation_dim or the parameter_bijector (of a run
+        with `unconstrained_parameters`) changed (each change is named), or `simulator.json` is
+        damaged.
     """
     recorded = self._read_json(SIMULATOR_FILE)
     if recorded is None:
       return False
-    current = describe_simulator(simulator)
-    if not current.keys() <= recorded.keys():
+    current = describe_simulator(simulator, self._unconstrained_parameters())
+    required = ("parameter_names", "observation_dim", "prior_box")   # records older than bijectors
+    if not set(required) <= recorded.keys():
       raise ValueError(f"{self.file(SIMULATOR_FILE)} is damaged: it lacks "
-                       f"{', '.join(sorted(current.keys() - recorded.keys()))}")
+                       f"{', '.join(sorted(set(required) - recorded.keys()))}")
     changed = [f"{key} was {recorded[key]!r}, is now {current[key]!r}"
                for key in ("parameter_names", "observation_dim") if recorded[key] != current[key]]
+    # A run from before bijectors were recorded has none to compare.
+    recorded_bijector, current_bijector = (recorded.get("parameter_bijector"),
+                                           current["parameter_bijector"])
+    if recorded_bijector is not None and current_bijector is not None:
+      if not isinstance(recorded_bijector, dict) or set(recorded_bijector) != set(current_bijector):
+        raise ValueError(f"{self.file(SIMULATOR_FILE)} is damaged: its parameter_bijector is "
+                         f"{recorded_bijector!r}, expected keys {sorted(current_bijector)}")
+      bijector_change = bijector_changes(recorded_bijector, current_bijector)
+      if bijector_change:
+        changed.append(f"parameter_bijector was {bijector_change}")
     if changed:
       raise ValueError(f"simulator {simulator.spec!r} changed since workdir {self.path} was "
                        f"trained on it: {'; '.join(changed)}; restore the simulator the run was "

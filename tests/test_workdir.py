@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tensorflow_probability as tfp
 
 import alfi_tf.simulators
 from alfi_tf.config import MachineConfig, TrainConfig
@@ -281,7 +283,7 @@ def test_a_run_records_its_simulator_and_a_resume_refuses_another(edited_run, mo
   workdir, config = edited_run
   assert json.loads(open(workdir.file("simulator.json")).read()) == {
       "parameter_names": ["log_lifetime"], "observation_dim": 1,
-      "prior_box": {"low": [-1.0], "high": [2.0]}}
+      "prior_box": {"low": [-1.0], "high": [2.0]}, "parameter_bijector": None}
   monkeypatch.setattr(_EditedDecay, "high", 3.0)
   workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))   # resumed, with a warning
   assert ("the prior of simulator 'test_edited_decay' changed since workdir" in caplog.text
@@ -311,6 +313,41 @@ def test_loading_a_run_refuses_a_changed_simulator_before_its_checkpoints(edited
   workdir.claim(MachineConfig(simulator=_EditedDecay.name), FIRST,
                 get_simulator(_EditedDecay.name))
   assert json.loads(open(workdir.file("simulator.json")).read())["parameter_names"] == ["rate"]
+
+
+class _RescaledBox(tfp.bijectors.Chain):
+  """`low + (high - low) sigmoid(u / scale)` onto `_EditedDecay`'s box, named like the default's
+  whatever its scale: only its values tell two scales apart."""
+
+  def __init__(self, scale: float):
+    super().__init__([tfp.bijectors.Shift(-1.0), tfp.bijectors.Scale(3.0),
+                      tfp.bijectors.Sigmoid(), tfp.bijectors.Scale(1.0 / scale)], name="box")
+
+
+def test_a_run_in_unconstrained_parameters_refuses_a_changed_parameter_bijector(edited_run,
+                                                                               monkeypatch):
+  """The machine's weights and standardisation live in `u = b^-1(theta)`: answering through
+  another `b` would be silently wrong, so a resume and a load both refuse it."""
+  workdir, _ = edited_run
+  os.remove(workdir.file("training_summary.json"))
+  config = MachineConfig(simulator=_EditedDecay.name, unconstrained_parameters=True)
+  workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))
+  with open(workdir.file("training_summary.json"), "w") as summary:   # progress: a resume checks
+    summary.write("{}")
+  recorded = json.loads(open(workdir.file("simulator.json")).read())["parameter_bijector"]
+  assert recorded["bijector"] == "Sigmoid/sigmoid"   # TFP's default for a box: its logit
+  np.testing.assert_allclose(np.ravel(recorded["inverse_at_box_fractions"]),
+                             np.log([1 / 7, 3 / 5, 5 / 3, 7]), rtol=1e-5)
+  monkeypatch.setattr(_EditedDecay, "parameter_bijector", property(lambda self: _RescaledBox(1.0)))
+  with pytest.raises(ValueError, match=CHANGED + r"parameter_bijector was Sigmoid/sigmoid, is now "
+                                       r"_RescaledBox/box; restore"):
+    workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))
+  workdir.record_simulator(get_simulator(_EditedDecay.name))   # as if trained with the scale 1
+  workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))   # the same map: resumed
+  monkeypatch.setattr(_EditedDecay, "parameter_bijector", property(lambda self: _RescaledBox(2.0)))
+  with pytest.raises(ValueError, match=CHANGED + r"parameter_bijector was _RescaledBox/box with b\^-1 = "
+                                       r"\[\[-1.94.*is now \[\[-3.89"):
+    load_machine(workdir.path)
 
 
 def test_an_attempt_without_progress_records_the_edited_simulator(edited_run, monkeypatch):

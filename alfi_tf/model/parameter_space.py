@@ -31,7 +31,7 @@ Shapes: `d` parameters; `theta`, `z`: `[..., d]`.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -165,3 +165,39 @@ def parameter_bijector(simulator) -> tfp.bijectors.Bijector:
                      f"of the same shape {draws.shape.as_list()} and back, got "
                      f"{u.shape.as_list()}")
   return bijector
+
+
+#: Where `describe_bijector` probes `b^-1`: these fractions of each parameter's box.
+_PROBE_FRACTIONS = (0.125, 0.375, 0.625, 0.875)
+
+
+def describe_bijector(bijector: tfp.bijectors.Bijector,
+                      bounds: Optional[Tuple[np.ndarray, np.ndarray]]) -> Dict[str, Any]:
+  """What a trained machine assumes of its `b` (`simulator.json` records it): the bijector's class
+  and name, and `u = b^-1(theta)` at `_PROBE_FRACTIONS` of the prior's box `bounds` (`[d]` each;
+  None: no probes). The probes catch a changed map that kept its name (a new scale, say): the
+  machine's standardisation statistics and weights are in `u`, so its answers would be wrong.
+
+  Returns:
+    `{"bijector": "Class/name", "inverse_at_box_fractions": [[d] per fraction] or None}`.
+  """
+  probes = None
+  if bounds is not None:
+    low, high = (np.asarray(b, np.float64) for b in bounds)
+    theta = np.array([low + f * (high - low) for f in _PROBE_FRACTIONS], np.float32)
+    probes = np.asarray(bijector.inverse(tf.constant(theta)), np.float64).round(6).tolist()
+  return {"bijector": f"{type(bijector).__name__}/{bijector.name}",
+          "inverse_at_box_fractions": probes}
+
+
+def bijector_changes(recorded: Dict[str, Any], current: Dict[str, Any]) -> Optional[str]:
+  """How `current` differs from `recorded` (two `describe_bijector`s), or None when the machine can
+  use `current`: same class and name, probes equal to float32 precision."""
+  if recorded["bijector"] != current["bijector"]:
+    return f"{recorded['bijector']}, is now {current['bijector']}"
+  before, after = recorded["inverse_at_box_fractions"], current["inverse_at_box_fractions"]
+  if (before is None) != (after is None) or (
+      before is not None and not np.allclose(before, after, rtol=1e-4, atol=1e-5)):
+    return (f"{recorded['bijector']} with b^-1 = {before} at {_PROBE_FRACTIONS} of the box, is "
+            f"now {after}")
+  return None
