@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from alfi_tf.model import losses
-from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig
+from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig, default_test_horizon
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine, Trajectory, tail_window
 from alfi_tf.model.normalization import Standardizer, transform_observations
@@ -393,6 +393,17 @@ def inferrer():
 def test_a_horizon_beyond_the_unrolling_limit_is_refused_before_tracing():
   with pytest.raises(ValueError, match=rf"num_steps must be at most {MAX_STEPS} "):
     Inferrer(_machine(), num_steps=MAX_STEPS + 1)
+
+
+def test_a_horizon_past_the_default_test_horizon_is_warned_about(inferrer, caplog):
+  """Some machines drift past their training horizon: a longer one is run, with a warning."""
+  horizon = default_test_horizon(inferrer.machine.config)
+  Inferrer(inferrer.machine, num_steps=horizon)
+  assert "past its training horizon" not in caplog.text
+  Inferrer(inferrer.machine, num_steps=horizon + 1)
+  assert (f"num_steps={horizon + 1} runs the machine past its training horizon "
+          f"T={inferrer.machine.config.num_steps} (and the default test horizon {horizon})"
+          in caplog.text)
 
 
 @pytest.mark.parametrize("name, value", [("num_steps", bad) for bad in (-1, 0, 1.5, math.nan, "5", True)]
