@@ -240,8 +240,9 @@ class Workdir:
       if differences is not None and self.has_progress():
         if differences and not answer_only:
           raise self._configuration_mismatch(differences)
-        if simulator is not None and not self.check_simulator(simulator):
-          self.record_simulator(simulator)   # a run from before the record: from now on
+        if simulator is not None and not self.check_simulator(simulator, machine_config):
+          # A run from before the record: from now on.
+          self.record_simulator(simulator, machine_config)
         if answer_only:
           stale = (f"; its {METRICS_FILE} holds the previous answer's evaluation: rerun "
                    "alfi-evaluate" if os.path.exists(self.file(METRICS_FILE)) else "")
@@ -256,25 +257,22 @@ class Workdir:
                         _listed(differences))
       self._write_config(machine_config, train_config)
       if simulator is not None:
-        self.record_simulator(simulator)
+        self.record_simulator(simulator, machine_config)
 
   def _write_config(self, machine_config: MachineConfig, train_config: TrainConfig) -> None:
     write_json_atomically(self.file(CONFIG_FILE), {"machine": to_dict(machine_config),
                                                    "train": to_dict(train_config)})
 
-  def record_simulator(self, simulator: Simulator) -> None:
-    """Writes `simulator.json`: what the run's checkpoints (and recorded config) assume of
-    `simulator`."""
+  def record_simulator(self, simulator: Simulator, machine_config: MachineConfig) -> None:
+    """Writes `simulator.json`: what the checkpoints of the run configured by `machine_config`
+    assume of `simulator`."""
     write_json_atomically(self.file(SIMULATOR_FILE),
-                          describe_simulator(simulator, self._unconstrained_parameters()))
+                          describe_simulator(simulator, machine_config.unconstrained_parameters))
 
-  def _unconstrained_parameters(self) -> bool:
-    """Whether the recorded run proposes in its simulator's `parameter_bijector`'s space."""
-    return self.read_config()[0].unconstrained_parameters
-
-  def check_simulator(self, simulator: Simulator) -> bool:
+  def check_simulator(self, simulator: Simulator, machine_config: MachineConfig) -> bool:
     """Whether the run records its simulator; refuses `simulator` if it differs from the record in
-    what the checkpoints depend on, and warns if only the prior's box changed.
+    what the checkpoints of the run (configured by `machine_config`, the recorded configuration)
+    depend on, and warns if only the prior's box changed.
 
     Raises:
       ValueError: the parameter names, the observation_dim or the parameter_bijector (of a run
@@ -284,7 +282,7 @@ class Workdir:
     recorded = self._read_json(SIMULATOR_FILE)
     if recorded is None:
       return False
-    current = describe_simulator(simulator, self._unconstrained_parameters())
+    current = describe_simulator(simulator, machine_config.unconstrained_parameters)
     required = ("parameter_names", "observation_dim", "prior_box")   # records older than bijectors
     if not set(required) <= recorded.keys():
       raise ValueError(f"{self.file(SIMULATOR_FILE)} is damaged: it lacks "
@@ -506,7 +504,8 @@ def load_machine(workdir: str, checkpoint: Optional[str] = None) -> InferenceMac
   run = Workdir(workdir)
   machine_config, _ = run.read_config()
   simulator = get_simulator(machine_config.simulator)
-  run.check_simulator(simulator)   # before its checkpoints are read into a machine it may not fit
+  # Before its checkpoints are read into a machine they may not fit.
+  run.check_simulator(simulator, machine_config)
   machine = InferenceMachine(simulator, machine_config)
   restorer = tf.train.Checkpoint(machine=machine)
   if checkpoint is not None:

@@ -342,7 +342,7 @@ def test_a_run_in_unconstrained_parameters_refuses_a_changed_parameter_bijector(
   with pytest.raises(ValueError, match=CHANGED + r"parameter_bijector was Sigmoid/sigmoid, is now "
                                        r"_RescaledBox/box; restore"):
     workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))
-  workdir.record_simulator(get_simulator(_EditedDecay.name))   # as if trained with the scale 1
+  workdir.record_simulator(get_simulator(_EditedDecay.name), config)   # trained with the scale 1
   workdir.claim(config, FIRST, get_simulator(_EditedDecay.name))   # the same map: resumed
   monkeypatch.setattr(_EditedDecay, "parameter_bijector", property(lambda self: _RescaledBox(2.0)))
   with pytest.raises(ValueError, match=CHANGED + r"parameter_bijector was _RescaledBox/box with b\^-1 = "

@@ -160,14 +160,14 @@ class Inferrer:
     self.num_steps = require_positive_integer(
         "num_steps", machine.config.num_steps if num_steps is None else num_steps)
     require_horizon("num_steps", self.num_steps)
-    if self.num_steps > default_test_horizon(machine.config):
+    tested_horizon = default_test_horizon(machine.config)
+    if self.num_steps > tested_horizon:
       # More steps are not always better: a machine learns to approach the answer within its
       # training horizon, and some drift away past it (docs/results.md, linear regression).
       logging.warning("num_steps=%d runs the machine past its training horizon T=%d (and the "
                       "default test horizon %d); some machines drift there: measure yours at "
                       "this horizon (alfi-evaluate --num_steps=%d) before trusting its answers",
-                      self.num_steps, machine.config.num_steps,
-                      default_test_horizon(machine.config), self.num_steps)
+                      self.num_steps, machine.config.num_steps, tested_horizon, self.num_steps)
     self.batch_size = require_positive_integer("batch_size", batch_size)
     check_jit_compile(jit_compile, machine.simulator)
     self._run = tf.function(self._run_batch, jit_compile=jit_compile, reduce_retracing=True)
