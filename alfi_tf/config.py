@@ -110,6 +110,12 @@ class MachineConfig:
       observations) to its encoding: the pooled second moments of regression-like models.
     relative_encoding: measure every set against the real data's mean and std before the set
       encoder (`SetEncoder`'s `relative`; needs `moment_features`).
+    raw_mean_features: append each set's mean on the raw scale, brought to the encoder's scale
+      by the observation transform and the standardisation (`InferenceMachine.encode_sets`).
+      Under a transform such as `log1p`, the set's mean count (Poisson's sufficient statistic)
+      is otherwise only reachable by undoing the transform through the encoder's tanh units;
+      a mean of `log1p(x)` alone is a less efficient statistic (docs/results.md). With
+      `observation_transform=none` it repeats what `moment_features` gives.
     aggregator_hidden, aggregator_out: the per-sample network `g` (mean over samples).
     updater_hidden: MLP before the LSTM cell; lstm_units: LSTM state size.
     bound, bound_type: `Delta psi` is bounded to `[-bound, bound]` by `bound * tanh` or a hard clip.
@@ -161,6 +167,7 @@ class MachineConfig:
   moment_features: bool = False
   cross_moment_features: bool = False
   relative_encoding: bool = False
+  raw_mean_features: bool = False
   aggregator_hidden: int = 50
   aggregator_out: int = 50
   updater_hidden: int = 50

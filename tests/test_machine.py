@@ -798,6 +798,21 @@ def test_cross_moment_features_widen_the_machines_encoding():
   assert np.all(np.isfinite(crossed(observations, seed=_seed(1)).psi.numpy()))
 
 
+def test_raw_mean_features_append_each_sets_transformed_standardized_raw_mean():
+  machine = _machine("poisson", observation_transform="log1p", raw_mean_features=True)
+  plain = _machine("poisson", observation_transform="log1p")
+  assert machine.encoding_size == plain.encoding_size + 1 == machine.encoder.size + 1
+  counts = np.random.default_rng(4).poisson([[[2.0]], [[300.0]]], size=(2, 3, 40)).astype(np.float32)
+  encoding, standardized = machine.encode_sets(tf.constant(counts[..., np.newaxis]))
+  standardizer = machine.observation_standardizer
+  expected = (np.log1p(counts.mean(axis=-1)) - standardizer.mean.numpy()) / standardizer.std.numpy()
+  np.testing.assert_allclose(encoding[..., -1], expected, rtol=1e-5, atol=1e-5)
+  # Everything before it is the set encoder's, unchanged.
+  np.testing.assert_allclose(encoding[..., :-1], machine.encoder(standardized), rtol=1e-6)
+  _, observations = _problems("poisson")
+  assert np.all(np.isfinite(machine(observations, seed=_seed(1)).psi.numpy()))
+
+
 def test_a_relative_set_encoder_measures_sets_against_the_reference():
   from alfi_tf.model.networks import SetEncoder
   encoder = SetEncoder(8, 4, moment_features=True, observation_dim=2, cross_moment_features=True,

@@ -152,7 +152,7 @@ class InferenceMachine(LossModel):
     """Creates every weight now, so checkpoints can be restored before the first call."""
     d, dx, psi_size = (self.simulator.parameter_dim, self.simulator.observation_dim,
                        self.proposal.psi_size)
-    self.encoder(tf.zeros([1, 1, dx]))
+    self.encode_sets(tf.zeros([1, 1, dx]))
     # Per sample: real and simulated encodings, the sample itself, (optionally) its score, and
     # (simulating at the observed design) the pair of it and the real rows it was simulated at.
     score_size = psi_size if self.config.score_features else 0
@@ -160,7 +160,7 @@ class InferenceMachine(LossModel):
     if self.paired_encoder is not None:
       self.paired_encoder(tf.zeros([1, 1, dx]), tf.zeros([1, 1, 1, dx]))
       paired_size = self.paired_encoder.size
-    self.aggregator(tf.zeros([1, 1, 2 * self.encoder.size + paired_size + d + score_size]))
+    self.aggregator(tf.zeros([1, 1, 2 * self.encoding_size + paired_size + d + score_size]))
     self.updater(tf.zeros([1, self.config.aggregator_out + psi_size]),
                  self.updater.initial_state(1))
 
@@ -235,6 +235,28 @@ class InferenceMachine(LossModel):
     """Raw observations `[..., d_x]` -> the encoder's input scale."""
     return self.observation_standardizer.forward(
         transform_observations(observations, self.config.observation_transform))
+
+  @property
+  def encoding_size(self) -> int:
+    """`E`, the size of a set's encoding (`encode_sets`)."""
+    raw_mean_size = self.simulator.observation_dim if self.config.raw_mean_features else 0
+    return self.encoder.size + raw_mean_size
+
+  def encode_sets(self, observations: tf.Tensor,
+                  reference: Optional[Tuple[tf.Tensor, tf.Tensor]] = None
+                  ) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Raw sets `[..., n, d_x]` -> `(encodings [..., E], the standardised sets [..., n, d_x])`.
+
+    `reference`: the real data's `(mean, log std)` for a relative encoder (`SetEncoder.call`).
+    With `raw_mean_features`, each set's raw mean, transformed and standardised like a single
+    observation, follows the encoder's features (`MachineConfig.raw_mean_features`).
+    """
+    standardized = self.standardize_observations(observations)
+    encoding = self.encoder(standardized, reference)
+    if self.config.raw_mean_features:
+      raw_mean = tf.reduce_mean(observations, axis=-2, keepdims=True)         # [..., 1, d_x]
+      encoding = tf.concat([encoding, self.standardize_observations(raw_mean)[..., 0, :]], -1)
+    return encoding, standardized
 
   def initial_psi(self, batch_size: int, seed: tf.Tensor,
                   initial_mean: Optional[tf.Tensor] = None, training: bool = False) -> tf.Tensor:
@@ -340,7 +362,7 @@ class InferenceMachine(LossModel):
     h, c = self.updater.initial_state(batch)
     state = LoopState(psi=self.initial_psi(batch, init_seed, initial_mean, training),
                       lstm_h=h, lstm_c=c,
-                      real_encoding=self.encoder(self.standardize_observations(observations)))
+                      real_encoding=self.encode_sets(observations)[0])
     return state, loop_seed
 
   def _check_inputs(self, observations, seed, initial_mean) -> Tuple[tf.Tensor, tf.Tensor,
@@ -397,8 +419,7 @@ class InferenceMachine(LossModel):
     reference = None
     if self.config.relative_encoding:   # the real data's (mean, log std), [batch, 1, d_x] each
       reference = tuple(r[:, tf.newaxis] for r in self.encoder.reference(state.real_encoding))
-    standardized = self.standardize_observations(simulated)
-    simulated_encoding = self.encoder(standardized, reference)                   # [batch, M, E]
+    simulated_encoding, standardized = self.encode_sets(simulated, reference)    # [batch, M, E]
     features = [tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
                 simulated_encoding, theta]
     if self.paired_encoder is not None:

@@ -101,7 +101,7 @@ class ExportModule(tf.Module):
     simulator = machine.simulator
     d, dx = simulator.parameter_dim, simulator.observation_dim
     m, n = machine.config.num_samples, machine.config.num_simulated_obs
-    e, units = machine.encoder.size, machine.config.lstm_units
+    e, units = machine.encoding_size, machine.config.lstm_units
     psi_size = machine.proposal.psi_size
     self.metadata_json = json.dumps(machine_metadata(machine, self.num_steps), sort_keys=True)
     observations = tf.TensorSpec([None, None, dx], tf.float32, name="observations")
