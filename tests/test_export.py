@@ -37,7 +37,7 @@ from alfi_tf.simulators import get_simulator
 from alfi_tf.training.calibration import warn_if_unfinished
 from alfi_tf.training.trainer import Trainer, set_global_seed
 from alfi_tf.workdir import load_machine
-from tests.binary_runs import ROOT, assert_refused, binary_env, run
+from tests.binary_runs import ROOT, assert_refused, binary_env, run, run_many
 TRAIN_STEPS = 2
 EXPORT_STEPS = 3
 NUM_SAMPLES = 4
@@ -757,16 +757,15 @@ def test_exporting_over_an_existing_directory(lotka_volterra, tmp_path):
   export_dir.mkdir(parents=True)
   (export_dir / "keep.txt").write_text("precious")
   args = [f"--workdir={lotka_volterra.workdir}", f"--export_dir={export_dir}", "--num_steps=2"]
-  refused = run("experiments.export", *args)
+  # Refused either way; --overwrite only ever replaces an alfi-tf export, and this is not one.
+  refused, refused_overwrite = run_many("experiments.export", [args, [*args, "--overwrite"]])
   assert refused.returncode != 0
   assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
+  assert refused_overwrite.returncode != 0
+  assert ("is not an alfi-tf export" in refused_overwrite.stderr
+          and "nothing was deleted" in refused_overwrite.stderr)
   assert os.listdir(export_dir) == ["keep.txt"]
   assert (export_dir / "keep.txt").read_text() == "precious"
-  # --overwrite only ever replaces an alfi-tf export: this directory is not one.
-  refused = run("experiments.export", *args, "--overwrite")
-  assert refused.returncode != 0
-  assert "is not an alfi-tf export" in refused.stderr and "nothing was deleted" in refused.stderr
-  assert os.listdir(export_dir) == ["keep.txt"]
 
   (export_dir / "keep.txt").unlink()
   export_dir.rmdir()
