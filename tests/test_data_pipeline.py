@@ -1,6 +1,7 @@
 """The meta-dataset pipeline: parallel, on-disk and in-memory sets agree; batches are a pure
 function of the step; stores are written atomically and checked against their recipe."""
 
+import json
 import os
 import signal
 import time
@@ -152,13 +153,15 @@ def overwrite_in_place(store, suffix, offset=None):
     ("snapshot.metadata", 5, "as binary proto"),   # ... and the one its op parses
 ])
 def test_a_store_corrupted_in_place_is_named_when_it_is_read(tmp_path, suffix, offset, failure):
-  """Bytes overwritten in place pass the size check of the store's opening; reading the store
-  (the streaming pass of the statistics, the training batches) used to die with TensorFlow's
+  """Bytes overwritten in place pass the size check of the store's opening (and, in a store
+  written before its manifest kept digests, the small files' too); reading the store (the
+  streaming pass of the statistics, the training batches) used to die with TensorFlow's
   DataLossError, naming neither the store nor its file."""
   simulator = get_simulator("poisson")
   path = str(tmp_path / "train")
   corrupted = overwrite_in_place(data_lib.ProblemStore(path).create(simulator, 40, 30, 5, 0),
                                  suffix, offset)
+  _forget_digests(path)
   store = data_lib.ProblemStore(path).create(simulator, 40, 30, 5, 0)   # sizes still match
   config = TrainConfig(**{**CONFIG.__dict__, "data_source": "disk"})
   readers = {
@@ -172,6 +175,32 @@ def test_a_store_corrupted_in_place_is_named_when_it_is_read(tmp_path, suffix, o
       read()
     assert failure in str(error.value) and "Delete it" in str(error.value), reader
   assert os.path.exists(path)   # refused, never deleted: it may be the user's only copy
+
+
+def _forget_digests(path: str) -> None:
+  """Makes the store at `path` one written before its manifest recorded digests."""
+  manifest_path = os.path.join(path, data_lib.ProblemStore.MANIFEST)
+  with open(manifest_path) as stream:
+    manifest = json.load(stream)
+  del manifest["digests"]
+  with open(manifest_path, "w") as stream:
+    json.dump(manifest, stream)
+
+
+@pytest.mark.parametrize("name", sorted(data_lib.ProblemStore.PROTOBUF_FILES))
+@pytest.mark.parametrize("offset", [0, 5, 10])
+def test_a_small_store_file_overwritten_in_place_is_refused_at_opening(tmp_path, name, offset):
+  """Some overwrites of the small protocol-buffer files still parse (and would be read as another
+  layout, or not at all): their digests refuse them as soon as the store is opened."""
+  simulator = get_simulator("poisson")
+  path = str(tmp_path / "train")
+  store = data_lib.ProblemStore(path).create(simulator, 40, 30, 5, 0)
+  assert sorted(store.read_recipe()["digests"]) == sorted(data_lib.ProblemStore.PROTOBUF_FILES)
+  overwrite_in_place(store, name, offset)
+  with pytest.raises(ValueError, match=f"^problem store {path} is damaged: {name} was "
+                                       "overwritten in place .* Delete it"):
+    data_lib.ProblemStore(path).create(simulator, 40, 30, 5, 0)
+  assert os.path.exists(path)
 
 
 def test_a_resumed_run_names_its_store_corrupted_in_place(tmp_path):

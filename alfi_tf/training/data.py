@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
@@ -338,15 +339,22 @@ def _file_sizes(directory: str, exclude: str) -> Dict[str, int]:
   return sizes
 
 
+def _sha256(path: str) -> str:
+  with open(path, "rb") as stream:
+    return hashlib.sha256(stream.read()).hexdigest()
+
+
 class ProblemStore:
   """A meta-dataset on disk (`tf.data.Dataset.save`), streamed back with `tf.data.Dataset.load`.
 
   Generation streams chunk by chunk from the simulator to disk, so a meta-dataset never has to fit
   in memory. It is written into a temporary sibling directory that is renamed into place when
   complete: a killed generation leaves no partial store behind (the next run starts it over). A
-  manifest records the generation recipe and the size of every data file; opening a store made
-  with another recipe, or one whose files changed since (a partial copy), is refused. A file
-  corrupted in place, its size kept, is named when it is read (`with_corruption_named`).
+  manifest records the generation recipe, the size of every data file and the SHA-256 of the
+  small protocol-buffer files; opening a store made with another recipe, or one whose files
+  changed since (a partial copy, a small file overwritten in place, which may still parse), is
+  refused. A shard corrupted in place, its size kept, fails its records' checksums and is named
+  when it is read (`with_corruption_named`).
 
   Args:
     path: the store's directory.
@@ -426,24 +434,30 @@ class ProblemStore:
     if differences:
       raise ValueError(f"problem store {self.path} was generated with other settings; use another "
                        "--data_dir or delete it. Differences:\n  " + "\n  ".join(differences))
-    self.check_files(stored.get("files"))
+    self.check_files(stored.get("files"), stored.get("digests"))
 
-  def check_files(self, recorded: Optional[Dict[str, int]]) -> None:
+  def check_files(self, recorded: Optional[Dict[str, int]],
+                  digests: Optional[Dict[str, str]] = None) -> None:
     """Refuses a store whose data files differ from the manifest's record of them (`files`: size
-    by relative path): one missing, truncated or grown, as a partial copy leaves it. A store
-    generated before the record is not checked.
+    by relative path; `digests`: SHA-256 of the small protocol-buffer files): one missing,
+    truncated or grown, as a partial copy leaves it, or a small file overwritten in place. A
+    store generated before a record is not checked against it.
 
     Raises:
       ValueError: naming the store and each file that differs.
     """
     if recorded is None:
       return
-    if not isinstance(recorded, dict):
+    if not isinstance(recorded, dict) or not isinstance(digests, (dict, type(None))):
       raise self._damaged(f"its {self.MANIFEST} has no valid record of its files")
     found = _file_sizes(self.path, exclude=self.MANIFEST)
     differing = [f"{name} is missing" if name not in found else
                  f"{name} has {found[name]} bytes, {size} were written"
                  for name, size in sorted(recorded.items()) if found.get(name) != size]
+    differing += [f"{name} was overwritten in place (its SHA-256 differs from the one written)"
+                  for name, digest in sorted((digests or {}).items())
+                  if name in found and found[name] == recorded.get(name)
+                  and _sha256(os.path.join(self.path, name)) != digest]
     if differing:
       raise self._damaged(", ".join(differing[:5])
                           + (f" (and {len(differing) - 5} more)" if len(differing) > 5 else ""))
@@ -478,7 +492,10 @@ class ProblemStore:
         shutil.rmtree(partial, ignore_errors=True)
         raise
       with open(os.path.join(partial, self.MANIFEST), "w") as stream_file:
-        json.dump({**recipe, "redrawn": redrawn, "files": _file_sizes(partial, self.MANIFEST)},
+        json.dump({**recipe, "redrawn": redrawn, "files": _file_sizes(partial, self.MANIFEST),
+                   "digests": {name: _sha256(os.path.join(partial, name))
+                               for name in self.PROTOBUF_FILES
+                               if os.path.exists(os.path.join(partial, name))}},
                   stream_file, indent=2, sort_keys=True)
       try:
         os.rename(partial, self.path)
