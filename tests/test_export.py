@@ -501,6 +501,13 @@ def test_command_returning_too_few_rows_is_an_error(weinberg, tmp_path):
 # 5. Metadata.
 
 
+def test_an_export_warns_about_observations_unlike_its_training_data(weinberg, caplog):
+  weinberg.deployed.infer(weinberg.observations, seed=1)
+  assert "far outside the observations" not in caplog.text
+  weinberg.deployed.run(weinberg.observations * 1e6, weinberg.simulator.simulate, seed=1)
+  assert "2 data set(s) lie far outside the observations the machine was trained on" in caplog.text
+
+
 def test_metadata_round_trip(weinberg):
   loaded = weinberg.deployed.module   # what tf.saved_model.load returned
   assert set(loaded.signatures) == set(SIGNATURES)

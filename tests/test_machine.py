@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from alfi_tf.model import losses
 from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig, default_test_horizon
-from alfi_tf.model.inference import Inferrer
+from alfi_tf.model.inference import InferenceResult, Inferrer, warn_unlike_training
 from alfi_tf.model.machine import InferenceMachine, Trajectory, tail_window
 from alfi_tf.model.normalization import Standardizer, transform_observations
 from alfi_tf.simulators import get_simulator
@@ -404,6 +404,28 @@ def test_a_horizon_past_the_default_test_horizon_is_warned_about(inferrer, caplo
   assert (f"num_steps={horizon + 1} runs the machine past its training horizon "
           f"T={inferrer.machine.config.num_steps} (and the default test horizon {horizon})"
           in caplog.text)
+
+
+def test_observations_unlike_the_training_data_are_warned_about(inferrer, caplog):
+  """A machine answers anything; an answer to data far outside its training range (a unit error,
+  another experiment) is an extrapolation, and the user is told which data sets those are."""
+  _, observations = _problems("poisson")
+  inferrer(observations, seed=0)
+  assert "far outside the observations" not in caplog.text
+  inferrer(np.concatenate([observations, observations[:1] * 1e6]), seed=0)
+  assert ("1 data set(s) lie far outside the observations the machine was trained on"
+          in caplog.text and f"Data sets: [{len(observations)}]" in caplog.text)
+
+
+def test_answers_outside_the_priors_box_are_warned_about(caplog):
+  mean = np.array([[1.0, 0.0], [7.3, 0.0], [7.5, 0.0], [1.0, -2.0]])
+  result = InferenceResult(mean, np.ones_like(mean), mean[:, None], np.ones_like(mean[:, None]),
+                           mean)
+  bounds = (np.array([0.2, -1.0]), np.array([7.0, 1.0]))
+  assert warn_unlike_training(result, np.zeros((4, 1)), bounds, ["rate", "shift"]) is result
+  # 7.3 is within 5% of the box's width of its edge: a settled answer may sit there.
+  assert ("2 answer(s) lie outside the prior's support (data set 2: rate = 7.5, support [0.2, 7])"
+          in caplog.text and "Data sets: [2, 3]" in caplog.text)
 
 
 @pytest.mark.parametrize("name, value", [("num_steps", bad) for bad in (-1, 0, 1.5, math.nan, "5", True)]

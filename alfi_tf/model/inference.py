@@ -3,7 +3,7 @@ in-library inference and the deployed machine share."""
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -14,6 +14,7 @@ from alfi_tf.config import default_test_horizon, require_horizon
 from alfi_tf.model.arguments import (check_float_tensor, check_jit_compile, check_seed,
                                      require_positive_integer)
 from alfi_tf.model.machine import InferenceMachine
+from alfi_tf.model.normalization import transform_observations
 
 
 class InferenceResult(NamedTuple):
@@ -138,6 +139,60 @@ def check_failed_simulations(result: InferenceResult, sets_per_data_set: int) ->
   return result
 
 
+#: A data set whose mean standardised observation lies further than this from the training
+#: data's mean (in some dimension) is unlike anything the machine was trained on: standardised
+#: over the training observations pooled, the training sets' own means have a variance of at most
+#: 1 (the between-set part of the pooled variance), so a set this far out lies beyond the prior's
+#: predictive range.
+UNFAMILIAR_SET_MEAN = 10.0
+#: An answer further outside the prior's box than this fraction of the box's width is no
+#: posterior mean of that prior; a settled answer at the box's edge is within it.
+OUTSIDE_BOX_FRACTION = 0.05
+
+
+def standardized_set_means(observations: np.ndarray, transform: str, mean: np.ndarray,
+                           std: np.ndarray) -> np.ndarray:
+  """`[B, d_x]`: each data set's mean transformed observation `observations [B, n, d_x]`, in the
+  units that standardise the training observations (`mean`, `std` `[d_x]`)."""
+  transformed = transform_observations(tf.constant(observations, tf.float32), transform).numpy()
+  return (transformed.mean(axis=1) - mean) / std
+
+
+def warn_unlike_training(result: InferenceResult, set_means: np.ndarray,
+                         bounds: Optional[Tuple[np.ndarray, np.ndarray]],
+                         names: Sequence[str]) -> InferenceResult:
+  """Warns about answers not to trust, and returns `result` unchanged.
+
+  A machine answers any input, also data unlike its training data (another experiment's units, a
+  unit error, a faulty detector): its answer there is an extrapolation. Two signs are named by
+  data set: observations whose standardised mean `set_means [B, d_x]` lies beyond
+  `UNFAMILIAR_SET_MEAN`, and answers outside the prior's box `bounds` by more than
+  `OUTSIDE_BOX_FRACTION` of its width (also a machine that did not settle).
+  """
+  unfamiliar = np.flatnonzero(np.any(np.abs(set_means) > UNFAMILIAR_SET_MEAN, axis=1))
+  if unfamiliar.size:
+    first = unfamiliar[0]
+    logging.warning(
+        "%d data set(s) lie far outside the observations the machine was trained on (mean "
+        "standardised observation beyond +-%g; data set %d: %s): their answers are extrapolations, "
+        "do not trust them. Data sets: %s", unfamiliar.size, UNFAMILIAR_SET_MEAN, first,
+        np.round(set_means[first], 1).tolist(), unfamiliar.tolist()[:10])
+  if bounds is not None:
+    low, high = (np.asarray(b, np.float64) for b in bounds)
+    margin = OUTSIDE_BOX_FRACTION * (high - low)
+    outside = (result.mean < low - margin) | (result.mean > high + margin)     # [B, d]
+    rows = np.flatnonzero(outside.any(axis=1))
+    if rows.size:
+      row = rows[0]
+      column = int(np.flatnonzero(outside[row])[0])
+      logging.warning(
+          "%d answer(s) lie outside the prior's support (data set %d: %s = %.4g, support "
+          "[%.4g, %.4g]): the observations are unlike the training data or the machine did not "
+          "settle; do not trust them. Data sets: %s", rows.size, row, names[column],
+          result.mean[row, column], low[column], high[column], rows.tolist()[:10])
+  return result
+
+
 def repeat_for_starts(observations: np.ndarray, num_starts: int) -> np.ndarray:
   """`[B, ...] -> [B * R, ...]`, each data set repeated `R` times in a row (see `pool_starts`)."""
   return np.repeat(observations, require_positive_integer("num_starts", num_starts), axis=0)
@@ -201,10 +256,15 @@ class Inferrer:
       shape = (observations.shape[0], simulator.parameter_dim)
       initial_mean = repeat_for_starts(check_float_tensor(initial_mean, "initial_mean", shape,
                                                           str(shape)).numpy(), num_starts)
-    observations = repeat_for_starts(observations, num_starts)
-    return check_failed_simulations(
-        pool_starts(self._run_all(observations, seed, initial_mean), num_starts),
+    result = check_failed_simulations(
+        pool_starts(self._run_all(repeat_for_starts(observations, num_starts), seed,
+                                  initial_mean), num_starts),
         num_starts * self.num_steps * self.machine.config.num_samples)
+    standardizer = self.machine.observation_standardizer
+    set_means = standardized_set_means(observations, self.machine.config.observation_transform,
+                                       standardizer.mean.numpy(), standardizer.std.numpy())
+    return warn_unlike_training(result, set_means, simulator.parameter_bounds,
+                                simulator.parameter_names)
 
   def _run_all(self, observations: np.ndarray, seed: int,
                initial_mean: Optional[np.ndarray]) -> InferenceResult:

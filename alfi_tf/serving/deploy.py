@@ -29,7 +29,8 @@ from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE
 from alfi_tf.checks import check_observation_sets, require_real_numbers
 from alfi_tf.model.arguments import check_seed
 from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
-                                     repeat_for_starts)
+                                     repeat_for_starts, standardized_set_means,
+                                     warn_unlike_training)
 from alfi_tf.model.machine import usable_sets
 from alfi_tf.simulators.base import observations_as_float32
 from alfi_tf.workdir import load_machine
@@ -250,9 +251,6 @@ class DeployedMachine:
     return tf.constant(check_observation_sets(observations, self.observation_dim,
                                               transform=transform))
 
-  def _repeated(self, observations, num_starts: int) -> np.ndarray:
-    """The checked observations `[B, n, d_x]`, each data set repeated for `num_starts` runs."""
-    return repeat_for_starts(self._observations(observations).numpy(), num_starts)
 
   def infer(self, observations, seed: int = 0, num_starts: int = 1) -> InferenceResult:
     """Runs all `T` steps in one graph call, simulator included (TF-native simulators only).
@@ -263,10 +261,11 @@ class DeployedMachine:
     if not self.can_infer:
       raise ValueError(f"simulator {self.metadata['simulator']!r} is not TF-native, so the export "
                        "has no infer(); drive it with run(observations, simulate) or start()")
-    outputs = self.module.infer(tf.constant(self._repeated(observations, num_starts)),
+    observations = self._observations(observations).numpy()
+    outputs = self.module.infer(tf.constant(repeat_for_starts(observations, num_starts)),
                                 tf.constant([check_seed(seed), 0]))
     return self._checked(pool_starts(InferenceResult.from_outputs(outputs), num_starts),
-                         num_starts)
+                         num_starts, observations)
 
   def start(self, observations, seed: int = 0) -> AskTellSession:
     """Begins an ask/tell run on `observations [B, n, d_x]` (or one data set, `[n, d_x]`)."""
@@ -281,7 +280,8 @@ class DeployedMachine:
     With the same simulator and seed this equals `infer` (the simulator gets the very seeds the
     in-graph loop would have used), `num_starts` included.
     """
-    session = self.start(self._repeated(observations, num_starts), seed)
+    observations = self._observations(observations).numpy()
+    session = self.start(repeat_for_starts(observations, num_starts), seed)
     while not session.done:
       parameters = session.ask()
       flat = parameters.reshape(-1, parameters.shape[-1])
@@ -291,8 +291,17 @@ class DeployedMachine:
       else:
         simulated = simulate(flat, self.num_simulated_obs, session.simulation_seed)
       session.tell(np.asarray(simulated))
-    return self._checked(pool_starts(session.result(), num_starts), num_starts)
+    return self._checked(pool_starts(session.result(), num_starts), num_starts, observations)
 
-  def _checked(self, result: InferenceResult, num_starts: int) -> InferenceResult:
-    """`check_failed_simulations` for a complete run of `num_starts` starts per data set."""
-    return check_failed_simulations(result, num_starts * self.num_steps * self.num_samples)
+  def _checked(self, result: InferenceResult, num_starts: int,
+               observations: np.ndarray) -> InferenceResult:
+    """`check_failed_simulations` for a complete run of `num_starts` starts on each data set of
+    `observations [B, n, d_x]`, and `warn_unlike_training`."""
+    check_failed_simulations(result, num_starts * self.num_steps * self.num_samples)
+    standardization, prior = self.metadata["standardization"], self.metadata["prior"]
+    set_means = standardized_set_means(
+        observations, self.metadata["machine_config"]["observation_transform"],
+        np.asarray(standardization["observation_mean"]),
+        np.asarray(standardization["observation_std"]))
+    bounds = (prior["low"], prior["high"]) if prior.get("type") == "box" else None
+    return warn_unlike_training(result, set_means, bounds, self.parameter_names)
