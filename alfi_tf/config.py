@@ -108,9 +108,6 @@ class MachineConfig:
     moment_features: append each set's per-dimension mean and log std to its encoding.
     cross_moment_features: append each set's mean of the products `x_j x_k` (standardised
       observations) to its encoding: the pooled second moments of regression-like models.
-    centered_cross_moments: make those products of the deviations from the set's mean (the
-      set's covariance, `SetEncoder`'s `centered_cross_moments`; needs `cross_moment_features`):
-      in a linear mixture of independent sources, each source's variance enters it linearly.
     relative_encoding: measure every set against the real data's mean and std before the set
       encoder (`SetEncoder`'s `relative`; needs `moment_features`).
     raw_mean_features: append each set's mean on the raw scale, brought to the encoder's scale
@@ -169,7 +166,6 @@ class MachineConfig:
   encoder_out: int = 40
   moment_features: bool = False
   cross_moment_features: bool = False
-  centered_cross_moments: bool = False
   relative_encoding: bool = False
   raw_mean_features: bool = False
   aggregator_hidden: int = 50
@@ -200,8 +196,6 @@ class MachineConfig:
     if self.num_samples < 2:
       raise ValueError(f"num_samples must be at least 2 (scores are standardised across samples), "
                        f"got {self.num_samples}")
-    if self.centered_cross_moments and not self.cross_moment_features:
-      raise ValueError("centered_cross_moments needs cross_moment_features (it centres them)")
     if self.relative_encoding and not self.moment_features:
       raise ValueError("relative_encoding needs moment_features (they carry the real data's "
                        "reference mean and std)")

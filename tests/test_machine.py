@@ -812,24 +812,6 @@ def test_set_encoder_appends_the_sets_moments_and_cross_moments():
   np.testing.assert_allclose(encoded[..., 10:], products[..., rows, columns], rtol=1e-5, atol=1e-6)
 
 
-def test_centered_cross_moments_are_the_sets_covariance():
-  from alfi_tf.model.networks import SetEncoder
-  encoder = SetEncoder(8, 4, observation_dim=3, cross_moment_features=True,
-                       centered_cross_moments=True)
-  observations = np.random.default_rng(5).normal(
-      [4.0, -2.0, 0.5], size=(2, 3, 200, 3)).astype(np.float32)
-  encoded = encoder(tf.constant(observations)).numpy()
-  deviations = observations - observations.mean(axis=-2, keepdims=True)
-  covariance = np.einsum("...ni,...nj->...ij", deviations, deviations) / 200
-  rows, columns = np.triu_indices(3)
-  np.testing.assert_allclose(encoded[..., 4:], covariance[..., rows, columns], atol=1e-5)
-  # Shifting a set leaves its covariance.
-  np.testing.assert_allclose(encoder(tf.constant(observations + 3.0)).numpy()[..., 4:],
-                             encoded[..., 4:], atol=1e-4)
-  with pytest.raises(ValueError, match="centered_cross_moments needs cross_moment_features"):
-    MachineConfig(centered_cross_moments=True)
-
-
 def test_cross_moment_features_widen_the_machines_encoding():
   plain = _machine("weinberg")
   crossed = _machine("weinberg", cross_moment_features=True)

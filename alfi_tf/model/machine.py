@@ -132,7 +132,7 @@ class InferenceMachine(LossModel):
                                                  name="observation_standardizer")
     self.encoder = SetEncoder(config.encoder_hidden, config.encoder_out, config.moment_features,
                               simulator.observation_dim, config.cross_moment_features,
-                              config.relative_encoding, config.centered_cross_moments)
+                              config.relative_encoding)
     self.paired_encoder = None
     if self.simulates_at_observed_design:
       self.paired_encoder = PairedSetEncoder(config.encoder_hidden, config.encoder_out,

@@ -31,11 +31,6 @@ class SetEncoder(keras.layers.Layer):
   too (`+ d_x (d_x + 1) / 2`): the pooled second moments that carry a regression's information
   (`D^T D`, `D^T y`) and that a per-observation MLP followed by a mean can only approximate.
 
-  With `centered_cross_moments` too, the products are of the deviations from the set's own mean,
-  `(x_j - mean_j)(x_k - mean_k)`: the set's covariance, in which each independent source of a
-  mixture `x = R z` adds its variance linearly (`Cov x = R Cov z R^T`), where the uncentered
-  moments tangle it with every source's mean (`+ mean_x mean_x^T`).
-
   With `relative` (which needs `moment_features`), observations are measured against a reference
   set's mean `m` and standard deviation `s` (per dimension) before the MLP and the cross moments:
   `asinh((x - m) / s)`. The real data are their own reference; simulated sets are measured against
@@ -54,15 +49,13 @@ class SetEncoder(keras.layers.Layer):
 
   def __init__(self, hidden: int, out: int, moment_features: bool = False,
                observation_dim: int = 0, cross_moment_features: bool = False,
-               relative: bool = False, centered_cross_moments: bool = False,
-               name: str = "set_encoder"):
+               relative: bool = False, name: str = "set_encoder"):
     super().__init__(name=name)
     if relative and not moment_features:
       raise ValueError("a relative set encoder needs moment_features (they carry the reference)")
     self.out = out
     self.moment_features = moment_features
     self.cross_moment_features = cross_moment_features
-    self.centered_cross_moments = centered_cross_moments
     self.relative = relative
     self.observation_dim = observation_dim
     self._upper = np.triu_indices(observation_dim)
@@ -116,8 +109,6 @@ class SetEncoder(keras.layers.Layer):
 
   def _cross_moments(self, observations: tf.Tensor) -> tf.Tensor:
     shape = tf.shape(observations)
-    if self.centered_cross_moments:
-      observations -= tf.reduce_mean(observations, axis=-2, keepdims=True)
     products = tf.einsum("...ni,...nj->...ij", observations, observations)
     products /= tf.cast(shape[-2], observations.dtype)
     rows, columns = self._upper
