@@ -33,11 +33,27 @@ OBSERVATION_TRANSFORM_MINIMUM = {"log1p": 0.0}
 SEED_RANGE = (-2 ** 31, 2 ** 31 - 1 - 8)
 
 
+#: The largest and the smallest normal magnitude of a float32: a float setting (a learning rate,
+#: a bound) enters the graph as one, so 1e300 would become inf and 1e-300 zero there.
+FLOAT32_RANGE = (1.1754944e-38, 3.4028235e38)
+
+
+def _float_expectation(value: Any) -> typing.Optional[str]:
+  """None where `value` is a real number (no bool) that float32 holds, else what a float
+  setting must be."""
+  if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+    return "a finite number"
+  if value != 0 and not FLOAT32_RANGE[0] <= abs(value) <= FLOAT32_RANGE[1]:
+    return (f"zero or of a magnitude that float32 holds ({FLOAT32_RANGE[0]:.4g} to "
+            f"{FLOAT32_RANGE[1]:.4g})")
+  return None
+
+
 def require_well_formed(owner: Any) -> None:
   """Raises a ValueError naming the first field of the dataclass `owner` whose value does not fit
   its annotation: a bool for `bool`, an integer for `int` (a seed within int32), a finite number
-  for `float` (NaN and inf pass `<= 0` checks and would hang or poison training), a string for
-  `str`."""
+  that float32 holds for `float` (NaN and inf pass `<= 0` checks and would hang or poison
+  training), a string for `str`."""
   hints = typing.get_type_hints(type(owner))
   for field in dataclasses.fields(owner):
     value, hint = getattr(owner, field.name), hints[field.name]
@@ -51,9 +67,8 @@ def require_well_formed(owner: Any) -> None:
       if ok and field.name == "seed" and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
         ok, expected = False, f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (an int32 seed)"
     elif hint is float:
-      ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
-      expected = "a finite number"
+      expected = _float_expectation(value)
+      ok = expected is None
     else:
       ok, expected = isinstance(value, hint), "a string" if hint is str else hint.__name__
     if not ok:

@@ -3,6 +3,7 @@ non-finite floats included (they pass `<= 0` checks and would hang or poison tra
 
 import dataclasses
 import math
+import re
 import typing
 
 from hypothesis import given, settings
@@ -30,6 +31,16 @@ INT_FIELDS = [pair for config in CONFIGS for pair in _fields_of_type(config, int
                          ids=[f"{c.__name__}.{n}" for c, n in FLOAT_FIELDS])
 def test_non_finite_floats_are_refused_by_name(config_class, name, value):
   with pytest.raises(ValueError, match=f"^{name} must be a finite number, got {value}"):
+    config_class(**{name: value})
+
+
+@pytest.mark.parametrize("value", [1e300, -1e39, 1e-300], ids=["huge", "-huge", "tiny"])
+@pytest.mark.parametrize("config_class, name", FLOAT_FIELDS,
+                         ids=[f"{c.__name__}.{n}" for c, n in FLOAT_FIELDS])
+def test_floats_float32_cannot_hold_are_refused_by_name(config_class, name, value):
+  """1e300 became inf in the graph (a NaN loss at step 2), 1e-300 zero."""
+  with pytest.raises(ValueError, match=f"^{name} must be zero or of a magnitude that float32 "
+                                       rf"holds .*, got {re.escape(repr(value))}$"):
     config_class(**{name: value})
 
 
