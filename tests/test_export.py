@@ -405,7 +405,7 @@ def test_infer_binary_with_simulator_command(weinberg, tmp_path):
   assert len(payload["datasets"]) == 2
   for dataset in payload["datasets"]:
     assert set(dataset["parameters"]) == {"beam_energy", "fermi_constant"}
-    assert dataset["failed_simulated_sets"] == 0
+    assert dataset["failed_simulated_sets"] == 0 and dataset["extrapolation"] == []
     for entry in dataset["parameters"].values():
       estimate, std = entry["estimate"], entry["std"]
       assert std > 0
@@ -504,8 +504,10 @@ def test_command_returning_too_few_rows_is_an_error(weinberg, tmp_path):
 def test_an_export_warns_about_observations_unlike_its_training_data(weinberg, caplog):
   weinberg.deployed.infer(weinberg.observations, seed=1)
   assert "far outside the observations" not in caplog.text
-  weinberg.deployed.run(weinberg.observations * 1e6, weinberg.simulator.simulate, seed=1)
-  assert "2 data set(s) lie far outside the observations the machine was trained on" in caplog.text
+  result = weinberg.deployed.run(weinberg.observations * 1e6, weinberg.simulator.simulate, seed=1)
+  assert "2 of 2 answer(s) are extrapolations, do not trust them" in caplog.text
+  reasons = weinberg.deployed.extrapolations(weinberg.observations * 1e6, result)
+  assert all(note[0].startswith("observations far outside the training data") for note in reasons)
 
 
 def test_metadata_round_trip(weinberg):

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from alfi_tf.model import losses
 from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig, default_test_horizon
-from alfi_tf.model.inference import InferenceResult, Inferrer, warn_unlike_training
+from alfi_tf.model.inference import InferenceResult, Inferrer, extrapolations
 from alfi_tf.model.machine import InferenceMachine, Trajectory, tail_window
 from alfi_tf.model.normalization import Standardizer, transform_observations
 from alfi_tf.simulators import get_simulator
@@ -413,19 +413,23 @@ def test_observations_unlike_the_training_data_are_warned_about(inferrer, caplog
   inferrer(observations, seed=0)
   assert "far outside the observations" not in caplog.text
   inferrer(np.concatenate([observations, observations[:1] * 1e6]), seed=0)
-  assert ("1 data set(s) lie far outside the observations the machine was trained on"
-          in caplog.text and f"Data sets: [{len(observations)}]" in caplog.text)
+  assert (f"1 of {len(observations) + 1} answer(s) are extrapolations, do not trust them (data "
+          f"set {len(observations)}: observations far outside the training data (mean "
+          "standardised observation [" in caplog.text)
 
 
-def test_answers_outside_the_priors_box_are_warned_about(caplog):
+def test_answers_outside_the_priors_box_are_extrapolations():
   mean = np.array([[1.0, 0.0], [7.3, 0.0], [7.5, 0.0], [1.0, -2.0]])
   result = InferenceResult(mean, np.ones_like(mean), mean[:, None], np.ones_like(mean[:, None]),
                            mean)
   bounds = (np.array([0.2, -1.0]), np.array([7.0, 1.0]))
-  assert warn_unlike_training(result, np.zeros((4, 1)), bounds, ["rate", "shift"]) is result
+  set_means = np.array([[0.0], [0.0], [-11.0], [9.0]])
   # 7.3 is within 5% of the box's width of its edge: a settled answer may sit there.
-  assert ("2 answer(s) lie outside the prior's support (data set 2: rate = 7.5, support [0.2, 7])"
-          in caplog.text and "Data sets: [2, 3]" in caplog.text)
+  assert extrapolations(result, set_means, bounds, ["rate", "shift"]) == [
+      [], [],
+      ["observations far outside the training data (mean standardised observation [-11.0], "
+       "beyond +-10)", "rate = 7.5 lies outside the prior's support [0.2, 7]"],
+      ["shift = -2 lies outside the prior's support [-1, 1]"]]
 
 
 @pytest.mark.parametrize("name, value", [("num_steps", bad) for bad in (-1, 0, 1.5, math.nan, "5", True)]

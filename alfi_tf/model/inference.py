@@ -3,7 +3,7 @@ in-library inference and the deployed machine share."""
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -158,39 +158,39 @@ def standardized_set_means(observations: np.ndarray, transform: str, mean: np.nd
   return (transformed.mean(axis=1) - mean) / std
 
 
-def warn_unlike_training(result: InferenceResult, set_means: np.ndarray,
-                         bounds: Optional[Tuple[np.ndarray, np.ndarray]],
-                         names: Sequence[str]) -> InferenceResult:
-  """Warns about answers not to trust, and returns `result` unchanged.
+def extrapolations(result: InferenceResult, set_means: np.ndarray,
+                   bounds: Optional[Tuple[np.ndarray, np.ndarray]],
+                   names: Sequence[str]) -> List[List[str]]:
+  """Per data set, why its answer is an extrapolation (an empty list: no sign of one).
 
   A machine answers any input, also data unlike its training data (another experiment's units, a
-  unit error, a faulty detector): its answer there is an extrapolation. Two signs are named by
-  data set: observations whose standardised mean `set_means [B, d_x]` lies beyond
-  `UNFAMILIAR_SET_MEAN`, and answers outside the prior's box `bounds` by more than
-  `OUTSIDE_BOX_FRACTION` of its width (also a machine that did not settle).
+  unit error, a faulty detector), where its answer extrapolates. Two signs: observations whose
+  standardised mean `set_means [B, d_x]` lies beyond `UNFAMILIAR_SET_MEAN`, and an answer outside
+  the prior's box `bounds` by more than `OUTSIDE_BOX_FRACTION` of its width (also a machine that
+  did not settle).
   """
-  unfamiliar = np.flatnonzero(np.any(np.abs(set_means) > UNFAMILIAR_SET_MEAN, axis=1))
-  if unfamiliar.size:
-    first = unfamiliar[0]
-    logging.warning(
-        "%d data set(s) lie far outside the observations the machine was trained on (mean "
-        "standardised observation beyond +-%g; data set %d: %s): their answers are extrapolations, "
-        "do not trust them. Data sets: %s", unfamiliar.size, UNFAMILIAR_SET_MEAN, first,
-        np.round(set_means[first], 1).tolist(), unfamiliar.tolist()[:10])
+  notes: List[List[str]] = [[] for _ in range(len(result.mean))]
+  for row in np.flatnonzero(np.any(np.abs(set_means) > UNFAMILIAR_SET_MEAN, axis=1)):
+    notes[row].append(f"observations far outside the training data (mean standardised "
+                      f"observation {np.round(set_means[row], 1).tolist()}, beyond "
+                      f"+-{UNFAMILIAR_SET_MEAN:g})")
   if bounds is not None:
     low, high = (np.asarray(b, np.float64) for b in bounds)
     margin = OUTSIDE_BOX_FRACTION * (high - low)
     outside = (result.mean < low - margin) | (result.mean > high + margin)     # [B, d]
-    rows = np.flatnonzero(outside.any(axis=1))
-    if rows.size:
-      row = rows[0]
-      column = int(np.flatnonzero(outside[row])[0])
-      logging.warning(
-          "%d answer(s) lie outside the prior's support (data set %d: %s = %.4g, support "
-          "[%.4g, %.4g]): the observations are unlike the training data or the machine did not "
-          "settle; do not trust them. Data sets: %s", rows.size, row, names[column],
-          result.mean[row, column], low[column], high[column], rows.tolist()[:10])
-  return result
+    for row, column in zip(*np.nonzero(outside)):
+      notes[row].append(f"{names[column]} = {result.mean[row, column]:.4g} lies outside the "
+                        f"prior's support [{low[column]:.4g}, {high[column]:.4g}]")
+  return notes
+
+
+def warn_extrapolations(notes: List[List[str]]) -> None:
+  """One warning naming the data sets whose answers `extrapolations` found to be ones."""
+  rows = [row for row, reasons in enumerate(notes) if reasons]
+  if rows:
+    logging.warning("%d of %d answer(s) are extrapolations, do not trust them (data set %d: %s). "
+                    "Data sets: %s", len(rows), len(notes), rows[0], "; ".join(notes[rows[0]]),
+                    rows[:10])
 
 
 def repeat_for_starts(observations: np.ndarray, num_starts: int) -> np.ndarray:
@@ -263,8 +263,9 @@ class Inferrer:
     standardizer = self.machine.observation_standardizer
     set_means = standardized_set_means(observations, self.machine.config.observation_transform,
                                        standardizer.mean.numpy(), standardizer.std.numpy())
-    return warn_unlike_training(result, set_means, simulator.parameter_bounds,
-                                simulator.parameter_names)
+    warn_extrapolations(extrapolations(result, set_means, simulator.parameter_bounds,
+                                       simulator.parameter_names))
+    return result
 
   def _run_all(self, observations: np.ndarray, seed: int,
                initial_mean: Optional[np.ndarray]) -> InferenceResult:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -29,8 +29,8 @@ from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE
 from alfi_tf.checks import check_observation_sets, require_real_numbers
 from alfi_tf.model.arguments import check_seed
 from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
-                                     repeat_for_starts, standardized_set_means,
-                                     warn_unlike_training)
+                                     extrapolations, repeat_for_starts,
+                                     standardized_set_means, warn_extrapolations)
 from alfi_tf.model.machine import usable_sets
 from alfi_tf.simulators.base import observations_as_float32
 from alfi_tf.workdir import load_machine
@@ -293,15 +293,22 @@ class DeployedMachine:
       session.tell(np.asarray(simulated))
     return self._checked(pool_starts(session.result(), num_starts), num_starts, observations)
 
-  def _checked(self, result: InferenceResult, num_starts: int,
-               observations: np.ndarray) -> InferenceResult:
-    """`check_failed_simulations` for a complete run of `num_starts` starts on each data set of
-    `observations [B, n, d_x]`, and `warn_unlike_training`."""
-    check_failed_simulations(result, num_starts * self.num_steps * self.num_samples)
+  def extrapolations(self, observations, result: InferenceResult) -> List[List[str]]:
+    """Per data set of `observations [B, n, d_x]`, why `result`'s answer to it is an
+    extrapolation (`alfi_tf.model.inference.extrapolations`; an empty list: no sign of one)."""
     standardization, prior = self.metadata["standardization"], self.metadata["prior"]
     set_means = standardized_set_means(
-        observations, self.metadata["machine_config"]["observation_transform"],
+        self._observations(observations).numpy(),
+        self.metadata["machine_config"]["observation_transform"],
         np.asarray(standardization["observation_mean"]),
         np.asarray(standardization["observation_std"]))
     bounds = (prior["low"], prior["high"]) if prior.get("type") == "box" else None
-    return warn_unlike_training(result, set_means, bounds, self.parameter_names)
+    return extrapolations(result, set_means, bounds, self.parameter_names)
+
+  def _checked(self, result: InferenceResult, num_starts: int,
+               observations: np.ndarray) -> InferenceResult:
+    """`check_failed_simulations` for a complete run of `num_starts` starts on each data set of
+    `observations [B, n, d_x]`, and a warning about answers that are `extrapolations`."""
+    check_failed_simulations(result, num_starts * self.num_steps * self.num_samples)
+    warn_extrapolations(self.extrapolations(observations, result))
+    return result
