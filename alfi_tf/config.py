@@ -125,6 +125,10 @@ class MachineConfig:
       observations) to its encoding: the pooled second moments of regression-like models.
     relative_encoding: measure every set against the real data's mean and std before the set
       encoder (`SetEncoder`'s `relative`; needs `moment_features`).
+    regression_features: give the updater each step's regression-adjustment step
+      (`machine.regression_step`): over the step's M samples, the least-squares map from their
+      simulated sets' mean (standardised) observation to the samples, applied to the real set's
+      mean minus theirs. Needs `moment_features` (the real set's mean is read from them).
     raw_mean_features: append each set's mean on the raw scale, brought to the encoder's scale
       by the observation transform and the standardisation (`InferenceMachine.encode_sets`).
       Under a transform such as `log1p`, the set's mean count (Poisson's sufficient statistic)
@@ -183,6 +187,7 @@ class MachineConfig:
   cross_moment_features: bool = False
   relative_encoding: bool = False
   raw_mean_features: bool = False
+  regression_features: bool = False
   aggregator_hidden: int = 50
   aggregator_out: int = 50
   updater_hidden: int = 50
@@ -211,6 +216,9 @@ class MachineConfig:
     if self.num_samples < 2:
       raise ValueError(f"num_samples must be at least 2 (scores are standardised across samples), "
                        f"got {self.num_samples}")
+    if self.regression_features and not self.moment_features:
+      raise ValueError("regression_features needs moment_features (they carry the real data's "
+                       "mean)")
     if self.relative_encoding and not self.moment_features:
       raise ValueError("relative_encoding needs moment_features (they carry the real data's "
                        "reference mean and std)")

@@ -92,6 +92,41 @@ def standardize_over_samples(features: tf.Tensor, epsilon: float = 1e-5) -> tf.T
   return (features - mean) * tf.math.rsqrt(variance + epsilon)
 
 
+def regression_step(theta: tf.Tensor, summaries: tf.Tensor, real_summary: tf.Tensor,
+                    valid: tf.Tensor, ridge: float = 1e-3) -> tf.Tensor:
+  """The regression-adjustment step of a step's samples, `[batch, d]`.
+
+  Over the `M` samples of each problem, the least-squares (ridge) map `B [d, k]` from the
+  simulated summaries `s_m` to the samples `theta_m`, both centred,
+
+      B = C_ts (C_ss + lambda I)^-1,   lambda = ridge * tr(C_ss) / k,
+
+  applied to the real summary's offset from theirs: `B (s_real - mean_m s_m)`, where regression
+  ABC would move the samples' mean. For a model whose summaries are linear in `theta` it is the
+  whole (Newton) step at once, which an update built from per-sample features has to assemble
+  from sample-wise products.
+
+  Args:
+    theta: `[batch, M, d]` the standardised samples.
+    summaries: `[batch, M, k]` their simulated sets' summaries.
+    real_summary: `[batch, k]` the real set's.
+    valid: `[batch, M]` bool, the samples whose simulations count (`usable_sets`).
+  """
+  weights = tf.cast(valid, theta.dtype)[..., tf.newaxis]                        # [batch, M, 1]
+  count = tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
+  theta_mean = tf.reduce_sum(weights * theta, axis=1, keepdims=True) / count
+  summary_mean = tf.reduce_sum(weights * summaries, axis=1, keepdims=True) / count
+  centred_theta = weights * (theta - theta_mean)
+  centred_summaries = weights * (summaries - summary_mean)
+  cross = tf.einsum("bmi,bmj->bij", centred_theta, centred_summaries)            # [batch, d, k]
+  gram = tf.einsum("bmi,bmj->bij", centred_summaries, centred_summaries)         # [batch, k, k]
+  k = summaries.shape[-1]
+  regulariser = (ridge * tf.linalg.trace(gram) / k + 1e-6)[:, tf.newaxis, tf.newaxis]
+  offset = (real_summary - summary_mean[:, 0])[..., tf.newaxis]                  # [batch, k, 1]
+  solved = tf.linalg.solve(gram + regulariser * tf.eye(k, dtype=gram.dtype), offset)
+  return tf.matmul(cross, solved)[..., 0]
+
+
 @keras.saving.register_keras_serializable(package="alfi_tf")
 class InferenceMachine(LossModel):
   """Meta-learned inference: proposes, simulates, compares, updates `psi`, T times.
@@ -161,7 +196,8 @@ class InferenceMachine(LossModel):
       self.paired_encoder(tf.zeros([1, 1, dx]), tf.zeros([1, 1, 1, dx]))
       paired_size = self.paired_encoder.size
     self.aggregator(tf.zeros([1, 1, 2 * self.encoding_size + paired_size + d + score_size]))
-    self.updater(tf.zeros([1, self.config.aggregator_out + psi_size]),
+    regression_size = d if self.config.regression_features else 0
+    self.updater(tf.zeros([1, self.config.aggregator_out + psi_size + regression_size]),
                  self.updater.initial_state(1))
 
   def get_config(self) -> Dict[str, Any]:
@@ -431,7 +467,13 @@ class InferenceMachine(LossModel):
           tf.stop_gradient(self.proposal.score(theta, psi))))                    # [batch, M, P]
     features = tf.concat(features, axis=-1)
     context = self.aggregator(features, valid)                                   # [batch, C]
-    delta, (h, c) = self.updater(tf.concat([context, psi], axis=-1), [state.lstm_h, state.lstm_c])
+    updater_inputs = [context, psi]
+    if self.config.regression_features:   # like the scores, a function of the samples: no gradient
+      updater_inputs.append(tf.stop_gradient(regression_step(
+          theta, tf.reduce_mean(standardized, axis=-2),
+          self.encoder.reference(state.real_encoding)[0], valid)))
+    delta, (h, c) = self.updater(tf.concat(updater_inputs, axis=-1),
+                                 [state.lstm_h, state.lstm_c])
     if self.config.relative_updates:
       delta = delta * self.proposal.update_units(psi)
     return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
