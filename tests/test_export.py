@@ -253,17 +253,19 @@ def test_a_told_value_beyond_float32_fails_its_set_like_inf(weinberg):
   _assert_results_equal(*results)
 
 
-@pytest.mark.parametrize("proposal, tail_averaging, start, unconstrained, raw_mean", [
-    ("full_covariance_gaussian", 0.0, "prior_draw", False, False),
-    ("gaussian_mixture", 0.0, "prior_draw", False, False),
-    ("diagonal_gaussian", 0.5, "prior_mean", False, True),
-    ("full_covariance_gaussian", 0.9, "prior_draw", False, False),
-    ("gaussian_mixture", 0.5, "prior_mean", True, False)])
+@pytest.mark.parametrize("proposal, tail_averaging, start, unconstrained, features", [
+    ("full_covariance_gaussian", 0.0, "prior_draw", False, {}),
+    ("gaussian_mixture", 0.0, "prior_draw", False, {}),
+    ("diagonal_gaussian", 0.5, "prior_mean", False, {"raw_mean_features": True}),
+    ("full_covariance_gaussian", 0.9, "prior_draw", False,
+     {"moment_features": True, "regression_features": True}),
+    ("gaussian_mixture", 0.5, "prior_mean", True, {})])
 def test_other_proposal_families_export_and_step_alike(proposal, tail_averaging, start,
-                                                       unconstrained, raw_mean, tmp_path):
+                                                       unconstrained, features, tmp_path):
   """... and so do answers that average the last iterates, at every step of a session,
-  proposals in the unconstrained space of the prior's box (answers by quadrature), and encodings
-  with the sets' raw means (a wider real encoding in the session's state)."""
+  proposals in the unconstrained space of the prior's box (answers by quadrature), encodings
+  with the sets' raw means (a wider real encoding in the session's state) and updates given the
+  regression step."""
   from alfi_tf.model.machine import InferenceMachine
   simulator = get_simulator("weinberg")
   set_global_seed(1)
@@ -271,7 +273,7 @@ def test_other_proposal_families_export_and_step_alike(proposal, tail_averaging,
                                                       mixture_components=2,
                                                       tail_averaging=tail_averaging, start=start,
                                                       unconstrained_parameters=unconstrained,
-                                                      raw_mean_features=raw_mean, **TINY))
+                                                      **features, **TINY))
   theta, observations = simulator.sample_problems(32, NUM_OBS, tf.constant([1, 2]))
   machine.adapt(theta.numpy(), observations.numpy())
   layer = machine.updater.output_net.layers[-1]   # so that psi moves

@@ -20,7 +20,7 @@ import tensorflow as tf
 from alfi_tf.model import losses
 from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig, default_test_horizon
 from alfi_tf.model.inference import InferenceResult, Inferrer, extrapolations
-from alfi_tf.model.machine import InferenceMachine, Trajectory, tail_window
+from alfi_tf.model.machine import InferenceMachine, Trajectory, regression_step, tail_window
 from alfi_tf.model.normalization import Standardizer, transform_observations
 from alfi_tf.simulators import get_simulator
 from alfi_tf.checks import check_observations
@@ -837,6 +837,35 @@ def test_raw_mean_features_append_each_sets_transformed_standardized_raw_mean():
   np.testing.assert_allclose(encoding[..., :-1], machine.encoder(standardized), rtol=1e-6)
   _, observations = _problems("poisson")
   assert np.all(np.isfinite(machine(observations, seed=_seed(1)).psi.numpy()))
+
+
+def test_the_regression_step_is_the_whole_step_for_linear_summaries():
+  """Summaries `s = A theta`: the step from the samples' mean lands on theta*; samples whose
+  simulations failed (garbage summaries) are left out."""
+  rng = np.random.default_rng(6)
+  matrix = rng.normal(size=(3, 3))
+  theta = rng.normal(size=(2, 20, 3))
+  summaries = np.einsum("ij,bmj->bmi", matrix, theta)
+  valid = np.ones((2, 20), bool)
+  valid[1, :4] = False
+  summaries[1, :4] = 1e3
+  target = np.array([[0.5, -1.0, 2.0], [1.0, 1.0, 1.0]])
+  step = regression_step(*(tf.constant(a, tf.float32) for a in (theta, summaries)),
+                         tf.constant(target @ matrix.T, tf.float32), tf.constant(valid),
+                         ridge=1e-7).numpy()
+  centre = np.stack([theta[0].mean(axis=0), theta[1, 4:].mean(axis=0)])
+  np.testing.assert_allclose(step, target - centre, atol=2e-3)
+
+
+def test_regression_features_widen_the_updaters_input_and_need_moment_features():
+  plain = _machine("weinberg", moment_features=True)
+  machine = _machine("weinberg", moment_features=True, regression_features=True)
+  width = lambda m: m.updater.input_net.kernel.shape[0]   # pylint: disable=unnecessary-lambda-assignment
+  assert width(machine) == width(plain) + 2
+  _, observations = _problems("weinberg")
+  assert np.all(np.isfinite(machine(observations, seed=_seed(1)).psi.numpy()))
+  with pytest.raises(ValueError, match="regression_features needs moment_features"):
+    MachineConfig(regression_features=True)
 
 
 def test_a_relative_set_encoder_measures_sets_against_the_reference():

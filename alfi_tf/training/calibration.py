@@ -50,8 +50,10 @@ def calibrate(machine: InferenceMachine, train_config: TrainConfig,
       problems.observations, seed=train_config.seed + INFERENCE_SEED_OFFSET)
   # The factors rescale the proposal's spread in its own standardised space (the same as in raw
   # units where the map between them is affine: `alfi_tf.model.parameter_space`).
-  mean = machine.proposal.mean(result.trajectory_psi).numpy()                # [K, C, d]
-  std = machine.proposal.stddev(result.trajectory_psi).numpy()
+  # A tensor, not the result's numpy array: some families slice psi, which keeps numpy numpy.
+  trajectory_psi = tf.constant(result.trajectory_psi)
+  mean = machine.proposal.mean(trajectory_psi).numpy()                       # [K, C, d]
+  std = machine.proposal.stddev(trajectory_psi).numpy()
   theta = machine.parameter_space.forward(problems.theta).numpy()            # [K, d]
   scales = fit_std_scales(mean, std, theta)
   machine.set_std_scales(scales)
