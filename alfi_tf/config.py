@@ -12,6 +12,8 @@ import numbers
 import typing
 from typing import Any, Dict
 
+import numpy as np
+
 
 BOUND_TYPES = ("tanh", "clip")
 #: Where an inference run starts when no start is given (`MachineConfig.start`).
@@ -33,9 +35,11 @@ OBSERVATION_TRANSFORM_MINIMUM = {"log1p": 0.0}
 SEED_RANGE = (-2 ** 31, 2 ** 31 - 1 - 8)
 
 
-#: The largest and the smallest normal magnitude of a float32: a float setting (a learning rate,
-#: a bound) enters the graph as one, so 1e300 would become inf and 1e-300 zero there.
-FLOAT32_RANGE = (1.1754944e-38, 3.4028235e38)
+#: The largest magnitude a float32 holds (larger finite numbers become inf when cast), and its
+#: smallest normal one: a float setting (a learning rate, a bound) enters the graph as a float32,
+#: so 1e300 would become inf and 1e-300 zero there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 def _float_expectation(value: Any) -> typing.Optional[str]:
@@ -43,9 +47,8 @@ def _float_expectation(value: Any) -> typing.Optional[str]:
   setting must be."""
   if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
     return "a finite number"
-  if value != 0 and not FLOAT32_RANGE[0] <= abs(value) <= FLOAT32_RANGE[1]:
-    return (f"zero or of a magnitude that float32 holds ({FLOAT32_RANGE[0]:.4g} to "
-            f"{FLOAT32_RANGE[1]:.4g})")
+  if value != 0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+    return f"zero or of a magnitude that float32 holds ({FLOAT32_TINY:.4g} to {FLOAT32_MAX:.4g})"
   return None
 
 

@@ -296,10 +296,14 @@ class DeployedMachine:
   def extrapolations(self, observations, result: InferenceResult) -> List[List[str]]:
     """Per data set of `observations [B, n, d_x]`, why `result`'s answer to it is an
     extrapolation (`alfi_tf.model.inference.extrapolations`; an empty list: no sign of one)."""
+    return self._extrapolations(self._observations(observations).numpy(), result)
+
+  def _extrapolations(self, observations: np.ndarray,
+                      result: InferenceResult) -> List[List[str]]:
+    """`extrapolations` of observations `_observations` has checked already."""
     standardization, prior = self.metadata["standardization"], self.metadata["prior"]
     set_means = standardized_set_means(
-        self._observations(observations).numpy(),
-        self.metadata["machine_config"]["observation_transform"],
+        observations, self.metadata["machine_config"]["observation_transform"],
         np.asarray(standardization["observation_mean"]),
         np.asarray(standardization["observation_std"]))
     bounds = (prior["low"], prior["high"]) if prior.get("type") == "box" else None
@@ -310,5 +314,5 @@ class DeployedMachine:
     """`check_failed_simulations` for a complete run of `num_starts` starts on each data set of
     `observations [B, n, d_x]`, and a warning about answers that are `extrapolations`."""
     check_failed_simulations(result, num_starts * self.num_steps * self.num_samples)
-    warn_extrapolations(self.extrapolations(observations, result))
+    warn_extrapolations(self._extrapolations(observations, result))
     return result

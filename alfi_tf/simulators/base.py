@@ -25,12 +25,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from alfi_tf.checks import require_real_numbers
+from alfi_tf.config import FLOAT32_MAX
 
 tfd = tfp.distributions
-
-
-#: The largest magnitude a float32 holds; larger finite numbers become inf when cast.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_box(low, high, where: str) -> Tuple[np.ndarray, np.ndarray]:
