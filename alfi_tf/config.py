@@ -131,7 +131,9 @@ class MachineConfig:
     regression_features: give the updater each step's regression-adjustment step
       (`machine.regression_step`): over the step's M samples, the least-squares map from their
       simulated sets' mean (standardised) observation to the samples, applied to the real set's
-      mean minus theirs. Needs `moment_features` (the real set's mean is read from them).
+      mean minus theirs; at the observed design, from their paired residual moments instead
+      (`PairedSetEncoder.residual_moments`), which are zero for the real data. Needs
+      `moment_features` (the real set's mean is read from them).
     raw_mean_features: append each set's mean on the raw scale, brought to the encoder's scale
       by the observation transform and the standardisation (`InferenceMachine.encode_sets`).
       Under a transform such as `log1p`, the set's mean count (Poisson's sufficient statistic)

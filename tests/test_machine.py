@@ -857,6 +857,42 @@ def test_the_regression_step_is_the_whole_step_for_linear_summaries():
   np.testing.assert_allclose(step, target - centre, atol=2e-3)
 
 
+def test_paired_residual_moments_give_a_regression_its_whole_step():
+  """At the observed design, a regression's simulated rows differ from the real ones by
+  `u (beta_m - beta*)` (+ offset): the residual moments are linear in the parameters (asinh is the
+  identity near 0), zero for the real rows, and their regression step lands on beta*."""
+  from alfi_tf.model.networks import PairedSetEncoder
+  rng = np.random.default_rng(8)
+  design = np.concatenate([rng.normal(size=(2, 50, 2)), np.ones((2, 50, 1))], -1)  # [b, N, D=3]
+  true = np.array([[0.3, -0.2, 0.1], [0.0, 0.5, -0.4]])
+  samples = true[:, np.newaxis] + 0.02 * rng.normal(size=(2, 12, 3))                # [b, M, 3]
+  rows = lambda beta: np.concatenate(   # pylint: disable=unnecessary-lambda-assignment
+      [np.broadcast_to(design[:, np.newaxis], beta.shape[:2] + design.shape[1:]),
+       np.einsum("bnk,bmk->bmn", design, beta)[..., np.newaxis]], -1)
+  real = rows(true[:, np.newaxis])[:, 0]                                            # [b, N, 4]
+  encoder = PairedSetEncoder(8, 4, observation_dim=4, design_dim=3)
+  moments = encoder.residual_moments(tf.constant(real, tf.float32),
+                                     tf.constant(rows(samples), tf.float32)).numpy()
+  residual = np.arcsinh(rows(samples)[..., 3] - real[:, np.newaxis, :, 3])            # [b, M, N]
+  expected = np.concatenate([residual.mean(-1, keepdims=True),
+                             np.einsum("bmn,bnk->bmk", residual, design) / 50], -1)
+  np.testing.assert_allclose(moments, expected, atol=1e-6)
+  own = encoder.residual_moments(tf.constant(real, tf.float32),
+                                 tf.constant(real[:, np.newaxis], tf.float32))
+  np.testing.assert_allclose(own, 0.0, atol=1e-7)
+  step = regression_step(tf.constant(samples, tf.float32), tf.constant(moments),
+                         tf.zeros([2, 4]), tf.ones([2, 12], tf.bool), ridge=1e-9).numpy()
+  np.testing.assert_allclose(step, true - samples.mean(axis=1), atol=2e-4)
+
+
+def test_regression_features_at_the_observed_design_run_finite():
+  machine = _machine("linear_regression", moment_features=True, regression_features=True,
+                     observed_design=True)
+  assert machine.simulates_at_observed_design
+  _, observations = _problems("linear_regression")
+  assert np.all(np.isfinite(machine(observations, seed=_seed(1)).psi.numpy()))
+
+
 def test_regression_features_widen_the_updaters_input_and_need_moment_features():
   plain = _machine("weinberg", moment_features=True)
   machine = _machine("weinberg", moment_features=True, regression_features=True)

@@ -458,9 +458,10 @@ class InferenceMachine(LossModel):
     simulated_encoding, standardized = self.encode_sets(simulated, reference)    # [batch, M, E]
     features = [tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
                 simulated_encoding, theta]
+    real_rows = None
     if self.paired_encoder is not None:
-      features.append(self.paired_encoder(self.standardize_observations(real_at_design),
-                                          standardized))                        # [batch, M, E']
+      real_rows = self.standardize_observations(real_at_design)                 # [batch, N, d_x]
+      features.append(self.paired_encoder(real_rows, standardized))             # [batch, M, E']
     if self.config.score_features:
       # Scores are random features of the samples; like the samples they carry no gradient.
       features.append(standardize_over_samples(
@@ -469,14 +470,24 @@ class InferenceMachine(LossModel):
     context = self.aggregator(features, valid)                                   # [batch, C]
     updater_inputs = [context, psi]
     if self.config.regression_features:   # like the scores, a function of the samples: no gradient
-      updater_inputs.append(tf.stop_gradient(regression_step(
-          theta, tf.reduce_mean(standardized, axis=-2),
-          self.encoder.reference(state.real_encoding)[0], valid)))
+      updater_inputs.append(tf.stop_gradient(
+          self._regression_step(theta, standardized, state.real_encoding, real_rows, valid)))
     delta, (h, c) = self.updater(tf.concat(updater_inputs, axis=-1),
                                  [state.lstm_h, state.lstm_c])
     if self.config.relative_updates:
       delta = delta * self.proposal.update_units(psi)
     return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
+
+  def _regression_step(self, theta: tf.Tensor, standardized: tf.Tensor, real_encoding: tf.Tensor,
+                       real_rows: Optional[tf.Tensor], valid: tf.Tensor) -> tf.Tensor:
+    """`regression_step` `[batch, d]` on the step's summaries: at the observed design, the
+    paired residual moments (`PairedSetEncoder.residual_moments`, the real rows' are zero), which
+    a regression's parameters move linearly; otherwise each set's mean observation."""
+    if real_rows is not None:
+      summaries = self.paired_encoder.residual_moments(real_rows, standardized)  # [batch, M, k]
+      return regression_step(theta, summaries, tf.zeros_like(summaries[:, 0]), valid)
+    return regression_step(theta, tf.reduce_mean(standardized, axis=-2),
+                           self.encoder.reference(real_encoding)[0], valid)
 
   def call(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
            initial_mean: Optional[tf.Tensor] = None, training: Optional[bool] = None) -> Trajectory:

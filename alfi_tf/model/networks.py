@@ -141,9 +141,28 @@ class PairedSetEncoder(keras.layers.Layer):
     self.size = self.encoder.size
 
   def call(self, real_rows: tf.Tensor, simulated: tf.Tensor) -> tf.Tensor:
+    return self.encoder(tf.concat(self._design_and_residuals(real_rows, simulated), axis=-1))
+
+  def residual_moments(self, real_rows: tf.Tensor, simulated: tf.Tensor) -> tf.Tensor:
+    """Each simulated set's mean residual and mean products of design and residual.
+
+    `[..., M, r (1 + D)]` for `r` response and `D` design columns: for a regression, linear in
+    its parameters near the real data's (where `asinh` is the identity), and zero for the real
+    rows against themselves; the summaries of `InferenceMachine`'s regression step at the
+    observed design.
+    """
+    design, residual = self._design_and_residuals(real_rows, simulated)      # [..., M, N, D|r]
+    products = design[..., :, tf.newaxis] * residual[..., tf.newaxis, :]       # [..., M, N, D, r]
+    products = tf.reshape(products, tf.concat(
+        [tf.shape(products)[:-2], [products.shape[-2] * products.shape[-1]]], axis=0))
+    return tf.reduce_mean(tf.concat([residual, products], axis=-1), axis=-2)
+
+  def _design_and_residuals(self, real_rows: tf.Tensor,
+                            simulated: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`(design [..., M, N, D], asinh(sim - real) [..., M, N, r])` of the paired rows."""
     real = tf.broadcast_to(real_rows[..., tf.newaxis, :, :], tf.shape(simulated))
     residual = tf.math.asinh(simulated[..., self.design_dim:] - real[..., self.design_dim:])
-    return self.encoder(tf.concat([real[..., :self.design_dim], residual], axis=-1))
+    return real[..., :self.design_dim], residual
 
 
 class SampleAggregator(keras.layers.Layer):
