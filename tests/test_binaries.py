@@ -211,7 +211,7 @@ def test_train_refuses_workdirs_it_cannot_use_and_unknown_configs(trained_workdi
       (["--flagfile=experiments/configs/poisson.cfg", *TINY_FLAGS, f"--workdir={a_file}"],
        f"error: workdir {a_file} exists and is not a directory"),
       (["--config=poisonn", f"--workdir={tmp_path / 'run'}"],
-       "unknown --config='poisonn'; the shipped configs are: base, gaussian"),
+       "unknown --config='poisonn'; the shipped configs are: base, default, gaussian"),
   ]
   assert_refused("experiments.train", cases)
   assert a_file.read_text() == "x" and not (tmp_path / "run").exists()
