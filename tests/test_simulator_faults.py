@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -73,6 +74,21 @@ def test_training_reports_the_failing_step(fragile, tmp_path):
                                            r"simulator 'fragile' raised ArithmeticError"):
     Trainer(machine_config, dataclasses.replace(train_config, num_problems=FAILING_CALL),
             str(tmp_path / "data")).train()
+
+
+class SysExitSimulator(FragileSimulator):
+  """Calls sys.exit(), as a script turned simulator may."""
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    sys.exit(3)
+
+
+def test_a_simulator_that_calls_sys_exit_is_named_like_one_that_raises():
+  simulate = tf.function(SysExitSimulator().simulate)
+  with pytest.raises(tf.errors.OpError) as caught:
+    simulate(tf.constant([[0.5]]), 3, tf.constant([1, 2]))
+  assert cli._message(caught.value) == ("simulator 'fragile' called sys.exit(3) (for 1 parameter "
+                                        "vector(s): (mu=0.5))")
 
 
 @pytest.mark.parametrize("error, first_line", [

@@ -480,9 +480,12 @@ class NumpySimulator(Simulator):
       out = np.asarray(self.simulate_numpy(theta64, num_obs, rng) if design is None else
                        self.simulate_numpy_at_design(theta64, np.asarray(design, np.float64),
                                                      rng))
-    except Exception as error:   # a user's code: any exception, reported with its inputs
+    except (Exception, SystemExit) as error:   # a user's code, sys.exit() included
+      # Left alone, SystemExit escaped tf.numpy_function as an UnknownError about a dataset map.
+      raised = (f"called sys.exit({error.code!r})" if isinstance(error, SystemExit)
+                else f"raised {type(error).__name__}: {error}")
       raise SimulatorError(
-          f"{where} raised {type(error).__name__}: {error} (for {theta.shape[0]} parameter "
+          f"{where} {raised} (for {theta.shape[0]} parameter "
           f"vector(s): {describe_parameters(theta, self.parameter_names)})") from error
     want = (theta.shape[0], num_obs, self.observation_dim)
     if out.shape != want:
