@@ -288,6 +288,16 @@ def test_user_defined_numpy_simulator_end_to_end(registered_decay):
                                 simulator.simulate(theta, 5, _seed(9)).numpy())
 
 
+@pytest.mark.parametrize("name", ["my decay (v2)!", "_decay", "zerfall/é", ""])
+def test_a_numpy_simulator_of_any_name_traces(name):
+  simulator = ExponentialDecaySimulator()
+  simulator.name = name   # no TensorFlow op name: spaces, a leading '_', non-ASCII, none
+  theta = tf.constant([[0.5], [1.0]])
+  simulate = tf.function(lambda theta, seed: simulator.simulate(theta, 3, seed))
+  np.testing.assert_array_equal(simulate(theta, _seed(9)).numpy(),
+                                simulator.simulate(theta, 3, _seed(9)).numpy())
+
+
 def test_registry_is_restored_after_the_user_simulator():
   assert available_simulators() == sorted(ALL_NAMES)
 

@@ -418,6 +418,13 @@ def describe_parameters(theta: np.ndarray, names: Sequence[str], shown: int = 3)
   return "; ".join(f"({row})" for row in rows) + more
 
 
+def _op_name(simulator_name) -> str:
+  """`NAME_simulator` as a TensorFlow op name: a simulator's name may hold any character (`my sim
+  (v2)`), where an op name that does not match `[A-Za-z0-9.][A-Za-z0-9_./>-]*` fails to trace."""
+  name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{simulator_name or 'numpy'}_simulator")
+  return name if re.match(r"[A-Za-z0-9.]", name) else f"numpy{name}"
+
+
 def _is_tensorflow_object(value) -> bool:
   return isinstance(value, (tf.Module, tf.Tensor, tf.Variable, tfd.Distribution))
 
@@ -541,7 +548,7 @@ class NumpySimulator(Simulator):
 
     inputs = [theta, tf.convert_to_tensor(seed, tf.int32)] + ([] if design is None else [design])
     out = tf.numpy_function(_call, inputs, tf.float32, stateful=False,
-                            name=f"{self.name or 'numpy'}_simulator")
+                            name=_op_name(self.name))
     out.set_shape([theta.shape[0], num_obs, self.observation_dim])
     return out
 
