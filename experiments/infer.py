@@ -20,7 +20,8 @@ from alfi_tf.config import SEED_RANGE
 from alfi_tf.evaluation.plots import is_own_figure, plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.metrics import central_interval_z
-from alfi_tf.simulators.command import TIMEOUT_RULE, CommandSimulator, is_valid_timeout
+from alfi_tf.simulators.command import (TIMEOUT_RULE, CommandSimulator, is_valid_timeout,
+                                        split_command)
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training.data import require_memory
@@ -75,6 +76,11 @@ def _check_flags() -> None:
     # own simulator.
     raise app.UsageError("--simulator_command must name a program, got an empty one; leave the "
                          "flag out to run the machine's own simulator")
+  if FLAGS.simulator_command is not None:
+    try:
+      split_command(FLAGS.simulator_command)
+    except ValueError as error:
+      raise app.UsageError(f"--simulator_command: {error}") from None
   cli.check_output_file("output", FLAGS.output, _is_result_file, "an inference result (JSON)")
   if FLAGS.plot is None:
     return

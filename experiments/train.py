@@ -19,7 +19,7 @@ from absl import app, flags, logging
 
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.simulators import ExternalSimulator, available_simulators, normalize_spec
-from alfi_tf.simulators.command import TIMEOUT_RULE, is_valid_timeout
+from alfi_tf.simulators.command import TIMEOUT_RULE, is_valid_timeout, split_command
 from alfi_tf.training import Trainer, distribute, set_global_seed
 from experiments import cli
 from experiments.config_flags import config_from_flags, define_flags_for
@@ -85,7 +85,10 @@ def _simulator_spec() -> str:
 def _absolute_command(command: str) -> str:
   """The command with a relative path to its executable made absolute (recorded in the run, it must
   work from any directory)."""
-  argv = shlex.split(command)
+  try:
+    argv = split_command(command)
+  except ValueError as error:
+    raise app.UsageError(f"--simulator_command: {error}") from None
   if argv and os.sep in argv[0] and os.path.exists(argv[0]):
     argv[0] = os.path.abspath(argv[0])
   return shlex.join(argv)

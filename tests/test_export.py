@@ -737,6 +737,9 @@ def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
       ([f"--model={weinberg.export_dir}", f"--observations={zeros}", "--simulator_command= "],
        "--simulator_command must name a program, got an empty one"),
       ([f"--model={weinberg.export_dir}", f"--observations={zeros}",
+        "--simulator_command=./sim 'a b"], "--simulator_command: the simulator command "
+                                            "\"./sim 'a b\" cannot be split into a program"),
+      ([f"--model={weinberg.export_dir}", f"--observations={zeros}",
         "--simulator_timeout=1e300"], "--simulator_timeout must be a positive number of seconds, "
                                       "at most 1e+06"),
       ([f"--model={weinberg.export_dir}", f"--observations={zeros}", f"--num_starts={10 ** 13}"],

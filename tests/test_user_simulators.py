@@ -245,6 +245,9 @@ def test_command_flags_are_validated(tmp_path):
     (COMMAND_FLAGS[:-3] + ["--prior_low=1e39,0.5", "--prior_high=1e40,3", "--observation_dim=8"],
      "the prior's box needs finite low < high as float32 numbers"),
     (COMMAND_FLAGS + ["--simulator_timeout=0"], "--simulator_timeout must be a positive number"),
+    (COMMAND_FLAGS[:1] + ["--simulator_command=sim\\"] + COMMAND_FLAGS[2:],
+     "--simulator_command: the simulator command 'sim\\\\' cannot be split into a program and its "
+     "arguments as a shell would (No escaped character)"),
     (COMMAND_FLAGS + ["--simulator_timeout=1e300"], "--simulator_timeout must be a positive number "
                                                     "of seconds, at most 1e+06"),
   ], TINY_FLAGS, tmp_path)

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 import json
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 from absl import logging
@@ -46,6 +46,21 @@ COMMAND_SPEC_PREFIX = "command:"
 MAX_TIMEOUT_SECONDS = 1e6
 #: What `is_valid_timeout` requires, for messages.
 TIMEOUT_RULE = f"must be a positive number of seconds, at most {MAX_TIMEOUT_SECONDS:g}"
+
+
+def split_command(command: str) -> List[str]:
+  """The words of `command` (the executable, then its leading arguments), split as a POSIX shell
+  splits them (`shlex.split`).
+
+  Raises:
+    ValueError: naming the command, when its quotes do not pair up or it ends in a backslash.
+  """
+  try:
+    return shlex.split(command)
+  except ValueError as error:   # shlex says only "No closing quotation" / "No escaped character"
+    raise ValueError(f"the simulator command {command!r} cannot be split into a program and its "
+                     f"arguments as a shell would ({error}): check its quotes and "
+                     "backslashes") from None
 
 
 def is_valid_timeout(seconds) -> bool:
@@ -68,7 +83,7 @@ class CommandSimulator:
 
   def __init__(self, command: str, parameter_names: Sequence[str], observation_dim: int,
                timeout: float = 600.0, retries: int = 0):
-    self.argv = shlex.split(command)
+    self.argv = split_command(command)
     if not self.argv:
       raise ValueError("the simulator command is empty")
     if not is_valid_timeout(timeout):
