@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -91,6 +91,35 @@ def describe_simulator(simulator: Simulator, unconstrained_parameters: bool = Fa
           "prior_box": None if bounds is None else {"low": bounds[0].tolist(),
                                                     "high": bounds[1].tolist()},
           "parameter_bijector": bijector}
+
+
+def require_same_simulator(recorded: Dict[str, Any], current: Dict[str, Any], spec: str,
+                           machine: str, changed: Sequence[str] = ()) -> None:
+  """Refuses a simulator that is no longer the one a machine was trained on; warns if only its
+  prior's box changed.
+
+  Args:
+    recorded: what the machine assumes (`describe_simulator` at training time: its
+      `parameter_names`, `observation_dim` and `prior_box`).
+    current: `describe_simulator` of the simulator `spec` builds now.
+    spec: the simulator's spec, for messages.
+    machine: the trained machine, for messages (`workdir runs/p`, `export exports/p`).
+    changed: further changes found by the caller (a bijector's), each a phrase.
+
+  Raises:
+    ValueError: naming each change of the parameter names, the observation_dim or in `changed`.
+  """
+  changed = [f"{key} was {recorded[key]!r}, is now {current[key]!r}"
+             for key in ("parameter_names", "observation_dim")
+             if recorded[key] != current[key]] + list(changed)
+  if changed:
+    raise ValueError(f"simulator {spec!r} changed since {machine} was trained on it: "
+                     f"{'; '.join(changed)}; restore the simulator the run was trained on, or "
+                     "train a new run")
+  if recorded["prior_box"] != current["prior_box"]:
+    logging.warning("the prior of simulator %r changed since %s was trained on it (%s; now %s): "
+                    "the machine's answers assume the prior it was trained on", spec, machine,
+                    _box_text(recorded["prior_box"]), _box_text(current["prior_box"]))
 
 
 def _box_text(box: Optional[Dict[str, List[float]]]) -> str:
@@ -287,8 +316,7 @@ class Workdir:
     if not set(required) <= recorded.keys():
       raise ValueError(f"{self.file(SIMULATOR_FILE)} is damaged: it lacks "
                        f"{', '.join(sorted(set(required) - recorded.keys()))}")
-    changed = [f"{key} was {recorded[key]!r}, is now {current[key]!r}"
-               for key in ("parameter_names", "observation_dim") if recorded[key] != current[key]]
+    changed = []
     # A run from before bijectors were recorded has none to compare.
     recorded_bijector, current_bijector = (recorded.get("parameter_bijector"),
                                            current["parameter_bijector"])
@@ -299,15 +327,7 @@ class Workdir:
       bijector_change = bijector_changes(recorded_bijector, current_bijector)
       if bijector_change:
         changed.append(f"parameter_bijector was {bijector_change}")
-    if changed:
-      raise ValueError(f"simulator {simulator.spec!r} changed since workdir {self.path} was "
-                       f"trained on it: {'; '.join(changed)}; restore the simulator the run was "
-                       "trained on, or train a new run")
-    if recorded["prior_box"] != current["prior_box"]:
-      logging.warning("the prior of simulator %r changed since workdir %s was trained on it (%s; "
-                      "now %s): the machine's answers assume the prior it was trained on",
-                      simulator.spec, self.path, _box_text(recorded["prior_box"]),
-                      _box_text(current["prior_box"]))
+    require_same_simulator(recorded, current, simulator.spec, f"workdir {self.path}", changed)
     return True
 
   def has_progress(self) -> bool:

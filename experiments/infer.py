@@ -125,6 +125,7 @@ def _run(machine: DeployedMachine, observations: np.ndarray):
   except ValueError as error:
     raise app.UsageError(f"the export's simulator is not TF-native, so it runs here, but it cannot "
                          f"be found ({error}); pass --simulator_command") from None
+  machine.check_simulator(simulator, f"--model={FLAGS.model}")
   simulate = simulator.simulate_at_design if machine.design_dim else simulator.simulate
   return machine.run(observations, simulate, FLAGS.seed, FLAGS.num_starts)
 

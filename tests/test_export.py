@@ -33,7 +33,7 @@ from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE
                                     ExportModule, export_machine, machine_metadata)
 from alfi_tf.simulators.command import CommandSimulator
 from alfi_tf.serving.observation_files import load_observations
-from alfi_tf.simulators import get_simulator
+from alfi_tf.simulators import NumpySimulator, box_prior, get_simulator
 from alfi_tf.training.calibration import warn_if_unfinished
 from alfi_tf.training.trainer import Trainer, set_global_seed
 from alfi_tf.workdir import load_machine
@@ -311,6 +311,33 @@ def test_numpy_simulator_export_has_no_infer(lotka_volterra):
   assert "infer" not in machine.module.signatures
   with pytest.raises(ValueError, match=r"no infer\(\); drive it with run\(observations"):
     machine.infer(lotka_volterra.observations)
+
+
+class _EditedLotkaVolterra(NumpySimulator):
+  """`lotka_volterra` as an edited simulator file may leave it: other names, observation_dim or
+  prior box."""
+
+  name = "lotka_volterra"
+
+  def __init__(self, names, observation_dim, high):
+    super().__init__(names, observation_dim, box_prior([np.log(0.5)] * 4, [high] * 4))
+
+  def simulate_numpy(self, theta, num_obs, rng):
+    raise AssertionError("refused before it simulates")
+
+
+def test_a_simulator_changed_since_the_export_is_refused(lotka_volterra, caplog):
+  machine, names = lotka_volterra.deployed, list(lotka_volterra.deployed.parameter_names)
+  machine.check_simulator(get_simulator("lotka_volterra"))   # the one it was trained with
+  assert "changed" not in caplog.text
+  with pytest.raises(ValueError, match=re.escape(
+      f"simulator 'lotka_volterra' changed since export E was trained on it: parameter_names was "
+      f"{names!r}, is now {names[::-1]!r}")):
+    machine.check_simulator(_EditedLotkaVolterra(names[::-1], 20, np.log(2.0)), "export E")
+  with pytest.raises(ValueError, match="observation_dim was 20, is now 3"):
+    machine.check_simulator(_EditedLotkaVolterra(names, 3, np.log(2.0)))
+  machine.check_simulator(_EditedLotkaVolterra(names, 20, np.log(3.0)))   # only warned about
+  assert "the prior of simulator 'lotka_volterra' changed since this machine" in caplog.text
 
 
 def test_numpy_simulator_ask_tell_equals_in_graph_bridge(lotka_volterra):

@@ -195,6 +195,17 @@ def test_a_file_simulator_through_train_evaluate_export_and_infer(tmp_path):
   assert moved.returncode == 1 and "Traceback" not in moved.stderr
   assert (f"error: simulator spec '{recorded}' could not be imported: FileNotFoundError: no file "
           f"{user}/sims/osc.py (was it moved or deleted?)") in moved.stderr
+  # Edited since (the parameters swapped): the export's answer would bear the wrong names.
+  source = (user / "sims" / "moved.py").read_text()
+  (user / "sims" / "osc.py").write_text(source.replace('["damping", "frequency"]',
+                                                       '["frequency", "damping"]'))
+  edited = run("experiments.infer", f"--model={tmp_path / 'export'}",
+               f"--observations={tmp_path}/data.npy", f"--output={tmp_path}/edited.json")
+  assert edited.returncode == 1 and "Traceback" not in edited.stderr
+  assert (f"error: simulator '{recorded}' changed since --model={tmp_path / 'export'} was trained "
+          "on it: parameter_names was ['damping', 'frequency'], is now ['frequency', 'damping']"
+          ) in edited.stderr
+  assert not (tmp_path / "edited.json").exists()
 
 
 def test_a_module_simulator_through_train_export_and_infer(tmp_path):

@@ -32,8 +32,8 @@ from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, 
                                      extrapolations, repeat_for_starts,
                                      standardized_set_means, warn_extrapolations)
 from alfi_tf.model.machine import usable_sets
-from alfi_tf.simulators.base import observations_as_float32
-from alfi_tf.workdir import load_machine
+from alfi_tf.simulators.base import Simulator, observations_as_float32
+from alfi_tf.workdir import describe_simulator, load_machine, require_same_simulator
 
 #: `simulate(parameters [K, d], num_obs, seed [2]) -> [K, num_obs, d_x]`, the `Simulator.simulate`
 #: convention: a simulator's bound `simulate` method can be passed directly. For a machine with a
@@ -245,6 +245,22 @@ class DeployedMachine:
   def can_infer(self) -> bool:
     """Whether the simulator runs inside the graph (`infer` available)."""
     return bool(self.metadata["tf_native_simulator"])
+
+  def check_simulator(self, simulator: Simulator, machine: str = "this machine") -> None:
+    """Refuses `simulator` (rebuilt from the machine's spec, say, to `run` it) unless it has the
+    parameter names and observation_dim the machine was trained with, which an edited simulator
+    file may have changed; warns if only the prior's box changed (`require_same_simulator`).
+    `machine` names the machine in messages (`export exports/p`).
+
+    Raises:
+      ValueError: naming the simulator, the machine and each change.
+    """
+    prior = self.metadata.get("prior") or {}
+    recorded = {"parameter_names": list(self.parameter_names),
+                "observation_dim": self.observation_dim,
+                "prior_box": ({"low": prior.get("low"), "high": prior.get("high")}
+                              if prior.get("type") == "box" else None)}
+    require_same_simulator(recorded, describe_simulator(simulator), simulator.spec, machine)
 
   def _observations(self, observations) -> tf.Tensor:
     transform = self.metadata["machine_config"]["observation_transform"]
