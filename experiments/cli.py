@@ -202,6 +202,14 @@ def check_output_location(flag: str, path: str) -> None:
                          "directory: choose a path in a directory")
 
 
+#: Where TensorFlow says an op failed, before what failed: the wrapped function and the tf.data
+#: transformation (`{{function_node __wrapped__IteratorGetNext_...}} Error in user-defined function
+#: passed to ParallelMapDatasetV2:150 transformation with iterator: Iterator::Root::ParallelMapV2: `),
+#: internals that pushed a simulator's own assertion far along the line.
+_TENSORFLOW_LOCATION = re.compile(r"^(\{\{function_node [^}]*\}\}\s*)?(Error in user-defined "
+                                  r"function passed to \S+ transformation with iterator: \S+: )?")
+
+
 def _message(error: BaseException) -> str:
   """What the user needs to read: a simulator's own failure rather than the TensorFlow error that
   carried it out of `tf.numpy_function`; the size flags when memory ran out; the first line of
@@ -214,8 +222,8 @@ def _message(error: BaseException) -> str:
     return out_of_memory
   if isinstance(error, tf.errors.OpError):
     first_line = (error.message or "").strip().splitlines()[:1]
-    return (f"TensorFlow {type(error).__name__}: {first_line[0] if first_line else ''} "
-            "(--verbosity=1 shows the full trace)")
+    what = _TENSORFLOW_LOCATION.sub("", first_line[0]) if first_line else ""
+    return f"TensorFlow {type(error).__name__}: {what} (--verbosity=1 shows the full trace)"
   return str(error) or type(error).__name__
 
 

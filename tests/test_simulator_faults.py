@@ -97,6 +97,14 @@ def test_a_simulator_that_calls_sys_exit_is_named_like_one_that_raises():
     # TensorFlow reports a full disk as exhausted resources too: not a matter of memory.
     (tf.errors.ResourceExhaustedError(None, None, "ckpt-6.index: No space left on device\nmore"),
      "ResourceExhaustedError: ckpt-6.index: No space left on device"),
+    # A TF-native simulator's assertion, failing while the meta-training set is drawn: TensorFlow's
+    # function and tf.data transformation are left out.
+    (tf.errors.InvalidArgumentError(
+        None, None, "{{function_node __wrapped__IteratorGetNext_output_types_2_device_/job:"
+        "localhost/replica:0/task:0/device:CPU:0}} Error in user-defined function passed to "
+        "ParallelMapDatasetV2:150 transformation with iterator: Iterator::Root::ParallelMapV2: "
+        "assertion failed: [theta too big]\n\t [[{{node assert}}]]"),
+     "InvalidArgumentError: assertion failed: [theta too big]"),
 ])
 def test_other_tensorflow_errors_are_shortened(error, first_line):
   assert cli._message(error) == f"TensorFlow {first_line} (--verbosity=1 shows the full trace)"
