@@ -91,10 +91,15 @@ def _find_flagfile(path: str, including: Optional[str]) -> str:
   if including is not None:
     directory = os.path.dirname(including)
     candidates += [os.path.join(directory, path), os.path.join(directory, os.path.basename(path))]
+  where = f" (included from {including})" if including else ""
+  if not path:   # an unset shell variable: --flagfile="$CONFIG"
+    raise ValueError(f"--flagfile must name a file of --name=value lines, got an empty path{where}")
   for candidate in candidates:
     if os.path.isfile(candidate):
       return candidate
-  where = f" (included from {including})" if including else ""
+  if os.path.isdir(path):
+    raise ValueError(f"flag file {path} is a directory{where}; expected a file of --name=value "
+                     "lines")
   raise ValueError(f"flag file {path} not found{where}")
 
 

@@ -167,6 +167,17 @@ def test_a_flag_file_that_is_not_text_is_named(tmp_path):
     expand_flagfiles([f"--flagfile={path}"])
 
 
+def test_a_flag_file_that_is_a_directory_or_an_empty_path_is_named(tmp_path):
+  with pytest.raises(ValueError, match=rf"flag file {tmp_path} is a directory; expected a file of "
+                                       "--name=value lines"):
+    expand_flagfiles([f"--flagfile={tmp_path}"])
+  with pytest.raises(ValueError, match="--flagfile must name a file of --name=value lines, got an "
+                                       "empty path"):
+    expand_flagfiles(["--flagfile="])
+  with pytest.raises(ValueError, match=rf"flag file {tmp_path}/missing.cfg not found"):
+    expand_flagfiles([f"--flagfile={tmp_path}/missing.cfg"])
+
+
 @pytest.mark.parametrize("name, grid_points, largest", [("poisson", 300_000_000, 1_000_000),
                                                          ("gaussian", 1001, 1000)])
 def test_a_grid_too_large_for_the_exact_posterior_is_refused_by_name(name, grid_points, largest):
