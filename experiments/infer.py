@@ -68,9 +68,12 @@ def _is_result_file(path: str) -> bool:
 
 def _check_flags() -> None:
   """Refuses --output and --plot before the model loads where writing them could lose a file, or
-  where they name no file at all, and an empty --simulator_command."""
-  if not FLAGS.output:
-    raise app.UsageError("--output must name a JSON file for the result, got an empty path")
+  where they name no file at all, and an empty --model, --observations or --simulator_command."""
+  for name, what in (("model", "an export directory or a training workdir"),
+                     ("observations", "a .npy, .npz or .csv file"),
+                     ("output", "a JSON file for the result")):
+    if not FLAGS[name].value:   # an unset shell variable: --model="$EXPORT"
+      raise app.UsageError(f"--{name} must name {what}, got an empty path")
   if FLAGS.simulator_command is not None and not FLAGS.simulator_command.strip():
     # An unset shell variable (--simulator_command="$SIM") must not quietly mean the machine's
     # own simulator.
