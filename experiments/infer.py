@@ -10,6 +10,7 @@ inside the graph (TF-native simulators) or, for a simulator registered in alfi_t
 See alfi_tf/simulators/command.py for the --simulator_command protocol.
 """
 
+import functools
 import json
 import os
 
@@ -91,7 +92,8 @@ def _check_flags() -> None:
     raise app.UsageError(f"--plot must name a .png file, got {FLAGS.plot!r}")
   if os.path.abspath(FLAGS.plot) == os.path.abspath(FLAGS.output):
     raise app.UsageError(f"--plot and --output name the same file ({FLAGS.plot})")
-  cli.check_output_file("plot", FLAGS.plot, is_own_figure, "a trajectory figure (PNG)")
+  cli.check_output_file("plot", FLAGS.plot, functools.partial(is_own_figure, plot=plot_trajectory),
+                        "a trajectory figure (PNG)")
 
 
 def _require_memory_for_starts(machine: DeployedMachine, observations: np.ndarray) -> None:

@@ -26,7 +26,7 @@ import pytest
 import tensorflow as tf
 
 from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig
-from alfi_tf.evaluation.plots import plot_trajectory
+from alfi_tf.evaluation.plots import plot_rmse_per_step, plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
@@ -745,6 +745,8 @@ def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
   np.save(zeros, np.zeros((1, 5, 1), np.float32))
   neither.mkdir()
   (neither / "notes.txt").write_text("not a model")
+  figure = tmp_path / "rmse_per_step.png"   # an evaluation's figure
+  plot_rmse_per_step(str(figure), ["a"], np.ones([2, 1]), {}, 2)
   damaged = {}
   for name in ("saved_model.pb", f"assets/{METADATA_ASSET}"):
     damaged[name] = tmp_path / f"damaged_{os.path.basename(name)}"
@@ -765,6 +767,8 @@ def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
        "--model must name an export directory or a training workdir, got an empty path"),
       ([f"--model={weinberg.export_dir}", "--observations="],
        "--observations must name a .npy, .npz or .csv file, got an empty path"),
+      ([f"--model={weinberg.export_dir}", f"--observations={zeros}", f"--plot={figure}"],
+       f"--plot={figure} exists and is not a trajectory figure (PNG) written by alfi-tf"),
       ([f"--model={weinberg.export_dir}", f"--observations={zeros}", "--simulator_command= "],
        "--simulator_command must name a program, got an empty one"),
       ([f"--model={weinberg.export_dir}", f"--observations={zeros}",

@@ -23,11 +23,13 @@ _REFERENCE_STYLES = {"mle": ("MLE", "tab:orange", "--"),
                      "prior_mean": ("prior mean", "tab:gray", "-.")}
 
 
-def _save(figure: plt.Figure, path: str) -> None:
-  """Writes `figure` to `path` atomically (the plot's `_closes_its_figures` closes it)."""
+def _save(figure: plt.Figure, path: str, plot: Callable[..., None]) -> None:
+  """Writes `figure`, drawn by the function `plot`, to `path` atomically (the plot's
+  `_closes_its_figures` closes it). The PNG's `Title` names `plot` (`is_own_figure`)."""
   figure.tight_layout()
   with atomic_output(path, suffix=".png") as temporary:
-    figure.savefig(temporary, format="png", dpi=110, metadata={"Software": PNG_SOFTWARE})
+    figure.savefig(temporary, format="png", dpi=110,
+                   metadata={"Software": PNG_SOFTWARE, "Title": plot.__name__})
 
 
 def _closes_its_figures(plot: Callable[..., None]) -> Callable[..., None]:
@@ -45,11 +47,14 @@ def _closes_its_figures(plot: Callable[..., None]) -> Callable[..., None]:
   return drawn
 
 
-def is_own_figure(path: str) -> bool:
-  """Whether `path` is a PNG these functions wrote (they stamp its `Software` text chunk)."""
+def is_own_figure(path: str, plot: Optional[Callable[..., None]] = None) -> bool:
+  """Whether `path` is a PNG these functions wrote (they stamp its `Software` text chunk) and,
+  given `plot`, one that `plot` drew (its `Title`): `alfi-infer --plot` may replace an earlier
+  trajectory, not an evaluation's figures."""
   try:
     with PIL.Image.open(path) as image:
-      return image.format == "PNG" and image.info.get("Software") == PNG_SOFTWARE
+      return (image.format == "PNG" and image.info.get("Software") == PNG_SOFTWARE
+              and (plot is None or image.info.get("Title") == plot.__name__))
   except (OSError, ValueError):
     return False
 
@@ -81,7 +86,7 @@ def plot_rmse_per_step(path: str, names: Sequence[str], rmse_steps: np.ndarray,
     axis.set_ylabel(f"RMSE of {name}")
     axis.set_title(name)
   axes[0].legend(fontsize=8)
-  _save(figure, path)
+  _save(figure, path, plot_rmse_per_step)
 
 
 @_closes_its_figures
@@ -94,7 +99,7 @@ def plot_error_boxes(path: str, names: Sequence[str], errors: Dict[str, np.ndarr
     axis.set_xticks(range(1, len(labels) + 1), labels, rotation=20)
     axis.axhline(0.0, color="k", alpha=0.3)
     axis.set_ylabel(f"estimate - true {name}")
-  _save(figure, path)
+  _save(figure, path, plot_error_boxes)
 
 
 @_closes_its_figures
@@ -121,7 +126,7 @@ def plot_predictive(path: str, real: np.ndarray, simulated: np.ndarray,
       if dimension_names:
         axis.set_xlabel(dimension_names[dim])
   axes[0, 0].legend(fontsize=7)
-  _save(figure, path)
+  _save(figure, path, plot_predictive)
 
 
 @_closes_its_figures
@@ -144,7 +149,7 @@ def plot_robustness(path: str, names: Sequence[str], initial: np.ndarray, means:
     axis.set_xlabel("step t")
     axis.set_ylabel(name)
     axis.set_title(f"{name}: {means.shape[1]} random starts per problem", fontsize=9)
-  _save(figure, path)
+  _save(figure, path, plot_robustness)
 
 
 @_closes_its_figures
@@ -166,7 +171,7 @@ def plot_trajectory(path: str, names: Sequence[str], means: np.ndarray, stds: np
     axis.set_ylabel(name)
   if means.shape[0] <= 8:
     axes[0].legend(fontsize=7)
-  _save(figure, path)
+  _save(figure, path, plot_trajectory)
 
 
 @_closes_its_figures
@@ -195,4 +200,4 @@ def plot_calibration(path: str, names: Sequence[str], pit: np.ndarray, band: flo
     bottom.set_ylabel("ECDF(u) - u")
   axes[0, 0].legend(fontsize=8)
   axes[1, 0].legend(fontsize=8)
-  _save(figure, path)
+  _save(figure, path, plot_calibration)
