@@ -537,6 +537,10 @@ def test_an_export_warns_about_observations_unlike_its_training_data(weinberg, c
   assert "2 of 2 answer(s) are extrapolations, do not trust them" in caplog.text
   reasons = weinberg.deployed.extrapolations(weinberg.observations * 1e6, result)
   assert all(note[0].startswith("observations far outside the training data") for note in reasons)
+  # Ask/tell does not warn (it answers at every step); the same check is one call away.
+  session = weinberg.deployed.start(weinberg.observations * 1e6, seed=1)
+  assert [note[:1] for note in weinberg.deployed.extrapolations(
+      weinberg.observations * 1e6, session.result())] == [note[:1] for note in reasons]
 
 
 def test_metadata_round_trip(weinberg):
