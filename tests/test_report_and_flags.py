@@ -3,6 +3,7 @@
 nothing is appended to a file that is not ours."""
 
 import json
+import os
 
 import pytest
 
@@ -12,7 +13,9 @@ from alfi_tf.evaluation.report import (BEGIN_MARKER, END_MARKER, find_evaluated_
                                        replace_marked_section, replace_marked_text)
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training import data as data_lib
-from experiments.config_flags import expand_flagfiles, read_flagfile
+from alfi_tf.config import MachineConfig, TrainConfig
+from experiments.config_flags import (CONFIG_DIR, available_configs, config_from_values,
+                                      expand_flagfiles, read_flagfile)
 
 METRICS = {"references": {}, "ratios": {}, "rmse": {"a": 0.5}, "training_horizon": 3,
            "coverage": {"0.68": {"a": 0.7}, "0.95": {"a": 0.9}}, "rmse_per_step": {"a": [1, 0.5]}}
@@ -196,3 +199,15 @@ def test_a_grid_that_does_not_fit_in_memory_is_refused_by_name(monkeypatch):
                                        r"about 1\.49 GiB .*: use fewer grid_points "
                                        r"\(default 4001\)"):
     require_grid_fits(get_simulator("poisson"), 100_000, num_obs=1000)
+
+
+@pytest.mark.parametrize("name", available_configs())
+def test_every_shipped_config_builds_valid_settings(name):
+  """A flag file whose settings contradict each other (regression features without moment
+  features, say) would fail only when someone trains it; here it fails at once."""
+  values = read_flagfile(os.path.join(CONFIG_DIR, f"{name}.cfg"))
+  machine = config_from_values(MachineConfig, values)
+  config_from_values(TrainConfig, values)
+  if name == "default":   # the starting point for a simulator of your own (docs/results.md)
+    assert machine.moment_features and machine.regression_features and machine.num_steps == 10
+    assert values["data_source"] == "online" and values["time_weights"] == "constant"
