@@ -75,12 +75,12 @@ def _check_flags() -> None:
                      ("output", "a JSON file for the result")):
     if not FLAGS[name].value:   # an unset shell variable: --model="$EXPORT"
       raise app.UsageError(f"--{name} must name {what}, got an empty path")
-  if FLAGS.simulator_command is not None and not FLAGS.simulator_command.strip():
-    # An unset shell variable (--simulator_command="$SIM") must not quietly mean the machine's
-    # own simulator.
-    raise app.UsageError("--simulator_command must name a program, got an empty one; leave the "
-                         "flag out to run the machine's own simulator")
   if FLAGS.simulator_command is not None:
+    if not FLAGS.simulator_command.strip():
+      # An unset shell variable (--simulator_command="$SIM") must not quietly mean the machine's
+      # own simulator.
+      raise app.UsageError("--simulator_command must name a program, got an empty one; leave the "
+                           "flag out to run the machine's own simulator")
     try:
       split_command(FLAGS.simulator_command)
     except ValueError as error:
