@@ -871,14 +871,14 @@ def test_paired_residual_moments_give_a_regression_its_whole_step():
        np.einsum("bnk,bmk->bmn", design, beta)[..., np.newaxis]], -1)
   real = rows(true[:, np.newaxis])[:, 0]                                            # [b, N, 4]
   encoder = PairedSetEncoder(8, 4, observation_dim=4, design_dim=3)
-  moments = encoder.residual_moments(tf.constant(real, tf.float32),
-                                     tf.constant(rows(samples), tf.float32)).numpy()
+  moments = encoder.residual_moments(encoder.pairs(tf.constant(real, tf.float32),
+                                                   tf.constant(rows(samples), tf.float32))).numpy()
   residual = np.arcsinh(rows(samples)[..., 3] - real[:, np.newaxis, :, 3])            # [b, M, N]
   expected = np.concatenate([residual.mean(-1, keepdims=True),
                              np.einsum("bmn,bnk->bmk", residual, design) / 50], -1)
   np.testing.assert_allclose(moments, expected, atol=1e-6)
-  own = encoder.residual_moments(tf.constant(real, tf.float32),
-                                 tf.constant(real[:, np.newaxis], tf.float32))
+  own = encoder.residual_moments(encoder.pairs(tf.constant(real, tf.float32),
+                                               tf.constant(real[:, np.newaxis], tf.float32)))
   np.testing.assert_allclose(own, 0.0, atol=1e-7)
   step = regression_step(tf.constant(samples, tf.float32), tf.constant(moments),
                          tf.zeros([2, 4]), tf.ones([2, 12], tf.bool), ridge=1e-9).numpy()
@@ -891,6 +891,25 @@ def test_regression_features_at_the_observed_design_run_finite():
   assert machine.simulates_at_observed_design
   _, observations = _problems("linear_regression")
   assert np.all(np.isfinite(machine(observations, seed=_seed(1)).psi.numpy()))
+
+
+def test_a_step_at_the_observed_design_pairs_its_rows_once(monkeypatch):
+  """The paired encoder's features and the regression step's residual moments read one
+  computation of the step's residuals."""
+  from alfi_tf.model.networks import PairedSetEncoder
+  machine = _machine("linear_regression", moment_features=True, regression_features=True,
+                     observed_design=True)
+  _, observations = _problems("linear_regression")
+  state, _ = machine.begin(observations, _seed(1))
+  theta = machine.propose(state, _seed(2))
+  real_at_design = machine.observations_at_design(observations, _seed(3))
+  simulated = machine._simulate(theta, _seed(3), real_at_design)
+  calls = []
+  pairs = PairedSetEncoder.pairs
+  monkeypatch.setattr(PairedSetEncoder, "pairs",
+                      lambda *args: calls.append(1) or pairs(*args))
+  machine.update(state, theta, simulated, real_at_design=real_at_design)
+  assert len(calls) == 1
 
 
 def test_regression_features_widen_the_updaters_input_and_need_moment_features():

@@ -193,7 +193,8 @@ class InferenceMachine(LossModel):
     score_size = psi_size if self.config.score_features else 0
     paired_size = 0
     if self.paired_encoder is not None:
-      self.paired_encoder(tf.zeros([1, 1, dx]), tf.zeros([1, 1, 1, dx]))
+      self.paired_encoder(self.paired_encoder.pairs(tf.zeros([1, 1, dx]),
+                                                    tf.zeros([1, 1, 1, dx])))
       paired_size = self.paired_encoder.size
     self.aggregator(tf.zeros([1, 1, 2 * self.encoding_size + paired_size + d + score_size]))
     regression_size = d if self.config.regression_features else 0
@@ -458,10 +459,11 @@ class InferenceMachine(LossModel):
     simulated_encoding, standardized = self.encode_sets(simulated, reference)    # [batch, M, E]
     features = [tf.broadcast_to(state.real_encoding[:, tf.newaxis], tf.shape(simulated_encoding)),
                 simulated_encoding, theta]
-    real_rows = None
+    pairs = None
     if self.paired_encoder is not None:
-      real_rows = self.standardize_observations(real_at_design)                 # [batch, N, d_x]
-      features.append(self.paired_encoder(real_rows, standardized))             # [batch, M, E']
+      pairs = self.paired_encoder.pairs(self.standardize_observations(real_at_design),
+                                        standardized)
+      features.append(self.paired_encoder(pairs))                               # [batch, M, E']
     if self.config.score_features:
       # Scores are random features of the samples; like the samples they carry no gradient.
       features.append(standardize_over_samples(
@@ -471,7 +473,7 @@ class InferenceMachine(LossModel):
     updater_inputs = [context, psi]
     if self.config.regression_features:   # like the scores, a function of the samples: no gradient
       updater_inputs.append(tf.stop_gradient(
-          self._regression_step(theta, standardized, state.real_encoding, real_rows, valid)))
+          self._regression_step(theta, standardized, state.real_encoding, pairs, valid)))
     delta, (h, c) = self.updater(tf.concat(updater_inputs, axis=-1),
                                  [state.lstm_h, state.lstm_c])
     if self.config.relative_updates:
@@ -479,12 +481,13 @@ class InferenceMachine(LossModel):
     return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
 
   def _regression_step(self, theta: tf.Tensor, standardized: tf.Tensor, real_encoding: tf.Tensor,
-                       real_rows: Optional[tf.Tensor], valid: tf.Tensor) -> tf.Tensor:
+                       pairs: Optional[Tuple[tf.Tensor, tf.Tensor]],
+                       valid: tf.Tensor) -> tf.Tensor:
     """`regression_step` `[batch, d]` on the step's summaries: at the observed design, the
-    paired residual moments (`PairedSetEncoder.residual_moments`, the real rows' are zero), which
-    a regression's parameters move linearly; otherwise each set's mean observation."""
-    if real_rows is not None:
-      summaries = self.paired_encoder.residual_moments(real_rows, standardized)  # [batch, M, k]
+    paired residual moments of `pairs` (`PairedSetEncoder.residual_moments`, the real rows' are
+    zero), which a regression's parameters move linearly; otherwise each set's mean observation."""
+    if pairs is not None:
+      summaries = self.paired_encoder.residual_moments(pairs)                    # [batch, M, k]
       return regression_step(theta, summaries, tf.zeros_like(summaries[:, 0]), valid)
     return regression_step(theta, tf.reduce_mean(standardized, axis=-2),
                            self.encoder.reference(real_encoding)[0], valid)

@@ -128,8 +128,8 @@ class PairedSetEncoder(keras.layers.Layer):
   residual and the mean products of design and residual are what a regression's parameter error
   shows in: `mean(u_k (y_sim - y_real)) ~ Cov(u) (beta - beta*)`.
 
-  Maps real rows `[..., N, d_x]` and simulated sets `[..., M, N, d_x]` (both standardised) to
-  `[..., M, size]`.
+  `pairs` maps real rows `[..., N, d_x]` and simulated sets `[..., M, N, d_x]` (both
+  standardised) to the paired rows, which the layer encodes to `[..., M, size]`.
   """
 
   def __init__(self, hidden: int, out: int, observation_dim: int, design_dim: int,
@@ -140,29 +140,32 @@ class PairedSetEncoder(keras.layers.Layer):
                               cross_moment_features=True, name="paired_set_encoder")
     self.size = self.encoder.size
 
-  def call(self, real_rows: tf.Tensor, simulated: tf.Tensor) -> tf.Tensor:
-    return self.encoder(tf.concat(self._design_and_residuals(real_rows, simulated), axis=-1))
+  def pairs(self, real_rows: tf.Tensor, simulated: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`(design [..., M, N, D], asinh(sim - real) [..., M, N, r])` of the paired rows.
 
-  def residual_moments(self, real_rows: tf.Tensor, simulated: tf.Tensor) -> tf.Tensor:
+    What `call` and `residual_moments` read, so that a step computes the residuals once for both.
+    """
+    real = tf.broadcast_to(real_rows[..., tf.newaxis, :, :], tf.shape(simulated))
+    residual = tf.math.asinh(simulated[..., self.design_dim:] - real[..., self.design_dim:])
+    return real[..., :self.design_dim], residual
+
+  def call(self, pairs: Tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+    """The encoding `[..., M, size]` of `pairs(real_rows, simulated)`."""
+    return self.encoder(tf.concat(pairs, axis=-1))
+
+  def residual_moments(self, pairs: Tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
     """Each simulated set's mean residual and mean products of design and residual.
 
-    `[..., M, r (1 + D)]` for `r` response and `D` design columns: for a regression, linear in
-    its parameters near the real data's (where `asinh` is the identity), and zero for the real
-    rows against themselves; the summaries of `InferenceMachine`'s regression step at the
-    observed design.
+    `[..., M, r (1 + D)]` of `pairs(real_rows, simulated)` for `r` response and `D` design
+    columns: for a regression, linear in its parameters near the real data's (where `asinh` is
+    the identity), and zero for the real rows against themselves; the summaries of
+    `InferenceMachine`'s regression step at the observed design.
     """
-    design, residual = self._design_and_residuals(real_rows, simulated)      # [..., M, N, D|r]
+    design, residual = pairs                                                   # [..., M, N, D|r]
     products = design[..., :, tf.newaxis] * residual[..., tf.newaxis, :]       # [..., M, N, D, r]
     products = tf.reshape(products, tf.concat(
         [tf.shape(products)[:-2], [products.shape[-2] * products.shape[-1]]], axis=0))
     return tf.reduce_mean(tf.concat([residual, products], axis=-1), axis=-2)
-
-  def _design_and_residuals(self, real_rows: tf.Tensor,
-                            simulated: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """`(design [..., M, N, D], asinh(sim - real) [..., M, N, r])` of the paired rows."""
-    real = tf.broadcast_to(real_rows[..., tf.newaxis, :, :], tf.shape(simulated))
-    residual = tf.math.asinh(simulated[..., self.design_dim:] - real[..., self.design_dim:])
-    return real[..., :self.design_dim], residual
 
 
 class SampleAggregator(keras.layers.Layer):
