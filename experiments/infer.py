@@ -135,9 +135,8 @@ def _run(machine: DeployedMachine, observations: np.ndarray):
   return machine.run(observations, simulate, FLAGS.seed, FLAGS.num_starts)
 
 
-def _summary(machine: DeployedMachine, result, observations) -> list:
+def _summary(machine: DeployedMachine, result) -> list:
   datasets = []
-  extrapolations = machine.extrapolations(observations, result)
   for index in range(result.mean.shape[0]):
     parameters = {}
     for p, name in enumerate(machine.parameter_names):
@@ -155,7 +154,7 @@ def _summary(machine: DeployedMachine, result, observations) -> list:
         "failed_simulated_sets": (None if result.failed_sets is None
                                   else int(result.failed_sets[index])),
         # Why the answer is an extrapolation, not to trust (empty: no sign of one).
-        "extrapolation": extrapolations[index],
+        "extrapolation": list(result.extrapolations[index]),
     })
   return datasets
 
@@ -168,7 +167,7 @@ def main(argv):
                                    machine.metadata["machine_config"]["observation_transform"])
   _require_memory_for_starts(machine, observations)
   result = _run(machine, observations)
-  datasets = _summary(machine, result, observations)
+  datasets = _summary(machine, result)
   for index, dataset in enumerate(datasets):
     print(f"data set {index} ({observations.shape[1]} observations):")
     print(f"  {'parameter':<18}{'estimate':>12}{'std':>11}{'68% interval':>26}{'95% interval':>26}")

@@ -531,16 +531,27 @@ def test_command_returning_too_few_rows_is_an_error(weinberg, tmp_path):
 
 
 def test_an_export_warns_about_observations_unlike_its_training_data(weinberg, caplog):
-  weinberg.deployed.infer(weinberg.observations, seed=1)
+  assert weinberg.deployed.infer(weinberg.observations, seed=1).extrapolations == ((), ())
   assert "far outside the observations" not in caplog.text
   result = weinberg.deployed.run(weinberg.observations * 1e6, weinberg.simulator.simulate, seed=1)
   assert "2 of 2 answer(s) are extrapolations, do not trust them" in caplog.text
   reasons = weinberg.deployed.extrapolations(weinberg.observations * 1e6, result)
   assert all(note[0].startswith("observations far outside the training data") for note in reasons)
+  assert result.extrapolations == tuple(tuple(note) for note in reasons)   # what it warned about
   # Ask/tell does not warn (it answers at every step); the same check is one call away.
   session = weinberg.deployed.start(weinberg.observations * 1e6, seed=1)
+  assert session.result().extrapolations is None
   assert [note[:1] for note in weinberg.deployed.extrapolations(
       weinberg.observations * 1e6, session.result())] == [note[:1] for note in reasons]
+
+
+def test_infer_binary_writes_the_extrapolations_its_answer_carries(weinberg):
+  """alfi-infer reports the reasons its run found and warned about, not a check of its own."""
+  from experiments import infer
+  result = weinberg.deployed.infer(weinberg.observations, seed=1)
+  noted = result._replace(extrapolations=(("a reason",), ()))
+  summary = infer._summary(weinberg.deployed, noted)
+  assert [dataset["extrapolation"] for dataset in summary] == [["a reason"], []]
 
 
 def test_metadata_round_trip(weinberg):

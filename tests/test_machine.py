@@ -410,12 +410,16 @@ def test_observations_unlike_the_training_data_are_warned_about(inferrer, caplog
   """A machine answers anything; an answer to data far outside its training range (a unit error,
   another experiment) is an extrapolation, and the user is told which data sets those are."""
   _, observations = _problems("poisson")
-  inferrer(observations, seed=0)
+  assert inferrer(observations, seed=0).extrapolations == ((),) * len(observations)
   assert "far outside the observations" not in caplog.text
-  inferrer(np.concatenate([observations, observations[:1] * 1e6]), seed=0)
+  result = inferrer(np.concatenate([observations, observations[:1] * 1e6]), seed=0)
   assert (f"1 of {len(observations) + 1} answer(s) are extrapolations, do not trust them (data "
           f"set {len(observations)}: observations far outside the training data (mean "
           "standardised observation [" in caplog.text)
+  # The answer carries the reasons it was warned about.
+  assert result.extrapolations[:-1] == ((),) * len(observations)
+  assert [note[:45] for note in result.extrapolations[-1]] == [
+      "observations far outside the training data (m"]
 
 
 def test_answers_outside_the_priors_box_are_extrapolations():
@@ -766,6 +770,19 @@ def test_pooled_starts_are_the_moments_of_the_equal_weight_mixture():
   np.testing.assert_allclose(pooled.std, [[math.sqrt(2.0)]], rtol=1e-6)
   np.testing.assert_allclose(pooled.trajectory_std, [[[math.sqrt(2.0)]]], rtol=1e-6)
   assert pool_starts(result, 1) is result
+
+
+def test_extrapolation_notes_join_with_their_batches_and_are_not_pooled():
+  """A run's notes are about its own answer: batches keep theirs, a pooled answer needs a check of
+  its own."""
+  from alfi_tf.model.inference import InferenceResult, pool_starts
+  mean = np.array([[0.0], [2.0]])
+  result = InferenceResult(mean, mean, mean[:, np.newaxis], mean[:, np.newaxis], mean,
+                           extrapolations=((), ("far",)))
+  assert InferenceResult.concatenate([result, result]).extrapolations == ((), ("far",)) * 2
+  assert InferenceResult.concatenate([result, result._replace(extrapolations=None)]
+                                     ).extrapolations is None
+  assert pool_starts(result, 2).extrapolations is None
 
 
 def test_multi_start_inference_pools_independent_runs(inferrer):

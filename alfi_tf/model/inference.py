@@ -3,7 +3,7 @@ in-library inference and the deployed machine share."""
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -36,6 +36,11 @@ class InferenceResult(NamedTuple):
       recorded. See `check_failed_simulations`.
     trajectory_psi: `[B, T, P]`, the answers' own parameters after each step (standardised, as
       `psi`), or None (pooled runs, exports written before it was recorded).
+    extrapolations: per data set, why its answer is an extrapolation (the function
+      `extrapolations`; empty: no sign of one), as a complete run (`Inferrer`,
+      `DeployedMachine.infer` and `run`) found and warned about them; None where no run checked
+      (ask/tell's answers, `pool_starts`'s pooled runs: `DeployedMachine.extrapolations` checks
+      them).
   """
 
   mean: np.ndarray
@@ -46,6 +51,7 @@ class InferenceResult(NamedTuple):
   psi: Optional[np.ndarray] = None
   failed_sets: Optional[np.ndarray] = None
   trajectory_psi: Optional[np.ndarray] = None
+  extrapolations: Optional[Tuple[Tuple[str, ...], ...]] = None
 
   @classmethod
   def from_outputs(cls, outputs: Dict[str, tf.Tensor]) -> "InferenceResult":
@@ -61,8 +67,17 @@ class InferenceResult(NamedTuple):
   @classmethod
   def concatenate(cls, results) -> "InferenceResult":
     """One result from the results of consecutive batches of observation sets."""
-    return cls(*(None if any(part is None for part in parts) else np.concatenate(parts)
-                 for parts in zip(*results)))
+    return cls(*(_joined(parts) for parts in zip(*results)))
+
+
+def _joined(parts: Sequence) -> Any:
+  """One field of `InferenceResult.concatenate`: the batches' arrays (or `extrapolations`' tuples)
+  one after the other, None if a batch has none."""
+  if any(part is None for part in parts):
+    return None
+  if isinstance(parts[0], tuple):
+    return sum(parts, ())
+  return np.concatenate(parts)
 
 
 def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
@@ -87,8 +102,10 @@ def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
   """
   if num_starts == 1:
     return result
+  # A run's extrapolations are about its own answer, not the pooled one: left out.
   fields = {name: np.reshape(field, (-1, num_starts) + field.shape[1:])
-            for name, field in result._asdict().items() if field is not None}
+            for name, field in result._asdict().items()
+            if field is not None and name != "extrapolations"}
 
   def pooled(mean: np.ndarray, std: np.ndarray):
     pooled_mean = mean.mean(axis=1)
@@ -184,13 +201,15 @@ def extrapolations(result: InferenceResult, set_means: np.ndarray,
   return notes
 
 
-def warn_extrapolations(notes: List[List[str]]) -> None:
-  """One warning naming the data sets whose answers `extrapolations` found to be ones."""
+def flag_extrapolations(result: InferenceResult, notes: List[List[str]]) -> InferenceResult:
+  """`result` carrying `notes`, its `extrapolations`, and one warning naming the data sets whose
+  answers they found to be ones."""
   rows = [row for row, reasons in enumerate(notes) if reasons]
   if rows:
     logging.warning("%d of %d answer(s) are extrapolations, do not trust them (data set %d: %s). "
                     "Data sets: %s", len(rows), len(notes), rows[0], "; ".join(notes[rows[0]]),
                     rows[:10])
+  return result._replace(extrapolations=tuple(tuple(reasons) for reasons in notes))
 
 
 def repeat_for_starts(observations: np.ndarray, num_starts: int) -> np.ndarray:
@@ -263,9 +282,9 @@ class Inferrer:
     standardizer = self.machine.observation_standardizer
     set_means = standardized_set_means(observations, self.machine.config.observation_transform,
                                        standardizer.mean.numpy(), standardizer.std.numpy())
-    warn_extrapolations(extrapolations(result, set_means, simulator.parameter_bounds,
-                                       simulator.parameter_names))
-    return result
+    return flag_extrapolations(result, extrapolations(result, set_means,
+                                                      simulator.parameter_bounds,
+                                                      simulator.parameter_names))
 
   def _run_all(self, observations: np.ndarray, seed: int,
                initial_mean: Optional[np.ndarray]) -> InferenceResult:

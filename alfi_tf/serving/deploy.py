@@ -29,8 +29,8 @@ from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE
 from alfi_tf.checks import check_observation_sets, require_real_numbers
 from alfi_tf.model.arguments import check_seed
 from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
-                                     extrapolations, repeat_for_starts,
-                                     standardized_set_means, warn_extrapolations)
+                                     extrapolations, flag_extrapolations, repeat_for_starts,
+                                     standardized_set_means)
 from alfi_tf.model.machine import usable_sets
 from alfi_tf.simulators.base import Simulator, observations_as_float32
 from alfi_tf.workdir import describe_simulator, load_machine, require_same_simulator
@@ -311,7 +311,10 @@ class DeployedMachine:
 
   def extrapolations(self, observations, result: InferenceResult) -> List[List[str]]:
     """Per data set of `observations [B, n, d_x]`, why `result`'s answer to it is an
-    extrapolation (`alfi_tf.model.inference.extrapolations`; an empty list: no sign of one)."""
+    extrapolation (`alfi_tf.model.inference.extrapolations`; an empty list: no sign of one).
+
+    `infer` and `run` return them already (`InferenceResult.extrapolations`); this checks the
+    answers they do not (ask/tell's `session.result()`)."""
     return self._extrapolations(self._observations(observations).numpy(), result)
 
   def _extrapolations(self, observations: np.ndarray,
@@ -328,7 +331,6 @@ class DeployedMachine:
   def _checked(self, result: InferenceResult, num_starts: int,
                observations: np.ndarray) -> InferenceResult:
     """`check_failed_simulations` for a complete run of `num_starts` starts on each data set of
-    `observations [B, n, d_x]`, and a warning about answers that are `extrapolations`."""
+    `observations [B, n, d_x]`, and the answers' `extrapolations` (carried, and warned about)."""
     check_failed_simulations(result, num_starts * self.num_steps * self.num_samples)
-    warn_extrapolations(self._extrapolations(observations, result))
-    return result
+    return flag_extrapolations(result, self._extrapolations(observations, result))
