@@ -36,7 +36,7 @@ from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import NumpySimulator, box_prior, get_simulator
 from alfi_tf.training.calibration import warn_if_unfinished
 from alfi_tf.training.trainer import Trainer, set_global_seed
-from alfi_tf.workdir import load_machine
+from alfi_tf.workdir import describe_simulator, load_machine
 from tests.binary_runs import ROOT, assert_refused, binary_env, run, run_many
 TRAIN_STEPS = 2
 EXPORT_STEPS = 3
@@ -543,6 +543,20 @@ def test_an_export_warns_about_observations_unlike_its_training_data(weinberg, c
   assert session.result().extrapolations is None
   assert [note[:1] for note in weinberg.deployed.extrapolations(
       weinberg.observations * 1e6, session.result())] == [note[:1] for note in reasons]
+
+
+def test_an_exports_prior_box_is_read_alike_by_its_checks(weinberg, caplog):
+  """`check_simulator` and the extrapolation check read one box: the one `describe_simulator`
+  records, and none where the metadata hold none."""
+  deployed = weinberg.deployed
+  assert deployed._prior_box == describe_simulator(weinberg.simulator)["prior_box"]
+  unboxed = DeployedMachine(deployed.module, {key: value for key, value in deployed.metadata.items()
+                                              if key != "prior"})
+  assert unboxed._prior_box is None
+  assert unboxed.infer(weinberg.observations, seed=1).extrapolations == ((), ())
+  unboxed.check_simulator(weinberg.simulator)
+  assert "the prior of simulator 'weinberg' changed since this machine" in caplog.text
+  assert "(not a box; now low=" in caplog.text
 
 
 def test_infer_binary_writes_the_extrapolations_its_answer_carries(weinberg):

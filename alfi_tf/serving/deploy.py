@@ -255,12 +255,18 @@ class DeployedMachine:
     Raises:
       ValueError: naming the simulator, the machine and each change.
     """
-    prior = self.metadata.get("prior") or {}
     recorded = {"parameter_names": list(self.parameter_names),
-                "observation_dim": self.observation_dim,
-                "prior_box": ({"low": prior.get("low"), "high": prior.get("high")}
-                              if prior.get("type") == "box" else None)}
+                "observation_dim": self.observation_dim, "prior_box": self._prior_box}
     require_same_simulator(recorded, describe_simulator(simulator), simulator.spec, machine)
+
+  @property
+  def _prior_box(self) -> Optional[Dict[str, List[float]]]:
+    """The prior's box as the metadata record it, `{"low": [d], "high": [d]}` (what
+    `describe_simulator` records as `prior_box`); None for other priors and where none is
+    recorded. What `check_simulator` and the extrapolation check compare with."""
+    prior = self.metadata.get("prior") or {}
+    return ({"low": prior.get("low"), "high": prior.get("high")}
+            if prior.get("type") == "box" else None)
 
   def _observations(self, observations) -> tf.Tensor:
     transform = self.metadata["machine_config"]["observation_transform"]
@@ -320,12 +326,12 @@ class DeployedMachine:
   def _extrapolations(self, observations: np.ndarray,
                       result: InferenceResult) -> List[List[str]]:
     """`extrapolations` of observations `_observations` has checked already."""
-    standardization, prior = self.metadata["standardization"], self.metadata["prior"]
+    standardization, box = self.metadata["standardization"], self._prior_box
     set_means = standardized_set_means(
         observations, self.metadata["machine_config"]["observation_transform"],
         np.asarray(standardization["observation_mean"]),
         np.asarray(standardization["observation_std"]))
-    bounds = (prior["low"], prior["high"]) if prior.get("type") == "box" else None
+    bounds = None if box is None else (box["low"], box["high"])
     return extrapolations(result, set_means, bounds, self.parameter_names)
 
   def _checked(self, result: InferenceResult, num_starts: int,
