@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -209,31 +209,53 @@ class Workdir:
     """Holds an advisory lock on the run for as long as the context lasts.
 
     The operating system releases it when the holder exits, killed or not, so a stale lock never
-    blocks a resume. The lock file names its holder for the error a second process gets.
+    blocks a resume. The lock file names its holder for the error a second process gets. A lock
+    file this call created is removed again when the block fails (a refused workdir keeps nothing
+    of this program's); one that was there before stays.
 
     Raises:
       RuntimeError: another process holds the lock (named by host, process id and start time).
     """
     os.makedirs(self.path, exist_ok=True)
-    with open(self.file(LOCK_FILE), "a+") as stream:
+    stream, created = self._take_lock()
+    with stream:
       try:
-        fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        stream.seek(0)
-        holder = stream.read().strip() or "another process"
-        raise RuntimeError(f"workdir {self.path} is in use by {holder}; wait for it to finish, or "
-                           "use another --workdir") from None
-      stream.seek(0)
-      stream.truncate()
-      stream.write(f"process {os.getpid()} on {socket.gethostname()}, since "
-                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-      stream.flush()
-      try:
+        stream.write(f"process {os.getpid()} on {socket.gethostname()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        stream.flush()
         yield
+      except BaseException:
+        if created:
+          # Removed while still held: whoever opened it meanwhile finds it gone once it gets the
+          # lock, and takes a new one (`_take_lock`).
+          os.remove(self.file(LOCK_FILE))
+        raise
       finally:
         stream.seek(0)
         stream.truncate()
         fcntl.flock(stream, fcntl.LOCK_UN)
+
+  def _take_lock(self) -> Tuple[IO[str], bool]:
+    """The lock file, locked (by this process) and emptied, and whether this call created it.
+
+    Raises:
+      RuntimeError: another process holds the lock.
+    """
+    path = self.file(LOCK_FILE)
+    while True:
+      stream, created = _open_or_create(path)
+      try:
+        fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        holder = stream.read().strip() or "another process"
+        stream.close()
+        raise RuntimeError(f"workdir {self.path} is in use by {holder}; wait for it to finish, or "
+                           "use another --workdir") from None
+      if _still_named(path, stream):
+        stream.truncate()
+        return stream, created
+      # Its creator removed it (`lock`) before this process got it: lock the file there now.
+      stream.close()
 
   def claim(self, machine_config: MachineConfig, train_config: TrainConfig,
             simulator: Optional[Simulator] = None) -> None:
@@ -443,6 +465,28 @@ class Workdir:
 
   def write_calibration(self, calibration: Dict[str, Any]) -> None:
     write_json_atomically(self.file(CALIBRATION_FILE), calibration)
+
+
+def _open_or_create(path: str) -> Tuple[IO[str], bool]:
+  """`path` opened for reading and writing from its start, created if missing, and whether this
+  call created it."""
+  while True:
+    try:
+      return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), "r+"), True
+    except FileExistsError:
+      pass
+    try:
+      return open(path, "r+"), False
+    except FileNotFoundError:   # removed in between (`Workdir.lock`): create it after all
+      pass
+
+
+def _still_named(path: str, stream: IO[str]) -> bool:
+  """Whether `path` still names the file open in `stream`."""
+  try:
+    return os.path.samestat(os.fstat(stream.fileno()), os.stat(path))
+  except FileNotFoundError:
+    return False
 
 
 def nearest_existing(path: str) -> str:

@@ -175,6 +175,56 @@ def test_a_directory_of_other_files_is_refused_untouched(tmp_path):
   assert os.listdir(tmp_path) == ["notes.txt"]
 
 
+def _progress_without_lock(path) -> None:
+  """A run with progress, copied without its lock file."""
+  Workdir(str(path)).claim(MachineConfig(), FIRST)
+  (path / "training_summary.json").write_text("{}")
+  os.remove(path / LOCK_FILE)
+
+
+def _foreign_config(path) -> None:
+  """A config.json this program did not write."""
+  (path / "config.json").write_text(json.dumps({"name": "another program's"}))
+
+
+@pytest.mark.parametrize("workdir, message", [
+    (_progress_without_lock, "holds a run with a different configuration"),
+    (_foreign_config, "is damaged or was written by another alfi-tf version")])
+def test_a_refused_workdir_keeps_no_lock_file_of_the_refusal(tmp_path, workdir, message):
+  workdir(tmp_path)
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(ValueError, match=message):
+    Workdir(str(tmp_path)).claim(MachineConfig(), FIXED)
+  assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_refusal_keeps_the_lock_file_it_found(tmp_path):
+  Workdir(str(tmp_path)).claim(MachineConfig(), FIRST)   # the run's lock file, from its start
+  (tmp_path / "training_summary.json").write_text("{}")
+  with pytest.raises(ValueError, match="holds a run with a different configuration"):
+    Workdir(str(tmp_path)).claim(MachineConfig(), FIXED)
+  assert (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_lock_file_removed_after_it_was_opened_is_not_taken(tmp_path, monkeypatch):
+  """A lock file that its creator removed (refused) after another process opened it locks
+  nothing any more: that process takes a new one, so two processes never both hold the lock."""
+  import alfi_tf.workdir as workdir_lib
+  opened, created = workdir_lib._open_or_create, []
+
+  def open_then_removed(path):
+    stream, new = opened(path)
+    if not created:
+      os.remove(path)
+    created.append(new)
+    return stream, new
+
+  monkeypatch.setattr(workdir_lib, "_open_or_create", open_then_removed)
+  with Workdir(str(tmp_path)).lock():
+    assert f"process {os.getpid()}" in (tmp_path / LOCK_FILE).read_text()
+  assert created == [True, True]
+
+
 @pytest.mark.parametrize("leftovers", [[LOCK_FILE], [LOCK_FILE, ".tmp-4242-0123abcd"]])
 def test_a_first_attempt_killed_before_its_config_is_resumed(tmp_path, leftovers):
   """Killed between taking the lock and renaming config.json into place, a first attempt leaves
