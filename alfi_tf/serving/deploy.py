@@ -273,7 +273,6 @@ class DeployedMachine:
     return tf.constant(check_observation_sets(observations, self.observation_dim,
                                               transform=transform))
 
-
   def infer(self, observations, seed: int = 0, num_starts: int = 1) -> InferenceResult:
     """Runs all `T` steps in one graph call, simulator included (TF-native simulators only).
 
