@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from alfi_tf.config import OBSERVATION_TRANSFORM_MINIMUM
@@ -77,3 +79,12 @@ def check_transform_domain(observations: np.ndarray, transform: str,
                        f"{transform}); {int(below.sum())} value(s) are not, the first at "
                        f"[{problem}, {obs}, {dim}] = {observations[problem, obs, dim]:g}")
   return observations
+
+
+def require_file_destination(path: str, what: str) -> None:
+  """Raises an IsADirectoryError unless `what` can be written to `path` as a file: a directory
+  there would only fail the final rename of an atomic write, after all the work that produced
+  it, with the temporary file's name in the message instead of `path`."""
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path} is a directory, where {what} would be written as a file: "
+                            "move that directory away and run again (nothing was written)")

@@ -16,13 +16,14 @@ from absl import flags
 from absl import logging
 
 from alfi_tf.baselines.npe import NPEConfig
-from alfi_tf.baselines.npe_training import is_trained, load_npe, train_npe
+from alfi_tf.baselines.npe_training import VERBOSITIES, is_trained, load_npe, train_npe
+from alfi_tf.checks import require_file_destination
 from alfi_tf.config import SEED_RANGE, to_dict
 from alfi_tf.evaluation import comparison
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training import data as data_lib
-from alfi_tf.workdir import write_json_atomically
+from alfi_tf.workdir import METRICS_FILE, write_json_atomically
 from experiments import cli
 from experiments.config_flags import config_from_flags, define_flags_for
 
@@ -41,6 +42,10 @@ flags.register_validator("test_seed", lambda seed: SEED_RANGE[0] <= seed <= SEED
                          message=f"--test_seed must be an integer in [{SEED_RANGE[0]}, "
                                  f"{SEED_RANGE[1]}] (an int32 seed)")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 per epoch")
+# Checked before anything runs, also for a trained workdir (which is scored, not trained).
+flags.register_validator("verbose", lambda verbose: verbose in VERBOSITIES,
+                         message=f"--verbose must be one of {VERBOSITIES} (0 silent, 1 progress "
+                                 "bar, 2 one line per epoch)")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -51,6 +56,7 @@ def main(argv):
   if FLAGS.test_problems < 1:
     raise ValueError(f"--test_problems must be positive, got {FLAGS.test_problems}")
   _require_memory_for_test_problems(config)
+  require_file_destination(os.path.join(FLAGS.workdir, METRICS_FILE), "the estimator's scores")
   if not is_trained(FLAGS.workdir):
     train_npe(config, FLAGS.workdir, verbose=FLAGS.verbose)
   trained = load_npe(FLAGS.workdir)   # its own configuration, should the flags differ
@@ -61,7 +67,7 @@ def main(argv):
   report = comparison.score(comparison.npe_answer(FLAGS.workdir, test, FLAGS.test_seed + 1),
                             test.theta, reference_estimates(simulator, test.observations),
                             simulator.parameter_names)
-  write_json_atomically(os.path.join(FLAGS.workdir, "metrics.json"), report)
+  write_json_atomically(os.path.join(FLAGS.workdir, METRICS_FILE), report)
   ratios = ", ".join(f"{name} {value:.3f}" for name, value in report["rmse_ratio"].items())
   coverage = ", ".join(f"{level}: " + " ".join(f"{v:.2f}" for v in values.values())
                        for level, values in report["coverage"].items())

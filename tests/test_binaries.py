@@ -224,6 +224,19 @@ def test_evaluate_rejects_a_non_workdir_and_bad_flags(trained_workdir, tmp_path)
        "num_problems must be positive, got 0")])
 
 
+
+def test_evaluate_refuses_a_directory_at_its_metrics_before_inference(trained_workdir, tmp_path):
+  """It used to evaluate, then fail to rename its metrics into place, naming its temporary file:
+  `[Errno 21] Is a directory: '.../.tmp-...' -> '.../metrics.json'`."""
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  (workdir / "metrics.json").mkdir()
+  assert_refused("experiments.evaluate", [
+      ([f"--workdir={workdir}"], f"error: {workdir / 'metrics.json'} is a directory, where the "
+                                 "evaluation's metrics would be written as a file")])
+  assert not os.listdir(workdir / "metrics.json")
+  assert not [name for name in os.listdir(workdir) if name.endswith(".png")]
+
 def test_evaluate_takes_the_top_seed_and_one_problem_and_refuses_runs_beyond_memory(
     trained_workdir, tmp_path):
   """--seed at the top of its range used to fail after the references, on the inference seed

@@ -21,7 +21,7 @@ from alfi_tf.baselines.spline_flow import ConditionalSplineFlow, coupling_masks
 from alfi_tf.config import SEED_RANGE
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training import data as data_lib
-from tests.binary_runs import assert_rejected, run
+from tests.binary_runs import assert_refused, assert_rejected, run
 
 tfd = tfp.distributions
 CONTEXT = 5
@@ -322,6 +322,30 @@ def test_npe_binary_refuses_test_problems_beyond_memory_before_training(tmp_path
                                          "observations needs about"),
   ], ["--simulator=poisson", "--num_obs=20", "--num_problems=32", "--epochs=1"], tmp_path)
 
+
+
+def test_npe_binary_refuses_a_bad_verbose_and_a_directory_at_its_metrics_before_training(
+    tmp_path):
+  """--verbose=7 used to be handed to Keras, which took it; a directory at metrics.json failed
+  only after training, as `[Errno 21] Is a directory: '.../.tmp-...' -> '.../metrics.json'`."""
+  tiny = ["--simulator=poisson", "--num_obs=20", "--num_problems=32", "--epochs=1"]
+  workdir = tmp_path / "npe"
+  (workdir / "metrics.json").mkdir(parents=True)
+  assert_refused("experiments.npe", [
+      ([*tiny, "--verbose=7", f"--workdir={tmp_path / 'loud'}"],
+       "--verbose must be one of (0, 1, 2)"),
+      ([*tiny, f"--workdir={workdir}"],
+       f"error: {workdir / 'metrics.json'} is a directory, where the estimator's scores would "
+       "be written as a file")])
+  assert os.listdir(workdir) == ["metrics.json"] and not (tmp_path / "loud").exists()
+
+
+@pytest.mark.parametrize("verbose", [3, -1, "2", True])
+def test_train_npe_refuses_a_verbosity_keras_does_not_know(tmp_path, verbose):
+  with pytest.raises(ValueError, match=re.escape("verbose must be one of (0, 1, 2)")):
+    npe_training.train_npe(NPEConfig(num_problems=2, num_obs=2), str(tmp_path / "npe"),
+                           verbose=verbose)
+  assert not (tmp_path / "npe").exists()
 
 def test_npe_binary_warns_that_a_trained_workdir_is_scored_with_its_own_settings(tmp_path):
   """Flags asking for another estimator than the trained one were silently ignored."""

@@ -30,6 +30,8 @@ from alfi_tf.workdir import Workdir, atomic_output, read_json_object, write_json
 
 MODEL_FILE, CONFIG_FILE, SUMMARY_FILE = "npe.keras", "npe_config.json", "training_summary.json"
 STATE_DIR, STATE_FILE = "training_state", "state.json"
+#: Keras' `fit` verbosities: silent, a progress bar, one line per epoch.
+VERBOSITIES = (0, 1, 2)
 
 
 class NPERun(NamedTuple):
@@ -54,12 +56,13 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0,
     FileExistsError: `workdir` already holds a trained estimator, or files that are not an NPE
       run's (nothing is written there).
     NotADirectoryError: `workdir` is a file.
-    ValueError: the training pairs cannot fit in memory, `workdir`'s training state is damaged,
-      or it trained an epoch of another configuration (one that did not take `config`).
+    ValueError: `verbose` is not 0, 1 or 2, the training pairs cannot fit in memory, `workdir`'s
+      training state is damaged, or it trained an epoch of another configuration.
     FloatingPointError: the training diverged: nothing is saved, so it may run again.
     RuntimeError: another process is training in `workdir`.
     SimulatorError: the simulator fails on too much of its prior (see `data.generate_problems`).
   """
+  _require_verbosity(verbose)
   if is_trained(workdir):
     raise FileExistsError(f"workdir {workdir!r} already holds a trained NPE estimator "
                           f"({MODEL_FILE}); choose a new directory")
@@ -98,6 +101,14 @@ def train_npe(config: NPEConfig, workdir: str, verbose: int = 0,
                summary["training_seconds"], summary["epochs_run"],
                summary["best_validation_loss"], workdir)
   return NPERun(estimator, summary)
+
+
+def _require_verbosity(verbose: Any) -> None:
+  """Refuses a `verbose` that is not one of `VERBOSITIES`, before anything is written: Keras
+  takes any other value without complaint and prints as it pleases."""
+  if verbose not in VERBOSITIES or isinstance(verbose, bool):
+    raise ValueError(f"verbose must be one of {VERBOSITIES} (silent, a progress bar, one line per "
+                     f"epoch), got {verbose!r}")
 
 
 def _require_memory(simulator, config: NPEConfig) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf import metrics
+from alfi_tf.checks import require_file_destination
 from alfi_tf.config import (answer_settings, default_test_horizon, require_horizon,
                             require_positive, require_well_formed)
 from alfi_tf.evaluation import budgets, plots
@@ -89,9 +90,11 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
 
   Raises:
     RuntimeError: a figure could not be drawn (`_draw`); `metrics.json` is written all the same.
+    IsADirectoryError: `DIR/metrics.json` is a directory (before any inference).
   """
   run = Workdir(workdir)
   machine_config, train_config = run.read_config()
+  require_file_destination(run.file(METRICS_FILE), "the evaluation's metrics")   # before inference
   machine = load_machine(workdir)
   simulator = machine.simulator
   require_grid_fits(simulator, config.grid_points, train_config.num_obs)   # before inference runs
