@@ -267,6 +267,21 @@ def test_posterior_names_bad_observations():
     estimator.posterior(np.ones([3, 4]))
 
 
+
+def test_observations_below_the_transform_domain_are_refused_not_clamped():
+  """Negative observations under log1p used to be clamped to 0, silently: a Gaussian simulator's
+  training pairs trained an estimator of nonsense, and negative data got an answer."""
+  simulator = get_simulator("gaussian")
+  estimator = PosteriorEstimator(simulator, _small_config(simulator="gaussian"))
+  theta = simulator.prior.sample(8, seed=tf.constant([0, 1])).numpy()
+  observations = simulator.simulate(theta, 10, tf.constant([2, 3])).numpy()
+  with pytest.raises(ValueError, match=r"the training observations of simulator 'gaussian' must "
+                                       r"be >= 0 for this machine \(it reads them through log1p\)"):
+    estimator.adapt(theta, observations)
+  poisson = PosteriorEstimator(get_simulator("poisson"), _small_config())
+  with pytest.raises(ValueError, match=r"observations must be >= 0 .* first at \[0, 1, 0\] = -1"):
+    poisson.posterior(np.array([[[1.0], [-1.0]]]))
+
 def test_a_diverged_training_saves_nothing_as_trained_and_a_rerun_takes_new_settings(tmp_path):
   """Used to save an estimator of NaN weights as trained, with `"best_validation_loss": NaN` in
   its summary, and to score it; its workdir then refused any other learning rate."""

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.checks import check_observations
+from alfi_tf.checks import check_observations, check_transform_domain
 from alfi_tf.config import (OBSERVATION_TRANSFORMS, require_choice, require_positive,
                             require_well_formed, to_dict)
 from alfi_tf.baselines.gaussian_density import ConditionalGaussian
@@ -173,6 +173,9 @@ class PosteriorEstimator(LossModel):
     """Standardisation statistics from the training pairs `theta [K, d]`, `observations [K, n,
     d_x]` (raw; the input transform is applied here)."""
     theta, observations = check_problems(theta, observations, self.simulator)
+    # Below the transform's domain (negative values under log1p) they would be clamped into it.
+    check_transform_domain(observations, self.config.observation_transform,
+                           f"the training observations of simulator {self.simulator.spec!r}")
     self.theta_standardizer.adapt_to(theta)
     self.observation_standardizer.adapt_to(transform_observations(
         tf.constant(observations, tf.float32), self.config.observation_transform).numpy())
@@ -220,9 +223,12 @@ class PosteriorEstimator(LossModel):
     """Posterior draws and moments for `observations [K, n, d_x]`, `batch_size` sets at a time.
 
     Raises:
-      ValueError: `observations` of the wrong shape, empty or not finite (with the location).
+      ValueError: `observations` of the wrong shape, empty, not finite or outside the domain of
+        the observation transform (with the location).
     """
-    observations = check_observations(observations, self.simulator.observation_dim)
+    observations = check_transform_domain(
+        check_observations(observations, self.simulator.observation_dim),
+        self.config.observation_transform)
     if require_positive_integer("num_samples", num_samples) < 2:
       raise ValueError(f"num_samples must be at least 2, got {num_samples}")
     batch_size, seed = require_positive_integer("batch_size", batch_size), check_seed(seed)
