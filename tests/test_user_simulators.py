@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alfi_tf.simulators import CommandSimulator, get_simulator, normalize_spec
+from alfi_tf.simulators import (CommandSimulator, get_simulator, normalize_spec,
+                                register_simulator)
 from tests.binary_runs import ROOT, assert_rejected, run
 
 EXAMPLE = os.path.join(ROOT, "examples", "oscillator", "oscillator.py")
@@ -117,6 +118,23 @@ def test_a_tf_simulator_that_fails_its_trial_call_is_named_in_one_line(tmp_path,
     get_simulator(f"{path}:{attribute}")
   assert "\n" not in str(info.value)
 
+
+
+@pytest.mark.parametrize("attribute, message", [
+    ("WrongShape", r"a trial call \(2 parameter vectors drawn from its prior, num_obs=3\) "
+                   r"returned shape \(2, 3, 2\), expected \(2, 3, 1\)"),
+    ("Counts", "a trial call .* returned int32 observations; expected floating point"),
+    ("NotASimulator", "made a int, not an alfi_tf Simulator"),
+])
+def test_a_registered_simulator_is_checked_as_an_imported_one_is(attribute, message):
+  """`register_simulator` skipped the checks: a wrong shape or integer observations failed in
+  training (`observations must have shape ...`, a TypeError from `tf.math.is_finite`), naming
+  no simulator, and a factory that made no simulator an AttributeError about `spec`."""
+  namespace = {"NotASimulator": lambda: 42}
+  exec(BROKEN_TF_SIMULATORS, namespace)   # pylint: disable=exec-used
+  register_simulator(namespace[attribute], name=f"registered_{attribute}")
+  with pytest.raises(ValueError, match=rf"simulator spec 'registered_{attribute}':? {message}"):
+    get_simulator(f"registered_{attribute}")
 
 BROKEN_PRIORS = """
 import numpy as np

@@ -19,7 +19,8 @@ from alfi_tf.simulators.linear_regression import LinearRegressionSimulator
 from alfi_tf.simulators.lotka_volterra import LotkaVolterraSimulator
 from alfi_tf.simulators.multi_distribution import MultiDistributionSimulator
 from alfi_tf.simulators.poisson import PoissonSimulator
-from alfi_tf.simulators.specs import SPEC_FORMS, import_simulator, is_import_spec, normalize_spec
+from alfi_tf.simulators.specs import (SPEC_FORMS, build_simulator, import_simulator,
+                                     is_import_spec, normalize_spec)
 from alfi_tf.simulators.weinberg import WeinbergSimulator
 
 _REGISTRY: Dict[str, Callable[[], Simulator]] = {}
@@ -49,14 +50,18 @@ def get_simulator(spec: str) -> Simulator:
   The simulator remembers its spec (`Simulator.spec`), which machines record.
 
   Raises:
-    ValueError: an unknown name (the valid ones are listed), or a spec that cannot be imported.
+    ValueError: an unknown name (the valid ones are listed), a spec that cannot be imported, or
+      a simulator of the user's (imported or registered) that fails `build_simulator`'s checks.
   """
   if spec.startswith(COMMAND_SPEC_PREFIX):
     return ExternalSimulator.from_spec(spec)
   if is_import_spec(spec):
     simulator = import_simulator(spec)
   elif spec in _REGISTRY:
-    simulator = _REGISTRY[spec]()
+    factory = _REGISTRY[spec]
+    # A factory registered by a user is checked as an imported one is (a wrong shape or dtype
+    # would otherwise surface deep inside training); the built-in ones are tested.
+    simulator = factory() if _BUILT_IN.get(spec) is factory else build_simulator(spec, factory)
   else:
     # A machine saved with a simulator its user registered in that session names it by name
     # alone: loading it elsewhere needs the registration again.
@@ -74,6 +79,8 @@ for _factory in (PoissonSimulator, WeinbergSimulator, GaussianSimulator, LinearR
 for _dim in SCALING_DIMENSIONS:
   register_simulator(functools.partial(LinearGaussianSimulator, _dim),
                      name=f"linear_gaussian_{_dim}")
+#: The library's own factories, by name (a user may register another under one of the names).
+_BUILT_IN = dict(_REGISTRY)
 
 __all__ = [
     "Simulator", "NumpySimulator", "SimulatorError", "box_prior", "register_simulator",

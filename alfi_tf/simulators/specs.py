@@ -54,7 +54,7 @@ def import_simulator(spec: str) -> Simulator:
   factory = getattr(module, attribute, None)
   if factory is None:
     raise ValueError(f"simulator spec {spec!r}: {location} has no attribute {attribute!r}")
-  return _build(spec, factory)
+  return build_simulator(spec, factory)
 
 
 def import_spec_module(spec: str) -> None:
@@ -96,7 +96,14 @@ def _import_file(path: str):
   return module
 
 
-def _build(spec: str, factory: Callable[[], Simulator]) -> Simulator:
+def build_simulator(spec: str, factory: Callable[[], Simulator]) -> Simulator:
+  """Calls `factory` (a `Simulator` subclass or a function returning one), found by `spec`, and
+  checks what it made: a `Simulator` whose prior can be sampled and, for a TF-native one, whose
+  `simulate` runs and returns floating-point observations of the declared shape.
+
+  Raises:
+    ValueError: naming `spec` and what failed.
+  """
   if not callable(factory):
     raise ValueError(f"simulator spec {spec!r} names a {type(factory).__name__}, not a Simulator "
                      "subclass or a function returning one")
