@@ -545,6 +545,17 @@ def test_an_export_warns_about_observations_unlike_its_training_data(weinberg, c
       weinberg.observations * 1e6, session.result())] == [note[:1] for note in reasons]
 
 
+
+@pytest.mark.parametrize("repeats", [0.5, 2])
+def test_extrapolations_refuses_observations_other_than_the_results(weinberg, repeats):
+  """Checked against the observations of one data set, an answer to two came back with two lists
+  of reasons, the second never checked; against four, an IndexError where a third was unfamiliar."""
+  result = weinberg.deployed.infer(weinberg.observations, seed=1)
+  observations = np.concatenate([weinberg.observations] * 2)[:int(2 * repeats)] * 1e6
+  with pytest.raises(ValueError, match=rf"the observations hold {int(2 * repeats)} data set\(s\), "
+                                       r"but the result answers 2: pass the observations"):
+    weinberg.deployed.extrapolations(observations, result)
+
 def test_an_exports_prior_box_is_read_alike_by_its_checks(weinberg, caplog):
   """`check_simulator` and the extrapolation check read one box: the one `describe_simulator`
   records, and none where the metadata hold none."""

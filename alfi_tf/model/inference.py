@@ -185,7 +185,14 @@ def extrapolations(result: InferenceResult, set_means: np.ndarray,
   standardised mean `set_means [B, d_x]` lies beyond `UNFAMILIAR_SET_MEAN`, and an answer outside
   the prior's box `bounds` by more than `OUTSIDE_BOX_FRACTION` of its width (also a machine that
   did not settle).
+
+  Raises:
+    ValueError: `set_means` and `result` are of different numbers of data sets (a result checked
+      against other observations than it answers, which would pair them up wrongly).
   """
+  if len(set_means) != len(result.mean):
+    raise ValueError(f"the observations hold {len(set_means)} data set(s), but the result answers "
+                     f"{len(result.mean)}: pass the observations the result was inferred from")
   notes: List[List[str]] = [[] for _ in range(len(result.mean))]
   for row in np.flatnonzero(np.any(np.abs(set_means) > UNFAMILIAR_SET_MEAN, axis=1)):
     notes[row].append(f"observations far outside the training data (mean standardised "
