@@ -268,6 +268,22 @@ def test_posterior_names_bad_observations():
 
 
 
+
+@pytest.mark.parametrize("theta, observations, message", [
+    (np.ones([2, 2]), np.ones([2, 3, 1]), r"theta must have shape \[batch, 1\], got shape \(2, "),
+    (np.ones([2, 1]), np.ones([3, 3, 1]),
+     r"observations must have shape \[2 \(theta's batch\), num_obs, 1\], got shape \(3, 3, 1\)"),
+    (np.ones([2, 1]), np.ones([2, 3]), r"observations must have shape .* got shape \(2, 3\)"),
+    (np.full([2, 1], np.nan), np.ones([2, 3, 1]), "theta contains NaN/inf values"),
+    (np.ones([2, 1]), -np.ones([2, 3, 1]), "observations must be >= 0 for this machine"),
+])
+def test_log_prob_names_a_bad_argument(theta, observations, message):
+  """A wrong shape failed inside the density's ops (`In[0] mismatch In[1] shape: 1 vs. 0
+  [Op:MatrixTriangularSolve]`); negative counts were clamped to 0 by log1p."""
+  estimator = PosteriorEstimator(get_simulator("poisson"), _small_config(density="gaussian"))
+  with pytest.raises(ValueError, match=message):
+    estimator.log_prob(theta, observations)
+
 def test_observations_below_the_transform_domain_are_refused_not_clamped():
   """Negative observations under log1p used to be clamped to 0, silently: a Gaussian simulator's
   training pairs trained an estimator of nonsense, and negative data got an answer."""

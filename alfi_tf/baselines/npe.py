@@ -190,10 +190,24 @@ class PosteriorEstimator(LossModel):
     return tf.concat([encoding, self.context_net(encoding)], axis=-1)
 
   def log_prob(self, theta: tf.Tensor, observations: tf.Tensor) -> tf.Tensor:
-    """`log q(theta | X)` in raw parameter units, `[B]`."""
+    """`log q(theta | X)` in raw parameter units, `[B]`, for `theta [B, d]` and `observations
+    [B, n, d_x]`; a ValueError naming the argument of another shape (or, eagerly, with NaN/inf
+    values or observations outside the observation transform's domain)."""
+    theta, observations = self._check_pairs(theta, observations)
     standardized = self.theta_standardizer.forward(theta)
     return (self.density.log_prob(standardized, self.context(observations))
             + self.theta_standardizer.forward_log_det_jacobian())
+
+  def _check_pairs(self, theta, observations) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`log_prob`'s arguments as float32 tensors, checked: a wrong shape would fail deep in the
+    density's ops, naming neither."""
+    d, dx = self.simulator.parameter_dim, self.simulator.observation_dim
+    theta = check_float_tensor(theta, "theta", [None, d], f"[batch, {d}]")
+    observations = check_float_tensor(observations, "observations", [theta.shape[0], None, dx],
+                                      f"[{theta.shape[0]} (theta's batch), num_obs, {dx}]")
+    if tf.executing_eagerly():   # in a graph the values are unknown
+      check_transform_domain(observations.numpy(), self.config.observation_transform)
+    return theta, observations
 
   def sample(self, observations: tf.Tensor, num_samples: int, seed: tf.Tensor) -> tf.Tensor:
     """`[B, num_samples, d]` raw draws from `q(theta | X)`."""
