@@ -8,7 +8,8 @@ The package is layered the way the method flows (imports only go down; `docs/arc
   model        the `InferenceMachine` (a Keras model: `compile` / `fit` / `save` work), its
                `Proposal` families (diagonal, full-covariance, mixture, fixed-variance, point),
                `meta_loss`, and batched inference (`Inferrer`, whose answer is an
-               `InferenceResult`; `pool_starts` combines runs from several starts).
+               `InferenceResult`; `pool_starts` combines runs from several starts, its std
+               rescaled by the machine's `PooledStdScales`).
   workdir      a training run's directory and `load_machine`, shared by training and serving.
   training     the `Trainer`: meta-training with exact resume, TensorBoard and `tf.distribute`.
   serving      `export_machine` (a SavedModel needing only TensorFlow), `DeployedMachine` (infer or
@@ -41,6 +42,7 @@ from alfi_tf.baselines.npe import NPEConfig, PosteriorEstimator
 from alfi_tf.baselines.npe_training import load_npe, train_npe
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.evaluation.evaluator import EvaluationConfig, evaluate
+from alfi_tf.model.calibration import PooledStdScales
 from alfi_tf.model.inference import InferenceResult, Inferrer, pool_starts
 from alfi_tf.model.losses import meta_loss
 from alfi_tf.model.machine import InferenceMachine
@@ -65,7 +67,7 @@ __all__ = [
     # model
     "MachineConfig", "InferenceMachine", "Proposal", "DiagonalGaussian", "FullCovarianceGaussian",
     "GaussianMixture", "FixedVarianceGaussian", "Point", "get_proposal", "meta_loss", "Inferrer",
-    "InferenceResult", "pool_starts",
+    "InferenceResult", "pool_starts", "PooledStdScales",
     # training
     "TrainConfig", "set_global_seed", "Trainer", "TrainingResult", "load_machine",
     # serving

@@ -179,6 +179,12 @@ class MachineConfig:
       parameters, an estimate of the prior's: at most half the prior's width from any `theta*`).
       Meta-training always starts from prior draws, so the machine learns to arrive from anywhere;
       like `tail_averaging`, this changes only inference (the calibration is refitted).
+    answer_starts: `R`, the runs per data set, each from its own start, that the machine's answers
+      pool by default (`inference.pool_starts`: `Inferrer`, `DeployedMachine.infer` and `run`,
+      `alfi-infer`, `alfi-evaluate`; an explicit `num_starts` wins), and that the calibration fits
+      pooled std factors for (`alfi_tf.training.calibration`): each run's factors make its own
+      std cover its own error, so the pooled std, which adds the runs' spread, would over-cover.
+      `R` times the simulations per answer; like `start`, only inference changes.
   """
 
   simulator: str = "poisson"
@@ -208,12 +214,14 @@ class MachineConfig:
   score_features: bool = True
   tail_averaging: float = 0.0
   start: str = "prior_draw"
+  answer_starts: int = 1
 
   def __post_init__(self):
     require_well_formed(self)
     require_positive(self, "num_steps", "num_samples", "num_simulated_obs", "encoder_hidden",
                       "encoder_out", "aggregator_hidden", "aggregator_out", "updater_hidden",
-                      "lstm_units", "bound", "initial_scale", "mixture_components")
+                      "lstm_units", "bound", "initial_scale", "mixture_components",
+                      "answer_starts")
     require_horizon("num_steps", self.num_steps)
     if not 0 <= self.tail_averaging <= 1:
       raise ValueError(f"tail_averaging must lie in [0, 1] (the fraction of the trajectory "
@@ -329,7 +337,7 @@ DEFAULT_TEST_HORIZON = 15
 #: The `MachineConfig` fields that shape only how the answer is read off a trained machine, not its
 #: weights or its training: a run may change them after training (`Workdir.claim`), and its
 #: calibration and evaluation record the values they were made with.
-ANSWER_FIELDS = ("tail_averaging", "start")
+ANSWER_FIELDS = ("tail_averaging", "start", "answer_starts")
 
 
 def answer_settings(config: "MachineConfig") -> Dict[str, Any]:

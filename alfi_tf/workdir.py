@@ -20,7 +20,7 @@ from absl import logging
 
 from alfi_tf.config import (ANSWER_FIELDS, MachineConfig, TrainConfig, answer_settings,
                             recorded_answer_settings, to_dict)
-from alfi_tf.model.calibration import check_std_scales
+from alfi_tf.model.calibration import check_std_scales, recorded_pooled_std_scales
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.model.parameter_space import bijector_changes, describe_bijector, parameter_bijector
 from alfi_tf.simulators import Simulator, get_simulator
@@ -592,7 +592,8 @@ def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str,
   misstate the widths, so they are left off, with a warning.
 
   Raises:
-    ValueError: naming `source`, when its factors are missing or not `[C, d]` positive numbers.
+    ValueError: naming `source`, when its factors are missing or not `[C, d]` positive numbers
+      (and for `answer_starts > 1`, its pooled factors: `recorded_pooled_std_scales`).
   """
   if calibration is None:
     return
@@ -603,10 +604,13 @@ def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str,
                     "are not recalibrated (rerun the training command to refit them)",
                     CALIBRATION_FILE, *fitted_to, *wanted)
     return
+  dim = machine.simulator.parameter_dim
   try:
-    scales = check_std_scales(calibration.get("std_scales"), machine.simulator.parameter_dim)
+    scales = check_std_scales(calibration.get("std_scales"), dim)
+    pooled = recorded_pooled_std_scales(calibration, machine.config.answer_starts, dim)
   except (TypeError, ValueError) as error:
     raise ValueError(f"{source} is damaged: {error} (std_scales: "
                      f"{str(calibration.get('std_scales'))[:80]}); rerun the training command to "
                      "refit it") from None
   machine.set_std_scales(scales)
+  machine.set_pooled_std_scales(pooled)

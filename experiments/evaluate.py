@@ -17,7 +17,7 @@ define_flags_for(EvaluationConfig, {
     "num_steps": "test horizon T (0: max(15, training horizon))",
     "seed": "seed of the held-out problems (default: the run's seed, test stream)",
     "num_starts": "runs per held-out data set from independent starts, pooled (R times the "
-                  "simulations)",
+                  "simulations; default: the machine's answer_starts)",
     "grid_points": "grid points per parameter of the exact posterior (default 4001 for one "
                    "parameter, 201 for two; at most 1e6 grid points in all)",
 })

@@ -21,6 +21,7 @@ from alfi_tf.config import SEED_RANGE
 from alfi_tf.evaluation.plots import is_own_figure, plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.metrics import central_interval_z
+from alfi_tf.model.inference import resolve_starts
 from alfi_tf.simulators.command import (TIMEOUT_RULE, CommandSimulator, is_valid_timeout,
                                         split_command)
 from alfi_tf.serving.observation_files import load_observations
@@ -37,10 +38,10 @@ flags.register_validator("seed", lambda seed: SEED_RANGE[0] <= seed <= SEED_RANG
                                  "(an int32 seed)")
 flags.DEFINE_string("simulator_command", None, "external simulator executable, run once per step")
 flags.DEFINE_float("simulator_timeout", 600.0, "seconds allowed per simulator command call")
-flags.DEFINE_integer("num_starts", 1, "runs per data set from independent starts, combined as an "
-                     "equal-weight mixture (alfi_tf.model.inference.pool_starts); R times the "
-                     "simulations")
-flags.register_validator("num_starts", lambda starts: starts >= 1,
+flags.DEFINE_integer("num_starts", None, "runs per data set from independent starts, combined as "
+                     "an equal-weight mixture (alfi_tf.model.inference.pool_starts); R times the "
+                     "simulations (default: the machine's answer_starts, 1 for older exports)")
+flags.register_validator("num_starts", lambda starts: starts is None or starts >= 1,
                          message="--num_starts must be a positive integer")
 flags.DEFINE_string("output", "inference.json", "JSON file for the estimates and trajectory (an "
                     "existing file is replaced only if it is an earlier result)")
@@ -96,23 +97,25 @@ def _check_flags() -> None:
                         "a trajectory figure (PNG)")
 
 
-def _require_memory_for_starts(machine: DeployedMachine, observations: np.ndarray) -> None:
-  """Refuses a --num_starts whose runs cannot fit in memory, before any inference.
+def _require_memory_for_starts(machine: DeployedMachine, observations: np.ndarray,
+                               num_starts: int) -> None:
+  """Refuses `num_starts` runs per data set (--num_starts, or the machine's answer_starts) that
+  cannot fit in memory, before any inference.
 
   At every step each of the `B R` runs passes its `n` observed and `M N` simulated observations
   through the set encoder, which holds `d_x + encoder_hidden + encoder_out` floats for each of them
   (a lower bound: the step holds more).
   """
   config = machine.metadata["machine_config"]
-  runs = observations.shape[0] * FLAGS.num_starts
+  runs = observations.shape[0] * num_starts
   per_observation = machine.observation_dim + config["encoder_hidden"] + config["encoder_out"]
   observations_per_run = observations.shape[1] + machine.num_samples * machine.num_simulated_obs
   require_memory(4 * runs * observations_per_run * per_observation,
-                 f"--num_starts={FLAGS.num_starts} runs of each of {observations.shape[0]} data "
+                 f"--num_starts={num_starts} runs of each of {observations.shape[0]} data "
                  "set(s)", "use fewer --num_starts, or split the data sets over several calls")
 
 
-def _run(machine: DeployedMachine, observations: np.ndarray):
+def _run(machine: DeployedMachine, observations: np.ndarray, num_starts: int):
   if FLAGS.simulator_command:
     if machine.design_dim:
       raise app.UsageError(
@@ -121,9 +124,9 @@ def _run(machine: DeployedMachine, observations: np.ndarray):
           "command cannot be given; run without --simulator_command (the export's own simulator)")
     simulate = CommandSimulator(FLAGS.simulator_command, machine.parameter_names,
                                 machine.observation_dim, timeout=FLAGS.simulator_timeout)
-    return machine.run(observations, simulate, FLAGS.seed, FLAGS.num_starts)
+    return machine.run(observations, simulate, FLAGS.seed, num_starts)
   if machine.can_infer:
-    return machine.infer(observations, FLAGS.seed, FLAGS.num_starts)
+    return machine.infer(observations, FLAGS.seed, num_starts)
   spec = machine.metadata.get("simulator_spec", machine.metadata["simulator"])
   try:
     simulator = get_simulator(spec)
@@ -132,7 +135,7 @@ def _run(machine: DeployedMachine, observations: np.ndarray):
                          f"be found ({error}); pass --simulator_command") from None
   machine.check_simulator(simulator, f"--model={FLAGS.model}")
   simulate = simulator.simulate_at_design if machine.design_dim else simulator.simulate
-  return machine.run(observations, simulate, FLAGS.seed, FLAGS.num_starts)
+  return machine.run(observations, simulate, FLAGS.seed, num_starts)
 
 
 def _summary(machine: DeployedMachine, result) -> list:
@@ -165,8 +168,9 @@ def main(argv):
   machine = DeployedMachine.load(FLAGS.model)
   observations = load_observations(FLAGS.observations, machine.observation_dim,
                                    machine.metadata["machine_config"]["observation_transform"])
-  _require_memory_for_starts(machine, observations)
-  result = _run(machine, observations)
+  num_starts = resolve_starts(FLAGS.num_starts, machine.answer_starts)
+  _require_memory_for_starts(machine, observations, num_starts)
+  result = _run(machine, observations, num_starts)
   datasets = _summary(machine, result)
   for index, dataset in enumerate(datasets):
     print(f"data set {index} ({observations.shape[1]} observations):")
@@ -178,7 +182,7 @@ def main(argv):
             f"{f'[{low68:.5g}, {high68:.5g}]':>26}{f'[{low95:.5g}, {high95:.5g}]':>26}")
   write_json_atomically(FLAGS.output, {
       "model": FLAGS.model, "observations": FLAGS.observations, "seed": FLAGS.seed,
-      "num_starts": FLAGS.num_starts,
+      "num_starts": num_starts,
       "simulator": machine.metadata["simulator"], "num_steps": machine.num_steps,
       "parameter_names": list(machine.parameter_names), "datasets": datasets})
   print(f"wrote {FLAGS.output}")

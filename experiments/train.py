@@ -26,7 +26,9 @@ from experiments.config_flags import config_from_flags, define_flags_for
 
 define_flags_for(MachineConfig, {
     "simulator": "the simulator: a registered name, package.module:Attr or path/to/file.py:Attr "
-                 "(a Simulator subclass or a function returning one)"})
+                 "(a Simulator subclass or a function returning one)",
+    "answer_starts": "runs per data set that the machine's answers pool by default (alfi-infer, "
+                     "alfi-evaluate), with std factors calibrated for that many"})
 define_flags_for(TrainConfig)
 flags.DEFINE_string("workdir", None, "run directory (config, checkpoints, summaries); in a "
                     "multi-worker run, a path every worker can read (shared filesystem)")

@@ -1,5 +1,7 @@
 """Simulation budgets are counted as specified, and the comparison scores answers alike."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -37,27 +39,33 @@ MACHINE = MachineConfig(simulator="counting", num_steps=2, num_samples=4, num_si
                         updater_hidden=4, lstm_units=4)
 
 
-def _train(tmp_path, data_source: str, validate_every: int):
+def _train(tmp_path, data_source: str, validate_every: int, machine: MachineConfig = MACHINE):
   """Trains 8 steps (64 problems / batch 16 x 2 epochs); returns the counted budget."""
   train = TrainConfig(num_problems=64, num_obs=5, epochs=2, batch_size=16,
                       num_validation_problems=16, validate_every=validate_every,
                       data_source=data_source, calibration_problems=8, calibration_horizon=3)
   set_global_seed(0)
-  result = Trainer(MACHINE, train, str(tmp_path), progress_bar=False).train()
+  result = Trainer(machine, train, str(tmp_path), progress_bar=False).train()
   assert result.steps == 8
-  return budgets.alfi_training_simulations(MACHINE, train, result.steps)
+  return budgets.alfi_training_simulations(machine, train, result.steps)
 
 
-def test_alfi_training_simulations_are_what_a_training_run_simulates(counting, tmp_path):
-  counts = _train(tmp_path, "memory", validate_every=3)   # validation after steps 3, 6 and 8
+@pytest.mark.parametrize("answer_starts, calibration_runs", [(1, 1), (2, 1 + 2)])
+def test_alfi_training_simulations_are_what_a_training_run_simulates(counting, tmp_path,
+                                                                     answer_starts,
+                                                                     calibration_runs):
+  """A machine answering with `R > 1` runs calibrates single runs, then `R`-run pools."""
+  machine = dataclasses.replace(MACHINE, answer_starts=answer_starts)
+  counts = _train(tmp_path, "memory", validate_every=3, machine=machine)   # after steps 3, 6, 8
   per_run = 2 * 4 * 3
   calibration_run = 3 * 4 * 3                              # T_c M N
+  calibration = 8 * calibration_runs * calibration_run
   assert counts == {"meta_training_problems": 64 * 5, "online_problems": 0,
                     "validation_problems": 16 * 5, "training_steps": 8 * 16 * per_run,
                     "validation_runs": 3 * 16 * per_run, "calibration_problems": 8 * 5,
-                    "calibration_runs": 8 * calibration_run,
+                    "calibration_runs": calibration,
                     "total": 64 * 5 + 16 * 5 + 8 * 16 * per_run + 3 * 16 * per_run
-                             + 8 * 5 + 8 * calibration_run}
+                             + 8 * 5 + calibration}
   assert CountingSimulator.simulated == counts["total"]
 
 

@@ -14,12 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alfi_tf.config import MachineConfig, TrainConfig
-from alfi_tf.model.calibration import FINE_GRID, fit_std_scales, half_normal_kolmogorov_distance
+from alfi_tf.evaluation.evaluator import EvaluationConfig, evaluate
+from alfi_tf.model.calibration import (FINE_GRID, PooledStdScales, fit_std_scales,
+                                       half_normal_kolmogorov_distance)
+from alfi_tf.model.inference import InferenceResult, pool_starts
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.metrics import interval_coverage
+from alfi_tf.serving.deploy import DeployedMachine
+from alfi_tf.serving.export import export_machine
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training import Trainer, set_global_seed
-from alfi_tf.workdir import CALIBRATION_FILE, load_machine
+from alfi_tf.workdir import CALIBRATION_FILE, apply_calibration, load_machine
 
 K = 4000
 GRID_STEP = FINE_GRID[1] / FINE_GRID[0]
@@ -77,6 +82,44 @@ def test_the_fit_rejects_bad_answers(mean, std, theta, message):
 
 
 # --- The machine applies the factors. ---
+
+
+def _runs_that_cover_their_own_errors(seed: int, num_starts: int = 4, num_steps: int = 2):
+  """`K` data sets of `R` runs whose std each covers the run's own error: errors `N(0, s^2)` (a
+  part shared by the data set's runs, a part each run's own), std `s`, `s` per data set.
+
+  Returns:
+    The runs (`K R` rows of an `InferenceResult`, `[K R, T, 1]` trajectories) and `theta [K, 1]`.
+  """
+  rng = np.random.default_rng(seed)
+  theta = rng.normal(size=(K, 1))
+  scale = rng.uniform(0.2, 2.0, size=(K, 1, 1, 1))
+  errors = scale * (0.5 * rng.normal(size=(K, 1, num_steps, 1))
+                    + np.sqrt(0.75) * rng.normal(size=(K, num_starts, num_steps, 1)))
+  shape = (K * num_starts, num_steps, 1)
+  mean = (theta[:, np.newaxis, np.newaxis] + errors).reshape(shape).astype(np.float32)
+  std = np.broadcast_to(scale, errors.shape).reshape(shape).astype(np.float32)
+  return InferenceResult(mean[:, -1], std[:, -1], mean, std, mean[:, 0]), theta
+
+
+def test_factors_fitted_to_pooled_answers_make_their_coverage_nominal():
+  """Each run covers its own error, so their pool (which adds the runs' spread) over-covers;
+  factors fitted to pools make fresh pools cover as they claim."""
+  runs, theta = _runs_that_cover_their_own_errors(0)
+  single = interval_coverage(runs.trajectory_mean, runs.trajectory_std,
+                             np.repeat(theta, 4, axis=0)[:, None])
+  np.testing.assert_allclose(single["0.68"], 0.68, atol=0.03)     # 16000 runs: k = 4 errors
+  pooled = pool_starts(runs, 4)
+  over = interval_coverage(pooled.trajectory_mean, pooled.trajectory_std, theta[:, None])
+  assert np.all(over["0.68"] > 0.85) and np.all(over["0.95"] > 0.99)
+  scales = fit_std_scales(pooled.trajectory_mean, pooled.trajectory_std, theta)
+  assert np.all(scales < 0.7)
+  fresh, fresh_theta = _runs_that_cover_their_own_errors(1)
+  recalibrated = pool_starts(fresh, 4, PooledStdScales(4, scales))
+  coverage = interval_coverage(recalibrated.trajectory_mean, recalibrated.trajectory_std,
+                               fresh_theta[:, None])
+  for level in ("0.68", "0.95"):        # 4000 data sets: a standard error under 0.0075
+    np.testing.assert_allclose(coverage[level], float(level), atol=0.03)
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +278,55 @@ def _change_the_tail_averaging(workdir: str, machine_config: MachineConfig, summ
   # Factors fitted to the last iterate are not applied to the averaged answer.
   json.dump(window_one, open(os.path.join(workdir, CALIBRATION_FILE), "w"))
   assert load_machine(workdir).std_scales is None
+
+
+def test_a_machine_answering_with_two_starts_is_calibrated_for_their_pool(tmp_path):
+  """`answer_starts = 2`: the run fits pooled factors after the per-run ones, records them in
+  calibration.json, and the loaded machine, a rerun of its command and its export answer with two
+  pooled runs, recalibrated, unless told otherwise."""
+  workdir = str(tmp_path / "run")
+  set_global_seed(TINY_TRAIN.seed)
+  config = MachineConfig(simulator="weinberg", num_steps=2, num_samples=4, num_simulated_obs=8,
+                         encoder_hidden=8, encoder_out=4, aggregator_hidden=8, aggregator_out=4,
+                         updater_hidden=8, lstm_units=4, answer_starts=2)
+  Trainer(config, TINY_TRAIN, workdir, log_every=1000).train()
+  record = json.load(open(os.path.join(workdir, CALIBRATION_FILE)))
+  pooled = record["pooled_std_scales"]
+  assert record["answer_starts"] == 2 and pooled["num_starts"] == 2
+  assert np.asarray(pooled["scales"]).shape == (3, 2)      # the calibration horizon's steps
+  assert np.asarray(record["pooled_coverage_after"]["0.68"]).shape == (3, 2)
+  loaded = load_machine(workdir)
+  np.testing.assert_allclose(loaded.pooled_std_scales.scales, pooled["scales"])
+  # A rerun of the finished run's command keeps calibration.json and restores both factors.
+  rerun = Trainer(config, TINY_TRAIN, workdir, log_every=1000)
+  rerun.train()
+  assert json.load(open(os.path.join(workdir, CALIBRATION_FILE))) == record
+  np.testing.assert_allclose(rerun.machine.pooled_std_scales.scales, pooled["scales"])
+  with pytest.raises(ValueError, match="damaged: pooled_std_scales must hold factors fitted for "
+                                       "answer_starts=2"):
+    apply_calibration(loaded, {**record, "pooled_std_scales": None}, "run/checkpoints/ckpt-2")
+  _check_the_export_answers_with_two_pooled_runs(loaded, str(tmp_path / "export"), pooled)
+  # The evaluation measures the answers the machine gives, two pooled runs, and counts them.
+  report = evaluate(workdir, EvaluationConfig(num_problems=4, robustness_problems=2,
+                                              robustness_starts=2, predictive_problems=1))
+  assert report["num_starts"] == 2 and report["answer_starts"] == 2
+  assert report["simulations_per_inference"] == 2 * 15 * 4 * 8      # R T M N, T the test horizon
+
+
+def _check_the_export_answers_with_two_pooled_runs(machine: InferenceMachine, export_dir: str,
+                                                   pooled: dict) -> None:
+  deployed = DeployedMachine.load(export_machine(machine, export_dir, num_steps=3))
+  assert deployed.answer_starts == 2 and deployed.metadata["pooled_std_scales"] == pooled
+  observations = _observations(3).numpy()
+  default = deployed.infer(observations, seed=5)
+  # Two runs of each data set (the same seeds as the repeated sets' single runs), pooled and
+  # rescaled by the pooled factors of step 3 (past the calibrated 3 steps: the last).
+  runs = deployed.infer(np.repeat(observations, 2, axis=0), seed=5, num_starts=1)
+  expected = pool_starts(runs, 2, PooledStdScales(2, np.asarray(pooled["scales"])))
+  for field in ("mean", "std", "trajectory_mean", "trajectory_std", "failed_sets"):
+    np.testing.assert_allclose(getattr(default, field), getattr(expected, field), rtol=1e-6)
+  assert default.failed_sets.shape == (3,) and default.psi is None       # pooled: no single psi
+  assert not np.allclose(default.std, pool_starts(runs, 2).std)      # the factors did apply
+  explicit = deployed.infer(observations, seed=5, num_starts=2)
+  np.testing.assert_array_equal(default.std, explicit.std)
+  assert deployed.infer(observations, seed=5, num_starts=1).psi is not None   # explicit wins

@@ -2,6 +2,7 @@
 non-finite floats included (they pass `<= 0` checks and would hang or poison training)."""
 
 import dataclasses
+import json
 import math
 import re
 import typing
@@ -10,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from alfi_tf.config import MAX_STEPS, SEED_RANGE, MachineConfig, TrainConfig
+from alfi_tf.config import (MAX_STEPS, SEED_RANGE, MachineConfig, TrainConfig, answer_settings,
+                            recorded_answer_settings, to_dict)
 from alfi_tf.training.calibration import calibration_horizon
+from alfi_tf.workdir import Workdir
+from tests.binary_runs import assert_rejected
 
 CONFIGS = (MachineConfig, TrainConfig)
 
@@ -92,3 +96,32 @@ def test_horizons_beyond_the_unrolling_limit_are_refused(config_class, name):
 def test_the_default_calibration_horizon_stays_within_the_limit():
   assert calibration_horizon(MachineConfig(num_steps=MAX_STEPS), TrainConfig()) == MAX_STEPS
   assert calibration_horizon(MachineConfig(num_steps=10), TrainConfig()) == 30
+
+
+def test_answer_starts_must_be_a_positive_integer():
+  with pytest.raises(ValueError, match="^answer_starts must be positive, got 0$"):
+    MachineConfig(answer_starts=0)
+  for value in (math.nan, 2.5, True):
+    with pytest.raises(ValueError, match="^answer_starts must be an integer"):
+      MachineConfig(answer_starts=value)
+
+
+def test_answer_starts_flags_outside_the_positive_integers_are_refused_by_name(tmp_path):
+  assert_rejected("experiments.train", [
+      (["--answer_starts=0"], "answer_starts must be positive, got 0"),
+      (["--answer_starts=nan"], "flag --answer_starts=nan: invalid literal for int()"),
+      (["--answer_starts=2.5"], "flag --answer_starts=2.5: invalid literal for int()"),
+  ], ["--flagfile=experiments/configs/poisson.cfg"], tmp_path)
+
+
+def test_records_written_before_answer_starts_read_as_one_start(tmp_path):
+  """config.json and calibration.json of runs older than the setting: every run then answered
+  with single runs."""
+  machine = to_dict(MachineConfig())
+  del machine["answer_starts"]
+  (tmp_path / "config.json").write_text(json.dumps({"machine": machine,
+                                                    "train": to_dict(TrainConfig())}))
+  machine_config, _ = Workdir(str(tmp_path)).read_config()
+  assert machine_config.answer_starts == 1
+  assert recorded_answer_settings({"tail_averaging": 0.5})["answer_starts"] == 1
+  assert answer_settings(MachineConfig(answer_starts=8))["answer_starts"] == 8

@@ -503,6 +503,24 @@ def test_multi_start_ask_tell_equals_multi_start_infer(weinberg):
                                     num_starts=3), pooled)
 
 
+def test_an_export_written_before_answer_starts_answers_with_single_runs(weinberg, tmp_path):
+  """Metadata without `answer_starts` or `pooled_std_scales` (older exports): one run per data set
+  unless told otherwise, no pooled factors."""
+  copy = tmp_path / "older"
+  shutil.copytree(weinberg.export_dir, copy)
+  asset = copy / "assets" / METADATA_ASSET
+  metadata = json.loads(asset.read_text())
+  assert metadata["machine_config"].pop("answer_starts") == 1
+  assert metadata.pop("pooled_std_scales") is None
+  asset.write_text(json.dumps(metadata))
+  older = DeployedMachine.load(str(copy))
+  assert older.answer_starts == 1 and older.pooled_std_scales is None
+  answer = older.infer(weinberg.observations, seed=3)
+  assert answer.psi is not None                    # a single run's: not pooled
+  _assert_results_equal(answer, weinberg.deployed.infer(weinberg.observations, seed=3,
+                                                        num_starts=1))
+
+
 def test_infer_binary_reports_a_failing_command(weinberg, tmp_path):
   observations = tmp_path / "observations.npy"
   np.save(observations, weinberg.observations)

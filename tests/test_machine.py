@@ -772,6 +772,33 @@ def test_pooled_starts_are_the_moments_of_the_equal_weight_mixture():
   assert pool_starts(result, 1) is result
 
 
+def test_pooled_factors_rescale_only_pools_of_the_size_they_were_fitted_for(caplog):
+  from alfi_tf.model.calibration import PooledStdScales
+  from alfi_tf.model.inference import InferenceResult, pool_starts
+  # One data set, R = 2 runs of d = 2 over T = 3 steps, every pooled std sqrt(2) (as above).
+  mean = np.array([[0.0, 0.0], [2.0, 2.0]])
+  std = np.ones_like(mean)
+  trajectory = lambda value: np.repeat(value[:, np.newaxis], 3, axis=1)   # [2, 3, 2]
+  result = InferenceResult(mean, std, trajectory(mean), trajectory(std), mean)
+  # Fitted for C = 2 steps: step 3 takes step 2's factors, as the machine's own table does.
+  scales = np.array([[0.5, 2.0], [0.25, 3.0]], np.float32)
+  pooled = pool_starts(result, 2, PooledStdScales(2, scales))
+  root2 = math.sqrt(2.0)
+  np.testing.assert_allclose(pooled.trajectory_std,
+                             root2 * np.array([[[0.5, 2.0], [0.25, 3.0], [0.25, 3.0]]]), rtol=1e-6)
+  np.testing.assert_allclose(pooled.std, root2 * np.array([[0.25, 3.0]]), rtol=1e-6)
+  np.testing.assert_allclose(pooled.mean, [[1.0, 1.0]])       # the means: untouched
+  # Pools of another size are pooled as they are, with one warning naming both sizes.
+  four_runs = InferenceResult(*(np.repeat(field, 2, axis=0) for field in result[:5]))
+  with caplog.at_level("WARNING"):
+    other = pool_starts(four_runs, 4, PooledStdScales(2, scales))
+  np.testing.assert_allclose(other.std, [[root2, root2]], rtol=1e-6)
+  warnings = [r.getMessage() for r in caplog.records if "not recalibrated" in r.getMessage()]
+  assert len(warnings) == 1 and "pooled over 4 starts" in warnings[0]
+  assert "fitted for 2 starts" in warnings[0]
+  assert pool_starts(result, 1, PooledStdScales(2, scales)) is result   # single runs: their own
+
+
 def test_extrapolation_notes_join_with_their_batches_and_are_not_pooled():
   """A run's notes are about its own answer: batches keep theirs, a pooled answer needs a check of
   its own."""

@@ -6,7 +6,9 @@
   simulates `T M N` observations per problem at every step (`batch * T M N` a step) and at every
   validation (`num_validation_problems * T M N`); a finished run recalibrates its std on
   `calibration_problems * n` fresh problems, each run for the calibration horizon `T_c`
-  (`calibration_problems * T_c M N`). A data set then costs `R T_test M N` (R starts).
+  (`calibration_problems * T_c M N`), and for a machine that answers with `R_a = answer_starts
+  > 1` runs, `R_a` runs more of each (`calibration_problems * R_a T_c M N`). A data set then
+  costs `R T_test M N` (R starts, by default `R_a`).
 * NPE trains on `num_problems * n` and costs nothing per data set.
 * Rejection ABC trains nothing and costs `J N_ABC` per data set (`J` candidate draws).
 
@@ -44,7 +46,9 @@ def alfi_training_simulations(machine_config: MachineConfig, train_config: Train
   if steps == train_config.total_steps:
     horizon = calibration_horizon(machine_config, train_config)
     counts["calibration_problems"] = train_config.calibration_problems * n
-    counts["calibration_runs"] = (train_config.calibration_problems * horizon
+    # One single run of each problem, and R more for the pooled factors (`calibrate`).
+    runs = 1 + (machine_config.answer_starts if machine_config.answer_starts > 1 else 0)
+    counts["calibration_runs"] = (train_config.calibration_problems * runs * horizon
                                   * machine_config.num_samples * machine_config.num_simulated_obs)
   counts["total"] = sum(counts.values())
   return counts

@@ -19,7 +19,7 @@ from alfi_tf import metrics
 from alfi_tf.baselines.abc import ABCConfig, RejectionABC, SummaryFn
 from alfi_tf.baselines.npe_training import load_npe, read_summary
 from alfi_tf.evaluation import budgets
-from alfi_tf.model.inference import Inferrer
+from alfi_tf.model.inference import Inferrer, resolve_starts
 from alfi_tf.simulators import Simulator
 from alfi_tf.training import data as data_lib
 from alfi_tf.workdir import Workdir, load_machine
@@ -56,11 +56,13 @@ def held_out_problems(simulator: Simulator, num_problems: int, num_obs: int,
 
 
 def alfi_answer(workdir: str, test: data_lib.Problems, seed: int, num_steps: int = 15,
-                num_starts: int = 1) -> Answer:
-  """A trained ALFI workdir's answer (its final proposal's density where it has one)."""
+                num_starts: Optional[int] = None) -> Answer:
+  """A trained ALFI workdir's answer (its final proposal's density where it has one), pooled over
+  `num_starts` runs per data set (None: the machine's `answer_starts`)."""
   run = Workdir(workdir)
   machine_config, train_config = run.read_config()
   machine = load_machine(workdir)
+  num_starts = resolve_starts(num_starts, machine_config.answer_starts)
   inferrer = Inferrer(machine, num_steps=num_steps)
   start = time.monotonic()
   result = inferrer(test.observations, seed=seed, num_starts=num_starts)

@@ -14,7 +14,7 @@ from alfi_tf.config import (answer_settings, default_test_horizon, require_horiz
                             require_positive, require_well_formed)
 from alfi_tf.evaluation import budgets, plots
 from alfi_tf.evaluation.references import reference_estimates, require_grid_fits
-from alfi_tf.model.inference import InferenceResult, Inferrer
+from alfi_tf.model.inference import InferenceResult, Inferrer, resolve_starts
 from alfi_tf.simulators import Simulator
 from alfi_tf.training import data as data_lib
 from alfi_tf.workdir import METRICS_FILE, Workdir, load_machine, write_json_atomically
@@ -32,8 +32,8 @@ class EvaluationConfig:
     predictive_problems: problems shown in the posterior-predictive histograms.
     grid_points: grid points per parameter of the exact posterior (None: default).
     batch_size: problems per inference call.
-    num_starts: runs per held-out data set, combined by `pool_starts` (robustness keeps one run
-      per start: it measures the single runs).
+    num_starts: runs per held-out data set, combined by `pool_starts` (None: the machine's
+      `answer_starts`; robustness keeps one run per start: it measures the single runs).
   """
 
   num_problems: int = 500
@@ -44,12 +44,14 @@ class EvaluationConfig:
   predictive_problems: int = 4
   grid_points: Optional[int] = None
   batch_size: int = 256
-  num_starts: int = 1
+  num_starts: Optional[int] = None
 
   def __post_init__(self):
     require_well_formed(self)
     require_positive(self, "num_problems", "robustness_problems", "robustness_starts",
-                     "predictive_problems", "batch_size", "num_starts")
+                     "predictive_problems", "batch_size")
+    if self.num_starts is not None:
+      require_positive(self, "num_starts")
     if self.num_steps < 0:
       raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
     require_horizon("num_steps", self.num_steps)
@@ -100,6 +102,8 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
   require_grid_fits(simulator, config.grid_points, train_config.num_obs)   # before inference runs
   names = list(simulator.parameter_names)
   num_steps = config.num_steps or default_test_horizon(machine_config)
+  config = dataclasses.replace(config, num_starts=resolve_starts(config.num_starts,
+                                                                 machine_config.answer_starts))
   _require_memory_for_runs(config, simulator, train_config.num_obs, num_steps)
   seed = train_config.seed if config.seed is None else config.seed
   test = data_lib.generate_problems(simulator, config.num_problems, train_config.num_obs, seed,
@@ -313,7 +317,7 @@ def _robustness(inferrer: Inferrer, test: data_lib.Problems, seed: int, config: 
   observations = np.repeat(test.observations[:count], starts, axis=0)
   draws = inferrer.machine.prior_draws(count * starts,
                                       tf.constant([seed + 2, 3], tf.int32)).numpy()
-  result = inferrer(observations, seed=seed + 2, initial_mean=draws)
+  result = inferrer(observations, seed=seed + 2, initial_mean=draws, num_starts=1)
   d = test.theta.shape[1]
   means = result.trajectory_mean.reshape(count, starts, -1, d)
   initial = result.initial_mean.reshape(count, starts, d)

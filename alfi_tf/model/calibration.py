@@ -18,9 +18,16 @@ once, so a heavy tail of unsettled problems does not buy the 68% level at the co
 (as matching the mean squared error would). The factor is one number per step and parameter: it
 corrects the machine's average over- or under-confidence, not the width of one particular answer
 (pooling several starts per data set does that: `inference.pool_starts`).
+
+Each run's factors make its own std cover its own error; an answer pooled over `R` runs adds the
+runs' spread to their (already covering) std and so over-covers. A machine that answers with `R`
+runs by default (`MachineConfig.answer_starts`) therefore also has pooled factors, fitted the
+same way on its pooled answers (`PooledStdScales`), which `pool_starts` applies to `R`-run pools.
 """
 
 from __future__ import annotations
+
+from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -99,3 +106,45 @@ def check_std_scales(scales, parameter_dim: int) -> np.ndarray:
   if not np.all(np.isfinite(array)) or np.any(array <= 0):
     raise ValueError("std scales must be finite and positive")
   return array
+
+
+class PooledStdScales(NamedTuple):
+  """The factors `scales [C, d]` of the std of answers pooled over `num_starts` runs per data set
+  (`R >= 2`), after steps 1..C (later steps use step C's), fitted as `fit_std_scales` does."""
+
+  num_starts: int
+  scales: np.ndarray
+
+  def to_json(self) -> Dict[str, Any]:
+    """The record `check_pooled_std_scales` reads back."""
+    return {"num_starts": self.num_starts, "scales": np.asarray(self.scales).tolist()}
+
+
+def check_pooled_std_scales(record: Any, parameter_dim: int) -> Optional[PooledStdScales]:
+  """`record` (`PooledStdScales.to_json`'s, a `PooledStdScales`, or None: no pooled factors) as
+  `PooledStdScales`, or a ValueError naming what is wrong."""
+  if record is None:
+    return None
+  if isinstance(record, PooledStdScales):
+    record = record._asdict()
+  if not isinstance(record, dict):
+    raise ValueError(f"pooled std scales must be an object with num_starts and scales, got "
+                     f"{type(record).__name__}")
+  num_starts = record.get("num_starts")
+  if not isinstance(num_starts, (int, np.integer)) or isinstance(num_starts, bool) or num_starts < 2:
+    raise ValueError(f"pooled std scales' num_starts must be an integer >= 2, got {num_starts!r}")
+  return PooledStdScales(int(num_starts), check_std_scales(record.get("scales"), parameter_dim))
+
+
+def recorded_pooled_std_scales(record: Dict[str, Any], answer_starts: int,
+                               parameter_dim: int) -> Optional[PooledStdScales]:
+  """The pooled factors a calibration record (`calibration.json`) made for a machine answering
+  with `answer_starts` runs holds: None for 1 run, else its `pooled_std_scales`, or a ValueError
+  where they are missing, damaged or fitted for another number of runs."""
+  if answer_starts == 1:
+    return None
+  pooled = check_pooled_std_scales(record.get("pooled_std_scales"), parameter_dim)
+  if pooled is None or pooled.num_starts != answer_starts:
+    raise ValueError(f"pooled_std_scales must hold factors fitted for answer_starts="
+                     f"{answer_starts}, got {str(record.get('pooled_std_scales'))[:80]}")
+  return pooled

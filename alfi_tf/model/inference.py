@@ -13,6 +13,7 @@ from alfi_tf.checks import check_observations, check_transform_domain
 from alfi_tf.config import default_test_horizon, require_horizon
 from alfi_tf.model.arguments import (check_float_tensor, check_jit_compile, check_seed,
                                      require_positive_integer)
+from alfi_tf.model.calibration import PooledStdScales
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.model.normalization import transform_observations
 
@@ -80,7 +81,8 @@ def _joined(parts: Sequence) -> Any:
   return np.concatenate(parts)
 
 
-def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
+def pool_starts(result: InferenceResult, num_starts: int,
+                pooled_std_scales: Optional[PooledStdScales] = None) -> InferenceResult:
   """Combines `R = num_starts` runs per data set into one answer per data set.
 
   The runs' final proposals are pooled as an equal-weight mixture, summarised by its mean and
@@ -90,11 +92,16 @@ def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
 
   at every step of the trajectory alike. Where the runs agree this is their common answer; where
   some start has not settled, the spread between the runs widens `std`, so the answer says so
-  instead of reporting one run's overconfident `std`.
+  instead of reporting one run's overconfident `std`. Each run's std is calibrated to cover its
+  own error, so the pooled std over-covers; `pooled_std_scales` fitted for this `R` rescale it
+  (step `t`'s factors for step `t`, step C's after the last calibrated step C).
 
   Args:
     result: `B * R` rows, the `R` runs of data set `b` in rows `b R .. b R + R - 1`.
     num_starts: `R`.
+    pooled_std_scales: the machine's pooled factors (`InferenceMachine.pooled_std_scales`), or
+      None; applied only where fitted for `R` (otherwise a warning says the pool is not
+      recalibrated).
 
   Returns:
     `B` rows; `initial_mean` is the runs' average start, and `psi` None (a mixture of R
@@ -114,10 +121,35 @@ def pool_starts(result: InferenceResult, num_starts: int) -> InferenceResult:
 
   mean, std = pooled(fields["mean"], fields["std"])
   trajectory_mean, trajectory_std = pooled(fields["trajectory_mean"], fields["trajectory_std"])
+  factors = _pooled_factors(pooled_std_scales, num_starts, trajectory_std.shape[1])
+  if factors is not None:
+    std, trajectory_std = std * factors[-1], trajectory_std * factors
   failed_sets = fields.get("failed_sets")
   return InferenceResult(mean, std, trajectory_mean, trajectory_std,
                          fields["initial_mean"].mean(axis=1),
                          failed_sets=None if failed_sets is None else failed_sets.sum(axis=1))
+
+
+def _pooled_factors(pooled_std_scales: Optional[PooledStdScales], num_starts: int,
+                    num_steps: int) -> Optional[np.ndarray]:
+  """`[T, d]` the factors of steps 1..T (past the calibrated C: step C's, as the machine reads its
+  per-run factors, `InferenceMachine.std_scale_at`) where `pooled_std_scales` were fitted for
+  pools of `num_starts` runs; else None."""
+  if pooled_std_scales is None:
+    return None
+  if pooled_std_scales.num_starts != num_starts:
+    logging.warning("answers pooled over %d starts are not recalibrated (the machine's pooled std "
+                    "factors were fitted for %d starts): their std over-covers", num_starts,
+                    pooled_std_scales.num_starts)
+    return None
+  scales = np.asarray(pooled_std_scales.scales, np.float32)
+  return scales[np.minimum(np.arange(num_steps), len(scales) - 1)]
+
+
+def resolve_starts(num_starts: Optional[int], answer_starts: int) -> int:
+  """The runs per data set: `num_starts` where given, else the machine's default
+  `answer_starts` (`MachineConfig.answer_starts`); a positive integer either way."""
+  return require_positive_integer("num_starts", answer_starts if num_starts is None else num_starts)
 
 
 def check_failed_simulations(result: InferenceResult, sets_per_data_set: int) -> InferenceResult:
@@ -259,7 +291,7 @@ class Inferrer:
 
   def __call__(self, observations: np.ndarray, seed: int,
                initial_mean: Optional[np.ndarray] = None,
-               num_starts: int = 1) -> InferenceResult:
+               num_starts: Optional[int] = None) -> InferenceResult:
     """Infers parameters for `observations [B, n, d_x]` (raw).
 
     Args:
@@ -270,9 +302,11 @@ class Inferrer:
         the prior's mean for every run under `start = prior_mean`).
       num_starts: `R` runs per data set, each from its own start (one start for all under
         `start = prior_mean`) and with its own simulations, batched together and combined by
-        `pool_starts` (`R` times the simulations).
+        `pool_starts` with the machine's pooled std factors (`R` times the simulations); None:
+        the machine's `answer_starts`.
     """
     seed = check_seed(seed)
+    num_starts = resolve_starts(num_starts, self.machine.config.answer_starts)
     simulator = self.machine.simulator
     observations = check_transform_domain(
         check_observations(observations, simulator.observation_dim),
@@ -284,7 +318,7 @@ class Inferrer:
                                                           str(shape)).numpy(), num_starts)
     result = check_failed_simulations(
         pool_starts(self._run_all(repeat_for_starts(observations, num_starts), seed,
-                                  initial_mean), num_starts),
+                                  initial_mean), num_starts, self.machine.pooled_std_scales),
         num_starts * self.num_steps * self.machine.config.num_samples)
     standardizer = self.machine.observation_standardizer
     set_means = standardized_set_means(observations, self.machine.config.observation_transform,

@@ -17,7 +17,7 @@ from alfi_tf.checks import check_transform_domain
 from alfi_tf.config import (OBSERVATION_TRANSFORM_MINIMUM, MachineConfig, require_horizon,
                             to_dict)
 from alfi_tf.model import arguments, losses
-from alfi_tf.model.calibration import check_std_scales
+from alfi_tf.model.calibration import PooledStdScales, check_pooled_std_scales, check_std_scales
 from alfi_tf.model.loss_model import LossModel, float32_layers
 from alfi_tf.model.networks import PairedSetEncoder, SampleAggregator, SetEncoder, Updater
 from alfi_tf.model.normalization import Moments, Standardizer, transform_observations
@@ -152,6 +152,7 @@ class InferenceMachine(LossModel):
       super().__init__(name=name, dtype="float32")
       self._create(simulator, config)
     self.set_std_scales(None)
+    self.set_pooled_std_scales(None)
 
   def _create(self, simulator: Simulator, config: MachineConfig) -> None:
     """Creates the machine's layers and weights (float32: `float32_layers`)."""
@@ -207,13 +208,16 @@ class InferenceMachine(LossModel):
     scales = self.std_scales
     return {"name": self.name, "simulator": self.simulator.spec,
             "machine_config": to_dict(self.config),
-            "std_scales": None if scales is None else scales.tolist()}
+            "std_scales": None if scales is None else scales.tolist(),
+            "pooled_std_scales": (None if self.pooled_std_scales is None
+                                  else self.pooled_std_scales.to_json())}
 
   @classmethod
   def from_config(cls, config: Dict[str, Any]) -> "InferenceMachine":
     machine = cls(get_simulator(config["simulator"]), MachineConfig(**config["machine_config"]),
                   name=config["name"])
     machine.set_std_scales(config.get("std_scales"))
+    machine.set_pooled_std_scales(config.get("pooled_std_scales"))
     return machine
 
   @property
@@ -230,6 +234,16 @@ class InferenceMachine(LossModel):
     if scales is not None:
       table.append(check_std_scales(scales, d))
     self._std_scale_table = tf.constant(np.concatenate(table))
+
+  @property
+  def pooled_std_scales(self) -> Optional[PooledStdScales]:
+    """The factors of answers pooled over `R` runs (`inference.pool_starts`), or None."""
+    return self._pooled_std_scales
+
+  def set_pooled_std_scales(self, pooled) -> None:
+    """Sets the factors of pooled answers: a `PooledStdScales`, its `to_json` record, or None
+    (removes them). Pooling happens outside the graph, so they are a plain attribute."""
+    self._pooled_std_scales = check_pooled_std_scales(pooled, self.simulator.parameter_dim)
 
   def std_scale_at(self, steps: tf.Tensor) -> tf.Tensor:
     """The factors after `steps` (int, any shape `S`; 0 is the start) -> `[*S, d]`."""

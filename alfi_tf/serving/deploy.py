@@ -28,9 +28,10 @@ from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE
                                     ExportModule)
 from alfi_tf.checks import check_observation_sets, require_real_numbers
 from alfi_tf.model.arguments import check_seed
+from alfi_tf.model.calibration import PooledStdScales, check_pooled_std_scales
 from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
                                      extrapolations, flag_extrapolations, repeat_for_starts,
-                                     standardized_set_means)
+                                     resolve_starts, standardized_set_means)
 from alfi_tf.model.machine import usable_sets
 from alfi_tf.simulators.base import Simulator, observations_as_float32
 from alfi_tf.workdir import describe_simulator, load_machine, require_same_simulator
@@ -242,6 +243,18 @@ class DeployedMachine:
     return int(self.metadata["design_dim"])
 
   @property
+  def answer_starts(self) -> int:
+    """The runs per data set `infer` and `run` pool by default (`MachineConfig.answer_starts`;
+    1 for exports written before it existed)."""
+    return int(self.metadata["machine_config"].get("answer_starts", 1))
+
+  @property
+  def pooled_std_scales(self) -> Optional[PooledStdScales]:
+    """The factors of answers pooled over `answer_starts` runs (`pool_starts`), or None."""
+    return check_pooled_std_scales(self.metadata.get("pooled_std_scales"),
+                                   len(self.parameter_names))
+
+  @property
   def can_infer(self) -> bool:
     """Whether the simulator runs inside the graph (`infer` available)."""
     return bool(self.metadata["tf_native_simulator"])
@@ -273,20 +286,22 @@ class DeployedMachine:
     return tf.constant(check_observation_sets(observations, self.observation_dim,
                                               transform=transform))
 
-  def infer(self, observations, seed: int = 0, num_starts: int = 1) -> InferenceResult:
+  def infer(self, observations, seed: int = 0,
+            num_starts: Optional[int] = None) -> InferenceResult:
     """Runs all `T` steps in one graph call, simulator included (TF-native simulators only).
 
-    With `num_starts = R > 1`, each data set is run `R` times from its own starts, in the same
-    call, and the runs are combined by `alfi_tf.model.inference.pool_starts`.
+    With `num_starts = R > 1` (None: `answer_starts`), each data set is run `R` times from its
+    own starts, in the same call, and the runs are combined by
+    `alfi_tf.model.inference.pool_starts` (with the export's pooled std factors).
     """
     if not self.can_infer:
       raise ValueError(f"simulator {self.metadata['simulator']!r} is not TF-native, so the export "
                        "has no infer(); drive it with run(observations, simulate) or start()")
+    num_starts = resolve_starts(num_starts, self.answer_starts)
     observations = self._observations(observations).numpy()
     outputs = self.module.infer(tf.constant(repeat_for_starts(observations, num_starts)),
                                 tf.constant([check_seed(seed), 0]))
-    return self._checked(pool_starts(InferenceResult.from_outputs(outputs), num_starts),
-                         num_starts, observations)
+    return self._pooled(InferenceResult.from_outputs(outputs), num_starts, observations)
 
   def start(self, observations, seed: int = 0) -> AskTellSession:
     """Begins an ask/tell run on `observations [B, n, d_x]` (or one data set, `[n, d_x]`)."""
@@ -294,13 +309,14 @@ class DeployedMachine:
     return AskTellSession(self, self.module.start(self._observations(observations), seed))
 
   def run(self, observations, simulate: SimulateFn, seed: int = 0,
-          num_starts: int = 1) -> InferenceResult:
+          num_starts: Optional[int] = None) -> InferenceResult:
     """Runs all steps with `simulate(parameters [B*M, d], num_obs, seed [2])` as the simulator
     (for a machine with a design, `simulate(parameters, design [B*M, N, design_dim], seed)`).
 
     With the same simulator and seed this equals `infer` (the simulator gets the very seeds the
-    in-graph loop would have used), `num_starts` included.
+    in-graph loop would have used), `num_starts` (None: `answer_starts`) included.
     """
+    num_starts = resolve_starts(num_starts, self.answer_starts)
     observations = self._observations(observations).numpy()
     session = self.start(repeat_for_starts(observations, num_starts), seed)
     while not session.done:
@@ -312,7 +328,7 @@ class DeployedMachine:
       else:
         simulated = simulate(flat, self.num_simulated_obs, session.simulation_seed)
       session.tell(np.asarray(simulated))
-    return self._checked(pool_starts(session.result(), num_starts), num_starts, observations)
+    return self._pooled(session.result(), num_starts, observations)
 
   def extrapolations(self, observations, result: InferenceResult) -> List[List[str]]:
     """Per data set of `observations [B, n, d_x]`, why `result`'s answer to it is an
@@ -333,9 +349,12 @@ class DeployedMachine:
     bounds = None if box is None else (box["low"], box["high"])
     return extrapolations(result, set_means, bounds, self.parameter_names)
 
-  def _checked(self, result: InferenceResult, num_starts: int,
-               observations: np.ndarray) -> InferenceResult:
-    """`check_failed_simulations` for a complete run of `num_starts` starts on each data set of
-    `observations [B, n, d_x]`, and the answers' `extrapolations` (carried, and warned about)."""
+  def _pooled(self, result: InferenceResult, num_starts: int,
+              observations: np.ndarray) -> InferenceResult:
+    """The runs `result` of a complete run of `num_starts` starts on each data set of
+    `observations [B, n, d_x]`, pooled (`pool_starts`, with the export's pooled factors) and
+    checked: `check_failed_simulations`, and the answers' `extrapolations` (carried, and warned
+    about)."""
+    result = pool_starts(result, num_starts, self.pooled_std_scales)
     check_failed_simulations(result, num_starts * self.num_steps * self.num_samples)
     return flag_extrapolations(result, self._extrapolations(observations, result))

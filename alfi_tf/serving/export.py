@@ -70,6 +70,9 @@ def machine_metadata(machine: InferenceMachine, num_steps: int) -> Dict[str, Any
       "design_dim": simulator.design_dim if machine.simulates_at_observed_design else 0,
       "machine_config": to_dict(config),
       "std_scales": machine.get_config()["std_scales"],
+      # The factors of answers pooled over `machine_config.answer_starts` runs
+      # (`PooledStdScales.to_json`), applied by `DeployedMachine.infer` and `run`; None: none.
+      "pooled_std_scales": machine.get_config()["pooled_std_scales"],
       # `theta_mean` / `theta_std` standardise `u = b^-1(theta)` where this names a bijector `b`
       # (`MachineConfig.unconstrained_parameters`), else `theta` itself.
       "parameter_bijector": (None if machine.parameter_space.bijector is None

@@ -14,14 +14,18 @@ from absl import logging
 from alfi_tf import metrics
 from alfi_tf.config import (DEFAULT_TEST_HORIZON, MAX_STEPS, MachineConfig, TrainConfig,
                             answer_settings, recorded_answer_settings)
-from alfi_tf.model.calibration import check_std_scales, fit_std_scales
+from alfi_tf.model.calibration import (PooledStdScales, check_std_scales, fit_std_scales,
+                                      recorded_pooled_std_scales)
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.training import data as data_lib
 from alfi_tf.workdir import CALIBRATION_FILE, Workdir
 
-#: Offset of the calibration runs' inference seed from the run's seed (evaluation uses 1..5).
+#: Offset of the calibration runs' inference seed from the run's seed (evaluation uses 1..5)...
 INFERENCE_SEED_OFFSET = 7
+#: ... and of the pooled runs' (`MachineConfig.answer_starts`), whose starts and simulations are
+#: then not those the per-run factors were fitted on.
+POOLED_INFERENCE_SEED_OFFSET = 8
 
 
 def calibration_horizon(machine_config: MachineConfig, train_config: TrainConfig) -> int:
@@ -36,9 +40,13 @@ def calibrate(machine: InferenceMachine, train_config: TrainConfig,
   """Fits and sets `machine`'s std factors on `train_config.calibration_problems` problems drawn
   from the prior on the run's calibration seed stream (never trained or validated on).
 
+  With `machine.config.answer_starts = R > 1` it then fits the factors of answers pooled over
+  `R` runs on the same problems (`_calibrate_pooled`).
+
   Returns:
     The record for `calibration.json`: the factors `[C, d]`, what they were fitted on, and the
-    68% / 95% coverage per step on those problems before and after (`[C, d]` each).
+    68% / 95% coverage per step on those problems before and after (`[C, d]` each); with `R > 1`
+    also the pooled factors and their coverage before and after (`pooled_*`).
   """
   started = time.time()
   horizon = calibration_horizon(machine.config, train_config)
@@ -46,8 +54,9 @@ def calibrate(machine: InferenceMachine, train_config: TrainConfig,
                                         train_config.num_obs, train_config.seed,
                                         data_lib.CALIBRATION_STREAM)
   machine.set_std_scales(None)
+  machine.set_pooled_std_scales(None)
   result = Inferrer(machine, num_steps=horizon, batch_size=batch_size)(
-      problems.observations, seed=train_config.seed + INFERENCE_SEED_OFFSET)
+      problems.observations, seed=train_config.seed + INFERENCE_SEED_OFFSET, num_starts=1)
   # The factors rescale the proposal's spread in its own standardised space (the same as in raw
   # units where the map between them is affine: `alfi_tf.model.parameter_space`).
   # A tensor, not the result's numpy array: some families slice psi, which keeps numpy numpy.
@@ -57,19 +66,52 @@ def calibrate(machine: InferenceMachine, train_config: TrainConfig,
   theta = machine.parameter_space.forward(problems.theta).numpy()            # [K, d]
   scales = fit_std_scales(mean, std, theta)
   machine.set_std_scales(scales)
-
-  def coverage(scaled_std: np.ndarray) -> Dict[str, Any]:
-    per_level = metrics.interval_coverage(mean, scaled_std, theta[:, None])
-    return {level: np.asarray(value).tolist() for level, value in per_level.items()}
-
   record = {"std_scales": scales.tolist(), "num_problems": train_config.calibration_problems,
             "num_obs": train_config.num_obs, "horizon": horizon, "seed": train_config.seed,
-            "coverage_before": coverage(std), "coverage_after": coverage(std * scales),
-            "seconds": time.time() - started}
+            "coverage_before": _coverage(mean, std, theta),
+            "coverage_after": _coverage(mean, std * scales, theta)}
+  if machine.config.answer_starts > 1:
+    # A new Inferrer: the first one's graph holds the machine's factors as they were (none).
+    record.update(_calibrate_pooled(Inferrer(machine, num_steps=horizon, batch_size=batch_size),
+                                    problems, train_config.seed + POOLED_INFERENCE_SEED_OFFSET))
+  record["seconds"] = time.time() - started
   logging.info("recalibrated the std on %d fresh problems in %.0fs: factors at step %d: %s",
                train_config.calibration_problems, record["seconds"], machine.config.num_steps,
                np.array2string(scales[machine.config.num_steps - 1], precision=3))
   return record
+
+
+def _coverage(mean: np.ndarray, std: np.ndarray, theta: np.ndarray) -> Dict[str, Any]:
+  """Level -> `[C, d]` coverage of the answers `mean`, `std` `[K, C, d]` of `theta [K, d]`."""
+  per_level = metrics.interval_coverage(mean, std, theta[:, None])
+  return {level: np.asarray(value).tolist() for level, value in per_level.items()}
+
+
+def _calibrate_pooled(inferrer: Inferrer, problems: data_lib.Problems,
+                      seed: int) -> Dict[str, Any]:
+  """Fits and sets the factors of answers pooled over `R = answer_starts` runs of the calibrated
+  machine (its per-run factors applied, `inference.pool_starts`) on `problems`; `inferrer` runs
+  it for the calibration horizon `C`.
+
+  Pooling happens in raw units, so they are fitted there, to the pooled answers' trajectories.
+
+  Returns:
+    The `calibration.json` entries: `pooled_std_scales` (`PooledStdScales.to_json`, `[C, d]`
+    factors) and the pooled answers' coverage per step before and after (`[C, d]` each).
+  """
+  machine = inferrer.machine
+  num_starts = machine.config.answer_starts
+  result = inferrer(problems.observations, seed=seed, num_starts=num_starts)
+  mean, std = result.trajectory_mean, result.trajectory_std                 # [K, C, d]
+  scales = fit_std_scales(mean, std, problems.theta)
+  pooled = PooledStdScales(num_starts, scales)
+  machine.set_pooled_std_scales(pooled)
+  logging.info("recalibrated the std of answers pooled over %d starts: factors at step %d: %s",
+               num_starts, machine.config.num_steps,
+               np.array2string(scales[machine.config.num_steps - 1], precision=3))
+  return {"pooled_std_scales": pooled.to_json(),
+          "pooled_coverage_before": _coverage(mean, std, problems.theta),
+          "pooled_coverage_after": _coverage(mean, std * scales, problems.theta)}
 
 
 def calibrate_run(workdir: Workdir, machine: InferenceMachine, train_config: TrainConfig,
@@ -88,6 +130,8 @@ def calibrate_run(workdir: Workdir, machine: InferenceMachine, train_config: Tra
     try:
       machine.set_std_scales(check_std_scales(existing.get("std_scales"),
                                               machine.simulator.parameter_dim))
+      machine.set_pooled_std_scales(recorded_pooled_std_scales(
+          existing, machine.config.answer_starts, machine.simulator.parameter_dim))
       return
     except (TypeError, ValueError) as error:   # our own record, damaged: fitted again
       logging.warning("%s is damaged (%s); refitting the calibration",
