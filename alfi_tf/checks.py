@@ -18,6 +18,18 @@ def require_real_numbers(array: np.ndarray, name: str) -> None:
     raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
 
 
+def numeric_array(value, name: str) -> np.ndarray:
+  """`value` as a numpy array of real numbers, or a ValueError naming `name`: nested lists of
+  unequal lengths (ragged sets), strings, objects or complex values."""
+  try:
+    array = np.asarray(value)
+  except (ValueError, TypeError) as error:   # numpy's own words name neither the argument nor why
+    raise ValueError(f"{name} must be a regular numeric array (every set and observation of "
+                     f"the same size), got a ragged {type(value).__name__}") from error
+  require_real_numbers(array, name)
+  return array
+
+
 def check_observations(observations, observation_dim: int, name: str = "observations") -> np.ndarray:
   """Validates a batch of observation sets and returns it as float32 `[K, n, d_x]`.
 
@@ -26,8 +38,7 @@ def check_observations(observations, observation_dim: int, name: str = "observat
 
   See `check_observation_sets` for the forms a user may hand over for one data set.
   """
-  array = np.asarray(observations)
-  require_real_numbers(array, name)
+  array = numeric_array(observations, name)
   if array.ndim != 3:
     raise ValueError(f"{name} must have shape [num_problems, num_obs, {observation_dim}], "
                      f"got shape {array.shape}")
@@ -59,7 +70,7 @@ def check_observation_sets(observations, observation_dim: int, name: str = "obse
   `transform` is the machine's `observation_transform`: observations outside its domain (negative
   counts for `log1p`) are refused rather than silently clamped.
   """
-  array = np.asarray(observations)
+  array = numeric_array(observations, name)
   if array.ndim == 1 and observation_dim == 1:
     array = array[:, np.newaxis]
   if array.ndim == 2:

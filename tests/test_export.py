@@ -213,8 +213,11 @@ def test_session_steps_to_the_same_result_as_run(weinberg):
   result = session.result()
   assert result.trajectory_mean.shape == (2, EXPORT_STEPS, 2)
   _assert_results_equal(result, machine.run(weinberg.observations, simulator.simulate, seed=5))
-  with pytest.raises(RuntimeError, match=f"all {EXPORT_STEPS} steps are done"):
-    session.tell(np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1)))
+  for told_too_late in (session.ask, lambda: session.tell(
+      np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1)))):
+    # Parameters asked after the last step would never be told: asking is refused like telling.
+    with pytest.raises(RuntimeError, match=f"all {EXPORT_STEPS} steps are done"):
+      told_too_late()
 
 
 def test_session_rejects_bad_simulations(weinberg):
@@ -229,6 +232,11 @@ def test_session_rejects_bad_simulations(weinberg):
   assert session.step == 1, "a rejected tell must not advance the session"
   with pytest.raises(ValueError, match="step 2: simulations must be real numbers"):
     session.tell(np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1), np.complex64))
+  ragged = [[[0.0]] * NUM_SIMULATED_OBS] * (2 * NUM_SAMPLES - 1) + [[[0.0]]]
+  with pytest.raises(ValueError, match="step 2: simulations must be a regular numeric array"):
+    session.tell(ragged)
+  with pytest.raises(ValueError, match="observations must be a regular numeric array"):
+    machine.infer([[1.0, 2.0], [3.0]])
   # A failed simulation (NaN/inf) is left out of the step's mean over the samples, as in the graph.
   simulations = np.zeros((2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1))
   simulations[1, 2, 3, 0] = np.nan

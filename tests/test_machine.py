@@ -359,7 +359,9 @@ def _with(value, index=(1, 2, 0)):
     (_with(np.inf, (0, 3, 0)), r"the first at \[0, 3, 0\] = inf"),
     (np.array([[["a"]]]), "must be numeric, got dtype <U1"),
     (np.array([[[None]]]), "must be numeric, got dtype object"),
-], ids=["rank2", "rank4", "d_x", "no_problems", "no_observations", "nan", "inf", "str", "object"])
+    ([[[1.0], [2.0]], [[3.0]]], "must be a regular numeric array .* got a ragged list"),
+], ids=["rank2", "rank4", "d_x", "no_problems", "no_observations", "nan", "inf", "str", "object",
+        "ragged"])
 def test_check_observations_rejects(observations, message):
   with pytest.raises(ValueError, match="^observations .*" + message):
     check_observations(observations, 1)

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
                                     ExportModule)
-from alfi_tf.checks import check_observation_sets, require_real_numbers
+from alfi_tf.checks import check_observation_sets, numeric_array
 from alfi_tf.model.arguments import check_seed
 from alfi_tf.model.calibration import PooledStdScales, check_pooled_std_scales
 from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
@@ -92,8 +92,17 @@ class AskTellSession:
     return bool(self._outputs["done"])
 
   def ask(self) -> np.ndarray:
-    """The parameters to simulate next, `[B, M, d]` (raw units, inside the prior's box)."""
+    """The parameters to simulate next, `[B, M, d]` (raw units, inside the prior's box).
+
+    Raises:
+      RuntimeError: all `T` steps are done (nothing more will be told).
+    """
+    self._require_steps_left()
     return self._outputs["parameters"].numpy()
+
+  def _require_steps_left(self) -> None:
+    if self.done:
+      raise RuntimeError(f"all {self._machine.num_steps} steps are done; call result()")
 
   def design(self) -> np.ndarray:
     """The design to simulate the asked parameters at, `[B, N, design_dim]`: row `b` for all `M`
@@ -112,14 +121,11 @@ class AskTellSession:
 
   def tell(self, simulations) -> None:
     """Feeds back `N` observations per asked parameter vector, `[B, M, N, d_x]` or `[B*M, N, d_x]`."""
-    if self.done:
-      raise RuntimeError(f"all {self._machine.num_steps} steps are done; call result()")
     parameters = self.ask()
     batch, samples = parameters.shape[:2]
     expected = (batch, samples, self._machine.num_simulated_obs, self._machine.observation_dim)
     flat = (batch * samples,) + expected[2:]
-    array = np.asarray(simulations)
-    require_real_numbers(array, f"step {self.step + 1}: simulations")
+    array = numeric_array(simulations, f"step {self.step + 1}: simulations")
     if array.shape not in (expected, flat):
       raise ValueError(f"step {self.step + 1}: simulations must have shape {expected} "
                        f"[batch, num_samples, num_simulated_obs, observation_dim] (or {flat}), "
