@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -99,3 +100,27 @@ def require_file_destination(path: str, what: str) -> None:
   if os.path.isdir(path):
     raise IsADirectoryError(f"{path} is a directory, where {what} would be written as a file: "
                             "move that directory away and run again (nothing was written)")
+
+
+def available_memory() -> Optional[int]:
+  """Bytes of memory available to a new allocation on this host (Linux), or None if unknown."""
+  try:
+    with open("/proc/meminfo") as stream:
+      for line in stream:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def require_memory(needed: int, what: str, advice: str) -> None:
+  """Refuses, before allocating, what cannot fit in the memory available now.
+
+  Raises:
+    ValueError: naming `what`, the estimate, what is available and the `advice`.
+  """
+  available = available_memory()
+  if available is not None and needed > available:
+    raise ValueError(f"{what} needs about {needed / 2 ** 30:.3g} GiB of memory, but this machine "
+                     f"has {available / 2 ** 30:.3g} GiB available: {advice}")

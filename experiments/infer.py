@@ -26,7 +26,6 @@ from alfi_tf.simulators.command import (TIMEOUT_RULE, CommandSimulator, is_valid
                                         split_command)
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
-from alfi_tf.training.data import require_memory
 from alfi_tf.workdir import write_json_atomically
 from experiments import cli
 
@@ -97,24 +96,6 @@ def _check_flags() -> None:
                         "a trajectory figure (PNG)")
 
 
-def _require_memory_for_starts(machine: DeployedMachine, observations: np.ndarray,
-                               num_starts: int) -> None:
-  """Refuses `num_starts` runs per data set (--num_starts, or the machine's answer_starts) that
-  cannot fit in memory, before any inference.
-
-  At every step each of the `B R` runs passes its `n` observed and `M N` simulated observations
-  through the set encoder, which holds `d_x + encoder_hidden + encoder_out` floats for each of them
-  (a lower bound: the step holds more).
-  """
-  config = machine.metadata["machine_config"]
-  runs = observations.shape[0] * num_starts
-  per_observation = machine.observation_dim + config["encoder_hidden"] + config["encoder_out"]
-  observations_per_run = observations.shape[1] + machine.num_samples * machine.num_simulated_obs
-  require_memory(4 * runs * observations_per_run * per_observation,
-                 f"--num_starts={num_starts} runs of each of {observations.shape[0]} data "
-                 "set(s)", "use fewer --num_starts, or split the data sets over several calls")
-
-
 def _run(machine: DeployedMachine, observations: np.ndarray, num_starts: int):
   if FLAGS.simulator_command:
     if machine.design_dim:
@@ -169,7 +150,7 @@ def main(argv):
   observations = load_observations(FLAGS.observations, machine.observation_dim,
                                    machine.metadata["machine_config"]["observation_transform"])
   num_starts = resolve_starts(FLAGS.num_starts, machine.answer_starts)
-  _require_memory_for_starts(machine, observations, num_starts)
+  machine.require_memory_for_starts(observations, num_starts, name="--num_starts")
   result = _run(machine, observations, num_starts)
   datasets = _summary(machine, result)
   for index, dataset in enumerate(datasets):

@@ -17,7 +17,7 @@ from absl import logging
 
 from alfi_tf.baselines.npe import NPEConfig
 from alfi_tf.baselines.npe_training import VERBOSITIES, is_trained, load_npe, train_npe
-from alfi_tf.checks import require_file_destination
+from alfi_tf.checks import require_file_destination, require_memory
 from alfi_tf.config import SEED_RANGE, to_dict
 from alfi_tf.evaluation import comparison
 from alfi_tf.evaluation.references import reference_estimates
@@ -90,7 +90,7 @@ def _warn_if_settings_differ(flag_config: NPEConfig, trained_config: NPEConfig) 
 def _require_memory_for_test_problems(config: NPEConfig) -> None:
   """Refuses, before training, held-out problems that cannot fit in memory (they are drawn only
   to score the trained estimator)."""
-  data_lib.require_memory(
+  require_memory(
       2 * data_lib.problems_bytes(get_simulator(config.simulator), FLAGS.test_problems,
                                   config.num_obs),
       f"--test_problems={FLAGS.test_problems} held-out problems of {config.num_obs} observations",

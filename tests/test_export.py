@@ -28,6 +28,7 @@ import tensorflow as tf
 from alfi_tf.config import MAX_STEPS, MachineConfig, TrainConfig
 from alfi_tf.evaluation.plots import plot_rmse_per_step, plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
+from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
                                     ExportModule, export_machine, machine_metadata)
@@ -581,6 +582,22 @@ def test_extrapolations_refuses_observations_other_than_the_results(weinberg, re
   with pytest.raises(ValueError, match=rf"the observations hold {int(2 * repeats)} data set\(s\), "
                                        r"but the result answers 2: pass the observations"):
     weinberg.deployed.extrapolations(observations, result)
+
+
+def test_more_starts_than_memory_holds_are_refused_by_name(weinberg):
+  """`infer`, `run` and the Inferrer met a huge num_starts with numpy's bare MemoryError
+  ("Unable to allocate 298 GiB"), naming neither the argument nor what to do."""
+  too_many = 10 ** 13
+  message = rf"num_starts={too_many} (runs|copies) of .*2 data set\(s\).* needs about .* GiB"
+  with pytest.raises(ValueError, match=message):
+    weinberg.deployed.infer(weinberg.observations, num_starts=too_many)
+  with pytest.raises(ValueError, match=message):
+    weinberg.deployed.run(weinberg.observations, weinberg.simulator.simulate,
+                          num_starts=too_many)
+  with pytest.raises(ValueError, match=message):
+    Inferrer(load_machine(weinberg.workdir), num_steps=2)(weinberg.observations, seed=0,
+                                                          num_starts=too_many)
+
 
 def test_an_exports_prior_box_is_read_alike_by_its_checks(weinberg, caplog):
   """`check_simulator` and the extrapolation check read one box: the one `describe_simulator`

@@ -7,12 +7,12 @@ import os
 
 import pytest
 
+from alfi_tf import checks
 from alfi_tf.evaluation.references import require_grid_fits
 from alfi_tf.evaluation.report import (BEGIN_MARKER, END_MARKER, find_evaluated_runs,
                                        marked_section, marked_text, render_results,
                                        replace_marked_section, replace_marked_text)
 from alfi_tf.simulators import get_simulator
-from alfi_tf.training import data as data_lib
 from alfi_tf.config import MachineConfig, TrainConfig
 from experiments.config_flags import (CONFIG_DIR, available_configs, config_from_values,
                                       expand_flagfiles, read_flagfile)
@@ -193,7 +193,7 @@ def test_a_grid_too_large_for_the_exact_posterior_is_refused_by_name(name, grid_
 
 
 def test_a_grid_that_does_not_fit_in_memory_is_refused_by_name(monkeypatch):
-  monkeypatch.setattr(data_lib, "available_memory", lambda: 2 ** 30)
+  monkeypatch.setattr(checks, "available_memory", lambda: 2 ** 30)
   with pytest.raises(ValueError, match=r"the exact posterior on a grid of grid_points=100000 per "
                                        r"parameter \(100000 points\) x 1000 observations needs "
                                        r"about 1\.49 GiB .*: use fewer grid_points "

@@ -27,11 +27,10 @@ import tensorflow as tf
 from absl import logging
 import tensorflow_probability as tfp
 
-from alfi_tf.checks import check_observations
+from alfi_tf.checks import check_observations, require_memory
 from alfi_tf.config import require_positive, require_well_formed
 from alfi_tf.model.arguments import check_seed
 from alfi_tf.simulators.base import Simulator
-from alfi_tf.training import data as data_lib
 
 #: Maps observation sets `[batch, n, d_x]` to summaries `[batch, s]`.
 SummaryFn = Callable[[tf.Tensor], tf.Tensor]
@@ -115,7 +114,7 @@ def _scaled_distances(summaries: tf.Tensor, observed: tf.Tensor, valid: tf.Tenso
 def _require_memory(simulator: Simulator, config: ABCConfig) -> None:
   """Refuses a budget whose draws for one data set (`J` parameters, `J` sets of `N` observations)
   cannot fit in memory: they would fail inside the graph, with TensorFlow's allocation error."""
-  data_lib.require_memory(
+  require_memory(
       4 * config.draws * (config.simulated_obs_per_draw * simulator.observation_dim
                           + simulator.parameter_dim),
       f"simulations_per_dataset={config.simulations_per_dataset} ({config.draws} draws of "

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from alfi_tf.baselines.npe import NPEConfig, PosteriorEstimator
+from alfi_tf.checks import require_memory
 from alfi_tf.config import to_dict
 from alfi_tf.simulators import get_simulator
 from alfi_tf.training import data as data_lib
@@ -113,7 +114,7 @@ def _require_verbosity(verbose: Any) -> None:
 
 def _require_memory(simulator, config: NPEConfig) -> None:
   """Refuses training pairs that cannot fit in memory, before anything is written."""
-  data_lib.require_memory(
+  require_memory(
       2 * data_lib.problems_bytes(simulator, config.num_problems, config.num_obs),
       f"num_problems={config.num_problems} training pairs of num_obs={config.num_obs} "
       f"observations", "use fewer num_problems or num_obs")

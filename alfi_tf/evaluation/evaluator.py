@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from alfi_tf import metrics
-from alfi_tf.checks import require_file_destination
+from alfi_tf.checks import require_file_destination, require_memory
 from alfi_tf.config import (answer_settings, default_test_horizon, require_horizon,
                             require_positive, require_well_formed)
 from alfi_tf.evaluation import budgets, plots
@@ -175,7 +175,7 @@ def _require_memory_for_runs(config: EvaluationConfig, simulator: Simulator, num
       (config.num_problems, config.num_starts, ("num_problems", "num_starts")),
       (robustness_problems, config.robustness_starts,
        ("robustness_problems", "robustness_starts"))):
-    data_lib.require_memory(per_run * problems * starts,
+    require_memory(per_run * problems * starts,
                             f"{names[0]}={problems} x {names[1]}={starts} inference runs",
                             f"use a smaller {names[1]} or {names[0]}")
 

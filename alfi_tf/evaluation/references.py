@@ -12,8 +12,8 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from alfi_tf.checks import require_memory
 from alfi_tf.simulators import NumpySimulator, Simulator
-from alfi_tf.training import data as data_lib
 
 # Log-likelihood drop below the maximum beyond which a grid point carries no posterior mass
 # (e^-40 relative weight): the fine grid only has to cover the region above it.
@@ -77,7 +77,7 @@ def require_grid_fits(simulator: Simulator, grid_points: Optional[int], num_obs:
     raise ValueError(f"grid_points={grid_points} makes a grid of {size:.3g} points for the "
                      f"{simulator.parameter_dim} parameter(s) of {simulator.name!r}, more than "
                      f"{MAX_GRID_SIZE:.0e}; use at most {largest} (default {default})")
-  data_lib.require_memory(
+  require_memory(
       _BYTES_PER_LIKELIHOOD_TERM * size * num_obs * simulator.observation_dim,
       f"the exact posterior on a grid of grid_points={grid_points} per parameter ({size} points) "
       f"x {num_obs} observations", f"use fewer grid_points (default {default})")

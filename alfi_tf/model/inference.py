@@ -9,7 +9,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from alfi_tf.checks import check_observations, check_transform_domain
+from alfi_tf.checks import check_observations, check_transform_domain, require_memory
 from alfi_tf.config import default_test_horizon, require_horizon
 from alfi_tf.model.arguments import (check_float_tensor, check_jit_compile, check_seed,
                                      require_positive_integer)
@@ -252,8 +252,17 @@ def flag_extrapolations(result: InferenceResult, notes: List[List[str]]) -> Infe
 
 
 def repeat_for_starts(observations: np.ndarray, num_starts: int) -> np.ndarray:
-  """`[B, ...] -> [B * R, ...]`, each data set repeated `R` times in a row (see `pool_starts`)."""
-  return np.repeat(observations, require_positive_integer("num_starts", num_starts), axis=0)
+  """`[B, ...] -> [B * R, ...]`, each data set repeated `R` times in a row (see `pool_starts`).
+
+  Raises:
+    ValueError: `R` is not a positive integer, or the copies would not fit in memory (named, where
+      numpy would raise a bare MemoryError).
+  """
+  num_starts = require_positive_integer("num_starts", num_starts)
+  require_memory(observations.nbytes * num_starts,
+                 f"num_starts={num_starts} copies of {len(observations)} data set(s)",
+                 "use fewer num_starts, or split the data sets over several calls")
+  return np.repeat(observations, num_starts, axis=0)
 
 
 class Inferrer:

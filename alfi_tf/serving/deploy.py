@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from alfi_tf.serving.export import (EXPORT_FORMAT_VERSION, METADATA_ASSET, STATE_KEYS,
                                     ExportModule)
-from alfi_tf.checks import check_observation_sets, numeric_array
+from alfi_tf.checks import check_observation_sets, numeric_array, require_memory
 from alfi_tf.model.arguments import check_seed
 from alfi_tf.model.calibration import PooledStdScales, check_pooled_std_scales
 from alfi_tf.model.inference import (InferenceResult, check_failed_simulations, pool_starts,
@@ -305,6 +305,7 @@ class DeployedMachine:
                        "has no infer(); drive it with run(observations, simulate) or start()")
     num_starts = resolve_starts(num_starts, self.answer_starts)
     observations = self._observations(observations).numpy()
+    self.require_memory_for_starts(observations, num_starts)
     outputs = self.module.infer(tf.constant(repeat_for_starts(observations, num_starts)),
                                 tf.constant([check_seed(seed), 0]))
     return self._pooled(InferenceResult.from_outputs(outputs), num_starts, observations)
@@ -324,6 +325,7 @@ class DeployedMachine:
     """
     num_starts = resolve_starts(num_starts, self.answer_starts)
     observations = self._observations(observations).numpy()
+    self.require_memory_for_starts(observations, num_starts)
     session = self.start(repeat_for_starts(observations, num_starts), seed)
     while not session.done:
       parameters = session.ask()
@@ -335,6 +337,24 @@ class DeployedMachine:
         simulated = simulate(flat, self.num_simulated_obs, session.simulation_seed)
       session.tell(np.asarray(simulated))
     return self._pooled(session.result(), num_starts, observations)
+
+  def require_memory_for_starts(self, observations: np.ndarray, num_starts: int,
+                                name: str = "num_starts") -> None:
+    """Refuses `num_starts` runs per data set of `observations [B, n, d_x]` that cannot fit in
+    memory, before anything is allocated (`infer` and `run` check; a binary checks first to name
+    its flag, `name`).
+
+    At every step each of the `B R` runs passes its `n` observed and `M N` simulated observations
+    through the set encoder, which holds `d_x + encoder_hidden + encoder_out` floats for each of
+    them (a lower bound: the step holds more).
+    """
+    config = self.metadata["machine_config"]
+    runs = observations.shape[0] * num_starts
+    per_observation = self.observation_dim + config["encoder_hidden"] + config["encoder_out"]
+    observations_per_run = observations.shape[1] + self.num_samples * self.num_simulated_obs
+    require_memory(4 * runs * observations_per_run * per_observation,
+                   f"{name}={num_starts} runs of each of {observations.shape[0]} data set(s)",
+                   f"use fewer {name}, or split the data sets over several calls")
 
   def extrapolations(self, observations, result: InferenceResult) -> List[List[str]]:
     """Per data set of `observations [B, n, d_x]`, why `result`'s answer to it is an

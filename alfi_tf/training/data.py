@@ -27,6 +27,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import snapshot_pb2, struct_pb2
 
+from alfi_tf.checks import require_memory
 from alfi_tf.simulators import NumpySimulator, Simulator, SimulatorError
 from alfi_tf.simulators.base import describe_parameters
 from alfi_tf.simulators.specs import import_spec_module
@@ -159,33 +160,9 @@ def _redraw_failed(simulator: Simulator, theta: tf.Tensor, observations: tf.Tens
   return theta, observations, tf.reduce_sum(tf.cast(failed, tf.int32))
 
 
-def available_memory() -> Optional[int]:
-  """Bytes of memory available to a new allocation on this host (Linux), or None if unknown."""
-  try:
-    with open("/proc/meminfo") as stream:
-      for line in stream:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
-
-
 def problems_bytes(simulator: Simulator, num_problems: int, num_obs: int) -> int:
   """Size in memory of `num_problems` float32 problems of `num_obs` observations."""
   return 4 * num_problems * (num_obs * simulator.observation_dim + simulator.parameter_dim)
-
-
-def require_memory(needed: int, what: str, advice: str) -> None:
-  """Refuses, before allocating, what cannot fit in the memory available now.
-
-  Raises:
-    ValueError: naming `what`, the estimate, what is available and the `advice`.
-  """
-  available = available_memory()
-  if available is not None and needed > available:
-    raise ValueError(f"{what} needs about {needed / 2 ** 30:.3g} GiB of memory, but this machine "
-                     f"has {available / 2 ** 30:.3g} GiB available: {advice}")
 
 
 def generate_problems(simulator: Simulator, num_problems: int, num_obs: int, seed: int,

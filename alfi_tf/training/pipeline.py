@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
+from alfi_tf.checks import require_memory
 from alfi_tf.config import TrainConfig
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.model.normalization import Moments
@@ -173,7 +174,7 @@ def require_memory_for(config: TrainConfig, simulator: Simulator) -> None:
       config.num_validation_problems)
   if config.data_source != "disk":
     needed += 2 * per_set(config.num_problems)
-  data_lib.require_memory(
+  require_memory(
       needed, f"a meta-training set of {config.num_problems} problems x {config.num_obs} "
       f"observations ({config.data_source} source)",
       "use --data_source=disk (streamed from disk) or --data_source=online with fewer "
