@@ -242,7 +242,9 @@ def _out_of_memory_message(error: BaseException) -> Optional[str]:
     what = str(error) or "MemoryError"
   else:
     return None
-  sizes = [f"--{name}={flags.FLAGS[name].value}" for name in SIZE_FLAGS if name in flags.FLAGS]
+  # A flag left unset (None: the machine's own value, say --num_starts) is not one to lower.
+  sizes = [f"--{name}={flags.FLAGS[name].value}" for name in SIZE_FLAGS
+           if name in flags.FLAGS and flags.FLAGS[name].value is not None]
   advice = f"; the settings that size it are {', '.join(sizes)}: use smaller ones" if sizes else ""
   return f"ran out of memory building or running the model ({what}){advice}"
 

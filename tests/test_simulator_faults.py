@@ -113,10 +113,11 @@ def test_other_tensorflow_errors_are_shortened(error, first_line):
 @pytest.fixture
 def size_flags(monkeypatch):
   """The parsed flags of a binary run with an absurd --encoder_hidden: two size flags (of
-  `cli.SIZE_FLAGS`) and one other."""
+  `cli.SIZE_FLAGS`), one left unset (None: the machine's own value, not named), and one other."""
   values = flags.FlagValues()
   flags.DEFINE_integer("batch_size", 32, "", flag_values=values)
   flags.DEFINE_integer("encoder_hidden", 50, "", flag_values=values)
+  flags.DEFINE_integer("num_starts", None, "", flag_values=values)
   flags.DEFINE_integer("verbosity", 0, "", flag_values=values)
   values(["alfi-train", "--encoder_hidden=100000000"])
   monkeypatch.setattr(flags, "FLAGS", values)
