@@ -230,12 +230,16 @@ def test_evaluate_refuses_a_directory_at_its_metrics_before_inference(trained_wo
   `[Errno 21] Is a directory: '.../.tmp-...' -> '.../metrics.json'`."""
   workdir = tmp_path / "run"
   shutil.copytree(trained_workdir, workdir)
+  # The shared run may have been evaluated by a test that ran before this one: its outputs go.
+  for output in [workdir / "metrics.json", *workdir.glob("*.png")]:
+    output.unlink(missing_ok=True)
   (workdir / "metrics.json").mkdir()
   assert_refused("experiments.evaluate", [
       ([f"--workdir={workdir}"], f"error: {workdir / 'metrics.json'} is a directory, where the "
                                  "evaluation's metrics would be written as a file")])
   assert not os.listdir(workdir / "metrics.json")
   assert not [name for name in os.listdir(workdir) if name.endswith(".png")]
+
 
 def test_evaluate_takes_the_top_seed_and_one_problem_and_refuses_runs_beyond_memory(
     trained_workdir, tmp_path):

@@ -613,13 +613,21 @@ def test_an_exports_prior_box_is_read_alike_by_its_checks(weinberg, caplog):
   assert "(not a box; now low=" in caplog.text
 
 
-def test_infer_binary_writes_the_extrapolations_its_answer_carries(weinberg):
-  """alfi-infer reports the reasons its run found and warned about, not a check of its own."""
-  from experiments import infer
-  result = weinberg.deployed.infer(weinberg.observations, seed=1)
-  noted = result._replace(extrapolations=(("a reason",), ()))
-  summary = infer._summary(weinberg.deployed, noted)
-  assert [dataset["extrapolation"] for dataset in summary] == [["a reason"], []]
+def test_infer_binary_writes_the_extrapolations_its_answer_carries(weinberg, tmp_path):
+  """alfi-infer writes the reasons its run found and warned about (`InferenceResult.extrapolations`)
+  for each data set: here one set in the training data's units and one a million times off."""
+  observations = weinberg.observations.copy()
+  observations[1] *= 1e6
+  np.save(tmp_path / "observations.npy", observations)
+  output = tmp_path / "out.json"
+  completed = run("experiments.infer", f"--model={weinberg.export_dir}",
+                  f"--observations={tmp_path / 'observations.npy'}", f"--output={output}",
+                  "--seed=1")
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  expected = weinberg.deployed.infer(observations, seed=1).extrapolations
+  assert expected[0] == () and expected[1], "the test needs one extrapolation and one answer"
+  assert [tuple(dataset["extrapolation"]) for dataset in json.loads(output.read_text())[
+      "datasets"]] == list(expected)
 
 
 def test_metadata_round_trip(weinberg):
