@@ -82,6 +82,9 @@ def _figure(rows: List[Dict[str, Any]], path: str) -> None:
     right.axhspan(nominal - 0.05, nominal + 0.05, color="tab:gray", alpha=0.2)
   right.set(xlabel="dimension d", ylabel="coverage", xscale="log")
   right.legend(fontsize=8)
+  for axis in (left, right):   # the dimensions themselves, not log-axis minor ticks over them
+    axis.set_xticks(dims, [str(dim) for dim in dims])
+    axis.minorticks_off()
   figure.tight_layout()
   figure.savefig(path, dpi=110)
 
