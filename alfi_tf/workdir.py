@@ -605,12 +605,15 @@ def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str,
                     CALIBRATION_FILE, *fitted_to, *wanted)
     return
   dim = machine.simulator.parameter_dim
+  damaged = f"{source} is damaged: {{}}; rerun the training command to refit it"
   try:
     scales = check_std_scales(calibration.get("std_scales"), dim)
+  except (TypeError, ValueError) as error:
+    raise ValueError(damaged.format(
+        f"{error} (std_scales: {str(calibration.get('std_scales'))[:80]})")) from None
+  try:   # its message quotes the pooled record itself
     pooled = recorded_pooled_std_scales(calibration, machine.config.answer_starts, dim)
   except (TypeError, ValueError) as error:
-    raise ValueError(f"{source} is damaged: {error} (std_scales: "
-                     f"{str(calibration.get('std_scales'))[:80]}); rerun the training command to "
-                     "refit it") from None
+    raise ValueError(damaged.format(error)) from None
   machine.set_std_scales(scales)
   machine.set_pooled_std_scales(pooled)

@@ -303,8 +303,9 @@ def test_a_machine_answering_with_two_starts_is_calibrated_for_their_pool(tmp_pa
   assert json.load(open(os.path.join(workdir, CALIBRATION_FILE))) == record
   np.testing.assert_allclose(rerun.machine.pooled_std_scales.scales, pooled["scales"])
   with pytest.raises(ValueError, match="damaged: pooled_std_scales must hold factors fitted for "
-                                       "answer_starts=2"):
+                                       "answer_starts=2") as damaged:
     apply_calibration(loaded, {**record, "pooled_std_scales": None}, "run/checkpoints/ckpt-2")
+  assert "std_scales: [" not in str(damaged.value)   # the per-run factors are fine: not quoted
   _check_the_export_answers_with_two_pooled_runs(loaded, str(tmp_path / "export"), pooled)
   # The evaluation measures the answers the machine gives, two pooled runs, and counts them.
   report = evaluate(workdir, EvaluationConfig(num_problems=4, robustness_problems=2,
