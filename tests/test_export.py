@@ -363,7 +363,9 @@ def test_numpy_simulator_ask_tell_equals_in_graph_bridge(lotka_volterra):
   np.testing.assert_allclose(result.trajectory_mean, mean.numpy(), **TOLERANCE)
   np.testing.assert_allclose(result.trajectory_std, std.numpy(), **TOLERANCE)
   np.testing.assert_allclose(result.mean, mean.numpy()[:, -1], **TOLERANCE)
-  assert np.abs(np.diff(result.trajectory_mean, axis=1)).min() > 1e-4
+  # The machine moves at every step, so the equalities above are not those of a standing start
+  # (its proposals: an answer pinned to the box's edge by the restriction moves by little).
+  assert np.abs(np.diff(trajectory.psi.numpy(), axis=1)).min() > 1e-4
 
 
 # 4. External simulator commands.

@@ -249,18 +249,18 @@ def test_initial_psi_in_standardised_units():
 def test_default_initial_mean_is_a_prior_draw():
   machine = _machine("weinberg")
   _, observations = _problems("weinberg")
-  raw_mean, raw_std = machine.to_raw(machine(observations, seed=_seed(3)).initial_psi)
+  initial_psi = machine(observations, seed=_seed(3)).initial_psi
+  raw_mean = machine.parameter_space.proposal_mean(machine.proposal, initial_psi).numpy()
   low, high = machine.simulator.parameter_bounds
-  assert np.all((low - 1e-4 <= raw_mean.numpy()) & (raw_mean.numpy() <= high + 1e-4))
-  np.testing.assert_allclose(raw_std.numpy(),
-                             np.broadcast_to(0.1 * machine.theta_standardizer.std.numpy(),
-                                             raw_std.shape), rtol=1e-6)
+  assert np.all((low - 1e-4 <= raw_mean) & (raw_mean <= high + 1e-4))
+  np.testing.assert_allclose(machine.proposal.stddev(initial_psi).numpy(), 0.1, rtol=1e-6)
 
 
 def test_to_raw_inverts_the_standardisation():
   machine = _machine("weinberg")
   mean, std = machine.theta_standardizer.mean.numpy(), machine.theta_standardizer.std.numpy()
-  psi = np.array([[0.5, -1.0, math.log(0.2), 0.3], [0.0, 2.0, 0.0, -1.0]], np.float32)
+  # Far inside the box (the answer is restricted to it: `test_parameter_space.py`).
+  psi = np.array([[0.5, -1.0, math.log(0.05), -3.5], [0.0, 1.0, -2.3, -3.9]], np.float32)
   raw_mean, raw_std = machine.to_raw(tf.constant(psi))
   np.testing.assert_allclose(raw_mean.numpy(), psi[:, :2] * std + mean, rtol=1e-6)
   np.testing.assert_allclose(raw_std.numpy(), np.exp(psi[:, 2:]) * std, rtol=1e-6)
@@ -424,18 +424,23 @@ def test_observations_unlike_the_training_data_are_warned_about(inferrer, caplog
       "observations far outside the training data (m"]
 
 
-def test_answers_outside_the_priors_box_are_extrapolations():
-  mean = np.array([[1.0, 0.0], [7.3, 0.0], [7.5, 0.0], [1.0, -2.0]])
-  result = InferenceResult(mean, np.ones_like(mean), mean[:, None], np.ones_like(mean[:, None]),
-                           mean)
+@pytest.mark.parametrize("restricted", [False, True])
+def test_answers_centred_outside_the_priors_box_are_extrapolations(restricted):
+  """The check reads where the machine's proposal is centred: the answer's own mean is restricted
+  to the box, so it cannot tell (exports of before `proposal_mean`: the mean, unrestricted)."""
+  centre = np.array([[1.0, 0.0], [7.3, 0.0], [7.5, 0.0], [1.0, -2.0]])
   bounds = (np.array([0.2, -1.0]), np.array([7.0, 1.0]))
+  mean = np.clip(centre, *bounds) if restricted else centre
+  result = InferenceResult(mean, np.ones_like(mean), mean[:, None], np.ones_like(mean[:, None]),
+                           mean, proposal_mean=centre if restricted else None)
   set_means = np.array([[0.0], [0.0], [-11.0], [9.0]])
   # 7.3 is within 5% of the box's width of its edge: a settled answer may sit there.
   assert extrapolations(result, set_means, bounds, ["rate", "shift"]) == [
       [], [],
       ["observations far outside the training data (mean standardised observation [-11.0], "
-       "beyond +-10)", "rate = 7.5 lies outside the prior's support [0.2, 7]"],
-      ["shift = -2 lies outside the prior's support [-1, 1]"]]
+       "beyond +-10)",
+       "the machine's answer for rate is centred at 7.5, outside the prior's support [0.2, 7]"],
+      ["the machine's answer for shift is centred at -2, outside the prior's support [-1, 1]"]]
 
 
 @pytest.mark.parametrize("name, value", [("num_steps", bad) for bad in (-1, 0, 1.5, math.nan, "5", True)]
@@ -470,7 +475,8 @@ def test_inferrer_shapes_and_determinism(inferrer):
 
 def test_inferrer_respects_initial_mean(inferrer):
   _, observations = _problems("poisson")
-  start = np.array([[0.5], [1.5], [3.0], [4.5], [6.0]], np.float32)
+  # Starts at least 6 sigma_0 inside the box, where the answer is not bent by its edges.
+  start = np.array([[1.5], [2.0], [3.0], [4.5], [5.5]], np.float32)
   result = inferrer(observations, seed=5, initial_mean=start)
   np.testing.assert_allclose(result.initial_mean, start, rtol=1e-5)
   # Untrained: every step stays at the start, with sigma_0 = 0.1 standardised units.
@@ -578,10 +584,10 @@ def test_the_answer_averages_the_last_iterates(fraction):
   np.testing.assert_allclose(answers["answer_psi"], expected[:, -1], atol=1e-6)
   np.testing.assert_allclose(answers["psi"], psi[:, -1], atol=1e-6)
   np.testing.assert_allclose(iterates["answer_psi"], psi[:, -1], atol=1e-6)
-  # The diagonal Gaussian's mean is linear in psi: the answers' means average the iterates'.
-  mean = iterates["trajectory_mean"].numpy()
-  np.testing.assert_allclose(answers["trajectory_mean"][:, -1],
-                             mean[:, -widths[-1]:].mean(axis=1), rtol=1e-5, atol=1e-5)
+  # The diagonal Gaussian's mean is linear in psi: the proposals' means average the iterates'.
+  mean = last_only.parameter_space.proposal_mean(last_only.proposal, tf.constant(psi)).numpy()
+  np.testing.assert_allclose(answers["proposal_mean"], mean[:, -widths[-1]:].mean(axis=1),
+                             rtol=1e-5, atol=1e-5)
   assert np.abs(answers["mean"] - iterates["mean"]).max() > 1e-4
   assert averaged.average_iterates(tf.zeros([2, 0, psi.shape[2]])).shape == (2, 0, psi.shape[2])
 

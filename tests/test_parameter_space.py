@@ -7,6 +7,7 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,7 +16,8 @@ import tensorflow_probability as tfp
 from alfi_tf.config import MachineConfig
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.model.normalization import Standardizer
-from alfi_tf.model.parameter_space import ParameterSpace, parameter_bijector
+from alfi_tf.model.parameter_space import (ParameterSpace, box_restricted_moments,
+                                           parameter_bijector)
 from alfi_tf.model.proposals import FAMILIES, get_proposal
 from alfi_tf.simulators import get_simulator
 from alfi_tf.simulators.base import Simulator, box_prior
@@ -125,6 +127,83 @@ def test_a_mixtures_moments_match_its_draws():
   standard_error = theta.std(axis=0) / math.sqrt(len(theta))
   np.testing.assert_array_less(np.abs(theta.mean(axis=0) - mean.numpy()[0]), 4 * standard_error)
   np.testing.assert_allclose(std.numpy()[0], theta.std(axis=0), rtol=0.01)
+
+
+def _restricted(weights, means, stds, low, high):
+  mean, std = box_restricted_moments(tf.constant(weights, tf.float32),
+                                     tf.constant(means, tf.float32), tf.constant(stds, tf.float32),
+                                     tf.constant(low, tf.float32), tf.constant(high, tf.float32))
+  return mean.numpy(), std.numpy()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.floats(-5.0, 5.0), st.floats(0.01, 10.0), st.floats(-3.0, 3.0), st.floats(0.05, 6.0))
+def test_a_normal_restricted_to_a_box_is_the_truncated_normal(centre, scale, low, width):
+  """Within 20 standard deviations of the box (scipy's truncnorm is exact there), and always
+  inside the box."""
+  high = low + width
+  mean, std = _restricted([[1.0]], [[[centre]]], [[[scale]]], [low], [high])
+  alpha, beta = (low - centre) / scale, (high - centre) / scale
+  assert low <= mean[0, 0] <= high
+  if max(alpha, -beta) < 20:
+    exact = stats.truncnorm(alpha, beta, loc=centre, scale=scale)
+    np.testing.assert_allclose(mean[0, 0], exact.mean(), rtol=1e-5, atol=1e-6 * width)
+    np.testing.assert_allclose(std[0, 0], exact.std(), rtol=1e-4, atol=1e-6 * width)
+
+
+def test_a_normal_far_outside_the_box_becomes_a_narrow_answer_at_its_edge():
+  """5,000 standard deviations below the box: just inside its lower edge (mean and std about
+  `low + s / |alpha|` and `s / |alpha|`), where a naive ratio of normal masses is 0 / 0."""
+  mean, std = _restricted([[1.0], [1.0]], [[[-100.0]], [[300.0]]], [[[0.02]], [[0.1]]],
+                          [0.2], [7.0])
+  np.testing.assert_allclose(mean[:, 0], [0.2 + 0.02 / (100.2 / 0.02), 7.0 - 0.1 / 2930.0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(std[:, 0], [0.02 / (100.2 / 0.02), 0.1 / 2930.0], rtol=1e-3)
+
+
+def test_unbounded_sides_and_points_restrict_as_they_should():
+  mean, std = _restricted([[1.0, 0.0]] * 3, [[[0.5], [0.0]], [[-4.0], [0.0]], [[9.0], [0.0]]],
+                          [[[2.0], [1.0]], [[0.0], [1.0]], [[0.0], [1.0]]], [-np.inf], [1.0])
+  # One side open: the half-normal side of a normal centred 0.25 s below the edge...
+  exact = stats.truncnorm(-np.inf, 0.25, loc=0.5, scale=2.0)
+  np.testing.assert_allclose([mean[0, 0], std[0, 0]], [exact.mean(), exact.std()], rtol=1e-5)
+  # ... and a point (std 0) is clipped into the box, or kept where it is inside.
+  np.testing.assert_allclose(mean[1:, 0], [-4.0, 1.0])
+  np.testing.assert_array_equal(std[1:, 0], [0.0, 0.0])
+
+
+def test_a_mixture_restricted_to_a_box_matches_its_draws_inside_the_box():
+  """Components are reweighted by their mass in the whole box (the product over parameters), not
+  parameter by parameter: a component outside the box in one parameter loses its weight in the
+  other parameter's marginal too."""
+  weights = np.array([[0.3, 0.7]], np.float32)
+  means = np.array([[[0.1, 0.5], [1.2, -0.6]]], np.float32)
+  stds = np.array([[[0.4, 0.3], [0.5, 0.2]]], np.float32)
+  low, high = np.array([0.0, -0.5], np.float32), np.array([1.0, 1.0], np.float32)
+  mean, std = _restricted(weights, means, stds, low, high)
+  rng = np.random.default_rng(0)
+  component = rng.random(2_000_000) < weights[0, 1]
+  draws = means[0][component.astype(int)] + stds[0][component.astype(int)] * rng.standard_normal(
+      (len(component), 2))
+  inside = draws[np.all((draws >= low) & (draws <= high), axis=1)]
+  standard_error = inside.std(axis=0) / math.sqrt(len(inside))
+  np.testing.assert_array_less(np.abs(inside.mean(axis=0) - mean[0]), 4 * standard_error)
+  np.testing.assert_allclose(std[0], inside.std(axis=0), rtol=5e-3)
+
+
+def test_without_a_bijector_the_answer_is_restricted_to_the_box_and_the_proposal_mean_is_not():
+  """A Poisson problem at the prior's lower edge: the machine's proposal may sit below the box
+  (its best fit, simulated at the clipped samples); the answer is its part inside the box."""
+  space = ParameterSpace(_standardizer([3.6], [2.0]), None,
+                         (tf.constant([0.2]), tf.constant([7.0])))
+  family = get_proposal("diagonal_gaussian", 1, initial_scale=0.02)
+  psi = family.initial_psi(tf.constant([[(0.11 - 3.6) / 2.0], [(3.0 - 3.6) / 2.0]]))
+  mean, std = space.moments(family, psi, tf.constant([1.0]))
+  exact = stats.truncnorm((0.2 - 0.11) / 0.04, np.inf, loc=0.11, scale=0.04)
+  np.testing.assert_allclose(mean.numpy()[:, 0], [exact.mean(), 3.0], rtol=1e-5)
+  np.testing.assert_allclose(std.numpy()[:, 0], [exact.std(), 0.04], rtol=1e-4)
+  np.testing.assert_allclose(space.proposal_mean(family, psi).numpy()[:, 0], [0.11, 3.0],
+                             rtol=1e-5)
 
 
 @pytest.fixture(name="machine", scope="module")

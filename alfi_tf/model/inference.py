@@ -23,8 +23,9 @@ class InferenceResult(NamedTuple):
 
   Attributes:
     mean, std: `[B, d]`, the final proposal's mean and marginal standard deviations (the latter
-      times the run's calibration factors, `InferenceMachine.set_std_scales`): the estimate and its
-      uncertainty.
+      times the run's calibration factors, `InferenceMachine.set_std_scales`), restricted to the
+      prior's box where the proposal is not confined to it (`parameter_space`): the estimate and
+      its uncertainty.
     trajectory_mean, trajectory_std: `[B, T, d]`, the same after each step 1..T.
     initial_mean: `[B, d]`, the start `mu_0`.
     psi: `[B, P]`, the final answer's own parameters (`psi_bar_T`, the average of the last
@@ -42,6 +43,9 @@ class InferenceResult(NamedTuple):
       `DeployedMachine.infer` and `run`) found and warned about them; None where no run checked
       (ask/tell's answers, `pool_starts`'s pooled runs: `DeployedMachine.extrapolations` checks
       them).
+    proposal_mean: `[B, d]`, the final answer's mean before its restriction to the prior's box
+      (`extrapolations` checks it: a machine that left the box says so), or None (exports written
+      before it was recorded: `mean` stands in).
   """
 
   mean: np.ndarray
@@ -53,6 +57,7 @@ class InferenceResult(NamedTuple):
   failed_sets: Optional[np.ndarray] = None
   trajectory_psi: Optional[np.ndarray] = None
   extrapolations: Optional[Tuple[Tuple[str, ...], ...]] = None
+  proposal_mean: Optional[np.ndarray] = None
 
   @classmethod
   def from_outputs(cls, outputs: Dict[str, tf.Tensor]) -> "InferenceResult":
@@ -124,10 +129,11 @@ def pool_starts(result: InferenceResult, num_starts: int,
   factors = _pooled_factors(pooled_std_scales, num_starts, trajectory_std.shape[1])
   if factors is not None:
     std, trajectory_std = std * factors[-1], trajectory_std * factors
-  failed_sets = fields.get("failed_sets")
+  failed_sets, proposal_mean = fields.get("failed_sets"), fields.get("proposal_mean")
   return InferenceResult(mean, std, trajectory_mean, trajectory_std,
                          fields["initial_mean"].mean(axis=1),
-                         failed_sets=None if failed_sets is None else failed_sets.sum(axis=1))
+                         failed_sets=None if failed_sets is None else failed_sets.sum(axis=1),
+                         proposal_mean=None if proposal_mean is None else proposal_mean.mean(axis=1))
 
 
 def _pooled_factors(pooled_std_scales: Optional[PooledStdScales], num_starts: int,
@@ -214,9 +220,10 @@ def extrapolations(result: InferenceResult, set_means: np.ndarray,
 
   A machine answers any input, also data unlike its training data (another experiment's units, a
   unit error, a faulty detector), where its answer extrapolates. Two signs: observations whose
-  standardised mean `set_means [B, d_x]` lies beyond `UNFAMILIAR_SET_MEAN`, and an answer outside
-  the prior's box `bounds` by more than `OUTSIDE_BOX_FRACTION` of its width (also a machine that
-  did not settle).
+  standardised mean `set_means [B, d_x]` lies beyond `UNFAMILIAR_SET_MEAN`, and a final proposal
+  centred outside the prior's box `bounds` by more than `OUTSIDE_BOX_FRACTION` of its width (also
+  a machine that did not settle): its `proposal_mean`, since the answer's `mean` is restricted to
+  the box.
 
   Raises:
     ValueError: `set_means` and `result` are of different numbers of data sets (a result checked
@@ -233,10 +240,12 @@ def extrapolations(result: InferenceResult, set_means: np.ndarray,
   if bounds is not None:
     low, high = (np.asarray(b, np.float64) for b in bounds)
     margin = OUTSIDE_BOX_FRACTION * (high - low)
-    outside = (result.mean < low - margin) | (result.mean > high + margin)     # [B, d]
+    centre = result.mean if result.proposal_mean is None else result.proposal_mean    # [B, d]
+    outside = (centre < low - margin) | (centre > high + margin)
     for row, column in zip(*np.nonzero(outside)):
-      notes[row].append(f"{names[column]} = {result.mean[row, column]:.4g} lies outside the "
-                        f"prior's support [{low[column]:.4g}, {high[column]:.4g}]")
+      notes[row].append(f"the machine's answer for {names[column]} is centred at "
+                        f"{centre[row, column]:.4g}, outside the prior's support "
+                        f"[{low[column]:.4g}, {high[column]:.4g}]")
   return notes
 
 

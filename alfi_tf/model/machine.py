@@ -568,7 +568,8 @@ class InferenceMachine(LossModel):
     return tf.ensure_shape(tf.cast(average, psi.dtype), psi.shape)
 
   def answer(self, psi: tf.Tensor, steps: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """The answer after `steps`: `to_raw(psi)` with the std recalibrated (`set_std_scales`).
+    """The answer after `steps`: `to_raw(psi)` with the std recalibrated (`set_std_scales`), the
+    proposal restricted to the prior's box where it is not confined to it (`parameter_space`).
 
     Args:
       psi: the answer's parameters (`average_iterates`), `[B, P]` after one step (`steps` a
@@ -588,8 +589,10 @@ class InferenceMachine(LossModel):
       `trajectory_std` `[B, T, d]` (the answers after steps 1..T), `initial_mean` `[B, d]` (the
       start `mu_0`), `answer_psi` `[B, P]` (the final answer's parameters `psi_bar_T`,
       `average_iterates`, standardised; `trajectory_answer_psi` `[B, T, P]` after each step),
-      `psi` `[B, P]` (the last proposal's, `psi_T`) and
-      `failed_sets` int `[B]` (failed simulated sets, `usable_sets`, of the run's `T M`).
+      `psi` `[B, P]` (the last proposal's, `psi_T`),
+      `failed_sets` int `[B]` (failed simulated sets, `usable_sets`, of the run's `T M`) and
+      `proposal_mean` `[B, d]` (the final answer's mean before its restriction to the prior's
+      box, `parameter_space.ParameterSpace.proposal_mean`).
     """
     trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
     answer_psi = self.average_iterates(trajectory.psi)
@@ -598,6 +601,7 @@ class InferenceMachine(LossModel):
     return {"mean": mean[:, -1], "std": std[:, -1], "trajectory_mean": mean,
             "trajectory_std": std, "initial_mean": initial, "answer_psi": answer_psi[:, -1],
             "trajectory_answer_psi": answer_psi,
+            "proposal_mean": self.parameter_space.proposal_mean(self.proposal, answer_psi[:, -1]),
             "psi": trajectory.psi[:, -1],
             "failed_sets": tf.reduce_sum(trajectory.masked_samples, axis=1)}
 

@@ -26,6 +26,18 @@ calibration factors (`std_scales`) rescale the proposal's spread in `z` about it
 is Gaussian, and the raw answer is the push-forward of that rescaled proposal: the same
 distribution `sample_final_proposal` draws from and `answer_log_prob` scores.
 
+Without `b` a proposal is not confined to the prior's box, but the posterior is zero outside it:
+for a data set whose parameters lie at the box's edge, a proposal centred beyond the edge can be
+the machine's best fit (it only ever simulates at the box's clipped samples), and its mean is
+then an estimate outside the prior's support. The answer's mean and std are therefore those of
+the proposal restricted to the box, `q(theta) 1[theta in box] / Z`, in closed form
+(`box_restricted_moments`): exact for families whose components are diagonal (a diagonal
+Gaussian, a mixture of them, a point, which is clipped), each marginal restricted on its own for
+a full covariance. `proposal_mean` keeps the unrestricted mean, which says whether the machine
+left the box (`alfi_tf.model.inference.extrapolations`). Draws and densities
+(`sample_final_proposal`, `answer_log_prob`) are the proposal's own; those outside the box are
+where the restriction cuts.
+
 Shapes: `d` parameters; `theta`, `z`: `[..., d]`.
 """
 
@@ -106,14 +118,16 @@ class ParameterSpace:
   def moments(self, proposal: Proposal, psi: tf.Tensor,
               scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """The raw mean and marginal std of `q(z | psi)` spread about its mean by `scale`, pushed
-    forward to raw units: `psi [..., P]`, `scale` broadcasting to `[..., d]` -> `[..., d]` each."""
+    forward to raw units (and, without `b`, restricted to the prior's box):
+    `psi [..., P]`, `scale` broadcasting to `[..., d]` -> `[..., d]` each."""
     mean_z, std_z = proposal.mean(psi), proposal.stddev(psi)
     scale = tf.broadcast_to(scale, tf.shape(mean_z))
-    if self.bijector is None:   # affine: closed form
+    if self.bijector is None and self._bounds is None:   # affine, unbounded: closed form
       return self.standardizer.inverse(mean_z), self.standardizer.std * std_z * scale
-    weights, means, stds = proposal.marginal_components(psi)     # [..., C], [..., C, d] twice
-    centre, scale = mean_z[..., tf.newaxis, :], scale[..., tf.newaxis, :]
-    means, stds = centre + scale * (means - centre), scale * stds
+    weights, means, stds = _spread_components(proposal, psi, mean_z, scale)
+    if self.bijector is None:
+      means, stds = self.standardizer.inverse(means), self.standardizer.std * stds
+      return box_restricted_moments(weights, means, stds, *self._bounds)
     nodes, node_weights = _quadrature()                           # [K, 1], [K, 1]
     z = means[..., tf.newaxis, :] + stds[..., tf.newaxis, :] * nodes           # [..., C, K, d]
     theta = tf.cast(self.inverse(z), tf.float64)
@@ -122,6 +136,94 @@ class ParameterSpace:
     variance = tf.reduce_sum(weight * tf.square(theta - mean[..., tf.newaxis, tf.newaxis, :]),
                              axis=[-3, -2])
     return tf.cast(mean, tf.float32), tf.cast(tf.sqrt(variance), tf.float32)
+
+  def proposal_mean(self, proposal: Proposal, psi: tf.Tensor) -> tf.Tensor:
+    """The raw mean of `q(z | psi)` itself, `[..., P] -> [..., d]`: `moments`' mean before the
+    restriction to the prior's box (the same where `b` maps onto the box)."""
+    if self.bijector is None:
+      return self.standardizer.inverse(proposal.mean(psi))
+    return self.moments(proposal, psi, tf.ones_like(proposal.mean(psi)))[0]
+
+
+def _spread_components(proposal: Proposal, psi: tf.Tensor, mean_z: tf.Tensor,
+                       scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Each parameter's marginal of `q(z | psi)` as normal components (`marginal_components`:
+  `weights [..., C]`, `means`, `stds` `[..., C, d]`), spread about the proposal's mean `mean_z`
+  by `scale` (`[..., d]` each)."""
+  weights, means, stds = proposal.marginal_components(psi)
+  centre, scale = mean_z[..., tf.newaxis, :], scale[..., tf.newaxis, :]
+  return weights, centre + scale * (means - centre), scale * stds
+
+
+def box_restricted_moments(weights: tf.Tensor, means: tf.Tensor, stds: tf.Tensor, low: tf.Tensor,
+                           high: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """The mean and marginal std of a mixture of diagonal normals restricted to a box.
+
+  The mixture `sum_c w_c prod_j N(theta_j; m_cj, s_cj^2)` times `1[low <= theta <= high]`, renormalised,
+  is again a mixture, of truncated normals `TN(m_cj, s_cj; low_j, high_j)`, with weights
+  `w_c Z_c / sum_c' w_c' Z_c'`, where `Z_c = prod_j (Phi(beta_cj) - Phi(alpha_cj))` is component `c`'s
+  mass in the box, `alpha = (low - m) / s`, `beta = (high - m) / s`. A truncated normal has
+
+      mean = m + s (phi(alpha) - phi(beta)) / Z_j,
+      var  = s^2 [1 + (alpha phi(alpha) - beta phi(beta)) / Z_j - ((phi(alpha) - phi(beta)) / Z_j)^2].
+
+  Computed in float64 with every ratio in log space (`_log_box_mass`), so that a component far
+  outside the box gives a narrow answer just inside its nearest edge instead of 0 / 0. A component with
+  `s = 0` (a point) is clipped into the box. Bounds may be infinite.
+
+  Args:
+    weights: `[..., C]`, summing to 1.
+    means, stds: `[..., C, d]`, raw units.
+    low, high: the box, broadcasting to `[d]`.
+
+  Returns:
+    `(mean, std)`, `[..., d]` each, float32.
+  """
+  means, stds = tf.cast(means, tf.float64), tf.cast(stds, tf.float64)
+  low, high = tf.cast(low, tf.float64), tf.cast(high, tf.float64)
+  point = stds <= 0
+  safe_stds = tf.where(point, tf.ones_like(stds), stds)
+  alpha, beta = (low - means) / safe_stds, (high - means) / safe_stds
+  log_mass = tf.where(point, tf.zeros_like(alpha), _log_box_mass(alpha, beta))   # [..., C, d]
+  # phi(bound) / Z_j, and bound phi(bound) / Z_j with 0 for an infinite bound (where phi is 0).
+  ratio_low = tf.exp(_log_normal_pdf(alpha) - log_mass)
+  ratio_high = tf.exp(_log_normal_pdf(beta) - log_mass)
+  tilt_low = tf.where(tf.math.is_finite(alpha), alpha * ratio_low, tf.zeros_like(alpha))
+  tilt_high = tf.where(tf.math.is_finite(beta), beta * ratio_high, tf.zeros_like(beta))
+  shift = ratio_low - ratio_high
+  component_means = tf.where(point, tf.clip_by_value(means, low, high), means + stds * shift)
+  # The variance cancels to nothing far outside the box; there it is bounded by 1 / alpha^2 (the
+  # one-sided truncated normal's, which a narrower box only lowers: the normal is log-concave).
+  distance = tf.maximum(tf.maximum(alpha, -beta), 0.0)
+  bound = tf.where(distance > 0, 1.0 / tf.square(distance), tf.constant(np.inf, tf.float64))
+  component_variances = tf.where(point, tf.zeros_like(stds), tf.square(stds) * tf.clip_by_value(
+      1.0 + tilt_low - tilt_high - tf.square(shift), 0.0, bound))
+  log_weights = tf.math.log(tf.cast(weights, tf.float64)) + tf.reduce_sum(log_mass, axis=-1)
+  restricted_weights = tf.nn.softmax(log_weights, axis=-1)[..., tf.newaxis]      # [..., C, 1]
+  mean = tf.reduce_sum(restricted_weights * component_means, axis=-2)
+  variance = tf.reduce_sum(restricted_weights * (
+      component_variances + tf.square(component_means - mean[..., tf.newaxis, :])), axis=-2)
+  return tf.cast(mean, tf.float32), tf.cast(tf.sqrt(variance), tf.float32)
+
+
+def _log_box_mass(alpha: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
+  """`log(Phi(beta) - Phi(alpha))` for `alpha < beta` (float64), accurate far in either tail: an
+  interval above the mode is mirrored below it, `Phi(-alpha) - Phi(-beta)`, where
+  `_log_normal_cdf` keeps its digits."""
+  upper = alpha > 0
+  above, below = tf.where(upper, -alpha, beta), tf.where(upper, -beta, alpha)
+  return tfp.math.log_sub_exp(_log_normal_cdf(above), _log_normal_cdf(below))
+
+
+def _log_normal_cdf(x: tf.Tensor) -> tf.Tensor:
+  """`log Phi(x) = log(erfc(-x / sqrt 2) / 2)`, through `logerfc`, which keeps its digits far in
+  the lower tail."""
+  return tfp.math.logerfc(-x / np.sqrt(2.0)) - np.log(2.0)
+
+
+def _log_normal_pdf(x: tf.Tensor) -> tf.Tensor:
+  """`log phi(x)` of the standard normal (-inf at infinite `x`)."""
+  return -0.5 * tf.square(x) - 0.5 * np.log(2.0 * np.pi)
 
 
 def _quadrature() -> Tuple[tf.Tensor, tf.Tensor]:

@@ -4,7 +4,7 @@ The export needs only TensorFlow to load and run. Its signatures:
 
 * `infer(observations [B, n, d_x], seed [2])` (TF-native simulators only: the simulator is traced
   into the graph) -> final `mean`, `std` (raw units, `[B, d]`), `trajectory_mean`,
-  `trajectory_std` (`[B, T, d]`) and `initial_mean` (`[B, d]`): the fields of
+  `trajectory_std` (`[B, T, d]`), `initial_mean` and `proposal_mean` (`[B, d]`): the fields of
   `alfi_tf.model.inference.InferenceResult`.
 * `start(observations, seed)` -> the loop state, plus `parameters [B, M, d]` to simulate (raw units)
   and the `simulation_seed [2]` that the in-graph simulator would have used for them. A machine
@@ -160,6 +160,8 @@ class ExportModule(tf.Module):
         "simulation_seed": simulation_seed,
         "done": step >= self.num_steps,
         "mean": mean, "std": std, "answer_psi": answer_psi,
+        "proposal_mean": self.machine.parameter_space.proposal_mean(self.machine.proposal,
+                                                                    answer_psi),
         "trajectory_mean": trajectory_mean, "trajectory_std": trajectory_std,
         "initial_mean": initial_mean, "observations": observations,
     }
