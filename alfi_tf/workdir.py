@@ -582,6 +582,18 @@ def load_machine(workdir: str, checkpoint: Optional[str] = None) -> InferenceMac
   return machine
 
 
+#: How a user mends a damaged calibration record (the training command refits it by itself).
+REFIT_ADVICE = "; rerun the training command to refit it"
+
+
+def calibration_fits(machine: InferenceMachine, calibration: Dict[str, Any],
+                     checkpoint: str) -> bool:
+  """Whether the `calibration.json` record `calibration` was fitted to `checkpoint` (a path) and
+  to `machine`'s answer (`config.ANSWER_FIELDS`)."""
+  return ((calibration.get("checkpoint"), recorded_answer_settings(calibration))
+          == (os.path.basename(checkpoint), answer_settings(machine.config)))
+
+
 def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str, Any]],
                       checkpoint: str, source: str = CALIBRATION_FILE) -> None:
   """Gives `machine` the std factors of `calibration` (read from the file `source`) when they were
@@ -597,15 +609,15 @@ def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str,
   """
   if calibration is None:
     return
-  fitted_to = (calibration.get("checkpoint"), recorded_answer_settings(calibration))
-  wanted = (os.path.basename(checkpoint), answer_settings(machine.config))
-  if fitted_to != wanted:
+  if not calibration_fits(machine, calibration, checkpoint):
     logging.warning("%s was fitted to checkpoint %s with %s, not to %s with %s: the answers' std "
                     "are not recalibrated (rerun the training command to refit them)",
-                    CALIBRATION_FILE, *fitted_to, *wanted)
+                    CALIBRATION_FILE, calibration.get("checkpoint"),
+                    recorded_answer_settings(calibration), os.path.basename(checkpoint),
+                    answer_settings(machine.config))
     return
   dim = machine.simulator.parameter_dim
-  damaged = f"{source} is damaged: {{}}; rerun the training command to refit it"
+  damaged = f"{source} is damaged: {{}}{REFIT_ADVICE}"
   try:
     scales = check_std_scales(calibration.get("std_scales"), dim)
   except (TypeError, ValueError) as error:

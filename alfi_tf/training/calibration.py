@@ -13,13 +13,13 @@ from absl import logging
 
 from alfi_tf import metrics
 from alfi_tf.config import (DEFAULT_TEST_HORIZON, MAX_STEPS, MachineConfig, TrainConfig,
-                            answer_settings, recorded_answer_settings)
-from alfi_tf.model.calibration import (PooledStdScales, check_std_scales, fit_std_scales,
-                                      recorded_pooled_std_scales)
+                            answer_settings)
+from alfi_tf.model.calibration import PooledStdScales, fit_std_scales
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.training import data as data_lib
-from alfi_tf.workdir import CALIBRATION_FILE, Workdir
+from alfi_tf.workdir import (CALIBRATION_FILE, REFIT_ADVICE, Workdir, apply_calibration,
+                             calibration_fits)
 
 #: Offset of the calibration runs' inference seed from the run's seed (evaluation uses 1..5)...
 INFERENCE_SEED_OFFSET = 7
@@ -120,23 +120,19 @@ def calibrate_run(workdir: Workdir, machine: InferenceMachine, train_config: Tra
   already holds factors fitted to it with these settings, and records them."""
   if not train_config.calibration_problems or checkpoint is None:
     return
-  wanted = {"checkpoint": os.path.basename(checkpoint),
-            "num_problems": train_config.calibration_problems,
-            "horizon": calibration_horizon(machine.config, train_config),
-            **answer_settings(machine.config)}
-  recorded = workdir.read_calibration() or {}
-  existing = {**recorded, **recorded_answer_settings(recorded)}
-  if all(existing.get(key) == value for key, value in wanted.items()):
+  fitted_on = {"num_problems": train_config.calibration_problems,
+               "horizon": calibration_horizon(machine.config, train_config)}
+  recorded = workdir.read_calibration()
+  if (recorded is not None and calibration_fits(machine, recorded, checkpoint)
+      and all(recorded.get(key) == value for key, value in fitted_on.items())):
     try:
-      machine.set_std_scales(check_std_scales(existing.get("std_scales"),
-                                              machine.simulator.parameter_dim))
-      machine.set_pooled_std_scales(recorded_pooled_std_scales(
-          existing, machine.config.answer_starts, machine.simulator.parameter_dim))
+      apply_calibration(machine, recorded, checkpoint, workdir.file(CALIBRATION_FILE))
       return
-    except (TypeError, ValueError) as error:   # our own record, damaged: fitted again
-      logging.warning("%s is damaged (%s); refitting the calibration",
-                      workdir.file(CALIBRATION_FILE), error)
-  workdir.write_calibration({**calibrate(machine, train_config), **wanted})
+    except ValueError as error:   # our own record, damaged: fitted again
+      logging.warning("%s; refitting it", str(error).removesuffix(REFIT_ADVICE))
+  workdir.write_calibration({**calibrate(machine, train_config), **fitted_on,
+                             "checkpoint": os.path.basename(checkpoint),
+                             **answer_settings(machine.config)})
 
 
 def warn_if_unfinished(workdir: str) -> None:
