@@ -20,7 +20,8 @@ from absl import logging
 
 from alfi_tf.config import (ANSWER_FIELDS, MachineConfig, TrainConfig, answer_settings,
                             recorded_answer_settings, to_dict)
-from alfi_tf.model.calibration import check_std_scales, recorded_pooled_std_scales
+from alfi_tf.model.calibration import (check_mean_shifts, check_std_scales,
+                                      recorded_pooled_std_scales)
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.model.parameter_space import bijector_changes, describe_bijector, parameter_bijector
 from alfi_tf.simulators import Simulator, get_simulator
@@ -623,9 +624,15 @@ def apply_calibration(machine: InferenceMachine, calibration: Optional[Dict[str,
   except (TypeError, ValueError) as error:
     raise ValueError(damaged.format(
         f"{error} (std_scales: {str(calibration.get('std_scales'))[:80]})")) from None
+  try:   # absent from records of before the shifts: the answer's mean as it is
+    shifts = calibration.get("mean_shifts")
+    shifts = None if shifts is None else check_mean_shifts(shifts, dim)
+  except (TypeError, ValueError) as error:
+    raise ValueError(damaged.format(f"{error} (mean_shifts: {str(shifts)[:80]})")) from None
   try:   # its message quotes the pooled record itself
     pooled = recorded_pooled_std_scales(calibration, machine.config.answer_starts, dim)
   except (TypeError, ValueError) as error:
     raise ValueError(damaged.format(error)) from None
   machine.set_std_scales(scales)
+  machine.set_mean_shifts(shifts)
   machine.set_pooled_std_scales(pooled)

@@ -1,6 +1,8 @@
-"""Recalibration of the answer's std: the fit (`alfi_tf.model.calibration`), the machine applying it,
-and the run recording it (`alfi_tf.training.calibration`) for `load_machine`, `.keras` and export."""
+"""Recalibration of the answer's location and std: the fit (`alfi_tf.model.calibration`), the machine
+applying it, and the run recording it (`alfi_tf.training.calibration`) for `load_machine`, `.keras`
+and export."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,8 +17,8 @@ from hypothesis import strategies as st
 
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.evaluation.evaluator import EvaluationConfig, evaluate
-from alfi_tf.model.calibration import (FINE_GRID, PooledStdScales, fit_std_scales,
-                                       half_normal_kolmogorov_distance)
+from alfi_tf.model.calibration import (FINE_GRID, PooledStdScales, fit_mean_shifts,
+                                       fit_std_scales, half_normal_kolmogorov_distance)
 from alfi_tf.model.inference import InferenceResult, pool_starts
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.metrics import interval_coverage
@@ -70,15 +72,39 @@ def test_the_factor_is_inverse_to_a_rescaling_of_std(factor):
   assert abs(np.log(rescaled * factor / base)) <= 2.01 * np.log(GRID_STEP)
 
 
+def test_the_shift_recovers_a_known_lag_despite_stragglers():
+  """Answers a known number of their own std to one side (a lag per step and parameter), with 2%
+  of them unsettled far off: the median recovers the lag; after the shift the factors see only
+  the spread."""
+  rng = np.random.default_rng(3)
+  lag = np.array([[-0.3, 0.0], [0.2, 1.5]])                 # [T, d], in units of the std
+  std = rng.uniform(0.1, 3.0, size=(K, 2, 2))
+  errors = (rng.normal(size=(K, 2, 2)) - lag) * std            # mean = theta* + error
+  errors[:K // 50] += 50.0 * std[:K // 50]
+  mean, std, theta = _answers(errors, std)
+  shifts = fit_mean_shifts(mean, std, theta)
+  assert shifts.shape == (2, 2) and shifts.dtype == np.float32
+  # The median of 4000 normal draws: a standard error of 1.25 / sqrt(K) = 0.02 (k = 4), plus the
+  # stragglers' pull on it (2% of the draws moved: about 0.025).
+  np.testing.assert_allclose(shifts, lag, atol=0.08 + 0.03)
+  np.testing.assert_allclose(fit_std_scales(mean + shifts * std, std, theta), 1.0, rtol=0.08)
+
+
+def test_a_point_answer_is_not_shifted():
+  mean, std, theta = _answers(np.ones((5, 1, 2)), np.array([[0.0, 1.0]]))
+  np.testing.assert_array_equal(fit_mean_shifts(mean, std, theta), [[0.0, -1.0]])
+
+
+@pytest.mark.parametrize("fit", [fit_std_scales, fit_mean_shifts])
 @pytest.mark.parametrize("mean, std, theta, message", [
     (np.zeros((3, 2)), np.ones((3, 2)), np.zeros((3, 2)), "expected mean and std"),
     (np.zeros((1, 2, 1)), np.ones((1, 2, 1)), np.zeros((1, 1)), "at least 2 problems"),
     (np.full((3, 2, 1), np.nan), np.ones((3, 2, 1)), np.zeros((3, 1)), "finite answers"),
     (np.zeros((3, 2, 1)), -np.ones((3, 2, 1)), np.zeros((3, 1)), "non-negative std"),
 ])
-def test_the_fit_rejects_bad_answers(mean, std, theta, message):
+def test_the_fit_rejects_bad_answers(fit, mean, std, theta, message):
   with pytest.raises(ValueError, match=message):
-    fit_std_scales(mean, std, theta)
+    fit(mean, std, theta)
 
 
 # --- The machine applies the factors. ---
@@ -169,30 +195,55 @@ def test_the_answer_is_rescaled_per_step_and_later_steps_use_the_last(machine):
   assert machine.std_scales is None
 
 
-def test_the_answers_draws_spread_by_the_factor(machine):
-  outputs = _infer(machine, _observations(), tf.constant([1, 2]))
-  machine.set_std_scales(np.array([[3.0, 0.5]]))
+@contextlib.contextmanager
+def _calibrated(machine, scales=None, shifts=None):
+  """`machine` with these factors and shifts set, and without them again afterwards."""
+  machine.set_std_scales(scales)
+  machine.set_mean_shifts(shifts)
   try:
-    draws = machine.sample_final_proposal(outputs["psi"], 20000, tf.constant([3, 4]), step=2)
+    yield machine
   finally:
     machine.set_std_scales(None)
-  np.testing.assert_allclose(draws.numpy().std(axis=1), outputs["std"].numpy() * [3.0, 0.5],
+    machine.set_mean_shifts(None)
+
+
+def test_the_answer_is_shifted_by_its_unscaled_std_per_step(machine):
+  observations, seed = _observations(), tf.constant([1, 2])
+  plain = _infer(machine, observations, seed, num_steps=3)
+  shifts = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
+  with _calibrated(machine, scales=np.full((2, 2), 3.0), shifts=shifts):
+    calibrated = _infer(machine, observations, seed, num_steps=3)
+    assert machine.mean_shifts.tolist() == shifts.tolist()
+  expected = np.concatenate([shifts, shifts[-1:]])                       # steps 1, 2, 3
+  np.testing.assert_allclose(calibrated["trajectory_mean"],
+                             plain["trajectory_mean"] + expected * plain["trajectory_std"],
+                             rtol=1e-6)
+  np.testing.assert_allclose(calibrated["std"], 3.0 * plain["std"], rtol=1e-6)
+  np.testing.assert_array_equal(calibrated["psi"], plain["psi"])        # the proposals: untouched
+  assert machine.mean_shifts is None
+
+
+def test_the_answers_draws_are_shifted_and_spread_by_the_calibration(machine):
+  plain = _infer(machine, _observations(), tf.constant([1, 2]))
+  with _calibrated(machine, np.array([[3.0, 0.5]]), np.array([[1.0, -2.0]])) as calibrated:
+    outputs = _infer(calibrated, _observations(), tf.constant([1, 2]))
+    draws = machine.sample_final_proposal(outputs["psi"], 20000, tf.constant([3, 4]), step=2)
+  np.testing.assert_allclose(draws.numpy().std(axis=1), plain["std"].numpy() * [3.0, 0.5],
                              rtol=0.03)    # 20000 draws: a standard error of 0.5%
-  widest = 3.0 * float(tf.reduce_max(outputs["std"]))
+  widest = 3.0 * float(tf.reduce_max(plain["std"]))
   np.testing.assert_allclose(draws.numpy().mean(axis=1), outputs["mean"].numpy(),
                              atol=5 * widest / np.sqrt(20000))     # 5 standard errors
+  np.testing.assert_allclose(outputs["mean"], plain["mean"] + [1.0, -2.0] * plain["std"],
+                             rtol=1e-6)
 
 
-def test_the_answers_density_is_the_rescaled_gaussian(machine):
-  outputs = _infer(machine, _observations(), tf.constant([1, 2]))
-  theta = outputs["mean"] + 0.7 * outputs["std"] * np.array([1.0, -2.0], np.float32)
-  scales = np.array([3.0, 0.5], np.float32)
-  machine.set_std_scales(scales[np.newaxis])
-  try:
+def test_the_answers_density_is_the_recalibrated_gaussian(machine):
+  scales, shifts = np.array([[3.0, 0.5]], np.float32), np.array([[-0.5, 1.5]], np.float32)
+  with _calibrated(machine, scales, shifts):
+    outputs = _infer(machine, _observations(), tf.constant([1, 2]))
+    theta = outputs["mean"] + 0.7 * outputs["std"] * np.array([1.0, -2.0], np.float32)
     log_prob = machine.answer_log_prob(theta, outputs["psi"], step=2).numpy()
-  finally:
-    machine.set_std_scales(None)
-  expected = tfp.distributions.Normal(outputs["mean"], outputs["std"] * scales).log_prob(theta)
+  expected = tfp.distributions.Normal(outputs["mean"], outputs["std"]).log_prob(theta)
   # Absolute: float32 rounds theta near E_beam = 45 to a few 1e-6, 1e-5 of the answer's std.
   np.testing.assert_allclose(log_prob, tf.reduce_sum(expected, axis=-1).numpy(), atol=1e-4)
 
@@ -207,15 +258,23 @@ def test_bad_factors_are_refused(machine, scales, message):
   assert machine.std_scales is None
 
 
-def test_the_factors_travel_in_the_keras_file(machine, tmp_path):
-  machine.set_std_scales(np.array([[2.0, 0.5]]))
-  try:
+@pytest.mark.parametrize("shifts, message", [
+    (np.ones((2, 3)), r"mean shifts must have shape \[steps >= 1, 2\]"),
+    (np.array([[1.0, np.nan]]), "mean shifts must be finite"),
+])
+def test_bad_shifts_are_refused(machine, shifts, message):
+  with pytest.raises(ValueError, match=message):
+    machine.set_mean_shifts(shifts)
+  assert machine.mean_shifts is None
+
+
+def test_the_factors_and_shifts_travel_in_the_keras_file(machine, tmp_path):
+  with _calibrated(machine, np.array([[2.0, 0.5]]), np.array([[0.25, -1.0]])):
     path = str(tmp_path / "machine.keras")
     machine.save(path)
     loaded = keras.saving.load_model(path)
-  finally:
-    machine.set_std_scales(None)
   assert loaded.std_scales.tolist() == [[2.0, 0.5]]
+  assert loaded.mean_shifts.tolist() == [[0.25, -1.0]]
 
 
 # --- The run calibrates once training ends, and `load_machine` applies it. ---
@@ -254,13 +313,19 @@ def test_a_finished_run_is_calibrated_and_loads_calibrated(tmp_path):
   trainer.train()
   record = json.load(open(os.path.join(workdir, CALIBRATION_FILE)))
   assert record["checkpoint"] == "ckpt-2" and record["num_problems"] == 64
-  assert np.asarray(record["std_scales"]).shape == (3, 2)
+  assert np.asarray(record["std_scales"]).shape == np.asarray(record["mean_shifts"]).shape == (3, 2)
   # On the problems it was fitted to, calibration brings the 68% coverage no further from nominal.
   for before, after in zip(np.ravel(record["coverage_before"]["0.68"]),
                            np.ravel(record["coverage_after"]["0.68"])):
     assert abs(after - 0.68) <= abs(before - 0.68) + 0.05
   loaded = load_machine(workdir)
   np.testing.assert_allclose(loaded.std_scales, record["std_scales"])
+  np.testing.assert_allclose(loaded.mean_shifts, record["mean_shifts"])
+  # A record of before the shifts: its factors, and the mean as it is.
+  del record["mean_shifts"]
+  json.dump(record, open(os.path.join(workdir, CALIBRATION_FILE), "w"))
+  loaded = load_machine(workdir)
+  assert loaded.mean_shifts is None and loaded.std_scales is not None
   # Factors fitted to another checkpoint are not applied.
   json.dump({**record, "checkpoint": "ckpt-1"}, open(os.path.join(workdir, CALIBRATION_FILE), "w"))
   assert load_machine(workdir).std_scales is None
@@ -322,6 +387,9 @@ def test_a_machine_answering_with_two_starts_is_calibrated_for_their_pool(tmp_pa
                                        "answer_starts=2") as damaged:
     apply_calibration(loaded, {**record, "pooled_std_scales": None}, "run/checkpoints/ckpt-2")
   assert "std_scales: [" not in str(damaged.value)   # the per-run factors are fine: not quoted
+  with pytest.raises(ValueError, match=r"damaged: mean shifts must have shape \[steps >= 1, 2\], "
+                                       r"got \(3,\) \(mean_shifts: \[1, 2, 3\]\)"):
+    apply_calibration(loaded, {**record, "mean_shifts": [1, 2, 3]}, "run/checkpoints/ckpt-2")
   _check_the_export_answers_with_two_pooled_runs(loaded, str(tmp_path / "export"), pooled)
   # The evaluation measures the answers the machine gives, two pooled runs, and counts them.
   report = evaluate(workdir, EvaluationConfig(num_problems=4, robustness_problems=2,

@@ -126,6 +126,9 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       **answer_settings(machine_config),
       # The factors that multiplied the std at the test horizon (`calibration.json`), or None.
       "std_scales_at_horizon": _std_scales_at(machine, names, num_steps),
+      # The shifts of the mean at the test horizon, in units of the answer's std, or None.
+      "mean_shifts_at_horizon": (None if machine.mean_shifts is None else _per_parameter(
+          names, machine.mean_shift_at(num_steps).numpy())),
       "simulations_per_inference": budgets.alfi_inference_simulations(
           machine_config, num_steps, config.num_starts),
       "training_simulations": budgets.alfi_training_simulations(

@@ -17,7 +17,8 @@ from alfi_tf.checks import check_transform_domain
 from alfi_tf.config import (OBSERVATION_TRANSFORM_MINIMUM, MachineConfig, require_horizon,
                             to_dict)
 from alfi_tf.model import arguments, losses
-from alfi_tf.model.calibration import PooledStdScales, check_pooled_std_scales, check_std_scales
+from alfi_tf.model.calibration import (PooledStdScales, check_mean_shifts, check_pooled_std_scales,
+                                      check_std_scales)
 from alfi_tf.model.loss_model import LossModel, float32_layers
 from alfi_tf.model.networks import PairedSetEncoder, SampleAggregator, SetEncoder, Updater
 from alfi_tf.model.normalization import Moments, Standardizer, transform_observations
@@ -92,6 +93,12 @@ def standardize_over_samples(features: tf.Tensor, epsilon: float = 1e-5) -> tf.T
   return (features - mean) * tf.math.rsqrt(variance + epsilon)
 
 
+def _row_at(table: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
+  """Rows `steps` (int, any shape `S`) of a per-step calibration `table [1 + C, d]`, the last
+  row for steps past C -> `[*S, d]`."""
+  return tf.gather(table, tf.minimum(tf.cast(steps, tf.int32), table.shape[0] - 1))
+
+
 def regression_step(theta: tf.Tensor, summaries: tf.Tensor, real_summary: tf.Tensor,
                     valid: tf.Tensor, ridge: float = 1e-3) -> tf.Tensor:
   """The regression-adjustment step of a step's samples, `[batch, d]`.
@@ -132,9 +139,10 @@ class InferenceMachine(LossModel):
   """Meta-learned inference: proposes, simulates, compares, updates `psi`, T times.
 
   The standardisation statistics of parameters and observations are weights of the model (set them
-  with `adapt`), so they are saved and restored with it. The answer's widths can be recalibrated
-  after training (`set_std_scales`, `alfi_tf.model.calibration`); the factors travel with the
-  workdir (`calibration.json`), the `.keras` file and the export.
+  with `adapt`), so they are saved and restored with it. The answer's location and widths can be
+  recalibrated after training (`set_mean_shifts`, `set_std_scales`, `alfi_tf.model.calibration`);
+  the shifts and factors travel with the workdir (`calibration.json`), the `.keras` file and the
+  export.
 
   Example:
     >>> simulator = get_simulator("poisson")
@@ -152,6 +160,7 @@ class InferenceMachine(LossModel):
       super().__init__(name=name, dtype="float32")
       self._create(simulator, config)
     self.set_std_scales(None)
+    self.set_mean_shifts(None)
     self.set_pooled_std_scales(None)
 
   def _create(self, simulator: Simulator, config: MachineConfig) -> None:
@@ -205,10 +214,11 @@ class InferenceMachine(LossModel):
   def get_config(self) -> Dict[str, Any]:
     """The simulator (by spec: a registered name or an import path) and the machine's
     configuration."""
-    scales = self.std_scales
+    scales, shifts = self.std_scales, self.mean_shifts
     return {"name": self.name, "simulator": self.simulator.spec,
             "machine_config": to_dict(self.config),
             "std_scales": None if scales is None else scales.tolist(),
+            "mean_shifts": None if shifts is None else shifts.tolist(),
             "pooled_std_scales": (None if self.pooled_std_scales is None
                                   else self.pooled_std_scales.to_json())}
 
@@ -217,6 +227,7 @@ class InferenceMachine(LossModel):
     machine = cls(get_simulator(config["simulator"]), MachineConfig(**config["machine_config"]),
                   name=config["name"])
     machine.set_std_scales(config.get("std_scales"))
+    machine.set_mean_shifts(config.get("mean_shifts"))
     machine.set_pooled_std_scales(config.get("pooled_std_scales"))
     return machine
 
@@ -229,11 +240,26 @@ class InferenceMachine(LossModel):
     """Sets the factors `[C, d]` that multiply the answer's std after steps 1..C (and after any
     later step, step C's); None removes them. A constant rather than a weight: the factors are
     fitted after training, and checkpoints written before they existed must still restore."""
+    self._std_scale_table = self._step_table(scales, 1.0, check_std_scales)
+
+  @property
+  def mean_shifts(self) -> Optional[np.ndarray]:
+    """The calibration shifts `[C, d]` of steps 1..C (later steps use step C's), or None."""
+    return None if self._mean_shift_table.shape[0] == 1 else self._mean_shift_table.numpy()[1:]
+
+  def set_mean_shifts(self, shifts: Optional[np.ndarray]) -> None:
+    """Sets the shifts `[C, d]` that move the answer's mean by that many of its (unscaled)
+    standard deviations after steps 1..C (and after any later step, step C's); None removes
+    them. A constant, as the std factors are."""
+    self._mean_shift_table = self._step_table(shifts, 0.0, check_mean_shifts)
+
+  def _step_table(self, values: Optional[np.ndarray], start: float, check) -> tf.Tensor:
+    """`[1 + C, d]`: the start's row, never recalibrated (`start`), then `check(values)`."""
     d = self.simulator.parameter_dim
-    table = [np.ones([1, d], np.float32)]       # row 0: the start, never rescaled
-    if scales is not None:
-      table.append(check_std_scales(scales, d))
-    self._std_scale_table = tf.constant(np.concatenate(table))
+    table = [np.full([1, d], start, np.float32)]
+    if values is not None:
+      table.append(check(values, d))
+    return tf.constant(np.concatenate(table))
 
   @property
   def pooled_std_scales(self) -> Optional[PooledStdScales]:
@@ -247,8 +273,11 @@ class InferenceMachine(LossModel):
 
   def std_scale_at(self, steps: tf.Tensor) -> tf.Tensor:
     """The factors after `steps` (int, any shape `S`; 0 is the start) -> `[*S, d]`."""
-    last = self._std_scale_table.shape[0] - 1
-    return tf.gather(self._std_scale_table, tf.minimum(tf.cast(steps, tf.int32), last))
+    return _row_at(self._std_scale_table, steps)
+
+  def mean_shift_at(self, steps: tf.Tensor) -> tf.Tensor:
+    """The shifts after `steps` (int, any shape `S`; 0 is the start) -> `[*S, d]`."""
+    return _row_at(self._mean_shift_table, steps)
 
   def adapt(self, theta: np.ndarray, observations: np.ndarray) -> None:
     """Sets the standardisation statistics from the meta-training set.
@@ -568,14 +597,16 @@ class InferenceMachine(LossModel):
     return tf.ensure_shape(tf.cast(average, psi.dtype), psi.shape)
 
   def answer(self, psi: tf.Tensor, steps: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """The answer after `steps`: `to_raw(psi)` with the std recalibrated (`set_std_scales`), the
-    proposal restricted to the prior's box where it is not confined to it (`parameter_space`).
+    """The answer after `steps`: `to_raw(psi)` recalibrated (`set_mean_shifts`,
+    `set_std_scales`), restricted to the prior's box where the proposal is not confined to it
+    (`parameter_space`).
 
     Args:
       psi: the answer's parameters (`average_iterates`), `[B, P]` after one step (`steps` a
         scalar) or `[B, T, P]` after each of `steps [T]`.
     """
-    return self.parameter_space.moments(self.proposal, psi, self.std_scale_at(steps))
+    return self.parameter_space.moments(self.proposal, psi, self.std_scale_at(steps),
+                                        self.mean_shift_at(steps))
 
   def infer(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
             initial_mean: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
@@ -608,30 +639,38 @@ class InferenceMachine(LossModel):
   def sample_final_proposal(self, psi: tf.Tensor, num_samples: int, seed: tf.Tensor,
                             step: int) -> tf.Tensor:
     """Draws from the answer after `step` in raw parameter units: `psi [B, P]` (the answer's
-    parameters, `infer`'s `answer_psi`) -> `[B, num_samples, d]`, draws of `q(z | psi)` spread
-    about its mean by the step's std factors (`set_std_scales`), mapped to raw units
-    (`parameter_space`); not clipped to the prior's box: these are the answer's draws, not
-    simulation inputs."""
+    parameters, `infer`'s `answer_psi`) -> `[B, num_samples, d]`, draws of `q(z | psi)` moved by
+    the step's shifts and spread about its mean by its std factors (`_recalibrated`), mapped to
+    raw units (`parameter_space`); not clipped to the prior's box: these are the answer's draws,
+    not simulation inputs."""
     psi = arguments.check_answer_psi(psi, self.proposal.psi_size)
     num_samples = arguments.require_positive_integer("num_samples", num_samples)
     seed, step = arguments.check_seed_tensor(seed), arguments.check_step(step)
     draws = self.proposal.sample(psi, num_samples, seed)                      # [B, S, d]
-    mean = self.proposal.mean(psi)[:, tf.newaxis]
-    return self.parameter_space.inverse(mean + self.std_scale_at(step) * (draws - mean))
+    mean, centre, scale = self._recalibrated(psi, step)
+    return self.parameter_space.inverse(centre[:, tf.newaxis]
+                                        + scale * (draws - mean[:, tf.newaxis]))
+
+  def _recalibrated(self, psi: tf.Tensor, step) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The answer after `step` as a map of `q(z | psi)`: `z -> centre + scale (z - mean)`, with
+    `mean` the proposal's `[B, d]`, `centre = mean + shift sigma` (`[B, d]`) and `scale` `[d]`
+    the step's calibration (`set_mean_shifts`, `set_std_scales`)."""
+    mean = self.proposal.mean(psi)
+    centre = mean + self.mean_shift_at(step) * self.proposal.stddev(psi)
+    return mean, centre, self.std_scale_at(step)
 
   def answer_log_prob(self, theta: tf.Tensor, psi: tf.Tensor, step: int) -> tf.Tensor:
     """The log-density at raw `theta [B, d]` of the answer after `step` that
-    `sample_final_proposal` draws from: `q(z | psi)` spread about its mean by the step's
-    factors `s`, `log q(mu + (z - mu) / s) - sum log s + log |dz / dtheta|` with
+    `sample_final_proposal` draws from: `q(z | psi)` mapped by `z -> c + s (z - mu)`
+    (`_recalibrated`), `log q(mu + (z - c) / s) - sum log s + log |dz / dtheta|` with
     `z = parameter_space.forward(theta)` -> `[B]`."""
     psi = arguments.check_answer_psi(psi, self.proposal.psi_size)
     d = self.simulator.parameter_dim
     theta = arguments.check_float_tensor(theta, "theta", [psi.shape[0], d],
                                          f"[batch, {d}] (raw units, a row per row of psi)")
     step = arguments.check_step(step)
-    scale = self.std_scale_at(step)                                              # [d]
-    mean = self.proposal.mean(psi)
-    unscaled = mean + (self.parameter_space.forward(theta) - mean) / scale
+    mean, centre, scale = self._recalibrated(psi, step)
+    unscaled = mean + (self.parameter_space.forward(theta) - centre) / scale
     log_det = self.parameter_space.forward_log_det_jacobian(theta)   # -inf: outside the support
     log_prob = self.proposal.log_prob(unscaled, psi) - tf.reduce_sum(tf.math.log(scale)) + log_det
     return tf.where(tf.math.is_finite(log_det), log_prob, log_det)

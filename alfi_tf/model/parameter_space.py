@@ -24,7 +24,8 @@ mixture of normals), by `QUADRATURE_NODES`-point Gauss-Hermite quadrature per co
 deterministic, and the same for a data set whatever batch it is answered in. The answer's
 calibration factors (`std_scales`) rescale the proposal's spread in `z` about its mean, where it
 is Gaussian, and the raw answer is the push-forward of that rescaled proposal: the same
-distribution `sample_final_proposal` draws from and `answer_log_prob` scores.
+distribution `sample_final_proposal` draws from and `answer_log_prob` scores. So do its calibration
+shifts (`mean_shifts`), which move the proposal by a multiple of its std in `z`.
 
 Without `b` a proposal is not confined to the prior's box, but the posterior is zero outside it:
 for a data set whose parameters lie at the box's edge, a proposal centred beyond the edge can be
@@ -115,16 +116,18 @@ class ParameterSpace:
     log_det += self.bijector.inverse_log_det_jacobian(self._inside(theta), event_ndims=1)
     return tf.where(tf.math.is_finite(log_det), log_det, tf.constant(-np.inf, tf.float32))
 
-  def moments(self, proposal: Proposal, psi: tf.Tensor,
-              scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """The raw mean and marginal std of `q(z | psi)` spread about its mean by `scale`, pushed
-    forward to raw units (and, without `b`, restricted to the prior's box):
-    `psi [..., P]`, `scale` broadcasting to `[..., d]` -> `[..., d]` each."""
+  def moments(self, proposal: Proposal, psi: tf.Tensor, scale: tf.Tensor,
+              shift: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The raw mean and marginal std of `q(z | psi)` moved by `shift` of its std and spread
+    about its mean by `scale`, pushed forward to raw units (and, without `b`, restricted to the
+    prior's box): `psi [..., P]`, `scale` and `shift` (None: 0) broadcasting to `[..., d]` ->
+    `[..., d]` each."""
     mean_z, std_z = proposal.mean(psi), proposal.stddev(psi)
     scale = tf.broadcast_to(scale, tf.shape(mean_z))
+    centre = mean_z if shift is None else mean_z + shift * std_z
     if self.bijector is None and self._bounds is None:   # affine, unbounded: closed form
-      return self.standardizer.inverse(mean_z), self.standardizer.std * std_z * scale
-    weights, means, stds = _spread_components(proposal, psi, mean_z, scale)
+      return self.standardizer.inverse(centre), self.standardizer.std * std_z * scale
+    weights, means, stds = _spread_components(proposal, psi, mean_z, centre, scale)
     if self.bijector is None:
       means, stds = self.standardizer.inverse(means), self.standardizer.std * stds
       return box_restricted_moments(weights, means, stds, *self._bounds)
@@ -145,14 +148,14 @@ class ParameterSpace:
     return self.moments(proposal, psi, tf.ones_like(proposal.mean(psi)))[0]
 
 
-def _spread_components(proposal: Proposal, psi: tf.Tensor, mean_z: tf.Tensor,
+def _spread_components(proposal: Proposal, psi: tf.Tensor, mean_z: tf.Tensor, centre: tf.Tensor,
                        scale: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Each parameter's marginal of `q(z | psi)` as normal components (`marginal_components`:
-  `weights [..., C]`, `means`, `stds` `[..., C, d]`), spread about the proposal's mean `mean_z`
-  by `scale` (`[..., d]` each)."""
+  `weights [..., C]`, `means`, `stds` `[..., C, d]`), mapped by `z -> centre + scale (z - mean_z)`
+  (the proposal's mean `mean_z`; `[..., d]` each)."""
   weights, means, stds = proposal.marginal_components(psi)
-  centre, scale = mean_z[..., tf.newaxis, :], scale[..., tf.newaxis, :]
-  return weights, centre + scale * (means - centre), scale * stds
+  mean_z, centre, scale = (x[..., tf.newaxis, :] for x in (mean_z, centre, scale))
+  return weights, centre + scale * (means - mean_z), scale * stds
 
 
 def box_restricted_moments(weights: tf.Tensor, means: tf.Tensor, stds: tf.Tensor, low: tf.Tensor,

@@ -69,7 +69,9 @@ def machine_metadata(machine: InferenceMachine, num_steps: int) -> Dict[str, Any
       # The design columns simulated at the real data's (0: none, or the simulator draws its own).
       "design_dim": simulator.design_dim if machine.simulates_at_observed_design else 0,
       "machine_config": to_dict(config),
+      # The answer's calibration (in the graph already; recorded to be read).
       "std_scales": machine.get_config()["std_scales"],
+      "mean_shifts": machine.get_config()["mean_shifts"],
       # The factors of answers pooled over `machine_config.answer_starts` runs
       # (`PooledStdScales.to_json`), applied by `DeployedMachine.infer` and `run`; None: none.
       "pooled_std_scales": machine.get_config()["pooled_std_scales"],

@@ -14,7 +14,7 @@ from absl import logging
 from alfi_tf import metrics
 from alfi_tf.config import (DEFAULT_TEST_HORIZON, MAX_STEPS, MachineConfig, TrainConfig,
                             answer_settings)
-from alfi_tf.model.calibration import PooledStdScales, fit_std_scales
+from alfi_tf.model.calibration import PooledStdScales, fit_mean_shifts, fit_std_scales
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.training import data as data_lib
@@ -44,9 +44,10 @@ def calibrate(machine: InferenceMachine, train_config: TrainConfig,
   `R` runs on the same problems (`_calibrate_pooled`).
 
   Returns:
-    The record for `calibration.json`: the factors `[C, d]`, what they were fitted on, and the
-    68% / 95% coverage per step on those problems before and after (`[C, d]` each); with `R > 1`
-    also the pooled factors and their coverage before and after (`pooled_*`).
+    The record for `calibration.json`: the shifts and factors (`[C, d]` each), what they were
+    fitted on, and the 68% / 95% coverage per step on those problems before and after (`[C, d]`
+    each); with `R > 1` also the pooled factors and their coverage before and after
+    (`pooled_*`).
   """
   started = time.time()
   horizon = calibration_horizon(machine.config, train_config)
@@ -54,22 +55,27 @@ def calibrate(machine: InferenceMachine, train_config: TrainConfig,
                                         train_config.num_obs, train_config.seed,
                                         data_lib.CALIBRATION_STREAM)
   machine.set_std_scales(None)
+  machine.set_mean_shifts(None)
   machine.set_pooled_std_scales(None)
   result = Inferrer(machine, num_steps=horizon, batch_size=batch_size)(
       problems.observations, seed=train_config.seed + INFERENCE_SEED_OFFSET, num_starts=1)
-  # The factors rescale the proposal's spread in its own standardised space (the same as in raw
-  # units where the map between them is affine: `alfi_tf.model.parameter_space`).
+  # The shifts and factors move and rescale the proposal in its own standardised space (the same
+  # as in raw units where the map between them is affine: `alfi_tf.model.parameter_space`).
   # A tensor, not the result's numpy array: some families slice psi, which keeps numpy numpy.
   trajectory_psi = tf.constant(result.trajectory_psi)
   mean = machine.proposal.mean(trajectory_psi).numpy()                       # [K, C, d]
   std = machine.proposal.stddev(trajectory_psi).numpy()
   theta = machine.parameter_space.forward(problems.theta).numpy()            # [K, d]
-  scales = fit_std_scales(mean, std, theta)
+  shifts = fit_mean_shifts(mean, std, theta)
+  shifted = mean + shifts * std
+  scales = fit_std_scales(shifted, std, theta)
+  machine.set_mean_shifts(shifts)
   machine.set_std_scales(scales)
-  record = {"std_scales": scales.tolist(), "num_problems": train_config.calibration_problems,
+  record = {"std_scales": scales.tolist(), "mean_shifts": shifts.tolist(),
+            "num_problems": train_config.calibration_problems,
             "num_obs": train_config.num_obs, "horizon": horizon, "seed": train_config.seed,
             "coverage_before": _coverage(mean, std, theta),
-            "coverage_after": _coverage(mean, std * scales, theta)}
+            "coverage_after": _coverage(shifted, std * scales, theta)}
   if machine.config.answer_starts > 1:
     # A new Inferrer: the first one's graph holds the machine's factors as they were (none).
     record.update(_calibrate_pooled(Inferrer(machine, num_steps=horizon, batch_size=batch_size),
