@@ -43,9 +43,10 @@ class InferenceResult(NamedTuple):
       `DeployedMachine.infer` and `run`) found and warned about them; None where no run checked
       (ask/tell's answers, `pool_starts`'s pooled runs: `DeployedMachine.extrapolations` checks
       them).
-    proposal_mean: `[B, d]`, the final answer's mean before its restriction to the prior's box
-      (`extrapolations` checks it: a machine that left the box says so), or None (exports written
-      before it was recorded: `mean` stands in).
+    proposal_mean: `[B, d]`, the mean of the final answer's proposal itself, before its
+      calibration and its restriction to the prior's box (`extrapolations` checks it: a machine
+      that left the box says so), or None (exports written before it was recorded: `mean` stands
+      in).
   """
 
   mean: np.ndarray

@@ -622,8 +622,9 @@ class InferenceMachine(LossModel):
       `average_iterates`, standardised; `trajectory_answer_psi` `[B, T, P]` after each step),
       `psi` `[B, P]` (the last proposal's, `psi_T`),
       `failed_sets` int `[B]` (failed simulated sets, `usable_sets`, of the run's `T M`) and
-      `proposal_mean` `[B, d]` (the final answer's mean before its restriction to the prior's
-      box, `parameter_space.ParameterSpace.proposal_mean`).
+      `proposal_mean` `[B, d]` (the mean of the final answer's proposal `q(z | psi_bar_T)` itself,
+      before its calibration and its restriction to the prior's box,
+      `parameter_space.ParameterSpace.proposal_mean`).
     """
     trajectory = self(observations, seed=seed, num_steps=num_steps, initial_mean=initial_mean)
     answer_psi = self.average_iterates(trajectory.psi)
