@@ -17,6 +17,7 @@ asks for simulations at `session.design()` `[B, N, design_dim]` too, and `run` c
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable, Dict, List, Optional
@@ -254,9 +255,10 @@ class DeployedMachine:
     1 for exports written before it existed)."""
     return int(self.metadata["machine_config"].get("answer_starts", 1))
 
-  @property
+  @functools.cached_property
   def pooled_std_scales(self) -> Optional[PooledStdScales]:
-    """The factors of answers pooled over `answer_starts` runs (`pool_starts`), or None."""
+    """The factors of answers pooled over `answer_starts` runs (`pool_starts`), or None; read
+    from the metadata (and checked) once."""
     return check_pooled_std_scales(self.metadata.get("pooled_std_scales"),
                                    len(self.parameter_names))
 
