@@ -772,11 +772,13 @@ def test_pooled_starts_are_the_moments_of_the_equal_weight_mixture():
   from alfi_tf.model.inference import InferenceResult, pool_starts
   # One data set, R = 2 runs of d = 1: N(0, 1^2) and N(2, 1^2) -> mean 1, variance 1 + 1.
   mean, std = np.array([[0.0], [2.0]]), np.array([[1.0], [1.0]])
-  result = InferenceResult(mean, std, mean[:, np.newaxis], std[:, np.newaxis], mean)
+  result = InferenceResult(mean, std, mean[:, np.newaxis], std[:, np.newaxis], mean,
+                           proposal_mean=np.array([[-0.5], [2.5]]))
   pooled = pool_starts(result, 2)
   np.testing.assert_allclose(pooled.mean, [[1.0]])
   np.testing.assert_allclose(pooled.std, [[math.sqrt(2.0)]], rtol=1e-6)
   np.testing.assert_allclose(pooled.trajectory_std, [[[math.sqrt(2.0)]]], rtol=1e-6)
+  np.testing.assert_allclose(pooled.proposal_mean, [[1.0]])     # where the runs' proposals sit
   assert pool_starts(result, 1) is result
 
 

@@ -134,7 +134,8 @@ def pool_starts(result: InferenceResult, num_starts: int,
   return InferenceResult(mean, std, trajectory_mean, trajectory_std,
                          fields["initial_mean"].mean(axis=1),
                          failed_sets=None if failed_sets is None else failed_sets.sum(axis=1),
-                         proposal_mean=None if proposal_mean is None else proposal_mean.mean(axis=1))
+                         proposal_mean=(None if proposal_mean is None
+                                        else proposal_mean.mean(axis=1)))
 
 
 def _pooled_factors(pooled_std_scales: Optional[PooledStdScales], num_starts: int,

@@ -162,17 +162,17 @@ def box_restricted_moments(weights: tf.Tensor, means: tf.Tensor, stds: tf.Tensor
                            high: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
   """The mean and marginal std of a mixture of diagonal normals restricted to a box.
 
-  The mixture `sum_c w_c prod_j N(theta_j; m_cj, s_cj^2)` times `1[low <= theta <= high]`, renormalised,
-  is again a mixture, of truncated normals `TN(m_cj, s_cj; low_j, high_j)`, with weights
-  `w_c Z_c / sum_c' w_c' Z_c'`, where `Z_c = prod_j (Phi(beta_cj) - Phi(alpha_cj))` is component `c`'s
-  mass in the box, `alpha = (low - m) / s`, `beta = (high - m) / s`. A truncated normal has
+  The mixture `sum_c w_c prod_j N(theta_j; m_cj, s_cj^2)` times `1[low <= theta <= high]`,
+  renormalised, is again a mixture, of truncated normals `TN(m_cj, s_cj; low_j, high_j)`, with
+  weights `w_c Z_c / sum_c' w_c' Z_c'`, where `Z_c = prod_j (Phi(beta_cj) - Phi(alpha_cj))` is
+  component `c`'s mass in the box, `alpha = (low - m) / s`, `beta = (high - m) / s`. A truncated
+  normal has, with `r_a = phi(alpha) / Z_j` and `r_b = phi(beta) / Z_j`,
 
-      mean = m + s (phi(alpha) - phi(beta)) / Z_j,
-      var  = s^2 [1 + (alpha phi(alpha) - beta phi(beta)) / Z_j - ((phi(alpha) - phi(beta)) / Z_j)^2].
+      mean = m + s (r_a - r_b),     var = s^2 [1 + alpha r_a - beta r_b - (r_a - r_b)^2].
 
   Computed in float64 with every ratio in log space (`_log_box_mass`), so that a component far
-  outside the box gives a narrow answer just inside its nearest edge instead of 0 / 0. A component with
-  `s = 0` (a point) is clipped into the box. Bounds may be infinite.
+  outside the box gives a narrow answer just inside its nearest edge instead of 0 / 0. A
+  component with `s = 0` (a point) is clipped into the box. Bounds may be infinite.
 
   Args:
     weights: `[..., C]`, summing to 1.
@@ -193,14 +193,14 @@ def box_restricted_moments(weights: tf.Tensor, means: tf.Tensor, stds: tf.Tensor
   ratio_high = tf.exp(_log_normal_pdf(beta) - log_mass)
   tilt_low = tf.where(tf.math.is_finite(alpha), alpha * ratio_low, tf.zeros_like(alpha))
   tilt_high = tf.where(tf.math.is_finite(beta), beta * ratio_high, tf.zeros_like(beta))
-  shift = ratio_low - ratio_high
-  component_means = tf.where(point, tf.clip_by_value(means, low, high), means + stds * shift)
+  offset = ratio_low - ratio_high
+  component_means = tf.where(point, tf.clip_by_value(means, low, high), means + stds * offset)
   # The variance cancels to nothing far outside the box; there it is bounded by 1 / alpha^2 (the
   # one-sided truncated normal's, which a narrower box only lowers: the normal is log-concave).
   distance = tf.maximum(tf.maximum(alpha, -beta), 0.0)
   bound = tf.where(distance > 0, 1.0 / tf.square(distance), tf.constant(np.inf, tf.float64))
   component_variances = tf.where(point, tf.zeros_like(stds), tf.square(stds) * tf.clip_by_value(
-      1.0 + tilt_low - tilt_high - tf.square(shift), 0.0, bound))
+      1.0 + tilt_low - tilt_high - tf.square(offset), 0.0, bound))
   log_weights = tf.math.log(tf.cast(weights, tf.float64)) + tf.reduce_sum(log_mass, axis=-1)
   restricted_weights = tf.nn.softmax(log_weights, axis=-1)[..., tf.newaxis]      # [..., C, 1]
   mean = tf.reduce_sum(restricted_weights * component_means, axis=-2)
