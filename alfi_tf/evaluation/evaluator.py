@@ -125,11 +125,10 @@ def evaluate(workdir: str, config: EvaluationConfig = EvaluationConfig()) -> Dic
       # How the answer is read off the machine: a run may change it after this evaluation.
       **answer_settings(machine_config),
       # The factors that multiplied the std at the test horizon (`calibration.json`), or None.
-      "std_scales_at_horizon": _calibration_at(names, machine.std_scales, machine.std_scale_at,
-                                               num_steps),
+      "std_scales_at_horizon": _std_scales_at(machine, names, num_steps),
       # The shifts of the mean at the test horizon, in units of the answer's std, or None.
-      "mean_shifts_at_horizon": _calibration_at(names, machine.mean_shifts,
-                                                machine.mean_shift_at, num_steps),
+      "mean_shifts_at_horizon": (None if machine.mean_shifts is None else _per_parameter(
+          names, machine.mean_shift_at(num_steps).numpy())),
       "simulations_per_inference": budgets.alfi_inference_simulations(
           machine_config, num_steps, config.num_starts),
       "training_simulations": budgets.alfi_training_simulations(
@@ -184,12 +183,10 @@ def _require_memory_for_runs(config: EvaluationConfig, simulator: Simulator, num
                             f"use a smaller {names[1]} or {names[0]}")
 
 
-def _calibration_at(names: List[str], recorded: Optional[np.ndarray], row_at,
-                    step: int) -> Optional[Dict[str, float]]:
-  """Parameter -> the machine's calibration (`recorded`, its std factors or mean shifts) at
-  `step`, read by `row_at` (`InferenceMachine.std_scale_at`, `mean_shift_at`); None where the
-  machine has none."""
-  return None if recorded is None else _per_parameter(names, row_at(step).numpy())
+def _std_scales_at(machine, names: List[str], step: int) -> Optional[Dict[str, float]]:
+  if machine.std_scales is None:
+    return None
+  return _per_parameter(names, machine.std_scale_at(step).numpy())
 
 
 def _reference_rmse(simulator: Simulator, references: Dict[str, np.ndarray],
