@@ -185,6 +185,13 @@ class MachineConfig:
       pooled std factors for (`alfi_tf.training.calibration`): each run's factors make its own
       std cover its own error, so the pooled std, which adds the runs' spread, would over-cover.
       `R` times the simulations per answer; like `start`, only inference changes.
+    answer_simulated_obs: `N` when the machine answers (inference, validation, calibration,
+      evaluation, the export and ask/tell); 0 (the default) keeps the training's
+      `num_simulated_obs`. Meta-training always simulates `num_simulated_obs`. The encoders pool
+      over the `N` observations of a set, so a trained machine takes any `N`; more make each
+      step's comparison less noisy (and, at the observed design, let a step compare at more of
+      the real rows) at `N / num_simulated_obs` times the simulations per answer. Like `start`,
+      only inference changes (the calibration is refitted).
   """
 
   simulator: str = "poisson"
@@ -215,6 +222,7 @@ class MachineConfig:
   tail_averaging: float = 0.0
   start: str = "prior_draw"
   answer_starts: int = 1
+  answer_simulated_obs: int = 0
 
   def __post_init__(self):
     require_well_formed(self)
@@ -223,6 +231,9 @@ class MachineConfig:
                       "lstm_units", "bound", "initial_scale", "mixture_components",
                       "answer_starts")
     require_horizon("num_steps", self.num_steps)
+    if self.answer_simulated_obs < 0:
+      raise ValueError(f"answer_simulated_obs must be positive, or 0 for num_simulated_obs "
+                       f"({self.num_simulated_obs}), got {self.answer_simulated_obs}")
     if not 0 <= self.tail_averaging <= 1:
       raise ValueError(f"tail_averaging must lie in [0, 1] (the fraction of the trajectory "
                        f"averaged into the answer), got {self.tail_averaging}")
@@ -239,6 +250,12 @@ class MachineConfig:
     require_choice(self, "start", STARTS)
     require_choice(self, "bound_type", BOUND_TYPES)
     require_choice(self, "observation_transform", OBSERVATION_TRANSFORMS)
+
+  def simulated_obs(self, training: bool = False) -> int:
+    """`N`, the observations a step simulates per sample: `num_simulated_obs` in meta-training,
+    else `answer_simulated_obs` where it is set."""
+    return self.num_simulated_obs if training or not self.answer_simulated_obs else (
+        self.answer_simulated_obs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +354,7 @@ DEFAULT_TEST_HORIZON = 15
 #: The `MachineConfig` fields that shape only how the answer is read off a trained machine, not its
 #: weights or its training: a run may change them after training (`Workdir.claim`), and its
 #: calibration and evaluation record the values they were made with.
-ANSWER_FIELDS = ("tail_averaging", "start", "answer_starts")
+ANSWER_FIELDS = ("tail_averaging", "start", "answer_starts", "answer_simulated_obs")
 
 
 def answer_settings(config: "MachineConfig") -> Dict[str, Any]:

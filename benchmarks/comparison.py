@@ -119,10 +119,12 @@ def _methods(simulator: str, root: str) -> Dict[str, Callable[[], comparison.Ans
     methods[label] = lambda w=workdir, f=fraction: (
         _train_alfi(simulator, config, f, w),
         comparison.alfi_answer(w, test(), FLAGS.seed + 1, FLAGS.test_steps))[1]
-  per_inference = (FLAGS.test_steps * int(settings.get("num_samples", 20))
-                   * int(settings.get("num_simulated_obs", 20)))
+  # What one ALFI answer simulates per sample (`MachineConfig.simulated_obs`).
+  simulated_obs = (int(settings.get("answer_simulated_obs", 0))
+                   or int(settings.get("num_simulated_obs", 20)))
+  per_inference = FLAGS.test_steps * int(settings.get("num_samples", 20)) * simulated_obs
   for label, abc_config in (
-      ("abc_equal_budget", ABCConfig(per_inference, int(settings.get("num_simulated_obs", 20)))),
+      ("abc_equal_budget", ABCConfig(per_inference, simulated_obs)),
       ("abc_100x_budget", ABCConfig(100 * per_inference, int(settings.get("num_obs", 500))))):
     methods[label] = lambda c=abc_config, l=label: comparison.abc_answer(
         get_simulator(simulator), c, test(), FLAGS.seed + 2, _abc_summary(simulator, root), l)

@@ -35,8 +35,8 @@ SIZE_FLAGS = ("batch_size", "num_problems", "num_obs", "num_validation_problems"
               "num_simulated_obs", "num_steps", "encoder_hidden", "encoder_out",
               "aggregator_hidden", "aggregator_out", "updater_hidden", "lstm_units",
               "mixture_components", "calibration_problems", "num_starts", "answer_starts",
-              "robustness_problems", "robustness_starts", "grid_points", "context_hidden",
-              "flow_layers", "flow_hidden", "spline_bins", "test_problems")
+              "answer_simulated_obs", "robustness_problems", "robustness_starts", "grid_points",
+              "context_hidden", "flow_layers", "flow_hidden", "spline_bins", "test_problems")
 
 
 def run(main: Callable[[List[str]], None]) -> None:

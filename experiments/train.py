@@ -28,7 +28,10 @@ define_flags_for(MachineConfig, {
     "simulator": "the simulator: a registered name, package.module:Attr or path/to/file.py:Attr "
                  "(a Simulator subclass or a function returning one)",
     "answer_starts": "runs per data set that the machine's answers pool by default (alfi-infer, "
-                     "alfi-evaluate), with std factors calibrated for that many"})
+                     "alfi-evaluate), with std factors calibrated for that many",
+    "answer_simulated_obs": "observations simulated per sample when the machine answers "
+                            "(inference, evaluation, export; 0: --num_simulated_obs); training "
+                            "simulates --num_simulated_obs"})
 define_flags_for(TrainConfig)
 flags.DEFINE_string("workdir", None, "run directory (config, checkpoints, summaries); in a "
                     "multi-worker run, a path every worker can read (shared filesystem)")

@@ -50,21 +50,26 @@ def _train(tmp_path, data_source: str, validate_every: int, machine: MachineConf
   return budgets.alfi_training_simulations(machine, train, result.steps)
 
 
-@pytest.mark.parametrize("answer_starts, calibration_runs", [(1, 1), (2, 1 + 2)])
+@pytest.mark.parametrize("answer_starts, calibration_runs, answer_simulated_obs",
+                         [(1, 1, 0), (2, 1 + 2, 0), (1, 1, 5)])
 def test_alfi_training_simulations_are_what_a_training_run_simulates(counting, tmp_path,
                                                                      answer_starts,
-                                                                     calibration_runs):
-  """A machine answering with `R > 1` runs calibrates single runs, then `R`-run pools."""
-  machine = dataclasses.replace(MACHINE, answer_starts=answer_starts)
+                                                                     calibration_runs,
+                                                                     answer_simulated_obs):
+  """A machine answering with `R > 1` runs calibrates single runs, then `R`-run pools; one
+  answering with `N_a` observations per sample validates and calibrates with them."""
+  machine = dataclasses.replace(MACHINE, answer_starts=answer_starts,
+                                answer_simulated_obs=answer_simulated_obs)
   counts = _train(tmp_path, "memory", validate_every=3, machine=machine)   # after steps 3, 6, 8
-  per_run = 2 * 4 * 3
-  calibration_run = 3 * 4 * 3                              # T_c M N
+  answer_obs = answer_simulated_obs or 3
+  per_run, answer_run = 2 * 4 * 3, 2 * 4 * answer_obs
+  calibration_run = 3 * 4 * answer_obs                     # T_c M N_a
   calibration = 8 * calibration_runs * calibration_run
   assert counts == {"meta_training_problems": 64 * 5, "online_problems": 0,
                     "validation_problems": 16 * 5, "training_steps": 8 * 16 * per_run,
-                    "validation_runs": 3 * 16 * per_run, "calibration_problems": 8 * 5,
+                    "validation_runs": 3 * 16 * answer_run, "calibration_problems": 8 * 5,
                     "calibration_runs": calibration,
-                    "total": 64 * 5 + 16 * 5 + 8 * 16 * per_run + 3 * 16 * per_run
+                    "total": 64 * 5 + 16 * 5 + 8 * 16 * per_run + 3 * 16 * answer_run
                              + 8 * 5 + calibration}
   assert CountingSimulator.simulated == counts["total"]
 
@@ -78,6 +83,8 @@ def test_online_training_counts_its_fresh_problems(counting, tmp_path):
 
 def test_alfi_inference_simulations_count_every_start_and_step():
   assert budgets.alfi_inference_simulations(MACHINE, num_steps=15, num_starts=8) == 8 * 15 * 4 * 3
+  answering_with_more = dataclasses.replace(MACHINE, answer_simulated_obs=7)
+  assert budgets.alfi_inference_simulations(answering_with_more, num_steps=15) == 15 * 4 * 7
 
 
 def _answer(mean, std, log_prob=None):

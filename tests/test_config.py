@@ -114,6 +114,20 @@ def test_answer_starts_flags_outside_the_positive_integers_are_refused_by_name(t
   ], ["--flagfile=experiments/configs/poisson.cfg"], tmp_path)
 
 
+def test_answer_simulated_obs_replaces_the_trainings_n_only_outside_training(tmp_path):
+  config = MachineConfig(num_simulated_obs=20, answer_simulated_obs=500)
+  assert (config.simulated_obs(), config.simulated_obs(training=True)) == (500, 20)
+  assert MachineConfig(num_simulated_obs=20).simulated_obs() == 20   # 0: the training's
+  with pytest.raises(ValueError, match=r"^answer_simulated_obs must be positive, or 0 for "
+                                       r"num_simulated_obs \(20\), got -1$"):
+    MachineConfig(answer_simulated_obs=-1)
+  assert_rejected("experiments.train", [
+      (["--answer_simulated_obs=-5"], "answer_simulated_obs must be positive, or 0 for "
+                                      "num_simulated_obs (20), got -5"),
+      (["--answer_simulated_obs=1e3"], "flag --answer_simulated_obs=1e3: invalid literal"),
+  ], ["--flagfile=experiments/configs/poisson.cfg"], tmp_path)
+
+
 def test_records_written_before_answer_starts_read_as_one_start(tmp_path):
   """config.json and calibration.json of runs older than the setting: every run then answered
   with single runs."""
@@ -125,3 +139,5 @@ def test_records_written_before_answer_starts_read_as_one_start(tmp_path):
   assert machine_config.answer_starts == 1
   assert recorded_answer_settings({"tail_averaging": 0.5})["answer_starts"] == 1
   assert answer_settings(MachineConfig(answer_starts=8))["answer_starts"] == 8
+  # ... and before answer_simulated_obs, as answering with the training's N.
+  assert recorded_answer_settings({})["answer_simulated_obs"] == 0

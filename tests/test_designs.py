@@ -106,7 +106,7 @@ def test_each_step_simulates_all_samples_at_rows_of_the_real_design(num_obs, num
   _, observations = simulator.sample_problems(3, num_obs, tf.constant([0, 1]))
   samples = tf.zeros([3, machine.config.num_samples, 4])
   real_at_design = machine.observations_at_design(observations, tf.constant([5, 6]))
-  simulated = machine._simulate(samples, tf.constant([5, 6]), real_at_design).numpy()
+  simulated = machine._simulate(samples, tf.constant([5, 6]), num_simulated_obs, real_at_design).numpy()
   rows = machine.design_rows(tf.constant([5, 6]), 3, num_obs).numpy()         # [3, N]
   for problem in range(3):
     np.testing.assert_array_equal(real_at_design[problem],
@@ -121,13 +121,30 @@ def test_each_step_simulates_all_samples_at_rows_of_the_real_design(num_obs, num
   assert not np.array_equal(rows, other)   # a new choice with every step's seed
 
 
+def test_the_answer_simulates_answer_simulated_obs_rows_and_training_the_trainings(monkeypatch):
+  """`answer_simulated_obs` sets `N` for the answer (rows of the design and observations per
+  sample); the meta-loss's runs (`training=True`) keep `num_simulated_obs`."""
+  simulator = get_simulator("linear_regression")
+  machine = _machine(simulator, answer_simulated_obs=9)
+  _, observations = simulator.sample_problems(2, 7, tf.constant([0, 1]))
+  simulated_rows = []
+  at_design = type(simulator).simulate_at_design
+  monkeypatch.setattr(type(simulator), "simulate_at_design", lambda self, theta, design, seed: (
+      simulated_rows.append(design.shape[1]) or at_design(self, theta, design, seed)))
+  machine(observations, tf.constant([0, 0]))
+  machine(observations, tf.constant([0, 0]), training=True)
+  assert simulated_rows == [9] * 3 + [6] * 3
+  assert machine.design_rows(tf.constant([5, 6]), 2, 7).shape == (2, 9)
+  assert machine.design_rows(tf.constant([5, 6]), 2, 7, training=True).shape == (2, 6)
+
+
 def test_without_observed_design_the_simulator_draws_its_own():
   simulator = get_simulator("linear_regression")
   machine = _machine(simulator, observed_design=False)
   assert not machine.simulates_at_observed_design
   _, observations = simulator.sample_problems(2, 9, tf.constant([0, 1]))
   assert machine.observations_at_design(observations, tf.constant([5, 6])) is None
-  simulated = machine._simulate(tf.zeros([2, 4, 4]), tf.constant([5, 6]), None).numpy()
+  simulated = machine._simulate(tf.zeros([2, 4, 4]), tf.constant([5, 6]), 6).numpy()
   real_rows = {tuple(row) for row in observations.numpy()[..., :3].reshape(-1, 3)}
   assert not any(tuple(row) in real_rows for row in simulated[..., :3].reshape(-1, 3))
 
@@ -135,12 +152,14 @@ def test_without_observed_design_the_simulator_draws_its_own():
 @pytest.mark.parametrize("simulator", [get_simulator("linear_regression"), NumpyLine()],
                          ids=["tf", "numpy"])
 def test_ask_tell_at_the_design_equals_infer(simulator):
-  machine = _machine(simulator, tail_averaging=0.5)
+  """... at the answer's `N` (`answer_simulated_obs`), which the export tells its users."""
+  machine = _machine(simulator, tail_averaging=0.5, answer_simulated_obs=9)
   _, observations = simulator.sample_problems(3, 7, tf.constant([0, 1]))
   machine(observations, tf.constant([0, 0]))
   module = ExportModule(machine, num_steps=4)
   deployed = DeployedMachine(module, json.loads(module.metadata_json))
-  assert deployed.design_dim == simulator.design_dim
+  assert deployed.design_dim == simulator.design_dim and deployed.num_simulated_obs == 9
+  assert deployed.start(observations.numpy()).design().shape == (3, 9, simulator.design_dim)
   told = deployed.run(observations.numpy(), simulator.simulate_at_design, seed=3)
   inferred = machine.infer(observations, tf.constant([3, 0]), num_steps=4)
   np.testing.assert_allclose(told.mean, inferred["mean"], rtol=1e-5, atol=1e-6)

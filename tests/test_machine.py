@@ -220,7 +220,7 @@ def test_relative_updates_measure_the_step_in_the_proposals_units(proposal):
   _, observations = _problems("weinberg")
   state, loop_seed = machines[0].begin(observations, _seed(3))
   theta = machines[0].propose(state, machines[0].step_seeds(loop_seed, 0)[0])
-  simulated = machines[0]._simulate(theta, _seed(4))
+  simulated = machines[0]._simulate(theta, _seed(4), machines[0].config.num_simulated_obs)
   absolute, relative = (machine.update(state, theta, simulated).psi - state.psi
                         for machine in machines)
   units = machines[0].proposal.update_units(state.psi)
@@ -957,7 +957,7 @@ def test_a_step_at_the_observed_design_pairs_its_rows_once(monkeypatch):
   state, _ = machine.begin(observations, _seed(1))
   theta = machine.propose(state, _seed(2))
   real_at_design = machine.observations_at_design(observations, _seed(3))
-  simulated = machine._simulate(theta, _seed(3), real_at_design)
+  simulated = machine._simulate(theta, _seed(3), machine.config.num_simulated_obs, real_at_design)
   calls = []
   pairs = PairedSetEncoder.pairs
   monkeypatch.setattr(PairedSetEncoder, "pairs",

@@ -4,11 +4,12 @@
 * ALFI trains on its meta-training problems (`num_problems * n`, plus `batch * n` fresh problems a
   step with `--data_source=online`) and the validation set (`num_validation_problems * n`), and
   simulates `T M N` observations per problem at every step (`batch * T M N` a step) and at every
-  validation (`num_validation_problems * T M N`); a finished run recalibrates its std on
+  validation (`num_validation_problems * T M N_a`, `N_a` the answer's `N`,
+  `MachineConfig.simulated_obs`); a finished run recalibrates its std on
   `calibration_problems * n` fresh problems, each run for the calibration horizon `T_c`
-  (`calibration_problems * T_c M N`), and for a machine that answers with `R_a = answer_starts
-  > 1` runs, `R_a` runs more of each (`calibration_problems * R_a T_c M N`). A data set then
-  costs `R T_test M N` (R starts, by default `R_a`).
+  (`calibration_problems * T_c M N_a`), and for a machine that answers with `R_a = answer_starts
+  > 1` runs, `R_a` runs more of each (`calibration_problems * R_a T_c M N_a`). A data set then
+  costs `R T_test M N_a` (R starts, by default `R_a`).
 * NPE trains on `num_problems * n` and costs nothing per data set.
 * Rejection ABC trains nothing and costs `J N_ABC` per data set (`J` candidate draws).
 
@@ -32,15 +33,17 @@ def alfi_training_simulations(machine_config: MachineConfig, train_config: Train
   at the training horizon; the calibration once the run reaches its last step.
   """
   n, batch = train_config.num_obs, train_config.batch_size
-  per_problem_run = (machine_config.num_steps * machine_config.num_samples
-                     * machine_config.num_simulated_obs)
+  # Validation runs the machine as it answers: at `answer_simulated_obs` where that is set.
+  training_run, answer_run = (machine_config.num_steps * machine_config.num_samples
+                              * machine_config.simulated_obs(training)
+                              for training in (True, False))
   validations = steps // train_config.validate_every + (steps % train_config.validate_every > 0)
   counts = {
       "meta_training_problems": train_config.num_problems * n,
       "online_problems": steps * batch * n if train_config.data_source == "online" else 0,
       "validation_problems": train_config.num_validation_problems * n,
-      "training_steps": steps * batch * per_problem_run,
-      "validation_runs": validations * train_config.num_validation_problems * per_problem_run,
+      "training_steps": steps * batch * training_run,
+      "validation_runs": validations * train_config.num_validation_problems * answer_run,
       "calibration_problems": 0, "calibration_runs": 0,
   }
   if steps == train_config.total_steps:
@@ -49,13 +52,13 @@ def alfi_training_simulations(machine_config: MachineConfig, train_config: Train
     # One single run of each problem, and R more for the pooled factors (`calibrate`).
     runs = 1 + (machine_config.answer_starts if machine_config.answer_starts > 1 else 0)
     counts["calibration_runs"] = (train_config.calibration_problems * runs * horizon
-                                  * machine_config.num_samples * machine_config.num_simulated_obs)
+                                  * machine_config.num_samples * machine_config.simulated_obs())
   counts["total"] = sum(counts.values())
   return counts
 
 
 def alfi_inference_simulations(machine_config: MachineConfig, num_steps: int,
                                num_starts: int = 1) -> int:
-  """Simulated observations per data set: `num_starts * num_steps * M * N`."""
-  return (num_starts * num_steps * machine_config.num_samples
-          * machine_config.num_simulated_obs)
+  """Simulated observations per data set: `num_starts * num_steps * M * N` (`N` the answer's,
+  `MachineConfig.simulated_obs`)."""
+  return num_starts * num_steps * machine_config.num_samples * machine_config.simulated_obs()

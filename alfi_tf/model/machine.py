@@ -377,33 +377,36 @@ class InferenceMachine(LossModel):
     with a simulator that has one)."""
     return self.config.observed_design and self.simulator.design_dim > 0
 
-  def design_rows(self, simulation_seed: tf.Tensor, batch_size, num_obs) -> tf.Tensor:
+  def design_rows(self, simulation_seed: tf.Tensor, batch_size, num_obs,
+                  training: bool = False) -> tf.Tensor:
     """The rows of each real set `[batch, n, d_x]` whose design a step simulates at: int32
-    `[batch, N]`, the first `N` of a random permutation of the `n` rows (cycled through again when
-    `N > n`, so every row serves equally often), drawn from the step's `simulation_seed` (folded
-    with a constant, to keep it apart from the simulator's own use of that seed)."""
+    `[batch, N]` (`N = config.simulated_obs(training)`), the first `N` of a random permutation of
+    the `n` rows (cycled through again when `N > n`, so every row serves equally often), drawn
+    from the step's `simulation_seed` (folded with a constant, to keep it apart from the
+    simulator's own use of that seed)."""
     keys = tf.random.stateless_uniform(
         tf.stack([batch_size, num_obs]),
         seed=tf.random.experimental.stateless_fold_in(simulation_seed, _DESIGN_STREAM))
     permutation = tf.argsort(keys, axis=-1, stable=True)
-    return tf.gather(permutation, tf.range(self.config.num_simulated_obs) % num_obs, axis=1)
+    return tf.gather(permutation, tf.range(self.config.simulated_obs(training)) % num_obs, axis=1)
 
-  def observations_at_design(self, observations: tf.Tensor,
-                             simulation_seed: tf.Tensor) -> Optional[tf.Tensor]:
+  def observations_at_design(self, observations: tf.Tensor, simulation_seed: tf.Tensor,
+                             training: bool = False) -> Optional[tf.Tensor]:
     """The real observations `[batch, n, d_x]` at the step's `design_rows`, `[batch, N, d_x]`
     (None unless `simulates_at_observed_design`): the design the step simulates at, and the real
     observations its simulations are compared with row by row."""
     if not self.simulates_at_observed_design:
       return None
-    rows = self.design_rows(simulation_seed, tf.shape(observations)[0], tf.shape(observations)[1])
+    rows = self.design_rows(simulation_seed, tf.shape(observations)[0], tf.shape(observations)[1],
+                            training)
     return tf.gather(observations, rows, batch_dims=1)
 
-  def _simulate(self, theta_standardized: tf.Tensor, seed: tf.Tensor,
+  def _simulate(self, theta_standardized: tf.Tensor, seed: tf.Tensor, n_sim: int,
                 real_at_design: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """Runs the simulator on `[batch, M, d]` standardised samples -> `[batch, M, N, d_x]` raw obs;
-    at the design of `real_at_design [batch, N, d_x]` (`observations_at_design`) when given."""
+    """Runs the simulator on `[batch, M, d]` standardised samples -> `[batch, M, N, d_x]` raw obs
+    (`N = n_sim`); at the design of `real_at_design [batch, N, d_x]` (`observations_at_design`)
+    when given."""
     batch, num_samples = tf.shape(theta_standardized)[0], theta_standardized.shape[1]
-    n_sim = self.config.num_simulated_obs
     theta = tf.reshape(self.simulation_parameters(theta_standardized),
                        [-1, self.simulator.parameter_dim])
     if real_at_design is not None:
@@ -546,7 +549,8 @@ class InferenceMachine(LossModel):
       initial_mean: optional `[batch, d]` raw start `mu_0`; default a prior draw in training,
         `config.start` at inference.
       training: a meta-training run (the meta-loss's): starts are prior draws whatever
-        `config.start` says.
+        `config.start` says, and each step simulates `num_simulated_obs` whatever
+        `config.answer_simulated_obs` says (`MachineConfig.simulated_obs`).
 
     Returns:
       The `Trajectory` of `psi`, standardised.
@@ -561,8 +565,9 @@ class InferenceMachine(LossModel):
     for t in range(num_steps):
       proposal_seed, simulation_seed = self.step_seeds(loop_seed, t)
       theta = self.propose(state, proposal_seed)                               # [batch, M, d]
-      real_at_design = self.observations_at_design(observations, simulation_seed)
-      simulated = self._simulate(theta, simulation_seed, real_at_design)
+      real_at_design = self.observations_at_design(observations, simulation_seed, bool(training))
+      simulated = self._simulate(theta, simulation_seed, self.config.simulated_obs(bool(training)),
+                                 real_at_design)
       valid = usable_sets(simulated, self.config.observation_transform)   # [batch, M]
       state = self.update(state, theta, simulated, valid, real_at_design)
       trajectory.append(state.psi)

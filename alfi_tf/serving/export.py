@@ -65,7 +65,8 @@ def machine_metadata(machine: InferenceMachine, num_steps: int) -> Dict[str, Any
       "prior": prior,
       "num_steps": num_steps,
       "num_samples": config.num_samples,
-      "num_simulated_obs": config.num_simulated_obs,
+      # What a step simulates per sample when the machine answers (`answer_simulated_obs`).
+      "num_simulated_obs": config.simulated_obs(),
       # The design columns simulated at the real data's (0: none, or the simulator draws its own).
       "design_dim": simulator.design_dim if machine.simulates_at_observed_design else 0,
       "machine_config": to_dict(config),
@@ -105,7 +106,7 @@ class ExportModule(tf.Module):
     require_horizon("num_steps", self.num_steps)
     simulator = machine.simulator
     d, dx = simulator.parameter_dim, simulator.observation_dim
-    m, n = machine.config.num_samples, machine.config.num_simulated_obs
+    m, n = machine.config.num_samples, machine.config.simulated_obs()
     e, units = machine.encoding_size, machine.config.lstm_units
     psi_size = machine.proposal.psi_size
     self.metadata_json = json.dumps(machine_metadata(machine, self.num_steps), sort_keys=True)
