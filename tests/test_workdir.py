@@ -140,6 +140,16 @@ def test_a_run_with_progress_goes_on_when_only_its_answer_settings_differ(tmp_pa
   assert "changing only how the answer is read off" in caplog.text and rendered in caplog.text
 
 
+def test_a_finished_run_may_answer_with_another_n_but_not_train_with_one(tmp_path):
+  """`answer_simulated_obs` is an answer setting; `num_simulated_obs` shapes the training."""
+  Workdir(str(tmp_path)).claim(MachineConfig(), FIRST)
+  (tmp_path / "training_summary.json").write_text("{}")
+  with pytest.raises(ValueError, match=r"machine.num_simulated_obs: workdir has 20, requested 100"):
+    Workdir(str(tmp_path)).claim(MachineConfig(num_simulated_obs=100), FIRST)
+  Workdir(str(tmp_path)).claim(MachineConfig(answer_simulated_obs=100), FIRST)
+  assert Workdir(str(tmp_path)).read_config()[0].simulated_obs() == 100
+
+
 @pytest.mark.parametrize("simulator, refused", [("poisson", False), ("linear_regression", True)])
 def test_observed_design_pins_only_the_runs_of_simulators_with_a_design(tmp_path, simulator,
                                                                         refused):
