@@ -44,7 +44,8 @@ import numpy as np
 from alfi_tf.baselines.abc import ABCConfig
 from alfi_tf.baselines.npe import NPEConfig
 from alfi_tf.baselines.npe_training import is_trained, load_npe, train_npe
-from alfi_tf.evaluation import comparison
+from alfi_tf.config import MachineConfig
+from alfi_tf.evaluation import budgets, comparison
 from alfi_tf.evaluation.references import reference_estimates
 from alfi_tf.evaluation.report import (marked_section, marked_text, replace_marked_section,
                                        replace_marked_text)
@@ -119,12 +120,13 @@ def _methods(simulator: str, root: str) -> Dict[str, Callable[[], comparison.Ans
     methods[label] = lambda w=workdir, f=fraction: (
         _train_alfi(simulator, config, f, w),
         comparison.alfi_answer(w, test(), FLAGS.seed + 1, FLAGS.test_steps))[1]
-  # What one ALFI answer simulates per sample (`MachineConfig.simulated_obs`).
-  simulated_obs = (int(settings.get("answer_simulated_obs", 0))
-                   or int(settings.get("num_simulated_obs", 20)))
-  per_inference = FLAGS.test_steps * int(settings.get("num_samples", 20)) * simulated_obs
+  # The config's answer, as budgets count it (the machine's defaults where the config is silent).
+  answer = MachineConfig(**{name: int(settings[name]) for name in
+                            ("num_samples", "num_simulated_obs", "answer_simulated_obs")
+                            if name in settings})
+  per_inference = budgets.alfi_inference_simulations(answer, FLAGS.test_steps)
   for label, abc_config in (
-      ("abc_equal_budget", ABCConfig(per_inference, simulated_obs)),
+      ("abc_equal_budget", ABCConfig(per_inference, answer.simulated_obs())),
       ("abc_100x_budget", ABCConfig(100 * per_inference, int(settings.get("num_obs", 500))))):
     methods[label] = lambda c=abc_config, l=label: comparison.abc_answer(
         get_simulator(simulator), c, test(), FLAGS.seed + 2, _abc_summary(simulator, root), l)

@@ -106,7 +106,8 @@ def test_each_step_simulates_all_samples_at_rows_of_the_real_design(num_obs, num
   _, observations = simulator.sample_problems(3, num_obs, tf.constant([0, 1]))
   samples = tf.zeros([3, machine.config.num_samples, 4])
   real_at_design = machine.observations_at_design(observations, tf.constant([5, 6]))
-  simulated = machine._simulate(samples, tf.constant([5, 6]), num_simulated_obs, real_at_design).numpy()
+  simulated = machine._simulate(samples, tf.constant([5, 6]), num_simulated_obs,
+                                real_at_design).numpy()
   rows = machine.design_rows(tf.constant([5, 6]), 3, num_obs).numpy()         # [3, N]
   for problem in range(3):
     np.testing.assert_array_equal(real_at_design[problem],

@@ -558,15 +558,16 @@ class InferenceMachine(LossModel):
     num_steps = (self.config.num_steps if num_steps is None else
                  arguments.require_positive_integer("num_steps", arguments.scalar_value(num_steps)))
     require_horizon("num_steps", num_steps)
-    state, loop_seed = self.begin(observations, seed, initial_mean, bool(training))
+    training = bool(training)
+    state, loop_seed = self.begin(observations, seed, initial_mean, training)
     observations = tf.cast(observations, tf.float32)   # checked by `begin`
     initial_psi = state.psi
     trajectory, masked = [], []
     for t in range(num_steps):
       proposal_seed, simulation_seed = self.step_seeds(loop_seed, t)
       theta = self.propose(state, proposal_seed)                               # [batch, M, d]
-      real_at_design = self.observations_at_design(observations, simulation_seed, bool(training))
-      simulated = self._simulate(theta, simulation_seed, self.config.simulated_obs(bool(training)),
+      real_at_design = self.observations_at_design(observations, simulation_seed, training)
+      simulated = self._simulate(theta, simulation_seed, self.config.simulated_obs(training),
                                  real_at_design)
       valid = usable_sets(simulated, self.config.observation_transform)   # [batch, M]
       state = self.update(state, theta, simulated, valid, real_at_design)
