@@ -75,6 +75,10 @@ def check_observation_sets(observations, observation_dim: int, name: str = "obse
   if array.ndim == 1 and observation_dim == 1:
     array = array[:, np.newaxis]
   if array.ndim == 2:
+    if array.shape[1] != observation_dim:   # named by the user's shape, not the batched one
+      raise ValueError(f"{name} must have {observation_dim} values per observation, got "
+                       f"{array.shape[1]} (one data set of shape {array.shape}, an observation "
+                       "per row)")
     array = array[np.newaxis]
   return check_transform_domain(check_observations(array, observation_dim, name), transform, name)
 

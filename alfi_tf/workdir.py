@@ -52,12 +52,15 @@ def atomic_output(path: str, suffix: str = "") -> Iterator[str]:
   A reader (or a killed writer) never sees a half-written file.
   """
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   temporary = os.path.join(directory, f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{suffix}")
-  # Created like any file of the user's (0666 less the umask), not private as a mkstemp file is:
-  # the file it becomes must be as readable as the checkpoints beside it.
-  with open(temporary, "x"):
-    pass
+  try:
+    os.makedirs(directory, exist_ok=True)
+    # Created like any file of the user's (0666 less the umask), not private as a mkstemp file
+    # is: the file it becomes must be as readable as the checkpoints beside it.
+    with open(temporary, "x"):
+      pass
+  except OSError as error:   # named by the file the user asked for, not the temporary one
+    raise type(error)(error.errno, f"cannot write {path}: {error.strerror}") from None
   try:
     yield temporary
     os.replace(temporary, path)
@@ -373,9 +376,11 @@ class Workdir:
       os.makedirs(self.path, exist_ok=True)
     except PermissionError as error:
       raise PermissionError(f"workdir {self.path} cannot be created: {error.strerror}") from None
-    except OSError as error:   # a file on the way: NotADirectoryError, FileExistsError
-      raise ValueError(f"workdir {self.path} cannot be created: "
-                       f"{nearest_existing(self.path)} is a file, not a directory") from None
+    except OSError as error:
+      blocker = nearest_existing(self.path)
+      reason = (f"{blocker} is a file, not a directory" if not os.path.isdir(blocker)
+                else error.strerror or str(error))   # a read-only file system, say
+      raise ValueError(f"workdir {self.path} cannot be created: {reason}") from None
     if not os.access(self.path, os.W_OK | os.X_OK):
       raise PermissionError(f"workdir {self.path} is not writable")
 

@@ -23,9 +23,9 @@ import tensorflow as tf
 from alfi_tf.simulators.base import simulator_error_message
 from experiments.config_flags import expand_flagfiles
 
-#: Failures a user can cause and fix: they get one message, not a traceback.
-KNOWN_FAILURES = (app.UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
-                  NotADirectoryError, PermissionError, RuntimeError, FloatingPointError,
+#: Failures a user can cause and fix: they get one message, not a traceback. OSError covers the
+#: file system's (a missing file, no permission, a read-only file system, a full disk).
+KNOWN_FAILURES = (app.UsageError, ValueError, OSError, RuntimeError, FloatingPointError,
                   MemoryError, tf.errors.OpError)
 
 #: The flags whose values size what a binary holds in memory (the model's layers, the batches of
@@ -186,8 +186,9 @@ def check_output_file(flag: str, path: str, is_own: Callable[[str], bool], what:
 
 
 def check_output_location(flag: str, path: str) -> None:
-  """Refuses `--flag=path` before any work when nothing can be written there: an empty path, or
-  one below a file (its missing directories are created when the output is written).
+  """Refuses `--flag=path` before any work when nothing can be written there: an empty path, one
+  below a file, or one whose nearest existing directory cannot be written (no permission, a
+  read-only file system). Its missing directories are created when the output is written.
 
   Raises:
     app.UsageError: naming the flag, the path and, for a path below a file, that file.
@@ -200,6 +201,30 @@ def check_output_location(flag: str, path: str) -> None:
   if not os.path.isdir(parent):
     raise app.UsageError(f"--{flag}={path} lies below {parent}, which is a file, not a "
                          "directory: choose a path in a directory")
+  check_writable_directory(flag, path, parent)
+
+
+def check_writable_directory(flag: str, path: str, directory: str) -> None:
+  """Refuses `--flag=path` when `directory` (where it writes) cannot be written.
+
+  Raises:
+    app.UsageError: naming the flag, the path and why (`access(2)`'s reason: permission denied,
+      read-only file system).
+  """
+  try:
+    writable = os.access(directory, os.W_OK | os.X_OK)
+  except OSError:
+    writable = False
+  if not writable:
+    reason = "read-only file system" if _is_read_only(directory) else "permission denied"
+    raise app.UsageError(f"--{flag}={path}: {directory} cannot be written ({reason})")
+
+
+def _is_read_only(directory: str) -> bool:
+  try:
+    return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+  except OSError:
+    return False
 
 
 #: Where TensorFlow says an op failed, before what failed: the wrapped function and the tf.data

@@ -5,6 +5,8 @@ r"""Evaluates a trained workdir on held-out problems.
 Writes `metrics.json` and PNG figures into the workdir and prints a table.
 """
 
+import os
+
 from absl import flags
 
 from alfi_tf.evaluation.evaluator import EvaluationConfig, evaluate, format_table
@@ -29,6 +31,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv   # checked by cli.run
   config = config_from_flags(EvaluationConfig)
+  if os.path.isdir(FLAGS.workdir):   # metrics.json and the figures are written into it
+    cli.check_writable_directory("workdir", FLAGS.workdir, FLAGS.workdir)
   warn_if_unfinished(FLAGS.workdir)
   report = evaluate(FLAGS.workdir, config)
   print(format_table(report))

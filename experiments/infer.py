@@ -113,7 +113,8 @@ def _run(machine: DeployedMachine, observations: np.ndarray, num_starts: int):
     simulator = get_simulator(spec)
   except ValueError as error:
     raise app.UsageError(f"the export's simulator is not TF-native, so it runs here, but it cannot "
-                         f"be found ({error}); pass --simulator_command") from None
+                         f"be built ({error}); repair or restore it, or pass --simulator_command "
+                         "to simulate with an external program") from None
   machine.check_simulator(simulator, f"--model={FLAGS.model}")
   simulate = simulator.simulate_at_design if machine.design_dim else simulator.simulate
   return machine.run(observations, simulate, FLAGS.seed, num_starts)

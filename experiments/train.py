@@ -68,9 +68,11 @@ COMMAND_FLAGS = ("simulator_command", "parameter_names", "prior_low", "prior_hig
 def _simulator_spec() -> str:
   """The spec recorded for --simulator and, for an external program, its flags."""
   if FLAGS.simulator != "command":
-    given = [f"--{name}" for name in COMMAND_FLAGS if FLAGS[name].present]
+    # The timeout too: a Python simulator has none, and a user relying on one would wait forever.
+    given = [f"--{name}" for name in COMMAND_FLAGS + ("simulator_timeout", "simulator_retries")
+             if FLAGS[name].present]
     if given:
-      raise app.UsageError(f"{', '.join(given)} apply to --simulator=command")
+      raise app.UsageError(f"{', '.join(given)} apply to --simulator=command only")
     if ":" not in FLAGS.simulator and FLAGS.simulator not in available_simulators():
       raise app.UsageError(f"unknown --simulator={FLAGS.simulator!r}; valid names are: "
                            f"{', '.join(available_simulators())} (or command, "
@@ -88,15 +90,23 @@ def _simulator_spec() -> str:
 
 
 def _absolute_command(command: str) -> str:
-  """The command with a relative path to its executable made absolute (recorded in the run, it must
-  work from any directory)."""
+  """The command with relative paths made absolute: recorded in the run, it must work from any
+  directory (`alfi-evaluate` elsewhere). That is the executable's path when it has a directory
+  part (a bare name is looked up on PATH), and every argument naming an existing file or
+  directory here (`python3 sims/run.py`)."""
   try:
     argv = split_command(command)
   except ValueError as error:
     raise app.UsageError(f"--simulator_command: {error}") from None
-  if argv and os.sep in argv[0] and os.path.exists(argv[0]):
-    argv[0] = os.path.abspath(argv[0])
-  return shlex.join(argv)
+  return shlex.join(
+      os.path.abspath(word) if _is_relative_path(word, executable=index == 0) else word
+      for index, word in enumerate(argv))
+
+
+def _is_relative_path(word: str, executable: bool) -> bool:
+  if os.path.isabs(word) or word.startswith("-") or not os.path.exists(word):
+    return False
+  return os.sep in word or not executable
 
 
 def _floats(name: str) -> List[float]:

@@ -281,6 +281,24 @@ def test_outputs_below_a_file_or_empty_are_refused_before_any_work(tmp_path):
   assert a_file.read_text() == "x" and sorted(os.listdir(tmp_path)) == ["file"]
 
 
+def test_outputs_on_a_file_system_that_refuses_writes_are_refused_before_any_work(
+    tmp_path, monkeypatch):
+  """An output on a read-only file system failed after the work (infer printed its answer, then a
+  traceback from the temporary file's creation). Root may write anywhere, so the refusal is
+  exercised through os.access and os.statvfs."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  read_only = os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 255))
+  monkeypatch.setattr(os, "access", lambda *args: False)
+  monkeypatch.setattr(os, "statvfs", lambda path: read_only)
+  with pytest.raises(app.UsageError, match=f"^--output={tmp_path / 'a' / 'r.json'}: {tmp_path} "
+                                           r"cannot be written \(read-only file system\)$"):
+    cli.check_output_file("output", str(tmp_path / "a" / "r.json"), lambda path: True, "a result")
+  monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((0,) * 10))
+  with pytest.raises(app.UsageError, match=r"cannot be written \(permission denied\)$"):
+    cli.check_output_location("export_dir", str(tmp_path / "export"))
+
+
 def test_verbosity_keeps_the_traceback_for_debugging(tmp_path):
   result = run("experiments.evaluate", f"--workdir={tmp_path}", "--verbosity=1")
   assert result.returncode != 0

@@ -287,18 +287,21 @@ TINY_TRAIN = TrainConfig(num_problems=32, num_obs=30, epochs=1, batch_size=16, l
 
 @pytest.mark.parametrize("proposal", ["full_covariance_gaussian", "fixed_variance_gaussian",
                                       "point"])
-def test_every_proposal_familys_run_finishes_with_its_calibration(tmp_path, proposal):
+def test_every_proposal_familys_run_finishes_with_its_calibration(tmp_path, proposal, caplog):
   """The families whose mean slices psi returned the inference result's numpy array as it was:
-  every such run trained to its end, then died in the calibration with an AttributeError."""
+  every such run trained to its end, then died in the calibration with an AttributeError. Past
+  the test horizon (15), the calibration warned of a horizon no user chose."""
   workdir = str(tmp_path / "run")
   set_global_seed(TINY_TRAIN.seed)
-  train_config = dataclasses.replace(TINY_TRAIN, loss="mse" if proposal == "point" else "nll")
+  train_config = dataclasses.replace(TINY_TRAIN, loss="mse" if proposal == "point" else "nll",
+                                     calibration_horizon=16)
   Trainer(MachineConfig(simulator="weinberg", proposal=proposal, num_steps=2, num_samples=4,
                         num_simulated_obs=8, encoder_hidden=8, encoder_out=4, aggregator_hidden=8,
                         aggregator_out=4, updater_hidden=8, lstm_units=4),
           train_config, workdir, log_every=1000).train()
   record = json.load(open(os.path.join(workdir, CALIBRATION_FILE)))
-  assert np.asarray(record["std_scales"]).shape == (3, 2)
+  assert np.asarray(record["std_scales"]).shape == (16, 2)
+  assert "past its training horizon" not in caplog.text
 
 
 def test_a_finished_run_is_calibrated_and_loads_calibrated(tmp_path):

@@ -423,6 +423,12 @@ def test_command_timeout_must_be_positive(timeout):
     CommandSimulator("true", ["x"], 1, timeout=timeout)
 
 
+@pytest.mark.parametrize("name", ["a,b", 'say "a"', "a\nb"])
+def test_command_parameter_names_that_would_break_the_csv_header_are_refused(name):
+  with pytest.raises(ValueError, match="may not hold commas, quotes or line breaks"):
+    CommandSimulator("true", ["x", name], 1)
+
+
 def test_infer_binary_with_simulator_command(weinberg, tmp_path):
   observations = tmp_path / "observations.npy"
   np.save(observations, weinberg.observations)
@@ -841,7 +847,8 @@ def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
   figure = tmp_path / "rmse_per_step.png"   # an evaluation's figure
   plot_rmse_per_step(str(figure), ["a"], np.ones([2, 1]), {}, 2)
   damaged = {}
-  for name in ("saved_model.pb", f"assets/{METADATA_ASSET}"):
+  for name in ("saved_model.pb", f"assets/{METADATA_ASSET}",
+               "variables/variables.data-00000-of-00001"):   # this one raised an IndexError
     damaged[name] = tmp_path / f"damaged_{os.path.basename(name)}"
     shutil.copytree(weinberg.export_dir, damaged[name])
     with open(damaged[name] / name, "r+b") as stream:
@@ -852,6 +859,10 @@ def test_infer_binary_refuses_bad_input_with_one_message(weinberg, tmp_path):
       ([f"--model={weinberg.export_dir}", f"--observations={nan_observations}"],
        f"observations in {nan_observations} contains 2 NaN/inf value(s), the first at [0, 5, 0]"),
       ([f"--model={neither}", f"--observations={zeros}"], "neither an alfi-tf export"),
+      ([f"--model={tmp_path / 'missing'}", f"--observations={zeros}"],
+       f"{tmp_path / 'missing'} does not exist; expected an alfi-tf export or a training workdir"),
+      ([f"--model={zeros}", f"--observations={zeros}"], f"{zeros} is a file; expected an "
+                                                        "alfi-tf export or a training workdir"),
       ([f"--model={weinberg.export_dir}", f"--observations={zeros}", "--seed=2147483648"],
        "--seed must be an integer in [-2147483648, "),
       ([f"--model={weinberg.export_dir}", f"--observations={zeros}", "--output="],
@@ -1029,6 +1040,14 @@ def test_overwrite_replaces_only_the_exports_own_files(lotka_volterra, tmp_path)
   assert (export_dir / "inference.json").read_text() == '{"mine": 1}'
   assert (export_dir / "data" / "obs.npy").read_bytes() == b"observed"
   assert DeployedMachine.load(str(export_dir)).num_steps == 2
+  # Through a symbolic link: the export it points to is replaced and the link kept (the link
+  # itself was moved aside, the export renamed to its name, and the next export removed it).
+  link = tmp_path / "current"
+  link.symlink_to("lv")
+  export_machine(machine, str(link), num_steps=3, overwrite=True)
+  assert sorted(os.listdir(tmp_path)) == ["current", "lv"] and os.readlink(link) == "lv"
+  assert (export_dir / "inference.json").read_text() == '{"mine": 1}'
+  assert DeployedMachine.load(str(link)).num_steps == 3
 
 
 def test_a_finished_but_uncalibrated_run_is_warned_about_and_a_calibrated_one_is_not(

@@ -13,13 +13,20 @@ from alfi_tf.checks import check_observation_sets, check_observations
 from alfi_tf.serving.observation_files import load_observations
 
 
-@pytest.mark.parametrize("name, content", [
-    ("empty.npy", b""), ("text.npy", b"1, 2, 3\n"), ("broken.npz", b"PK\x03\x04 not really a zip"),
+NOT_NPY = r"not a \.npy file \(it does not start with the NumPy header\)"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.npy", b"", NOT_NPY), ("text.npy", b"1, 2, 3\n", NOT_NPY),
+    # numpy took it for a pickle and spoke of loading it "unsafely" with allow_pickle.
+    ("garbage.npy", bytes(range(7, 200)), NOT_NPY),
+    ("cut.npy", b"\x93NUMPY\x01\x00", r"not a readable \.npy file of observations"),
+    ("broken.npz", b"PK\x03\x04 not really a zip", r"not a readable \.npz file of observations"),
 ])
-def test_unreadable_numpy_files_are_named(tmp_path, name, content):
+def test_unreadable_numpy_files_are_named(tmp_path, name, content, message):
   path = tmp_path / name
   path.write_bytes(content)
-  with pytest.raises(ValueError, match=rf"{path}: not a readable \.{name[-3:]} file of observations"):
+  with pytest.raises(ValueError, match=rf"{path}: {message}"):
     load_observations(str(path), 1)
 
 
@@ -58,6 +65,11 @@ def test_one_data_set_forms():
     np.testing.assert_array_equal(check_observation_sets(form, 1), expected)
   with pytest.raises(ValueError, match="must have shape"):
     check_observation_sets(np.arange(3.0), 2)   # [n] only means one set when d_x = 1
+  # Named by the shape handed over, (2, 2), not the batched (1, 2, 2).
+  with pytest.raises(ValueError, match=r"^observations must have 1 values per observation, got 2 "
+                                       r"\(one data set of shape \(2, 2\), an observation per "
+                                       r"row\)$"):
+    check_observation_sets(np.ones((2, 2)), 1)
 
 
 ARRAYS = hnp.arrays(
@@ -118,6 +130,8 @@ def test_csv_headers_and_byte_order_marks(tmp_path, content, expected):
     ("a;b\n1;2\n", r"line 2: '1;2' is not a number; .*separated by commas, not ';'"),
     ("1\t2\n", r"line 1: '1\\t2' is not a number; .*separated by commas, not '\\t'"),
     ("1,2\n3\n", r"line 2: 1 values, but line 1 has 2"),
+    ("1,\n2,\n", r"line 1: an empty value \(a trailing or doubled comma\?\)"),
+    ("x,y\n1\n", r"line 1: the header names 2 columns, but the rows hold 1 values"),
     ("x\n# only a header\n", r"no rows of numbers"),
 ])
 def test_csv_rows_that_are_not_numbers_are_named(tmp_path, content, message):

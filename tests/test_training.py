@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from alfi_tf.training import data as data_lib
-from alfi_tf.config import MachineConfig, TrainConfig
+from alfi_tf.config import SEED_RANGE, MachineConfig, TrainConfig
 from alfi_tf.training import Trainer, set_global_seed
 from alfi_tf.training.calibration import warn_if_unfinished
 from alfi_tf.workdir import Workdir, load_machine
@@ -128,6 +128,16 @@ def test_a_data_dir_below_a_file_is_refused_before_any_work(tmp_path, monkeypatc
   with pytest.raises(PermissionError, match=f"{tmp_path} is not writable"):
     seeded_trainer(config, str(tmp_path / "run"), data_dir=str(tmp_path / "data"))
   assert not (tmp_path / "run").exists() and a_file.read_text() == "mine"
+
+
+def test_every_seed_of_the_configurations_range_seeds_the_weights_distinctly():
+  """--seed=-1 passed the flag's range, then failed in Keras ("Seed must be between 0 and
+  2**32 - 1"), naming no flag."""
+  draws = {}
+  for seed in (SEED_RANGE[0], -1, 0, 1, SEED_RANGE[1]):
+    set_global_seed(seed)
+    draws[seed] = float(tf.random.uniform([]))
+  assert len(set(draws.values())) == len(draws), draws
 
 
 def test_the_progress_bar_of_a_resumed_session_times_its_own_steps(monkeypatch):

@@ -3,6 +3,7 @@ recorded in the run so that evaluate, export and infer find it again without ext
 
 import json
 import os
+import sys
 import shutil
 import time
 
@@ -69,6 +70,18 @@ def test_a_broken_file_names_the_spec_and_the_error(tmp_path):
     get_simulator(f"{path}:make")
 
 
+def test_a_module_here_that_cannot_be_imported_is_named_with_the_file_form(tmp_path, monkeypatch):
+  """An installed command does not search the current directory: `--simulator=mysims:X` next to
+  mysims.py failed with a bare ModuleNotFoundError."""
+  (tmp_path / "mysims_here.py").write_text("X = None\n")
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", ".")])
+  with pytest.raises(ValueError, match=r"No module named 'mysims_here' \(mysims_here\.py is here, "
+                                       r"but the current directory is not on the import path: "
+                                       r"name the file, .* e\.g\. \./mysims_here\.py:\.\.\.\)"):
+    get_simulator("mysims_here:X")
+
+
 @pytest.mark.parametrize("source, code", [("import sys\nsys.exit(0)\n", "0"),
                                           ("raise SystemExit(2)\n", "2")])
 def test_a_file_that_exits_while_imported_is_named(tmp_path, source, code):
@@ -99,6 +112,14 @@ class WrongShape(Base):
 class Counts(Base):
   def simulate(self, theta, num_obs, seed):
     return tf.zeros([tf.shape(theta)[0], num_obs, 1], tf.int32)
+
+class Doubles(Base):
+  def simulate(self, theta, num_obs, seed):
+    return tf.zeros([tf.shape(theta)[0], num_obs, 1], tf.float64)
+
+class KeyErrors(Base):
+  def simulate(self, theta, num_obs, seed):
+    raise KeyError("no calibration constant")
 """
 
 
@@ -106,7 +127,11 @@ class Counts(Base):
     ("Raising", "raised ZeroDivisionError: no detector response"),
     ("WrongShape", r"returned shape \(2, 3, 2\), expected \(2, 3, 1\) \[parameter vectors, "
                    r"num_obs, observation_dim\]"),
-    ("Counts", "returned int32 observations; expected floating point"),
+    ("Counts", r"returned int32 observations; expected float32 \(end simulate with "
+               r"tf.cast\(..., tf.float32\)\)"),
+    # float64 passed a check for any floating type, then failed inside the machine's float32 graph.
+    ("Doubles", "returned float64 observations; expected float32"),
+    ("KeyErrors", "raised KeyError: 'no calibration constant'$"),
 ])
 def test_a_tf_simulator_that_fails_its_trial_call_is_named_in_one_line(tmp_path, attribute,
                                                                        message):
@@ -123,7 +148,7 @@ def test_a_tf_simulator_that_fails_its_trial_call_is_named_in_one_line(tmp_path,
 @pytest.mark.parametrize("attribute, message", [
     ("WrongShape", r"a trial call \(2 parameter vectors drawn from its prior, num_obs=3\) "
                    r"returned shape \(2, 3, 2\), expected \(2, 3, 1\)"),
-    ("Counts", "a trial call .* returned int32 observations; expected floating point"),
+    ("Counts", "a trial call .* returned int32 observations; expected float32"),
     ("NotASimulator", "made a int, not an alfi_tf Simulator"),
 ])
 def test_a_registered_simulator_is_checked_as_an_imported_one_is(attribute, message):
@@ -241,10 +266,14 @@ COMMAND_FLAGS = ["--simulator=command", "--simulator_command=examples/oscillator
 
 def test_an_external_program_through_train_evaluate_export_and_infer(tmp_path):
   workdir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
-  trained = run("experiments.train", *COMMAND_FLAGS, *TINY_FLAGS, f"--workdir={workdir}")
+  # The script as an argument of its interpreter: only the executable's path was made absolute,
+  # and evaluating from another directory failed ("can't open file").
+  trained = run("experiments.train", *COMMAND_FLAGS[:1],
+                "--simulator_command=sh examples/oscillator/oscillator.sh", *COMMAND_FLAGS[2:],
+                *TINY_FLAGS, f"--workdir={workdir}")
   assert trained.returncode == 0, trained.stderr[-3000:]
   spec = json.load(open(os.path.join(workdir, "config.json")))["machine"]["simulator"]
-  assert spec.startswith("command:") and COMMAND in spec   # the executable's absolute path
+  assert spec.startswith("command:") and f"sh {COMMAND}" in spec   # the script's absolute path
   other_directory = str(tmp_path)
   evaluated = run("experiments.evaluate", f"--workdir={workdir}", "--num_problems=8",
                   "--robustness_problems=2", "--robustness_starts=2", cwd=other_directory)
@@ -270,7 +299,10 @@ def test_command_flags_are_validated(tmp_path):
      "the prior's low and high need one value per parameter"),
     (COMMAND_FLAGS[:-2] + ["--prior_high=0.05,3", "--observation_dim=8"],
      "the prior's box needs finite low < high"),
-    (["--simulator=poisson", "--parameter_names=a"], "--parameter_names apply to --simulator=command"),
+    (["--simulator=poisson", "--parameter_names=a"],
+     "--parameter_names apply to --simulator=command only"),
+    (["--simulator=poisson", "--simulator_timeout=2", "--simulator_retries=0"],
+     "--simulator_timeout, --simulator_retries apply to --simulator=command only"),
     (COMMAND_FLAGS[:-3] + ["--prior_low=1e39,0.5", "--prior_high=1e40,3", "--observation_dim=8"],
      "the prior's box needs finite low < high as float32 numbers"),
     (COMMAND_FLAGS + ["--simulator_timeout=0"], "--simulator_timeout must be a positive number"),

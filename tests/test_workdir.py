@@ -3,6 +3,7 @@ checkpoint fallback."""
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.model.machine import InferenceMachine
 from alfi_tf.simulators import NumpySimulator, box_prior, get_simulator, register_simulator
 from alfi_tf.workdir import (LOCK_FILE, SettingDifference, Workdir, apply_calibration,
-                            load_machine)
+                            load_machine, write_json_atomically)
 
 HOLD_LOCK = """
 import sys, time
@@ -86,6 +87,21 @@ def test_a_workdir_that_is_a_file_or_not_writable_is_named(tmp_path, monkeypatch
   monkeypatch.setattr(os, "access", lambda *args: False)
   with pytest.raises(PermissionError, match=f"workdir {tmp_path / 'run'} is not writable"):
     Workdir(str(tmp_path / "run")).claim(MachineConfig(), TrainConfig())
+
+
+def test_a_file_system_that_refuses_writes_is_named_for_what_it_is(tmp_path, monkeypatch):
+  """A read-only file system (errno 30) was reported as "... is a file, not a directory", and an
+  output that could not be written named only its temporary file."""
+  def read_only(path, *args, **kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+  monkeypatch.setattr(os, "makedirs", read_only)
+  with pytest.raises(ValueError, match=f"workdir {tmp_path / 'run'} cannot be created: "
+                                       "Read-only file system$"):
+    Workdir(str(tmp_path / "run")).claim(MachineConfig(), TrainConfig())
+  target = tmp_path / "sub" / "result.json"
+  with pytest.raises(OSError, match=f"cannot write {target}: Read-only file system$"):
+    write_json_atomically(str(target), {})
 
 
 FIRST, FIXED = TrainConfig(epochs=1), TrainConfig(epochs=2)

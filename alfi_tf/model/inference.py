@@ -285,16 +285,18 @@ class Inferrer:
       horizon (None: the training horizon).
     batch_size: problems per call, a positive integer.
     jit_compile: compile the unrolled loop with XLA (TF-native simulators only).
+    warn_past_horizon: warn when `num_steps` exceeds the default test horizon (off where the
+      library itself chose the horizon, as the calibration does, not the user).
   """
 
   def __init__(self, machine: InferenceMachine, num_steps: Optional[int] = None,
-               batch_size: int = 256, jit_compile: bool = False):
+               batch_size: int = 256, jit_compile: bool = False, warn_past_horizon: bool = True):
     self.machine = machine
     self.num_steps = require_positive_integer(
         "num_steps", machine.config.num_steps if num_steps is None else num_steps)
     require_horizon("num_steps", self.num_steps)
     tested_horizon = default_test_horizon(machine.config)
-    if self.num_steps > tested_horizon:
+    if warn_past_horizon and self.num_steps > tested_horizon:
       # More steps are not always better: a machine learns to approach the answer within its
       # training horizon, and some drift away past it (docs/results.md, linear regression).
       logging.warning("num_steps=%d runs the machine past its training horizon T=%d (and the "

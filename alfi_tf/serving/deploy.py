@@ -193,6 +193,12 @@ class DeployedMachine:
     if os.path.exists(os.path.join(path, "config.json")):
       module = ExportModule(load_machine(path), num_steps)
       return cls(module, json.loads(module.metadata_json))
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist; expected an alfi-tf export or a training "
+                              "workdir")
+    if not os.path.isdir(path):
+      raise NotADirectoryError(f"{path} is a file; expected an alfi-tf export or a training "
+                               "workdir (a directory)")
     raise FileNotFoundError(f"{path} is neither an alfi-tf export (no saved_model.pb) nor a "
                             "training workdir (no config.json)")
 
@@ -218,7 +224,9 @@ class DeployedMachine:
     _check_metadata_fields(metadata, f"{path} is a damaged alfi-tf export ({asset}")
     try:
       module = tf.saved_model.load(path)
-    except (OSError, ValueError, tf.errors.OpError) as error:   # truncated or damaged files
+    # The files passed the checks above, so whatever the loader raises is their damage: a
+    # truncated variables file, say, is an IndexError ("Read less bytes than requested").
+    except Exception as error:   # pylint: disable=broad-except
       reason = getattr(error, "message", None) or str(error)
       raise ValueError(f"{path} is a damaged alfi-tf export (the SavedModel cannot be read: "
                        f"{reason.strip().splitlines()[0][:300]}); export it again") from None

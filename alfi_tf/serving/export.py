@@ -236,15 +236,17 @@ def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Option
     export_dir: destination; refused if it exists unless `overwrite`.
     num_steps: the horizon `T` baked into `infer` and ask/tell, a positive integer up to
       `MAX_STEPS` (None: `default_test_horizon`).
-    overwrite: replace an existing `export_dir`, which must itself be an alfi-tf export (anything
-      else, a training workdir say, is refused and left untouched). Only what an export writes
-      (`saved_model.pb`, `fingerprint.pb`, `variables/`, `assets/`) is replaced; any other file
-      in it (a result of `alfi-infer`, the user's data) is moved into the new export.
+    overwrite: replace an existing `export_dir` (for a symbolic link, the directory it points
+      to), which must itself be an alfi-tf export (anything else, a training workdir say, is
+      refused and left untouched). Only what an export writes (`saved_model.pb`,
+      `fingerprint.pb`, `variables/`, `assets/`) is replaced; any other file in it (a result of
+      `alfi-infer`, the user's data) is moved into the new export.
 
   Returns:
-    `export_dir`.
+    `export_dir`, absolute, symbolic links resolved.
   """
-  export_dir = os.path.abspath(export_dir)
+  # Through a symbolic link, the export it points to is replaced and the link kept.
+  export_dir = os.path.realpath(export_dir)
   if os.path.exists(export_dir) and not overwrite:
     raise FileExistsError(f"export directory {export_dir} already exists; pass overwrite=True "
                           "(--overwrite) to replace it")

@@ -11,6 +11,8 @@ import numpy as np
 from alfi_tf.checks import check_observation_sets
 
 SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv")
+#: The first bytes of every `.npy` file (`numpy.lib.format.MAGIC_PREFIX`).
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def load_observations(path: str, observation_dim: int, transform: str = "none") -> np.ndarray:
@@ -55,6 +57,12 @@ def _check_readable(path: str) -> None:
 def _read_numpy(path: str) -> np.ndarray:
   """The array of a `.npy` file, or of a `.npz` archive's `observations` (or only) array."""
   if not path.lower().endswith(".npz"):
+    # numpy reads a file without its header as a pickle, and refuses that in words about
+    # trusting pickled data: not what a garbled or mis-named file is.
+    with open(path, "rb") as stream:
+      if stream.read(len(NPY_MAGIC)) != NPY_MAGIC:
+        raise ValueError(f"{path}: not a .npy file (it does not start with the NumPy header); "
+                         "expected an array written by numpy.save")
     return np.load(path, allow_pickle=False)
   with np.load(path, allow_pickle=False) as archive:
     keys = list(archive.keys())
@@ -77,8 +85,9 @@ def _read_csv(path: str) -> np.ndarray:
     rows = [(number, line.strip()) for number, line in enumerate(stream, start=1)
             if line.strip() and not line.lstrip().startswith("#")]
   first_row = rows[0][0] if rows else None
+  header = None
   if rows and all(_is_name(field) for field in rows[0][1].split(",")):
-    rows = rows[1:]
+    header, rows = rows[0], rows[1:]
   if not rows:
     raise ValueError(f"{path}: no rows of numbers; expected one observation per row, its values "
                      "separated by commas")
@@ -87,6 +96,10 @@ def _read_csv(path: str) -> np.ndarray:
     if len(row) != len(values[0]):
       raise ValueError(f"{path}, line {number}: {len(row)} values, but line {rows[0][0]} has "
                        f"{len(values[0])}; every row must hold one observation's values")
+  if header and len(header[1].split(",")) != len(values[0]):
+    raise ValueError(f"{path}, line {header[0]}: the header names {len(header[1].split(','))} "
+                     f"columns, but the rows hold {len(values[0])} values; every column needs "
+                     "one name")
   return np.array(values, dtype=np.float64)
 
 
@@ -106,6 +119,9 @@ def _parse_csv_row(path: str, number: int, line: str, first: bool) -> List[float
   and the bad field if they are not numbers."""
   values = []
   for field in line.split(","):
+    if not field.strip():
+      raise ValueError(f"{path}, line {number}: an empty value (a trailing or doubled comma?); "
+                       "expected one observation per row, its values separated by commas")
     try:
       values.append(float(field))
     except ValueError:

@@ -90,6 +90,11 @@ class CommandSimulator:
       raise ValueError(f"the simulator timeout {TIMEOUT_RULE}, got {timeout!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
       raise ValueError(f"the simulator retries must be an integer >= 0, got {retries!r}")
+    # The names are the CSV header's columns: a comma, quote or line break would add columns.
+    unusable = [name for name in parameter_names if any(c in str(name) for c in ',"\n\r')]
+    if unusable:
+      raise ValueError(f"parameter names of a simulator command become CSV columns and may not "
+                       f"hold commas, quotes or line breaks, got {unusable}")
     self.retries = retries
     self.command = command
     self.parameter_names = list(parameter_names)

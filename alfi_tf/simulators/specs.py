@@ -75,7 +75,17 @@ def _import_module(spec: str, location: str):
                      "script code under `if __name__ == '__main__':`") from error
   except Exception as error:   # any failure of the user's module: named, with the spec
     raise ValueError(f"simulator spec {spec!r} could not be imported: {type(error).__name__}: "
-                     f"{error}") from error
+                     f"{error}{_file_hint(error, location)}") from error
+
+
+def _file_hint(error: Exception, module: str) -> str:
+  """For a module that is a file here but not importable (an installed command such as
+  `alfi-train` does not search the current directory, as `python -m` does), how to name it."""
+  path = module.replace(".", os.sep) + ".py"
+  if not isinstance(error, ModuleNotFoundError) or not os.path.isfile(path):
+    return ""
+  return (f" ({path} is here, but the current directory is not on the import path: name the "
+          f"file, path/to/file.py:Attr, e.g. {os.path.join('.', path)}:...)")
 
 
 def _import_file(path: str):
@@ -143,8 +153,11 @@ def _error_detail(error: Exception) -> str:
   """The line that names `error`: TF adds its trace above the error's own (last) line."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   detail = lines[-1] if lines else ""
-  if type(error).__name__ != "StagingError":   # TF's wrapper: its last line names the error
-    detail = f"{type(error).__name__}: {detail}"
+  name = type(error).__name__
+  # TF's StagingError wraps the error, whose own name its last line gives; a traced error's last
+  # line may also start with its name already.
+  if name != "StagingError" and not detail.startswith(f"{name}:"):
+    detail = f"{name}: {detail}"
   return detail
 
 
@@ -169,9 +182,9 @@ def _check_trial_call(spec: str, simulator: Simulator, count: int = 2, num_obs: 
   if tuple(simulated.shape) != expected:
     raise ValueError(f"{where} returned shape {tuple(simulated.shape)}, expected {expected} "
                      f"[parameter vectors, num_obs, observation_dim]")
-  if not simulated.dtype.is_floating:
-    raise ValueError(f"{where} returned {simulated.dtype.name} observations; expected floating "
-                     f"point")
+  if simulated.dtype != tf.float32:   # the machine's graph is float32 throughout
+    raise ValueError(f"{where} returned {simulated.dtype.name} observations; expected float32 "
+                     "(end simulate with tf.cast(..., tf.float32))")
   if simulator.design_dim:
     _check_trial_design_call(spec, simulator, theta, simulated[..., :simulator.design_dim])
 

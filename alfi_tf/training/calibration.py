@@ -3,6 +3,7 @@ run's record of it, `calibration.json`, which `load_machine` applies."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Dict, Optional
@@ -57,7 +58,11 @@ def calibrate(machine: InferenceMachine, train_config: TrainConfig,
   machine.set_std_scales(None)
   machine.set_mean_shifts(None)
   machine.set_pooled_std_scales(None)
-  result = Inferrer(machine, num_steps=horizon, batch_size=batch_size)(
+  # Calibrated past the test horizon (twice the training horizon by default) by design, so that
+  # longer inference has factors too: no warning about a horizon the user did not choose.
+  inferrer = functools.partial(Inferrer, machine, num_steps=horizon, batch_size=batch_size,
+                               warn_past_horizon=False)
+  result = inferrer()(
       problems.observations, seed=train_config.seed + INFERENCE_SEED_OFFSET, num_starts=1)
   # The shifts and factors move and rescale the proposal in its own standardised space (the same
   # as in raw units where the map between them is affine: `alfi_tf.model.parameter_space`).
@@ -78,7 +83,7 @@ def calibrate(machine: InferenceMachine, train_config: TrainConfig,
             "coverage_after": _coverage(shifted, std * scales, theta)}
   if machine.config.answer_starts > 1:
     # A new Inferrer: the first one's graph holds the machine's factors as they were (none).
-    record.update(_calibrate_pooled(Inferrer(machine, num_steps=horizon, batch_size=batch_size),
+    record.update(_calibrate_pooled(inferrer(),
                                     problems, train_config.seed + POOLED_INFERENCE_SEED_OFFSET))
   record["seconds"] = time.time() - started
   logging.info("recalibrated the std on %d fresh problems in %.0fs: factors at step %d: %s",

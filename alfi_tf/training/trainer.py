@@ -33,8 +33,12 @@ from alfi_tf.workdir import Workdir
 def set_global_seed(seed: int) -> None:
   """Seeds Python, numpy, TensorFlow and Keras: the initial weights of a machine built afterwards
   (Keras initialisers draw from the global seed) derive from `seed`. Call it with the run's seed
-  before constructing a `Trainer`."""
-  keras.utils.set_random_seed(seed)
+  before constructing a `Trainer`.
+
+  Any seed of `config.SEED_RANGE`, negative ones too: Keras takes [0, 2**32), into which they are
+  mapped one to one (modulo 2**32).
+  """
+  keras.utils.set_random_seed(seed % 2 ** 32)
 
 
 @contextlib.contextmanager
