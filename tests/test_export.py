@@ -758,28 +758,41 @@ def test_the_bare_saved_model_refuses_observations_it_cannot_read(weinberg):
   assert np.all(np.isfinite(module.infer(tf.constant(observations), seed)["mean"]))
 
 
+def _told_simulations(weinberg, outputs):
+  """The simulations a bare SavedModel's `start` or `step` `outputs` ask Weinberg for."""
+  parameters = outputs["parameters"].numpy().reshape(-1, 2)
+  simulated = weinberg.simulator.simulate(parameters, NUM_SIMULATED_OBS, outputs["simulation_seed"])
+  return tf.reshape(simulated, [2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1])
+
+
 def test_the_bare_saved_model_refuses_a_stale_trajectory(weinberg):
   """A plain-TensorFlow ask/tell loop that passed back the start's (empty) trajectory with a later
   step got answers averaged over the wrong iterates without a word."""
   model = tf.saved_model.load(weinberg.export_dir)
-  observations = tf.constant(weinberg.observations)
-  first = model.start(observations, tf.constant([1, 0]))
-
-  def simulations(outputs):
-    parameters = outputs["parameters"].numpy().reshape(-1, 2)
-    simulated = weinberg.simulator.simulate(parameters, NUM_SIMULATED_OBS,
-                                            outputs["simulation_seed"])
-    return tf.reshape(simulated, [2, NUM_SAMPLES, NUM_SIMULATED_OBS, 1])
+  first = model.start(tf.constant(weinberg.observations), tf.constant([1, 0]))
 
   def step(outputs, **replaced):
     state = {key: replaced.get(key, outputs[key]) for key in STATE_KEYS}
-    return model.step(*state.values(), simulations(outputs))
+    return model.step(*state.values(), _told_simulations(weinberg, outputs))
 
   second = step(first)
   assert int(second["step"]) == 1 and second["trajectory"].shape[1] == 1
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r"the trajectory in the state must hold psi_1 .. psi_step"):
     step(second, trajectory=first["trajectory"])
+
+
+def test_a_loaded_exports_answer_is_differentiable_in_the_simulations(weinberg):
+  """For a TF workflow around the export. Saved without its custom gradients (SaveOptions, an
+  export a third faster), the box restriction's log-erfc was out of scope in the gradient."""
+  model = tf.saved_model.load(weinberg.export_dir)
+  first = model.start(tf.constant(weinberg.observations), tf.constant([1, 0]))
+  told = _told_simulations(weinberg, first)
+  with tf.GradientTape() as tape:
+    tape.watch(told)
+    answer = model.step(*[first[key] for key in STATE_KEYS], told)["mean"]
+  gradient = tape.gradient(answer, told).numpy()
+  assert np.all(np.isfinite(gradient)) and np.any(gradient != 0)
 
 
 def test_model_that_is_neither_export_nor_workdir(tmp_path):
