@@ -33,6 +33,8 @@ OBSERVATION_TRANSFORM_MINIMUM = {"log1p": 0.0}
 #: Seeds become int32 stateless-seed tensors, and a few more seeds are derived as `seed + k`
 #: (validation, test inference, robustness starts, predictive checks).
 SEED_RANGE = (-2 ** 31, 2 ** 31 - 1 - 8)
+#: What an integer setting may be: sizes become int32 shapes.
+INT32_RANGE = (-2 ** 31, 2 ** 31 - 1)
 
 
 #: The largest magnitude a float32 holds (larger finite numbers become inf when cast), and its
@@ -63,19 +65,26 @@ def require_well_formed(owner: Any) -> None:
     if value is None and hint == typing.Optional[int]:
       continue
     if hint is bool:
-      ok, expected = isinstance(value, bool), "true or false"
+      ok, expected = isinstance(value, (bool, np.bool_)), "true or false"
+      plain = bool
     elif hint in (int, typing.Optional[int]):
-      ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-      expected = "an integer"
+      ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+      expected, plain = "an integer within int32", int
       if ok and field.name == "seed" and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
         ok, expected = False, f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (an int32 seed)"
+      ok = ok and INT32_RANGE[0] <= value <= INT32_RANGE[1]   # sizes beyond fail deep in TF
     elif hint is float:
-      expected = _float_expectation(value)
+      expected, plain = _float_expectation(value), float
       ok = expected is None
     else:
       ok, expected = isinstance(value, hint), "a string" if hint is str else hint.__name__
+      plain = None
     if not ok:
       raise ValueError(f"{field.name} must be {expected}, got {value!r}")
+    if plain is not None and type(value) is not plain:
+      # numpy scalars (a hyper-parameter grid's) as plain Python ones: the run's config.json
+      # could not hold them.
+      object.__setattr__(owner, field.name, plain(value))
 
 
 def require_positive(owner: Any, *names: str) -> None:

@@ -31,6 +31,9 @@ def main(argv):
   if FLAGS.num_steps < 0:
     raise app.UsageError(f"--num_steps must be >= 0, got {FLAGS.num_steps}")
   cli.check_output_location("export_dir", FLAGS.export_dir)
+  if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+    raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file; expected a directory for "
+                         "the export (nothing was overwritten)")
   if os.path.exists(FLAGS.export_dir) and not FLAGS.overwrite:
     raise app.UsageError(f"--export_dir={FLAGS.export_dir} already exists; pass --overwrite to "
                          "replace it")

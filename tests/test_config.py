@@ -9,6 +9,7 @@ import typing
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import numpy as np
 import pytest
 
 from alfi_tf.config import (MAX_STEPS, SEED_RANGE, MachineConfig, TrainConfig, answer_settings,
@@ -51,9 +52,21 @@ def test_floats_float32_cannot_hold_are_refused_by_name(config_class, name, valu
 @pytest.mark.parametrize("config_class, name", INT_FIELDS,
                          ids=[f"{c.__name__}.{n}" for c, n in INT_FIELDS])
 def test_int_fields_refuse_fractions_and_booleans(config_class, name):
-  for value in (2.5, True):
+  # Beyond int32 (num_samples=10**30, say) failed deep in TensorFlow.
+  for value in (2.5, True, np.bool_(True), 2 ** 31, -2 ** 31 - 1, 10 ** 30):
     with pytest.raises(ValueError, match=f"^{name} must be an integer"):
       config_class(**{name: value})
+
+
+def test_numpy_scalars_become_python_numbers_that_a_run_can_record():
+  """`np.int64(3)` passed, then the Trainer died writing config.json ("Object of type int64 is not
+  JSON serializable"), leaving an empty workdir."""
+  machine = MachineConfig(num_steps=np.int64(3), bound=np.float32(0.5), moment_features=np.True_)
+  train = TrainConfig(epochs=np.int32(2), learning_rate=np.float64(1e-3))
+  assert (type(machine.num_steps), type(machine.bound), type(machine.moment_features)) == (
+      int, float, bool)
+  assert (machine.num_steps, machine.bound, train.epochs, train.learning_rate) == (3, 0.5, 2, 1e-3)
+  json.dumps([dataclasses.asdict(machine), dataclasses.asdict(train)])
 
 
 @pytest.mark.parametrize("seed", [SEED_RANGE[0] - 1, SEED_RANGE[1] + 1, 2 ** 40])

@@ -799,6 +799,9 @@ def test_model_that_is_neither_export_nor_workdir(tmp_path):
   (tmp_path / "notes.txt").write_text("not a model")
   with pytest.raises(FileNotFoundError, match="neither an alfi-tf export .* nor a training work"):
     DeployedMachine.load(str(tmp_path))
+  with pytest.raises(TypeError, match="path must be the path of an export or a training workdir, "
+                                      "got NoneType"):
+    DeployedMachine.load(None)
 
 
 def test_saved_model_that_is_not_an_alfi_export(tmp_path):
@@ -925,7 +928,12 @@ def test_exporting_over_an_existing_directory(lotka_volterra, tmp_path):
   (export_dir / "keep.txt").write_text("precious")
   args = [f"--workdir={lotka_volterra.workdir}", f"--export_dir={export_dir}", "--num_steps=2"]
   # Refused either way; --overwrite only ever replaces an alfi-tf export, and this is not one.
-  refused, refused_overwrite = run_many("experiments.export", [args, [*args, "--overwrite"]])
+  a_file = tmp_path / "notes.txt"
+  a_file.write_text("mine")
+  refused, refused_overwrite, refused_file = run_many("experiments.export", [
+      args, [*args, "--overwrite"], [*args[:1], f"--export_dir={a_file}", "--overwrite"]])
+  assert refused_file.returncode == 1 and a_file.read_text() == "mine"
+  assert f"--export_dir={a_file} is a file; expected a directory" in refused_file.stderr
   assert refused.returncode != 0
   assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
   assert refused_overwrite.returncode != 0
@@ -1082,6 +1090,15 @@ def test_export_is_atomic_and_refuses_to_overwrite(weinberg, lotka_volterra):
   with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
     export_machine(load_machine(weinberg.workdir), weinberg.export_dir, EXPORT_STEPS)
   assert sorted(os.listdir(weinberg.export_dir)) == before
+  # A file there was told to pass overwrite=True, which then refused it.
+  a_file = os.path.join(os.path.dirname(weinberg.export_dir), "notes.txt")
+  with open(a_file, "w") as stream:
+    stream.write("mine")
+  for overwrite in (False, True):
+    with pytest.raises(FileExistsError, match="notes.txt is a file, not an export directory"):
+      export_machine(load_machine(weinberg.workdir), a_file, EXPORT_STEPS, overwrite=overwrite)
+  assert open(a_file).read() == "mine"
+  os.remove(a_file)
 
 
 # 7. saved_model_cli, TensorFlow's own tool (a TF1-style session loader, like TF Serving).

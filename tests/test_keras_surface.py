@@ -102,6 +102,37 @@ def test_fit_refuses_seeds_beyond_int32():
   assert np.isfinite(history.history["loss"]).all()
 
 
+@pytest.mark.parametrize("element, message", [
+    ("theta", r"theta \(the batch's first element\) holds NaN/inf values"),
+    ("observations", r"observations \(the batch's second element\) hold NaN/inf values"),
+])
+def test_fit_refuses_non_finite_data_before_it_reaches_the_weights(element, message):
+  """One NaN observation turned every weight into NaN while fit reported a normal loss."""
+  theta, observations = _problems()
+  (theta if element == "theta" else observations)[3, 0] = np.nan
+  machine = _machine()
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    machine.fit(_dataset(theta, observations), epochs=1, verbose=0)
+  assert all(np.all(np.isfinite(weight.numpy())) for weight in machine.trainable_weights)
+
+
+def test_fit_refuses_theta_and_observations_of_different_batch_sizes():
+  """A theta batch of one broadcast against every data set into a finite loss."""
+  theta, observations = _problems()
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="theta and observations of a batch must hold the same number"):
+    _machine().batch_loss((theta[:1], observations[:8], SEED))
+
+
+def test_predict_and_a_non_machine_inferrer_point_to_what_answers():
+  with pytest.raises(TypeError, match=r"predict is not supported .* machine\.infer\(observations, "
+                                      r"seed\)"):
+    _machine().predict(_problems()[1])
+  with pytest.raises(TypeError, match=r"machine must be an InferenceMachine, got str .*"
+                                      r"load_machine"):
+    Inferrer("runs/poisson")
+
+
 def test_fit_names_what_a_batch_must_hold():
   theta, observations = _problems()
   with pytest.raises(ValueError, match=r"each batch for fit / evaluate must be a tuple \(theta "

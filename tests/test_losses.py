@@ -81,6 +81,17 @@ def test_exp_time_weights_sum_to_one_and_increase(num_steps, beta):
   assert weights[0] == 0.0 and np.all(np.diff(weights) > 0)
 
 
+@pytest.mark.parametrize("beta, expected", [
+    (0.0, [0.0, 1 / 6, 2 / 6, 3 / 6]),     # the linear limit; 0 / 0 gave NaN weights
+    (1e-9, [0.0, 1 / 6, 2 / 6, 3 / 6]),
+    (710.0, [0.0, 0.0, 0.0, 1.0]),        # inf / inf gave NaN from here on
+    (1e6, [0.0, 0.0, 0.0, 1.0]),
+    (-1e6, [0.0, 1 / 3, 1 / 3, 1 / 3]),
+])
+def test_exp_time_weights_are_their_limits_where_the_ramp_degenerates(beta, expected):
+  np.testing.assert_allclose(losses.time_weights("exp", 4, beta), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind, expected", [
     ("constant", [0.25, 0.25, 0.25, 0.25]),
     ("observed_improvement", [0.25, 0.25, 0.25, 0.25]),

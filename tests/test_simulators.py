@@ -16,6 +16,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from scipy import integrate, stats
 
+from alfi_tf.config import MachineConfig
+from alfi_tf.model.machine import InferenceMachine
 import alfi_tf.simulators
 from alfi_tf.simulators import (LinearRegressionSimulator, NumpySimulator, Simulator,
                                 available_simulators, box_prior, get_simulator,
@@ -164,15 +166,50 @@ class _MinimalSimulator(Simulator):
     (dict(prior=box_prior([0.0], [1.0])), "prior"),
     (dict(prior=box_prior([0.0] * 3, [1.0] * 3)), "prior"),
     (dict(prior=tf.constant([0.0, 1.0])), "prior"),
+    # A batch of three priors over (a, b): theta came out [K, 3, 2].
+    (dict(prior=tfp.distributions.Independent(tfp.distributions.Normal(tf.zeros([3, 2]), 1.0), 1)),
+     r"prior must be one distribution \(batch shape \[\]\), got batch shape \(3,\)"),
 ], ids=["no_names", "string_names", "empty_name", "non_string_name", "duplicate_names",
         "zero_dim", "negative_dim", "float_dim", "bool_dim", "prior_too_small", "prior_too_big",
-        "prior_not_a_distribution"])
+        "prior_not_a_distribution", "prior_batch"])
 def test_constructor_rejects_bad_arguments(kwargs, argument):
   arguments = dict(parameter_names=["a", "b"], observation_dim=3,
                    prior=box_prior([0.0, 0.0], [1.0, 1.0]))
   arguments.update(kwargs)
   with pytest.raises(ValueError, match=argument):
     _MinimalSimulator(**arguments)
+
+
+class _OneExtraObservation(_MinimalSimulator):
+  name = "one_extra"
+
+  def simulate(self, theta, num_obs, seed):
+    return tf.zeros([tf.shape(theta)[0], num_obs + 1, 1])
+
+
+class _Counts(_MinimalSimulator):
+  name = "counts"
+
+  def simulate(self, theta, num_obs, seed):
+    return tf.zeros([tf.shape(theta)[0], num_obs, 1], tf.int32)
+
+
+def test_a_tf_simulators_returns_are_checked_where_the_library_calls_it():
+  """Built directly (no spec, so no trial call), a simulate of another shape was reshaped into
+  scrambled observations, or silently returned as problems; int32 failed deep in the machine."""
+  arguments = dict(parameter_names=["a"], observation_dim=1, prior=box_prior([0.0], [1.0]))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"simulator 'one_extra': simulate returned observations of "
+                           r"another shape than \[parameter vectors, num_obs, observation_dim=1\]"):
+    _OneExtraObservation(**arguments).sample_problems(4, 5, tf.constant([1, 2]))
+  machine = InferenceMachine(_OneExtraObservation(**arguments), MachineConfig(simulator="one_extra",
+                                                                          num_steps=1))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="simulate returned observations of "
+                                                           "another shape"):
+    machine.infer(np.zeros([2, 5, 1], np.float32), tf.constant([1, 2]))
+  with pytest.raises(ValueError, match=r"simulator 'counts': simulate returned int32 "
+                                       r"observations .*; expected float32"):
+    _Counts(**arguments).sample_problems(4, 5, tf.constant([1, 2]))
 
 
 def test_constructor_names_the_duplicates():

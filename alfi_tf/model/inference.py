@@ -291,6 +291,9 @@ class Inferrer:
 
   def __init__(self, machine: InferenceMachine, num_steps: Optional[int] = None,
                batch_size: int = 256, jit_compile: bool = False, warn_past_horizon: bool = True):
+    if not isinstance(machine, InferenceMachine):
+      raise TypeError(f"machine must be an InferenceMachine, got {type(machine).__name__} (a "
+                      "trained run's: alfi_tf.load_machine(workdir))")
     self.machine = machine
     self.num_steps = require_positive_integer(
         "num_steps", machine.config.num_steps if num_steps is None else num_steps)

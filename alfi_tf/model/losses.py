@@ -58,6 +58,19 @@ def step_losses(theta: tf.Tensor, psi: tf.Tensor, kind: str, proposal: Proposal)
   raise ValueError(f"unknown loss {kind!r}")
 
 
+def _exp_ramp(beta: float, num_steps: int) -> np.ndarray:
+  """`(e^{beta s} - 1) / (e^beta - 1)` at `s = linspace(0, 1, T)`, finite for every beta: its
+  limit `s` at 0 (0 / 0 gave NaN weights), and for beta > 0 rewritten as
+  `e^{beta (s - 1)} (1 - e^{-beta s}) / (1 - e^{-beta})`, which does not overflow (inf / inf gave NaN
+  from beta = 710 on)."""
+  s = np.linspace(0.0, 1.0, num_steps)
+  if beta == 0:
+    return s
+  if beta > 0:
+    return np.exp(beta * (s - 1.0)) * np.expm1(-beta * s) / np.expm1(-beta)
+  return np.expm1(beta * s) / np.expm1(beta)
+
+
 def time_weights(kind: str, num_steps: int, beta: float = 3.0) -> np.ndarray:
   """Fixed weights `w_t`, `t = 1..T`, summing to 1.
 
@@ -68,8 +81,7 @@ def time_weights(kind: str, num_steps: int, beta: float = 3.0) -> np.ndarray:
   if kind == "exp":
     if num_steps == 1:
       return np.ones(1, np.float32)
-    ramp = np.expm1(beta * np.linspace(0.0, 1.0, num_steps)) / np.expm1(beta)
-    return (ramp / ramp.sum()).astype(np.float32)
+    return (_exp_ramp(beta, num_steps) / _exp_ramp(beta, num_steps).sum()).astype(np.float32)
   if kind in ("constant", "observed_improvement"):
     return np.full(num_steps, 1.0 / num_steps, np.float32)
   if kind == "last":

@@ -413,10 +413,11 @@ class InferenceMachine(LossModel):
       design_dim = self.simulator.design_dim
       design = tf.broadcast_to(real_at_design[:, tf.newaxis, :, :design_dim],
                                tf.stack([batch, num_samples, n_sim, design_dim]))
-      simulated = self.simulator.simulate_at_design(
+      method, simulated = "simulate_at_design", self.simulator.simulate_at_design(
           theta, tf.reshape(design, [-1, n_sim, design_dim]), seed)
     else:
-      simulated = self.simulator.simulate(theta, n_sim, seed)
+      method, simulated = "simulate", self.simulator.simulate(theta, n_sim, seed)
+    simulated = self.simulator.checked_simulations(simulated, tf.shape(theta)[0], n_sim, method)
     return tf.reshape(simulated, tf.stack([batch, num_samples, n_sim,
                                            self.simulator.observation_dim]))
 
@@ -614,6 +615,14 @@ class InferenceMachine(LossModel):
     return self.parameter_space.moments(self.proposal, psi, self.std_scale_at(steps),
                                         self.mean_shift_at(steps))
 
+  def predict(self, *args, **kwargs):
+    """Refused: Keras' `predict` calls the model batch by batch without a seed, and an answer
+    needs one (it simulates). Use `infer`, or `alfi_tf.Inferrer` for many data sets."""
+    del args, kwargs
+    raise TypeError("InferenceMachine.predict is not supported (an answer simulates, and needs a "
+                    "seed): use machine.infer(observations, seed), or alfi_tf.Inferrer(machine) "
+                    "for many data sets")
+
   def infer(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
             initial_mean: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
     """The answer for `B` observation sets, in raw parameter units: the one inference body behind
@@ -722,9 +731,13 @@ class InferenceMachine(LossModel):
       raise ValueError("each batch for fit / evaluate must be a tuple (theta [B, d], observations "
                        f"[B, n, d_x], seed [2] or [B, 2]), got {_describe(data)}")
     theta, observations, seed = data
-    d = self.simulator.parameter_dim
+    d, d_x = self.simulator.parameter_dim, self.simulator.observation_dim
     theta = arguments.check_float_tensor(theta, "theta (the batch's first element)", [None, d],
                                          f"[batch, {d}]")
+    observations = arguments.check_float_tensor(
+        observations, "observations (the batch's second element)", [None, None, d_x],
+        f"[batch, n, {d_x}]")
+    theta, observations = _checked_pairs(theta, observations)
     if not tf.convert_to_tensor(seed).dtype.is_integer:
       raise ValueError(f"the batch's seeds (third element) must be integers, got "
                        f"{_describe(seed)}")
@@ -743,6 +756,20 @@ class InferenceMachine(LossModel):
         seed = tf.identity(seed)
     seed = tf.reshape(tf.cast(seed, tf.int32), [-1, 2])[0]
     return theta, observations, seed
+
+
+def _checked_pairs(theta: tf.Tensor, observations: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """`theta [B, d]` and `observations [B, n, d_x]` behind checks that run in `fit`'s graph too,
+  where the values are unknown until it runs: NaN/inf turned every weight into NaN while the
+  reported loss looked normal, and a theta batch of one broadcast against every data set."""
+  same_batch = tf.debugging.assert_equal(
+      tf.shape(theta)[0], tf.shape(observations)[0],
+      message="theta and observations of a batch must hold the same number of problems")
+  with tf.control_dependencies([same_batch]):
+    return (tf.debugging.assert_all_finite(theta, "theta (the batch's first element) holds "
+                                                  "NaN/inf values"),
+            tf.debugging.assert_all_finite(observations, "observations (the batch's second "
+                                                         "element) hold NaN/inf values"))
 
 
 def _describe(data) -> str:

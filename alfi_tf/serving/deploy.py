@@ -186,6 +186,9 @@ class DeployedMachine:
       FileNotFoundError: `path` is neither.
       ValueError: the export was written by an incompatible version of alfi-tf.
     """
+    if not isinstance(path, (str, os.PathLike)):
+      raise TypeError(f"path must be the path of an export or a training workdir, got "
+                      f"{type(path).__name__}")
     if os.path.exists(os.path.join(path, "saved_model.pb")):
       if num_steps is not None:
         raise ValueError("num_steps is fixed when exporting; re-export to change it")
@@ -333,6 +336,9 @@ class DeployedMachine:
     With the same simulator and seed this equals `infer` (the simulator gets the very seeds the
     in-graph loop would have used), `num_starts` (None: `answer_starts`) included.
     """
+    if not callable(simulate):   # found before the first step, not after
+      raise TypeError(f"simulate must be callable (parameters, num_obs or design, seed) -> "
+                      f"simulations, got {type(simulate).__name__}")
     num_starts = resolve_starts(num_starts, self.answer_starts)
     observations = self._observations(observations).numpy()
     self.require_memory_for_starts(observations, num_starts)

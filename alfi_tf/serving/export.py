@@ -247,6 +247,9 @@ def export_machine(machine: InferenceMachine, export_dir: str, num_steps: Option
   """
   # Through a symbolic link, the export it points to is replaced and the link kept.
   export_dir = os.path.realpath(export_dir)
+  if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+    raise FileExistsError(f"{export_dir} is a file, not an export directory; nothing was "
+                          "overwritten: choose another export directory")
   if os.path.exists(export_dir) and not overwrite:
     raise FileExistsError(f"export directory {export_dir} already exists; pass overwrite=True "
                           "(--overwrite) to replace it")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 import re
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -172,6 +172,11 @@ class Simulator(abc.ABC):
     if event_shape != tf.TensorShape([len(names)]):
       raise ValueError(f"prior event shape must be [{len(names)}] (one entry per name in "
                        f"parameter_names), got {event_shape}")
+    if tf.TensorShape(prior.batch_shape) != tf.TensorShape([]):
+      # A batch of priors drew theta [K, *batch, d]: parameters of the wrong rank.
+      raise ValueError(f"prior must be one distribution (batch shape []), got batch shape "
+                       f"{tf.TensorShape(prior.batch_shape)}; tfd.Independent makes a batch of "
+                       "per-parameter distributions one over the vector")
     self._check_design(int(observation_dim))
     self._parameter_names = names
     self._observation_dim = int(observation_dim)
@@ -286,6 +291,32 @@ class Simulator(abc.ABC):
     """
     raise NotImplementedError(f"simulator {self.name!r} has no design (design_dim = 0)")
 
+  def checked_simulations(self, simulated: Any, count: Any, num_obs: Any,
+                          method: str = "simulate") -> tf.Tensor:
+    """`simulated`, what `method` returned for `count` parameter vectors and `num_obs`
+    observations each, behind checks of its dtype (when traced) and shape (when run): called
+    directly, not through a spec's trial call, a TF-native simulate of another shape was reshaped
+    into scrambled observations, and one of another dtype failed deep in the machine.
+
+    Raises:
+      ValueError: not float32 observations, or not of rank 3.
+      tf.errors.InvalidArgumentError: when run, a shape other than `[count, num_obs, d_x]`.
+    """
+    where = f"simulator {self.name or type(self).__name__!r}: {method}"
+    simulated = tf.convert_to_tensor(simulated)
+    if simulated.dtype != tf.float32 or simulated.shape.rank not in (None, 3):
+      raise ValueError(f"{where} returned {simulated.dtype.name} observations of shape "
+                       f"{simulated.shape}; expected float32 [parameter vectors, num_obs, "
+                       f"{self.observation_dim}]")
+    expected = tf.stack([tf.cast(count, tf.int32), tf.cast(num_obs, tf.int32),
+                         self.observation_dim])
+    shape_ok = tf.debugging.assert_equal(
+        tf.shape(simulated), expected,
+        message=f"{where} returned observations of another shape than [parameter vectors, "
+                f"num_obs, observation_dim={self.observation_dim}] (got, expected)")
+    with tf.control_dependencies([shape_ok]):
+      return tf.identity(simulated)
+
   @property
   def has_design_simulation(self) -> bool:
     """Whether `simulate_at_design` is implemented."""
@@ -392,7 +423,8 @@ class Simulator(abc.ABC):
   def _simulate_problems(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
                          executor: Optional[concurrent.futures.Executor]) -> tf.Tensor:
     del executor   # TF-native simulators already run in TensorFlow's own thread pools.
-    return self.simulate(theta, num_obs, seed)
+    return self.checked_simulations(self.simulate(theta, num_obs, seed), tf.shape(theta)[0],
+                                    num_obs)
 
 
 class SimulatorError(RuntimeError):
