@@ -54,11 +54,12 @@ def _float_expectation(value: Any) -> typing.Optional[str]:
   return None
 
 
-def require_well_formed(owner: Any) -> None:
+def require_well_formed(owner: Any, int32: bool = False) -> None:
   """Raises a ValueError naming the first field of the dataclass `owner` whose value does not fit
-  its annotation: a bool for `bool`, an integer for `int` (a seed within int32), a finite number
-  that float32 holds for `float` (NaN and inf pass `<= 0` checks and would hang or poison
-  training), a string for `str`."""
+  its annotation: a bool for `bool`, an integer for `int` (a seed within int32; with `int32`,
+  every integer: sizes of the model's tensors, which beyond fail deep in TensorFlow), a finite
+  number that float32 holds for `float` (NaN and inf pass `<= 0` checks and would hang or poison
+  training), a string for `str`. numpy scalars become the Python numbers they hold."""
   hints = typing.get_type_hints(type(owner))
   for field in dataclasses.fields(owner):
     value, hint = getattr(owner, field.name), hints[field.name]
@@ -69,10 +70,11 @@ def require_well_formed(owner: Any) -> None:
       plain = bool
     elif hint in (int, typing.Optional[int]):
       ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-      expected, plain = "an integer within int32", int
+      expected, plain = "an integer", int
       if ok and field.name == "seed" and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
         ok, expected = False, f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (an int32 seed)"
-      ok = ok and INT32_RANGE[0] <= value <= INT32_RANGE[1]   # sizes beyond fail deep in TF
+      if ok and int32 and not INT32_RANGE[0] <= value <= INT32_RANGE[1]:
+        ok, expected = False, "an integer within int32"
     elif hint is float:
       expected, plain = _float_expectation(value), float
       ok = expected is None
@@ -234,7 +236,7 @@ class MachineConfig:
   answer_simulated_obs: int = 0
 
   def __post_init__(self):
-    require_well_formed(self)
+    require_well_formed(self, int32=True)
     require_positive(self, "num_steps", "num_samples", "num_simulated_obs", "encoder_hidden",
                       "encoder_out", "aggregator_hidden", "aggregator_out", "updater_hidden",
                       "lstm_units", "bound", "initial_scale", "mixture_components",
