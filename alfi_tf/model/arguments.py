@@ -99,7 +99,8 @@ def check_float_tensor(value, name: str, shape: list, expected: str) -> tf.Tenso
   compatible with `shape` (None: any size), described to the user as `expected`.
 
   In eager mode the values are checked too: NaN/inf would only come back as a NaN answer. (In a
-  graph the values are unknown; `Inferrer` and `fit`'s callers check them before.)
+  graph the values are unknown; `Inferrer` checks them before, and `fit`'s batches are checked in
+  its graph by `InferenceMachine._unpack_batch`.)
   """
   if tf.is_tensor(value) or isinstance(value, tf.Variable):
     value = tf.cast(value, tf.float32)

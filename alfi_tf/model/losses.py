@@ -81,7 +81,8 @@ def time_weights(kind: str, num_steps: int, beta: float = 3.0) -> np.ndarray:
   if kind == "exp":
     if num_steps == 1:
       return np.ones(1, np.float32)
-    return (_exp_ramp(beta, num_steps) / _exp_ramp(beta, num_steps).sum()).astype(np.float32)
+    ramp = _exp_ramp(beta, num_steps)
+    return (ramp / ramp.sum()).astype(np.float32)
   if kind in ("constant", "observed_improvement"):
     return np.full(num_steps, 1.0 / num_steps, np.float32)
   if kind == "last":

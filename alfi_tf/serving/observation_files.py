@@ -96,10 +96,10 @@ def _read_csv(path: str) -> np.ndarray:
     if len(row) != len(values[0]):
       raise ValueError(f"{path}, line {number}: {len(row)} values, but line {rows[0][0]} has "
                        f"{len(values[0])}; every row must hold one observation's values")
-  if header and len(header[1].split(",")) != len(values[0]):
-    raise ValueError(f"{path}, line {header[0]}: the header names {len(header[1].split(','))} "
-                     f"columns, but the rows hold {len(values[0])} values; every column needs "
-                     "one name")
+  names = header[1].split(",") if header else None
+  if names and len(names) != len(values[0]):
+    raise ValueError(f"{path}, line {header[0]}: the header names {len(names)} columns, but the "
+                     f"rows hold {len(values[0])} values; every column needs one name")
   return np.array(values, dtype=np.float64)
 
 
