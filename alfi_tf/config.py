@@ -145,6 +145,12 @@ class MachineConfig:
       mean minus theirs; at the observed design, from their paired residual moments instead
       (`PairedSetEncoder.residual_moments`), which are zero for the real data. Needs
       `moment_features` (the real set's mean is read from them).
+    regression_shortcut: also add the regression step to `psi` directly, through the proposal's
+      `translation`, scaled by a per-entry gate the updater outputs from its LSTM state (zero
+      at the start, like its other output), inside the bound: `Delta psi = b tanh((out + gate *
+      translation(step)) / b)`. As an input only, the step has to pass through the updater's
+      tanh and ReLU units, whose relative precision limits how closely the mean can follow it
+      (docs/results.md, "The regression shortcut"). Needs `regression_features`.
     raw_mean_features: append each set's mean on the raw scale, brought to the encoder's scale
       by the observation transform and the standardisation (`InferenceMachine.encode_sets`).
       Under a transform such as `log1p`, the set's mean count (Poisson's sufficient statistic)
@@ -217,6 +223,7 @@ class MachineConfig:
   relative_encoding: bool = False
   raw_mean_features: bool = False
   regression_features: bool = False
+  regression_shortcut: bool = False
   aggregator_hidden: int = 50
   aggregator_out: int = 50
   updater_hidden: int = 50
@@ -254,6 +261,8 @@ class MachineConfig:
     if self.regression_features and not self.moment_features:
       raise ValueError("regression_features needs moment_features (they carry the real data's "
                        "mean)")
+    if self.regression_shortcut and not self.regression_features:
+      raise ValueError("regression_shortcut needs regression_features (the step it adds)")
     if self.relative_encoding and not self.moment_features:
       raise ValueError("relative_encoding needs moment_features (they carry the real data's "
                        "reference mean and std)")

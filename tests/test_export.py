@@ -267,14 +267,14 @@ def test_a_told_value_beyond_float32_fails_its_set_like_inf(weinberg):
     ("gaussian_mixture", 0.0, "prior_draw", False, {}),
     ("diagonal_gaussian", 0.5, "prior_mean", False, {"raw_mean_features": True}),
     ("full_covariance_gaussian", 0.9, "prior_draw", False,
-     {"moment_features": True, "regression_features": True}),
+     {"moment_features": True, "regression_features": True, "regression_shortcut": True}),
     ("gaussian_mixture", 0.5, "prior_mean", True, {})])
 def test_other_proposal_families_export_and_step_alike(proposal, tail_averaging, start,
                                                        unconstrained, features, tmp_path):
   """... and so do answers that average the last iterates, at every step of a session,
   proposals in the unconstrained space of the prior's box (answers by quadrature), encodings
   with the sets' raw means (a wider real encoding in the session's state) and updates given the
-  regression step."""
+  regression step (and adding it through the shortcut)."""
   from alfi_tf.model.machine import InferenceMachine
   simulator = get_simulator("weinberg")
   set_global_seed(1)
@@ -288,6 +288,8 @@ def test_other_proposal_families_export_and_step_alike(proposal, tail_averaging,
   layer = machine.updater.output_net.layers[-1]   # so that psi moves
   layer.bias.assign(0.05 * np.arange(1, layer.bias.shape[0] + 1, dtype=np.float32)
                     / layer.bias.shape[0])
+  if machine.updater.gate is not None:   # and the regression step is added directly
+    machine.updater.gate.bias.assign(np.full(layer.bias.shape, 0.5, np.float32))
   export_machine(machine, str(tmp_path / "model"), EXPORT_STEPS)
   deployed = DeployedMachine.load(str(tmp_path / "model"))
   assert deployed.metadata["machine_config"]["proposal"] == proposal

@@ -977,6 +977,40 @@ def test_regression_features_widen_the_updaters_input_and_need_moment_features()
     MachineConfig(regression_features=True)
 
 
+@pytest.mark.parametrize("proposal,relative_updates", [
+    ("diagonal_gaussian", False), ("gaussian_mixture", True), ("full_covariance_gaussian", True)])
+def test_the_regression_shortcut_adds_the_gated_step_inside_the_bound(proposal, relative_updates,
+                                                                      monkeypatch):
+  machine = _machine("weinberg", moment_features=True, regression_features=True,
+                     regression_shortcut=True, proposal=proposal,
+                     relative_updates=relative_updates, bound=0.3)
+  _, observations = _problems("weinberg")
+  # Untrained, the gate is zero like the output layer: psi stays where it starts.
+  trajectory = machine(observations, seed=_seed(1), num_steps=3)
+  np.testing.assert_array_equal(trajectory.psi.numpy(),
+                                np.repeat(trajectory.initial_psi.numpy()[:, None], 3, axis=1))
+  machine.updater.gate.bias.assign(np.ones(machine.proposal.psi_size, np.float32))
+  steps = []
+  regression = InferenceMachine._regression_step
+  monkeypatch.setattr(InferenceMachine, "_regression_step",
+                      lambda *args: steps.append(regression(*args)) or steps[-1])
+  state, _ = machine.begin(observations, _seed(2))
+  state = state._replace(psi=state.psi + 0.2)   # apart from 0: relative units differ from 1
+  theta = machine.propose(state, _seed(3))
+  simulated = machine._simulate(theta, _seed(4), machine.config.num_simulated_obs, None)
+  moved = machine.update(state, theta, simulated).psi.numpy()
+  units = (machine.proposal.update_units(state.psi).numpy() if relative_updates else 1.0)
+  direction = machine.proposal.translation(steps[0]).numpy() / units
+  np.testing.assert_allclose(moved, state.psi.numpy() + units * 0.3 * np.tanh(direction / 0.3),
+                             rtol=1e-5, atol=1e-6)
+  assert np.abs(moved - state.psi.numpy()).max() > 1e-3
+
+
+def test_the_regression_shortcut_needs_the_regression_step():
+  with pytest.raises(ValueError, match="regression_shortcut needs regression_features"):
+    MachineConfig(moment_features=True, regression_shortcut=True)
+
+
 def test_a_relative_set_encoder_measures_sets_against_the_reference():
   from alfi_tf.model.networks import SetEncoder
   encoder = SetEncoder(8, 4, moment_features=True, observation_dim=2, cross_moment_features=True,

@@ -333,3 +333,21 @@ def test_one_unit_moves_each_mixture_component_by_its_own_spread():
   np.testing.assert_allclose((moved_means - means).numpy(), np.exp(log_scales.numpy()), rtol=1e-6)
   np.testing.assert_array_equal(moved_logits.numpy(), logits.numpy())
   np.testing.assert_array_equal(moved_log_scales.numpy(), log_scales.numpy())
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_translation_shifts_the_distribution(name):
+  """`q(theta + s | psi + translation(s)) = q(theta | psi)`: the mean moves by `s`, nothing
+  else changes (`regression_shortcut` moves proposals through it)."""
+  family = get_proposal(name, 3, initial_scale=0.5)
+  psi = tf.reshape(_perturbed_psi(family, 6, seed=5), [2, 3, family.psi_size])   # with a time axis
+  step = tf.constant(np.random.default_rng(6).normal(size=(2, 3, 3)), psi.dtype)
+  moved = psi + family.translation(step)
+  assert moved.shape == psi.shape
+  np.testing.assert_allclose((family.mean(moved) - family.mean(psi)).numpy(), step.numpy(),
+                             rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(family.stddev(moved).numpy(), family.stddev(psi).numpy(), rtol=1e-10)
+  if family.has_density:
+    theta = tf.constant(np.random.default_rng(7).normal(size=(2, 3, 3)), psi.dtype)
+    np.testing.assert_allclose(family.log_prob(theta + step, moved).numpy(),
+                               family.log_prob(theta, psi).numpy(), rtol=1e-10)

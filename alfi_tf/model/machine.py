@@ -184,7 +184,7 @@ class InferenceMachine(LossModel):
                                              simulator.observation_dim, simulator.design_dim)
     self.aggregator = SampleAggregator(config.aggregator_hidden, config.aggregator_out)
     self.updater = Updater(config.updater_hidden, config.lstm_units, self.proposal.psi_size,
-                           config.bound, config.bound_type)
+                           config.bound, config.bound_type, config.regression_shortcut)
     bounds = simulator.parameter_bounds
     self._bounds = None if bounds is None else tuple(tf.constant(b, tf.float32) for b in bounds)
     self.parameter_space = ParameterSpace(
@@ -209,7 +209,8 @@ class InferenceMachine(LossModel):
     self.aggregator(tf.zeros([1, 1, 2 * self.encoding_size + paired_size + d + score_size]))
     regression_size = d if self.config.regression_features else 0
     self.updater(tf.zeros([1, self.config.aggregator_out + psi_size + regression_size]),
-                 self.updater.initial_state(1))
+                 self.updater.initial_state(1),
+                 tf.zeros([1, psi_size]) if self.config.regression_shortcut else None)
 
   def get_config(self) -> Dict[str, Any]:
     """The simulator (by spec: a registered name or an import path) and the machine's
@@ -517,14 +518,28 @@ class InferenceMachine(LossModel):
           tf.stop_gradient(self.proposal.score(theta, psi))))                    # [batch, M, P]
     features = tf.concat(features, axis=-1)
     context = self.aggregator(features, valid)                                   # [batch, C]
-    updater_inputs = [context, psi]
+    step = None
     if self.config.regression_features:   # like the scores, a function of the samples: no gradient
-      updater_inputs.append(tf.stop_gradient(
-          self._regression_step(theta, standardized, state.real_encoding, pairs, valid)))
+      step = tf.stop_gradient(
+          self._regression_step(theta, standardized, state.real_encoding, pairs, valid))
+    return self._apply_updater(state, context, step)
+
+  def _apply_updater(self, state: LoopState, context: tf.Tensor,
+                     step: Optional[tf.Tensor]) -> LoopState:
+    """The updater's `Delta psi` from the step's `context [batch, C]`, `psi` and the regression
+    `step [batch, d]` (or None), applied to `state`."""
+    psi = state.psi
+    units = self.proposal.update_units(psi) if self.config.relative_updates else None
+    updater_inputs = [context, psi] + ([] if step is None else [step])
+    direction = None
+    if self.config.regression_shortcut:
+      direction = self.proposal.translation(step)                                # [batch, P]
+      if units is not None:   # the updater's output is in units of the proposal, the step is not
+        direction = direction / units
     delta, (h, c) = self.updater(tf.concat(updater_inputs, axis=-1),
-                                 [state.lstm_h, state.lstm_c])
-    if self.config.relative_updates:
-      delta = delta * self.proposal.update_units(psi)
+                                 [state.lstm_h, state.lstm_c], direction)
+    if units is not None:
+      delta = delta * units
     return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
 
   def _regression_step(self, theta: tf.Tensor, standardized: tf.Tensor, real_encoding: tf.Tensor,

@@ -196,11 +196,14 @@ class Updater(keras.layers.Layer):
   """Input MLP -> Keras `LSTMCell` -> output layer -> bounded `Delta psi`.
 
   The output layer starts at zero so that an untrained machine leaves `psi` where it is, instead of
-  taking random bounded steps away from its start.
+  taking random bounded steps away from its start. With `shortcut`, a second output layer (zero
+  at the start too) gates a given direction `[batch, P]` entry by entry into the step, before
+  the bound: the step can then follow the direction to its last digit, which an output computed
+  through the LSTM's saturating units only approximates.
   """
 
   def __init__(self, hidden: int, lstm_units: int, psi_size: int, bound: float, bound_type: str,
-               name: str = "updater"):
+               shortcut: bool = False, name: str = "updater"):
     super().__init__(name=name)
     self.bound = bound
     self.bound_type = bound_type
@@ -211,17 +214,24 @@ class Updater(keras.layers.Layer):
         keras.layers.Dense(hidden, activation="relu", name="hidden"),
         keras.layers.Dense(psi_size, kernel_initializer="zeros", name="delta"),
     ], name="output")
+    self.gate = (keras.layers.Dense(psi_size, kernel_initializer="zeros", name="shortcut_gate")
+                 if shortcut else None)
 
   def initial_state(self, batch_size: tf.Tensor) -> List[tf.Tensor]:
     """`h_0 = c_0 = 0`, each `[batch, lstm_units]`."""
     zeros = tf.zeros(tf.stack([batch_size, self.lstm_units]))
     return [zeros, zeros]
 
-  def call(self, inputs: tf.Tensor,
-           state: List[tf.Tensor]) -> Tuple[tf.Tensor, List[tf.Tensor]]:
-    """`[batch, k]` inputs and the LSTM state -> (`Delta psi [batch, 2d]`, new state)."""
+  def call(self, inputs: tf.Tensor, state: List[tf.Tensor],
+           direction: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, List[tf.Tensor]]:
+    """`[batch, k]` inputs, the LSTM state and (with `shortcut`) the `direction [batch, P]` ->
+    (`Delta psi [batch, P]`, new state)."""
+    if (direction is None) != (self.gate is None):
+      raise ValueError("an updater with a shortcut takes a direction, and only then")
     hidden, new_state = self.cell(self.input_net(inputs), state)
     raw = self.output_net(hidden)
+    if self.gate is not None:
+      raw = raw + self.gate(hidden) * direction
     if self.bound_type == "tanh":
       delta = self.bound * tf.tanh(raw / self.bound)
     else:

@@ -96,6 +96,18 @@ class Proposal(abc.ABC):
     return (tf.ones_like(psi[..., :1]), self.mean(psi)[..., tf.newaxis, :],
             self.stddev(psi)[..., tf.newaxis, :])
 
+  def translation(self, step: tf.Tensor) -> tf.Tensor:
+    """The change of `psi` that shifts `q` by `step`: `q(theta | psi + translation(step)) =
+    q(theta - step | psi)`, `[..., d] -> [..., P]` (the machine's `regression_shortcut` adds a
+    gated regression step to `psi` through it).
+
+    The default suits families whose `psi` begins with the `d` location entries and whose
+    other entries (spreads, shapes) do not move with the location; a mixture overrides it.
+    """
+    padding = tf.zeros(tf.concat([tf.shape(step)[:-1], [self.psi_size - self.parameter_dim]],
+                                 axis=0), step.dtype)
+    return tf.concat([step, padding], axis=-1)
+
   def update_units(self, psi: tf.Tensor) -> tf.Tensor:
     """The unit of each entry of `psi [..., P]` for steps relative to the proposal (the machine's
     `relative_updates`): the proposal's own spread for its location entries, 1 for the rest.

@@ -126,6 +126,13 @@ class GaussianMixture(Proposal):
     logits, means, log_scales = self.split(psi)
     return tf.nn.softmax(logits, axis=-1), means, tf.exp(log_scales)
 
+  def translation(self, step: tf.Tensor) -> tf.Tensor:
+    """Every component's mean moves by `step`; weights and spreads stay."""
+    k = self.num_components
+    logits = tf.zeros(tf.concat([tf.shape(step)[:-1], [k]], axis=0), step.dtype)
+    means = tf.concat([step] * k, axis=-1)                     # [..., K d], component-major
+    return tf.concat([logits, means, tf.zeros_like(means)], axis=-1)
+
   def update_units(self, psi: tf.Tensor) -> tf.Tensor:
     """Each component's mean moves in units of that component's own spread."""
     logits, _, log_scales = self.split(psi)
