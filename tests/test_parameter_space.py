@@ -161,6 +161,25 @@ def test_a_normal_far_outside_the_box_becomes_a_narrow_answer_at_its_edge():
   np.testing.assert_allclose(std[:, 0], [0.02 / (100.2 / 0.02), 0.1 / 2930.0], rtol=1e-3)
 
 
+@pytest.mark.parametrize("distance", [19.0, 21.0, 80.0, 1e4])
+def test_far_from_the_box_the_restriction_keeps_its_digits(distance):
+  """On either side of the far-tail switch: one-sided, the restriction's shift into the box and
+  its std are `s / x (1 - 2 u + 10 u^2)` and `s / x (1 - 3 u + 20.5 u^2)`, `u = 1 / x^2`, to
+  O(u^3) (x = `distance`, Mills' series); in a box far narrower than `s / x` the density is
+  nearly exponential, whose moments are closed forms."""
+  x, s, u = distance, 0.5, 1.0 / distance ** 2
+  mean, std = _restricted([[1.0], [1.0]], [[[2.0 - x * s]], [[3.0 + x * s]]], [[[s]], [[s]]],
+                          [2.0], [3.0])
+  shift = s / x * (1 - 2 * u + 10 * u ** 2)
+  np.testing.assert_allclose(mean[:, 0], [2.0 + shift, 3.0 - shift], rtol=1e-6)
+  np.testing.assert_allclose(std[:, 0], s / x * (1 - 3 * u + 20.5 * u ** 2), rtol=2e-5)
+  width = 0.1 / x                                 # std units: rate x, so x * width = 0.1
+  mean, std = _restricted([[1.0]], [[[-x * s]]], [[[s]]], [0.0], [width * s])
+  rate = x + width / 2   # exp(-x t - t^2 / 2) on [0, width], nearly exp(-(x + width / 2) t)
+  exact_variance = 1 / rate ** 2 - width ** 2 / (4 * np.sinh(rate * width / 2) ** 2)
+  np.testing.assert_allclose(std[0, 0], s * np.sqrt(exact_variance), rtol=1e-4)
+
+
 def test_unbounded_sides_and_points_restrict_as_they_should():
   mean, std = _restricted([[1.0, 0.0]] * 3, [[[0.5], [0.0]], [[-4.0], [0.0]], [[9.0], [0.0]]],
                           [[[2.0], [1.0]], [[0.0], [1.0]], [[0.0], [1.0]]], [-np.inf], [1.0])

@@ -194,19 +194,46 @@ def box_restricted_moments(weights: tf.Tensor, means: tf.Tensor, stds: tf.Tensor
   tilt_low = tf.where(tf.math.is_finite(alpha), alpha * ratio_low, tf.zeros_like(alpha))
   tilt_high = tf.where(tf.math.is_finite(beta), beta * ratio_high, tf.zeros_like(beta))
   offset = ratio_low - ratio_high
-  component_means = tf.where(point, tf.clip_by_value(means, low, high), means + stds * offset)
-  # The variance cancels to nothing far outside the box; there it is bounded by 1 / alpha^2 (the
-  # one-sided truncated normal's, which a narrower box only lowers: the normal is log-concave).
-  distance = tf.maximum(tf.maximum(alpha, -beta), 0.0)
-  bound = tf.where(distance > 0, 1.0 / tf.square(distance), tf.constant(np.inf, tf.float64))
-  component_variances = tf.where(point, tf.zeros_like(stds), tf.square(stds) * tf.clip_by_value(
-      1.0 + tilt_low - tilt_high - tf.square(offset), 0.0, bound))
+  # Far outside the box the closed form's variance cancels to nothing; there the restriction is
+  # integrated from the nearer edge (`_far_restriction`).
+  distance = tf.maximum(alpha, -beta)
+  far = distance > _FAR_OUTSIDE
+  far_shift, far_variance = _far_restriction(tf.maximum(distance, _FAR_OUTSIDE), beta - alpha)
+  near_edge = tf.where(alpha > 0, low + stds * far_shift, high - stds * far_shift)
+  component_means = tf.where(point, tf.clip_by_value(means, low, high),
+                             tf.where(far, near_edge, means + stds * offset))
+  component_variances = tf.where(point, tf.zeros_like(stds), tf.square(stds) * tf.where(
+      far, far_variance, tf.maximum(1.0 + tilt_low - tilt_high - tf.square(offset), 0.0)))
   log_weights = tf.math.log(tf.cast(weights, tf.float64)) + tf.reduce_sum(log_mass, axis=-1)
   restricted_weights = tf.nn.softmax(log_weights, axis=-1)[..., tf.newaxis]      # [..., C, 1]
   mean = tf.reduce_sum(restricted_weights * component_means, axis=-2)
   variance = tf.reduce_sum(restricted_weights * (
       component_variances + tf.square(component_means - mean[..., tf.newaxis, :])), axis=-2)
   return tf.cast(mean, tf.float32), tf.cast(tf.sqrt(variance), tf.float32)
+
+
+#: Components more than this many standard deviations outside the box are restricted by
+#: quadrature (`_far_restriction`): beyond it, `box_restricted_moments`' closed-form variance
+#: is a difference of terms some `distance^4` times larger than itself.
+_FAR_OUTSIDE = 20.0
+#: Gauss-Legendre nodes and weights on [-1, 1] for `_far_restriction`.
+_EDGE_QUADRATURE = np.polynomial.legendre.leggauss(64)
+
+
+def _far_restriction(distance: tf.Tensor, width: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """A normal's restriction to a box `distance` of its standard deviations away (float64,
+  `[...]` each, the box `width` of them wide, possibly infinite): the mean and variance of
+  the distance `t` into the box from its nearer edge, in units of the normal's std, whose
+  density is `exp(-distance t - t^2 / 2)` on `[0, width]`. By Gauss-Legendre quadrature over
+  `[0, min(width, 60 / distance)]`, past which the density is below `e^-60` of its value at
+  the edge: a sum of positive terms, so no digits cancel however far the box is."""
+  nodes, weights = (tf.constant(x, tf.float64) for x in _EDGE_QUADRATURE)
+  span = tf.minimum(width, 60.0 / distance)[..., tf.newaxis]
+  t = 0.5 * span * (nodes + 1.0)                                                 # [..., K]
+  density = weights * tf.exp(-distance[..., tf.newaxis] * t - 0.5 * tf.square(t))
+  density = density / tf.reduce_sum(density, axis=-1, keepdims=True)
+  mean = tf.reduce_sum(density * t, axis=-1)
+  return mean, tf.reduce_sum(density * tf.square(t - mean[..., tf.newaxis]), axis=-1)
 
 
 def _log_box_mass(alpha: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
@@ -218,10 +245,29 @@ def _log_box_mass(alpha: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
   return tfp.math.log_sub_exp(_log_normal_cdf(above), _log_normal_cdf(below))
 
 
+#: Below this, `log Phi(x)` is the asymptotic series (`_log_normal_cdf`); above, `erfc`
+#: keeps its float64 digits (`erfc(30 / sqrt 2)` is about 1e-197).
+_SERIES_BELOW = -30.0
+
+
 def _log_normal_cdf(x: tf.Tensor) -> tf.Tensor:
-  """`log Phi(x) = log(erfc(-x / sqrt 2) / 2)`, through `logerfc`, which keeps its digits far in
-  the lower tail."""
-  return tfp.math.logerfc(-x / np.sqrt(2.0)) - np.log(2.0)
+  """`log Phi(x)` (float64) with its digits far in the lower tail: `log(erfc(-x / sqrt 2) / 2)`,
+  and below `_SERIES_BELOW`, where `erfc` heads for underflow, Mills' asymptotic series
+
+      log Phi(x) = log phi(x) - log(-x) + log(1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8 - 945/x^10),
+
+  whose first omitted term is below 1e-14 there. Each branch sees only inputs in its own range,
+  so neither puts a NaN into the other's gradient. (`tfp.math.logerfc` is as accurate but
+  builds a long Chebyshev recursion with a custom gradient, which dominated an export's
+  tracing time.)"""
+  erfc_x = tf.maximum(x, _SERIES_BELOW)
+  series_x = tf.minimum(x, _SERIES_BELOW)
+  inverse_square = 1.0 / tf.square(series_x)
+  series = 1.0 + inverse_square * (-1.0 + inverse_square * (3.0 + inverse_square * (
+      -15.0 + inverse_square * (105.0 - 945.0 * inverse_square))))
+  tail = _log_normal_pdf(series_x) - tf.math.log(-series_x) + tf.math.log(series)
+  return tf.where(x < _SERIES_BELOW, tail,
+                  tf.math.log(tf.math.erfc(-erfc_x / np.sqrt(2.0))) - np.log(2.0))
 
 
 def _log_normal_pdf(x: tf.Tensor) -> tf.Tensor:
