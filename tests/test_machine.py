@@ -979,7 +979,7 @@ def test_regression_features_widen_the_updaters_input_and_need_moment_features()
 
 @pytest.mark.parametrize("proposal,relative_updates", [
     ("diagonal_gaussian", False), ("gaussian_mixture", True), ("full_covariance_gaussian", True)])
-def test_the_regression_shortcut_adds_the_gated_step_inside_the_bound(proposal, relative_updates,
+def test_the_regression_shortcut_adds_the_gated_move_inside_the_bound(proposal, relative_updates,
                                                                       monkeypatch):
   machine = _machine("weinberg", moment_features=True, regression_features=True,
                      regression_shortcut=True, proposal=proposal,
@@ -990,20 +990,40 @@ def test_the_regression_shortcut_adds_the_gated_step_inside_the_bound(proposal, 
   np.testing.assert_array_equal(trajectory.psi.numpy(),
                                 np.repeat(trajectory.initial_psi.numpy()[:, None], 3, axis=1))
   machine.updater.gate.bias.assign(np.ones(machine.proposal.psi_size, np.float32))
-  steps = []
-  regression = InferenceMachine._regression_step
-  monkeypatch.setattr(InferenceMachine, "_regression_step",
-                      lambda *args: steps.append(regression(*args)) or steps[-1])
+  moves = []
+  shortcut = InferenceMachine._regression_shortcut
+  monkeypatch.setattr(InferenceMachine, "_regression_shortcut",
+                      lambda *args: moves.append(shortcut(*args)) or moves[-1])
   state, _ = machine.begin(observations, _seed(2))
   state = state._replace(psi=state.psi + 0.2)   # apart from 0: relative units differ from 1
   theta = machine.propose(state, _seed(3))
   simulated = machine._simulate(theta, _seed(4), machine.config.num_simulated_obs, None)
   moved = machine.update(state, theta, simulated).psi.numpy()
   units = (machine.proposal.update_units(state.psi).numpy() if relative_updates else 1.0)
-  direction = machine.proposal.translation(steps[0]).numpy() / units
+  direction = machine.proposal.translation(moves[0]).numpy() / units
   np.testing.assert_allclose(moved, state.psi.numpy() + units * 0.3 * np.tanh(direction / 0.3),
                              rtol=1e-5, atol=1e-6)
   assert np.abs(moved - state.psi.numpy()).max() > 1e-3
+
+
+def test_the_regression_shortcut_moves_to_where_the_simulated_parameters_regress():
+  """Summaries linear in the parameters each sample was simulated at: the shortcut moves the
+  proposal's mean onto the real data's parameters, though half the samples lie beyond the box
+  (and simulate at its edge) and the proposal's mean is not the samples'."""
+  machine = _machine("weinberg", moment_features=True, regression_features=True,
+                     regression_shortcut=True)
+  low, high = (machine.parameter_space.forward(tf.constant([bound])).numpy()[0]
+               for bound in machine.simulator.parameter_bounds)
+  truth = tf.constant([low + 0.9 * (high - low)], tf.float32)                    # [1, d], inside
+  psi = machine.proposal.initial_psi(tf.constant([high], tf.float32))           # on the edge
+  theta = truth[:, tf.newaxis] + 0.5 * tf.random.stateless_normal([1, 40, 2], _seed(5))
+  theta = theta + (high - truth)[:, tf.newaxis]                                  # around the edge
+  simulated_at = machine.parameter_space.forward(machine.simulation_parameters(theta))
+  assert np.mean(simulated_at.numpy() < theta.numpy() - 1e-3) > 0.3             # clipped
+  mixing = tf.constant([[1.0, 0.5, -0.2], [0.3, -1.0, 0.7]])
+  summaries = (tf.einsum("bmd,dk->bmk", simulated_at, mixing), tf.matmul(truth, mixing))
+  move = machine._regression_shortcut(psi, theta, summaries, tf.ones([1, 40], tf.bool))
+  np.testing.assert_allclose(machine.proposal.mean(psi) + move, truth, atol=0.02)
 
 
 def test_the_regression_shortcut_needs_the_regression_step():

@@ -518,22 +518,25 @@ class InferenceMachine(LossModel):
           tf.stop_gradient(self.proposal.score(theta, psi))))                    # [batch, M, P]
     features = tf.concat(features, axis=-1)
     context = self.aggregator(features, valid)                                   # [batch, C]
-    step = None
-    if self.config.regression_features:   # like the scores, a function of the samples: no gradient
-      step = tf.stop_gradient(
-          self._regression_step(theta, standardized, state.real_encoding, pairs, valid))
-    return self._apply_updater(state, context, step)
+    step, shortcut = None, None
+    if self.config.regression_features:   # like the scores, functions of the samples: no gradient
+      summaries = self._regression_summaries(standardized, state.real_encoding, pairs)
+      step = tf.stop_gradient(regression_step(theta, *summaries, valid))
+      if self.config.regression_shortcut:
+        shortcut = tf.stop_gradient(self._regression_shortcut(psi, theta, summaries, valid))
+    return self._apply_updater(state, context, step, shortcut)
 
-  def _apply_updater(self, state: LoopState, context: tf.Tensor,
-                     step: Optional[tf.Tensor]) -> LoopState:
-    """The updater's `Delta psi` from the step's `context [batch, C]`, `psi` and the regression
-    `step [batch, d]` (or None), applied to `state`."""
+  def _apply_updater(self, state: LoopState, context: tf.Tensor, step: Optional[tf.Tensor],
+                     shortcut: Optional[tf.Tensor]) -> LoopState:
+    """The updater's `Delta psi` from the step's `context [batch, C]`, `psi`, the regression
+    `step [batch, d]` and the `shortcut` (`_regression_shortcut`; each None when not used),
+    applied to `state`."""
     psi = state.psi
     units = self.proposal.update_units(psi) if self.config.relative_updates else None
     updater_inputs = [context, psi] + ([] if step is None else [step])
     direction = None
-    if self.config.regression_shortcut:
-      direction = self.proposal.translation(step)                                # [batch, P]
+    if shortcut is not None:
+      direction = self.proposal.translation(shortcut)                            # [batch, P]
       if units is not None:   # the updater's output is in units of the proposal, the step is not
         direction = direction / units
     delta, (h, c) = self.updater(tf.concat(updater_inputs, axis=-1),
@@ -542,17 +545,32 @@ class InferenceMachine(LossModel):
       delta = delta * units
     return LoopState(psi=psi + delta, lstm_h=h, lstm_c=c, real_encoding=state.real_encoding)
 
-  def _regression_step(self, theta: tf.Tensor, standardized: tf.Tensor, real_encoding: tf.Tensor,
-                       pairs: Optional[Tuple[tf.Tensor, tf.Tensor]],
-                       valid: tf.Tensor) -> tf.Tensor:
-    """`regression_step` `[batch, d]` on the step's summaries: at the observed design, the
-    paired residual moments of `pairs` (`PairedSetEncoder.residual_moments`, the real rows' are
-    zero), which a regression's parameters move linearly; otherwise each set's mean observation."""
+  def _regression_summaries(self, standardized: tf.Tensor, real_encoding: tf.Tensor,
+                            pairs: Optional[Tuple[tf.Tensor, tf.Tensor]]
+                            ) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`(summaries [batch, M, k], real summary [batch, k])` of `regression_step`: at the
+    observed design, the paired residual moments of `pairs` (`PairedSetEncoder.
+    residual_moments`, the real rows' are zero), which a regression's parameters move linearly;
+    otherwise each set's mean observation."""
     if pairs is not None:
       summaries = self.paired_encoder.residual_moments(pairs)                    # [batch, M, k]
-      return regression_step(theta, summaries, tf.zeros_like(summaries[:, 0]), valid)
-    return regression_step(theta, tf.reduce_mean(standardized, axis=-2),
-                           self.encoder.reference(real_encoding)[0], valid)
+      return summaries, tf.zeros_like(summaries[:, 0])
+    return tf.reduce_mean(standardized, axis=-2), self.encoder.reference(real_encoding)[0]
+
+  def _regression_shortcut(self, psi: tf.Tensor, theta: tf.Tensor,
+                           summaries: Tuple[tf.Tensor, tf.Tensor], valid: tf.Tensor) -> tf.Tensor:
+    """The move `[batch, d]` from the proposal's mean to where the step's regression puts the
+    real data: the valid samples' mean plus their `regression_step`, both of the parameters
+    they were simulated at (`simulation_parameters`, standardised). Anchored at the samples'
+    mean, not the proposal's, whose Monte-Carlo difference the step would otherwise carry; and
+    of the simulated parameters, not the proposed ones: samples clipped into the prior's box
+    simulate at its edge, and a regression on where they were proposed points out of the box."""
+    simulated_at = self.parameter_space.forward(self.simulation_parameters(theta))   # [b, M, d]
+    weights = tf.cast(valid, simulated_at.dtype)[..., tf.newaxis]
+    sample_mean = (tf.reduce_sum(weights * simulated_at, axis=1)
+                   / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0))
+    return (sample_mean + regression_step(simulated_at, *summaries, valid)
+            - self.proposal.mean(psi))
 
   def call(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
            initial_mean: Optional[tf.Tensor] = None, training: Optional[bool] = None) -> Trajectory:
