@@ -145,12 +145,16 @@ class MachineConfig:
       mean minus theirs; at the observed design, from their paired residual moments instead
       (`PairedSetEncoder.residual_moments`), which are zero for the real data. Needs
       `moment_features` (the real set's mean is read from them).
-    regression_shortcut: also add the regression step to `psi` directly, through the proposal's
-      `translation`, scaled by a per-entry gate the updater outputs from its LSTM state (zero
-      at the start, like its other output), inside the bound: `Delta psi = b tanh((out + gate *
-      translation(step)) / b)`. As an input only, the step has to pass through the updater's
-      tanh and ReLU units, whose relative precision limits how closely the mean can follow it
-      (docs/results.md, "The regression shortcut"). Needs `regression_features`.
+    regression_shortcut: also move the proposal directly to where the step's regression puts
+      the real data (`InferenceMachine._regression_shortcut`: the mean of the parameters the
+      samples were simulated at plus their regression step, minus the proposal's mean), through
+      the proposal's `translation`, scaled by a per-entry gate the updater outputs from its
+      LSTM state (zero at the start, like its other output), inside the bound: `Delta psi =
+      b tanh((out + gate * translation(move)) / b)`. As an input only, the step has to pass
+      through the updater's tanh and ReLU units, whose relative precision limits how closely
+      the mean can follow it. Pays where the summaries move linearly with the parameters (a
+      regression at the observed design), can cost on noisy nonlinear ones (docs/results.md,
+      "The regression shortcut"). Needs `regression_features`.
     raw_mean_features: append each set's mean on the raw scale, brought to the encoder's scale
       by the observation transform and the standardisation (`InferenceMachine.encode_sets`).
       Under a transform such as `log1p`, the set's mean count (Poisson's sufficient statistic)
