@@ -1022,7 +1022,9 @@ def test_the_regression_shortcut_moves_to_where_the_simulated_parameters_regress
   assert np.mean(simulated_at.numpy() < theta.numpy() - 1e-3) > 0.3             # clipped
   mixing = tf.constant([[1.0, 0.5, -0.2], [0.3, -1.0, 0.7]])
   summaries = (tf.einsum("bmd,dk->bmk", simulated_at, mixing), tf.matmul(truth, mixing))
-  move = machine._regression_shortcut(psi, theta, summaries, tf.ones([1, 40], tf.bool))
+  valid = tf.ones([1, 40], tf.bool)
+  move = machine._regression_shortcut(psi, simulated_at,
+                                      regression_step(simulated_at, *summaries, valid), valid)
   np.testing.assert_allclose(machine.proposal.mean(psi) + move, truth, atol=0.02)
 
 

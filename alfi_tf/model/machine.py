@@ -521,9 +521,17 @@ class InferenceMachine(LossModel):
     step, shortcut = None, None
     if self.config.regression_features:   # like the scores, functions of the samples: no gradient
       summaries = self._regression_summaries(standardized, state.real_encoding, pairs)
-      step = tf.stop_gradient(regression_step(theta, *summaries, valid))
+      targets = theta
       if self.config.regression_shortcut:
-        shortcut = tf.stop_gradient(self._regression_shortcut(psi, theta, summaries, valid))
+        simulated_at = self.parameter_space.forward(self.simulation_parameters(theta))
+        targets = tf.concat([theta, simulated_at], axis=-1)                      # [b, M, 2d]
+      # One ridge solve for every target column: the step is linear in the targets.
+      steps = tf.stop_gradient(regression_step(targets, *summaries, valid))
+      d = self.simulator.parameter_dim
+      step = steps[:, :d]
+      if self.config.regression_shortcut:
+        shortcut = tf.stop_gradient(
+            self._regression_shortcut(psi, simulated_at, steps[:, d:], valid))
     return self._apply_updater(state, context, step, shortcut)
 
   def _apply_updater(self, state: LoopState, context: tf.Tensor, step: Optional[tf.Tensor],
@@ -557,20 +565,19 @@ class InferenceMachine(LossModel):
       return summaries, tf.zeros_like(summaries[:, 0])
     return tf.reduce_mean(standardized, axis=-2), self.encoder.reference(real_encoding)[0]
 
-  def _regression_shortcut(self, psi: tf.Tensor, theta: tf.Tensor,
-                           summaries: Tuple[tf.Tensor, tf.Tensor], valid: tf.Tensor) -> tf.Tensor:
+  def _regression_shortcut(self, psi: tf.Tensor, simulated_at: tf.Tensor,
+                           simulated_at_step: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     """The move `[batch, d]` from the proposal's mean to where the step's regression puts the
-    real data: the valid samples' mean plus their `regression_step`, both of the parameters
-    they were simulated at (`simulation_parameters`, standardised). Anchored at the samples'
-    mean, not the proposal's, whose Monte-Carlo difference the step would otherwise carry; and
-    of the simulated parameters, not the proposed ones: samples clipped into the prior's box
-    simulate at its edge, and a regression on where they were proposed points out of the box."""
-    simulated_at = self.parameter_space.forward(self.simulation_parameters(theta))   # [b, M, d]
+    real data: the valid samples' mean plus their `regression_step` (`simulated_at_step`), both
+    of the parameters `simulated_at [batch, M, d]` they were simulated at
+    (`simulation_parameters`, standardised). Anchored at the samples' mean, not the proposal's,
+    whose Monte-Carlo difference the step would otherwise carry; and of the simulated
+    parameters, not the proposed ones: samples clipped into the prior's box simulate at its
+    edge, and a regression on where they were proposed points out of the box."""
     weights = tf.cast(valid, simulated_at.dtype)[..., tf.newaxis]
     sample_mean = (tf.reduce_sum(weights * simulated_at, axis=1)
                    / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0))
-    return (sample_mean + regression_step(simulated_at, *summaries, valid)
-            - self.proposal.mean(psi))
+    return sample_mean + simulated_at_step - self.proposal.mean(psi)
 
   def call(self, observations: tf.Tensor, seed: tf.Tensor, num_steps: Optional[int] = None,
            initial_mean: Optional[tf.Tensor] = None, training: Optional[bool] = None) -> Trajectory:
