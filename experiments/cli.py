@@ -8,19 +8,23 @@ for debugging. absl reports unparseable flags itself, in one line, before `main`
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import select
 import signal
 import sys
 import threading
+import time
 from typing import Callable, List, Optional
 
 from absl import app, flags
 
 import tensorflow as tf
 
-from alfi_tf.simulators.base import simulator_error_message
+from alfi_tf.simulators import calls
+from alfi_tf.simulators.base import describe_parameters, simulator_error_message
+from alfi_tf.simulators.command import TIMEOUT_RULE, is_valid_timeout
 from experiments.config_flags import expand_flagfiles
 
 #: Failures a user can cause and fix: they get one message, not a traceback. OSError covers the
@@ -37,6 +41,18 @@ SIZE_FLAGS = ("batch_size", "num_problems", "num_obs", "num_validation_problems"
               "mixture_components", "calibration_problems", "num_starts", "answer_starts",
               "answer_simulated_obs", "robustness_problems", "robustness_starts", "grid_points",
               "context_hidden", "flow_layers", "flow_hidden", "spline_bins", "test_problems")
+
+
+def define_simulator_timeout() -> None:
+  """Defines `--simulator_timeout`, for a binary that runs simulators: `run` then stops the program
+  when a Python simulator's call has not returned after that long (`watch_simulator_calls`)."""
+  flags.DEFINE_float(
+      "simulator_timeout", 600.0,
+      "seconds one simulator call may take: an external command's call is then retried or "
+      "reported; a Python simulator's simulate_numpy that has not returned stops the program, "
+      "naming the call (a TF-native simulator runs inside TensorFlow's graph, unwatched)")
+  flags.register_validator("simulator_timeout", is_valid_timeout,
+                           message=f"--simulator_timeout {TIMEOUT_RULE}")
 
 
 def run(main: Callable[[List[str]], None]) -> None:
@@ -125,7 +141,7 @@ def _count_interrupts(read_end: int) -> None:
             f"{INTERRUPT_GRACE_SECONDS:g} s (a simulator call still running): stopped at once "
             "(re-running the same command resumes a training run from its last checkpoint)",
             file=sys.stderr, flush=True)
-      os._exit(143)   # pylint: disable=protected-access
+      _end_now(143)
     if not ready:
       print("interrupt received: stopping once the current simulator call returns; press Ctrl-C "
             "again to stop at once (re-running the same command resumes a training run)",
@@ -138,12 +154,45 @@ def _count_interrupts(read_end: int) -> None:
     if interrupts >= 2:
       print("stopped at once by a second Ctrl-C (re-running the same command resumes a training "
             "run from its last checkpoint)", file=sys.stderr, flush=True)
-      os._exit(130)   # pylint: disable=protected-access
+      _end_now(130)
+
+
+def watch_simulator_calls(timeout: float) -> None:
+  """Stops the program when a Python simulator's call (`alfi_tf.simulators.calls`) has run for
+  `timeout` seconds: one message naming the simulator, the method and its parameters, and exit
+  status 1, in place of a program that waits for ever. Nothing is lost: files are written
+  atomically, and a training run resumes from its last checkpoint."""
+  threading.Thread(target=_watch_calls, args=(timeout,), daemon=True,
+                   name="simulator-watchdog").start()
+
+
+def _watch_calls(timeout: float) -> None:
+  while True:
+    time.sleep(min(1.0, timeout / 4))
+    call = calls.oldest()
+    if call is not None and call.seconds() > timeout:
+      print(f"error: simulator {call.simulator!r}: {call.method} has not returned after "
+            f"{timeout:g} s (--simulator_timeout), called for {len(call.theta)} parameter "
+            f"vector(s): {describe_parameters(call.theta, call.parameter_names)}; stopped. A "
+            "simulator that needs longer per call needs a larger --simulator_timeout (re-running "
+            "the same command resumes a training run from its last checkpoint)",
+            file=sys.stderr, flush=True)
+      _end_now(1)
+
+
+def _end_now(status: int) -> None:
+  """Ends the process at once with `status`, from any thread, its worker processes (a data
+  worker stuck in the simulator's code, say) first: they would outlive it."""
+  for child in multiprocessing.active_children():
+    child.terminate()
+  os._exit(status)   # pylint: disable=protected-access
 
 
 def _guarded(main: Callable[[List[str]], None], argv: List[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
+  if "simulator_timeout" in flags.FLAGS:
+    watch_simulator_calls(flags.FLAGS.simulator_timeout)
   try:
     main(argv)
   except KeyboardInterrupt:

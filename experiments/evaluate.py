@@ -24,6 +24,7 @@ define_flags_for(EvaluationConfig, {
                    "parameter, 201 for two; at most 1e6 grid points in all)",
 })
 flags.DEFINE_string("workdir", None, "a trained run directory")
+cli.define_simulator_timeout()
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 

@@ -22,8 +22,7 @@ from alfi_tf.evaluation.plots import is_own_figure, plot_trajectory
 from alfi_tf.serving.deploy import DeployedMachine
 from alfi_tf.metrics import central_interval_z
 from alfi_tf.model.inference import resolve_starts
-from alfi_tf.simulators.command import (TIMEOUT_RULE, CommandSimulator, is_valid_timeout,
-                                        split_command)
+from alfi_tf.simulators.command import CommandSimulator, split_command
 from alfi_tf.serving.observation_files import load_observations
 from alfi_tf.simulators import get_simulator
 from alfi_tf.workdir import write_json_atomically
@@ -36,7 +35,7 @@ flags.register_validator("seed", lambda seed: SEED_RANGE[0] <= seed <= SEED_RANG
                          message=f"--seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] "
                                  "(an int32 seed)")
 flags.DEFINE_string("simulator_command", None, "external simulator executable, run once per step")
-flags.DEFINE_float("simulator_timeout", 600.0, "seconds allowed per simulator command call")
+cli.define_simulator_timeout()
 flags.DEFINE_integer("num_starts", None, "runs per data set from independent starts, combined as "
                      "an equal-weight mixture (alfi_tf.model.inference.pool_starts); R times the "
                      "simulations (default: the machine's answer_starts, 1 for older exports)")
@@ -46,8 +45,6 @@ flags.DEFINE_string("output", "inference.json", "JSON file for the estimates and
                     "existing file is replaced only if it is an earlier result)")
 flags.DEFINE_string("plot", None, "optional PNG of the trajectory of mean +- std (an existing file "
                     "is replaced only if it is an earlier figure)")
-flags.register_validator("simulator_timeout", is_valid_timeout,
-                         message=f"--simulator_timeout {TIMEOUT_RULE}")
 flags.mark_flags_as_required(["model", "observations"])
 FLAGS = flags.FLAGS
 

@@ -35,6 +35,7 @@ define_flags_for(NPEConfig, {
     "epochs": "the most training epochs (early stopping on a held-out tenth)",
 })
 flags.DEFINE_string("workdir", None, "directory for the trained estimator and its scores")
+cli.define_simulator_timeout()
 flags.DEFINE_integer("test_problems", 500, "held-out problems to score on")
 flags.DEFINE_integer("test_seed", 12345, "seed of the held-out problems (their test stream)")
 # Checked before training: the seed is only used to score the trained estimator.

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 
 from alfi_tf.config import MachineConfig, TrainConfig
 from alfi_tf.simulators import ExternalSimulator, available_simulators, normalize_spec
-from alfi_tf.simulators.command import TIMEOUT_RULE, is_valid_timeout, split_command
+from alfi_tf.simulators.command import split_command
 from alfi_tf.training import Trainer, distribute, set_global_seed
 from experiments import cli
 from experiments.config_flags import config_from_flags, define_flags_for
@@ -54,11 +54,9 @@ flags.DEFINE_list("parameter_names", None, "with --simulator=command: the parame
 flags.DEFINE_list("prior_low", None, "with --simulator=command: the uniform prior's lower bounds")
 flags.DEFINE_list("prior_high", None, "with --simulator=command: the uniform prior's upper bounds")
 flags.DEFINE_integer("observation_dim", None, "with --simulator=command: numbers per observation")
-flags.DEFINE_float("simulator_timeout", 600.0, "with --simulator=command: seconds per call")
+cli.define_simulator_timeout()
 flags.DEFINE_integer("simulator_retries", 2, "with --simulator=command: further attempts after a "
                      "failed call", lower_bound=0)
-flags.register_validator("simulator_timeout", is_valid_timeout,
-                         message=f"--simulator_timeout {TIMEOUT_RULE}")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 COMMAND_FLAGS = ("simulator_command", "parameter_names", "prior_low", "prior_high",
@@ -68,11 +66,11 @@ COMMAND_FLAGS = ("simulator_command", "parameter_names", "prior_low", "prior_hig
 def _simulator_spec() -> str:
   """The spec recorded for --simulator and, for an external program, its flags."""
   if FLAGS.simulator != "command":
-    # The timeout too: a Python simulator has none, and a user relying on one would wait forever.
-    given = [f"--{name}" for name in COMMAND_FLAGS + ("simulator_timeout", "simulator_retries")
+    given = [f"--{name}" for name in COMMAND_FLAGS + ("simulator_retries",)
              if FLAGS[name].present]
     if given:
-      raise app.UsageError(f"{', '.join(given)} apply to --simulator=command only")
+      verb = "applies" if len(given) == 1 else "apply"
+      raise app.UsageError(f"{', '.join(given)} {verb} to --simulator=command only")
     if ":" not in FLAGS.simulator and FLAGS.simulator not in available_simulators():
       raise app.UsageError(f"unknown --simulator={FLAGS.simulator!r}; valid names are: "
                            f"{', '.join(available_simulators())} (or command, "

@@ -101,3 +101,61 @@ def test_sigterm_stops_a_binary_with_one_message(tmp_path, source, first_line, m
   finally:
     process.kill()
     process.wait()
+
+
+# A binary whose Python simulator never returns, with a worker process of its own that would
+# outlive it.
+STUCK_SIMULATOR_BINARY = textwrap.dedent("""
+    import multiprocessing, time
+    import tensorflow as tf
+    from alfi_tf import NumpySimulator, box_prior
+    from experiments import cli
+
+    cli.define_simulator_timeout()
+
+    class Stuck(NumpySimulator):
+      name = "stuck"
+
+      def __init__(self):
+        super().__init__(["a", "b"], 1, box_prior([0.0, 0.0], [1.0, 1.0]))
+
+      def simulate_numpy(self, theta, num_obs, rng):
+        time.sleep(10**6)
+
+    def main(argv):
+      worker = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(10**6,))
+      worker.start()
+      print(worker.pid, flush=True)
+      Stuck().simulate(tf.constant([[0.25, 0.5]]), 3, tf.constant([1, 2]))
+
+    if __name__ == "__main__":
+      cli.run(main)
+""")
+
+
+def _is_gone(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as stat:
+      return stat.read().rsplit(")", 1)[1].split()[0] == "Z"   # a zombie has ended
+  except FileNotFoundError:
+    return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_a_simulator_call_past_the_timeout_stops_the_binary_and_its_workers(tmp_path):
+  script = tmp_path / "binary.py"
+  script.write_text(STUCK_SIMULATOR_BINARY)
+  process = subprocess.Popen([sys.executable, str(script), "--simulator_timeout=2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": REPOSITORY})
+  try:
+    worker = int(process.stdout.readline())
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 1, stderr
+  assert ("error: simulator 'stuck': Stuck.simulate_numpy has not returned after 2 s "
+          "(--simulator_timeout), called for 1 parameter vector(s): (a=0.25, b=0.5); stopped"
+          ) in stderr
+  assert "Traceback" not in stderr
+  assert _wait_for(lambda: _is_gone(worker), 10)

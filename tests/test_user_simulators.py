@@ -300,9 +300,11 @@ def test_command_flags_are_validated(tmp_path):
     (COMMAND_FLAGS[:-2] + ["--prior_high=0.05,3", "--observation_dim=8"],
      "the prior's box needs finite low < high"),
     (["--simulator=poisson", "--parameter_names=a"],
-     "--parameter_names apply to --simulator=command only"),
+     "--parameter_names applies to --simulator=command only"),
     (["--simulator=poisson", "--simulator_timeout=2", "--simulator_retries=0"],
-     "--simulator_timeout, --simulator_retries apply to --simulator=command only"),
+     "--simulator_retries applies to --simulator=command only"),
+    (["--simulator=poisson", "--simulator_timeout=nan"], "--simulator_timeout must be a positive "
+                                                         "number"),
     (COMMAND_FLAGS[:-3] + ["--prior_low=1e39,0.5", "--prior_high=1e40,3", "--observation_dim=8"],
      "the prior's box needs finite low < high as float32 numbers"),
     (COMMAND_FLAGS + ["--simulator_timeout=0"], "--simulator_timeout must be a positive number"),

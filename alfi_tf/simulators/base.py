@@ -26,6 +26,7 @@ import tensorflow_probability as tfp
 
 from alfi_tf.checks import require_real_numbers
 from alfi_tf.config import FLOAT32_MAX
+from alfi_tf.simulators import calls
 
 tfd = tfp.distributions
 
@@ -473,6 +474,11 @@ class NumpySimulator(Simulator):
   its TensorFlow members (the prior), so `simulate_numpy` must use only plain Python/numpy state.
   """
 
+  #: Whether every call ends by itself (an external program's, at its own timeout). Other calls
+  #: are registered while they run (`alfi_tf.simulators.calls`), for a watchdog to name one that
+  #: does not return.
+  limits_its_own_calls = False
+
   @abc.abstractmethod
   def simulate_numpy(self, theta: np.ndarray, num_obs: int,
                      rng: np.random.Generator) -> np.ndarray:
@@ -562,6 +568,16 @@ class NumpySimulator(Simulator):
 
     @tf.autograph.experimental.do_not_convert   # plain Python, called by TF with numpy arrays
     def _call(theta_np: np.ndarray, seed_np: np.ndarray, *design_np: np.ndarray) -> np.ndarray:
+      if self.limits_its_own_calls:
+        return _simulate(theta_np, seed_np, *design_np)
+      method = (f"{type(self).__name__}.simulate_numpy"
+                + ("_at_design" if design_np else ""))
+      with calls.in_flight(self.name or type(self).__name__, method, theta_np,
+                           self.parameter_names):
+        return _simulate(theta_np, seed_np, *design_np)
+
+    def _simulate(theta_np: np.ndarray, seed_np: np.ndarray, *design_np: np.ndarray
+                  ) -> np.ndarray:
       design_np = design_np[0] if design_np else None
       rows = num_obs if design_np is None else design_np.shape[1]
       if executor is None:

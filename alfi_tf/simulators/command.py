@@ -226,6 +226,7 @@ class ExternalSimulator(NumpySimulator):
   """
 
   name = "command"
+  limits_its_own_calls = True   # each call ends at its timeout, retried, or fails
 
   def __init__(self, command: str, parameter_names: Sequence[str], prior_low: Sequence[float],
                prior_high: Sequence[float], observation_dim: int, timeout: float = 600.0,
