@@ -25,6 +25,7 @@ define_flags_for(EvaluationConfig, {
 })
 flags.DEFINE_string("workdir", None, "a trained run directory")
 cli.define_simulator_timeout()
+flags.declare_key_flag("simulator_timeout")   # defined in cli, listed by --helpshort
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 

@@ -36,6 +36,7 @@ flags.register_validator("seed", lambda seed: SEED_RANGE[0] <= seed <= SEED_RANG
                                  "(an int32 seed)")
 flags.DEFINE_string("simulator_command", None, "external simulator executable, run once per step")
 cli.define_simulator_timeout()
+flags.declare_key_flag("simulator_timeout")   # defined in cli, listed by --helpshort
 flags.DEFINE_integer("num_starts", None, "runs per data set from independent starts, combined as "
                      "an equal-weight mixture (alfi_tf.model.inference.pool_starts); R times the "
                      "simulations (default: the machine's answer_starts, 1 for older exports)")

@@ -36,6 +36,7 @@ define_flags_for(NPEConfig, {
 })
 flags.DEFINE_string("workdir", None, "directory for the trained estimator and its scores")
 cli.define_simulator_timeout()
+flags.declare_key_flag("simulator_timeout")   # defined in cli, listed by --helpshort
 flags.DEFINE_integer("test_problems", 500, "held-out problems to score on")
 flags.DEFINE_integer("test_seed", 12345, "seed of the held-out problems (their test stream)")
 # Checked before training: the seed is only used to score the trained estimator.

@@ -55,6 +55,7 @@ flags.DEFINE_list("prior_low", None, "with --simulator=command: the uniform prio
 flags.DEFINE_list("prior_high", None, "with --simulator=command: the uniform prior's upper bounds")
 flags.DEFINE_integer("observation_dim", None, "with --simulator=command: numbers per observation")
 cli.define_simulator_timeout()
+flags.declare_key_flag("simulator_timeout")   # defined in cli, listed by --helpshort
 flags.DEFINE_integer("simulator_retries", 2, "with --simulator=command: further attempts after a "
                      "failed call", lower_bound=0)
 flags.mark_flag_as_required("workdir")
