@@ -161,13 +161,23 @@ def watch_simulator_calls(timeout: float) -> None:
   """Stops the program when a Python simulator's call (`alfi_tf.simulators.calls`) has run for
   `timeout` seconds: one message naming the simulator, the method and its parameters, and exit
   status 1, in place of a program that waits for ever. Nothing is lost: files are written
-  atomically, and a training run resumes from its last checkpoint."""
-  threading.Thread(target=_watch_calls, args=(timeout,), daemon=True,
-                   name="simulator-watchdog").start()
+  atomically, and a training run resumes from its last checkpoint. One watchdog thread per
+  process; a later call sets its timeout."""
+  global _call_timeout
+  with _WATCHDOG_LOCK:
+    started = _call_timeout is not None
+    _call_timeout = timeout
+    if not started:
+      threading.Thread(target=_watch_calls, daemon=True, name="simulator-watchdog").start()
 
 
-def _watch_calls(timeout: float) -> None:
+_WATCHDOG_LOCK = threading.Lock()
+_call_timeout: Optional[float] = None
+
+
+def _watch_calls() -> None:
   while True:
+    timeout = _call_timeout
     time.sleep(min(1.0, timeout / 4))
     call = calls.oldest()
     if call is not None and call.seconds() > timeout:
