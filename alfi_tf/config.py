@@ -153,8 +153,9 @@ class MachineConfig:
       b tanh((out + gate * translation(move)) / b)`. As an input only, the step has to pass
       through the updater's tanh and ReLU units, whose relative precision limits how closely
       the mean can follow it. Pays where the summaries move linearly with the parameters (a
-      regression at the observed design), can cost on noisy nonlinear ones (docs/results.md,
-      "The regression shortcut"). Needs `regression_features`.
+      regression at the observed design; the linear-Gaussian model at d = 20), can cost on
+      noisy nonlinear ones and where the updater alone is at the Bayes limit (linear-Gaussian
+      d = 10; docs/results.md, "The regression shortcut"). Needs `regression_features`.
     raw_mean_features: append each set's mean on the raw scale, brought to the encoder's scale
       by the observation transform and the standardisation (`InferenceMachine.encode_sets`).
       Under a transform such as `log1p`, the set's mean count (Poisson's sufficient statistic)
