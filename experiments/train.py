@@ -37,6 +37,11 @@ flags.DEFINE_string("workdir", None, "run directory (config, checkpoints, summar
                     "multi-worker run, a path every worker can read (shared filesystem)")
 flags.DEFINE_bool("jit_compile", False, "compile the training step with XLA (TF-native simulators)")
 flags.DEFINE_integer("log_every", 100, "steps between progress lines")
+flags.DEFINE_float("worker_timeout", 900.0, "with --strategy=multi_worker: seconds every task of "
+                   "TF_CONFIG's cluster has to start and answer before the run stops, naming the "
+                   "missing ones")
+flags.register_validator("worker_timeout", lambda seconds: 0 < seconds < float("inf"),
+                         message="--worker_timeout must be a positive number of seconds")
 flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
                   "tf.distribute strategy: one device, all GPUs of this host, or several hosts "
                   "configured by TF_CONFIG")
@@ -132,7 +137,7 @@ def main(argv):
   train_config = config_from_flags(TrainConfig)
   if FLAGS.cpu_devices:
     distribute.configure_cpu_devices(FLAGS.cpu_devices)
-  strategy = distribute.make_strategy(FLAGS.strategy)
+  strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.worker_timeout)
   set_global_seed(train_config.seed)   # the initial weights derive from the run's seed
   trainer = Trainer(machine_config, train_config, FLAGS.workdir, jit_compile=FLAGS.jit_compile,
                     log_every=FLAGS.log_every, strategy=strategy,

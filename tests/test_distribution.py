@@ -6,13 +6,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from alfi_tf.training import data as data_lib
-from alfi_tf.training import distribute
+from alfi_tf.training import distribute, rendezvous
 from alfi_tf.config import TrainConfig
 from alfi_tf.model.inference import Inferrer
 from alfi_tf.training import Trainer
@@ -195,6 +197,58 @@ def test_two_worker_training_on_localhost(tmp_path, single_device_rmse):
   assert not os.path.exists(workdir / "workers" / "worker-1"), "the worker's scratch copy is gone"
   rmse = _validation_rmse(workdir)
   assert rmse < 1.5 * single_device_rmse, (rmse, single_device_rmse)
+
+
+def test_a_worker_whose_peer_never_starts_stops_naming_it(tmp_path):
+  """MultiWorkerMirroredStrategy would wait for the peer for ever, deaf to Ctrl-C and SIGTERM."""
+  ports = _free_ports(2)
+  cluster = {"worker": [f"localhost:{port}" for port in ports]}
+  result = subprocess.run(
+      _train_command(tmp_path / "run", "--strategy=multi_worker", "--worker_timeout=2"),
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env=binary_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                           "task": {"type": "worker", "index": 0}})))
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert (f"error: multi-worker rendezvous: worker:1 (localhost:{ports[1]}) did not answer within "
+          f"2 s (--worker_timeout); is every task started, with the same TF_CONFIG cluster? "
+          f"(this task: worker:0, localhost:{ports[0]})") in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_the_rendezvous_meets_every_task_and_frees_their_ports():
+  ports = _free_ports(3)
+  cluster = {"chief": [f"localhost:{ports[0]}"],
+             "worker": [f"localhost:{port}" for port in ports[1:]]}
+  tasks = [("chief", 0), ("worker", 0), ("worker", 1)]
+  errors = []
+
+  def meet(job, index, delay):
+    time.sleep(delay)   # tasks start at different times
+    try:
+      rendezvous.wait_for_peers({"cluster": cluster, "task": {"type": job, "index": index}}, 30)
+    except Exception as error:   # pylint: disable=broad-except
+      errors.append(error)
+
+  threads = [threading.Thread(target=meet, args=(job, index, 0.7 * order))
+             for order, (job, index) in enumerate(tasks)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join(60)
+  assert errors == [] and not any(thread.is_alive() for thread in threads)
+  for port in ports:   # the strategy's servers bind them next
+    with socket.create_server(("", port)):
+      pass
+
+
+def test_a_rendezvous_on_a_port_in_use_is_named():
+  with socket.create_server(("", 0)) as taken:
+    port = taken.getsockname()[1]
+    config = {"cluster": {"worker": [f"localhost:{port}", "localhost:1"]},
+              "task": {"type": "worker", "index": 0}}
+    with pytest.raises(RuntimeError, match=f"this task \\(worker:0\\) cannot listen on its "
+                                           f"TF_CONFIG address localhost:{port}"):
+      rendezvous.wait_for_peers(config, 5)
 
 
 def test_mirrored_binary_over_two_cpu_devices(tmp_path, single_device_rmse):

@@ -19,8 +19,10 @@ import json
 import os
 from typing import Any, Dict, Optional
 
-import tensorflow as tf
 from absl import logging
+import tensorflow as tf
+
+from alfi_tf.training import rendezvous
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 #: Job names of a synchronous multi-worker cluster (parameter servers are another strategy; a
@@ -114,16 +116,23 @@ def parse_tf_config(raw: Optional[str]) -> Dict[str, Any]:
   return config
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
+def make_strategy(name: str, worker_timeout: float = 900.0) -> tf.distribute.Strategy:
   """Creates the named strategy (see the module docstring). Call before building any model.
+
+  Args:
+    name: one of `STRATEGIES`.
+    worker_timeout: for `multi_worker`, the seconds every task of the cluster has to answer
+      (`rendezvous.wait_for_peers`) before the strategy, which would wait for a missing one for
+      ever, is created.
 
   Raises:
     ValueError: an unknown name, or an invalid `TF_CONFIG` for `multi_worker`.
+    RuntimeError: some task of the cluster did not answer within `worker_timeout`.
   """
   if name not in STRATEGIES:
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
   if name == "multi_worker":
-    parse_tf_config(os.environ.get("TF_CONFIG"))
+    rendezvous.wait_for_peers(parse_tf_config(os.environ.get("TF_CONFIG")), worker_timeout)
     return tf.distribute.MultiWorkerMirroredStrategy()
   if os.environ.get("TF_CONFIG"):
     logging.warning("TF_CONFIG is set but --strategy=%s ignores it (use multi_worker)", name)
