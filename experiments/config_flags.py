@@ -100,6 +100,9 @@ def _find_flagfile(path: str, including: Optional[str]) -> str:
   if os.path.isdir(path):
     raise ValueError(f"flag file {path} is a directory{where}; expected a file of --name=value "
                      "lines")
+  if os.path.exists(path):   # a device (/dev/zero never ends) or a named pipe: not read
+    raise ValueError(f"flag file {path} is not a regular file{where}; expected a file of "
+                     "--name=value lines")
   raise ValueError(f"flag file {path} not found{where}")
 
 

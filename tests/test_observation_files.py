@@ -37,6 +37,18 @@ def test_directory_named_npy(tmp_path):
     load_observations(str(path), 1)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/zero") or not hasattr(os, "mkfifo"),
+                    reason="POSIX devices and named pipes")
+def test_devices_and_named_pipes_are_refused_not_read(tmp_path):
+  fifo = tmp_path / "pipe.npy"
+  os.mkfifo(fifo)   # opening it to read would wait for a writer for ever
+  for path in ("/dev/zero", str(fifo)):
+    with pytest.raises(ValueError, match=rf"observations file {path} is not a regular file \(a "
+                                         r"device or a named pipe\?\); expected a \.npy, \.npz or "
+                                         r"\.csv file"):
+      load_observations(path, 1)
+
+
 def test_symlink_loop_and_dangling_link(tmp_path):
   loop_a, loop_b, dangling = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "c.npy"
   os.symlink(loop_b, loop_a)

@@ -170,6 +170,16 @@ def test_a_flag_file_that_is_not_text_is_named(tmp_path):
     expand_flagfiles([f"--flagfile={path}"])
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX named pipes")
+def test_a_flag_file_that_is_a_device_or_a_named_pipe_is_refused_not_read(tmp_path):
+  fifo = tmp_path / "pipe.cfg"
+  os.mkfifo(fifo)   # reading it would wait for a writer for ever; /dev/zero would never end
+  for path in (str(fifo), "/dev/zero"):
+    with pytest.raises(ValueError, match=rf"flag file {path} is not a regular file; expected a "
+                                         "file of --name=value lines"):
+      expand_flagfiles([f"--flagfile={path}"])
+
+
 def test_a_flag_file_that_is_a_directory_or_an_empty_path_is_named(tmp_path):
   with pytest.raises(ValueError, match=rf"flag file {tmp_path} is a directory; expected a file of "
                                        "--name=value lines"):

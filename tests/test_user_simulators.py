@@ -70,6 +70,17 @@ def test_a_broken_file_names_the_spec_and_the_error(tmp_path):
     get_simulator(f"{path}:make")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX named pipes")
+def test_a_spec_file_that_is_a_named_pipe_or_a_directory_is_refused_not_read(tmp_path):
+  os.mkfifo(tmp_path / "pipe.py")   # importing it would wait for a writer for ever
+  (tmp_path / "folder.py").mkdir()
+  for name in ("pipe.py", "folder.py"):
+    with pytest.raises(ValueError, match=rf"simulator spec '{tmp_path}/{name}:X' could not be "
+                                         rf"imported: ValueError: {tmp_path}/{name} is not a "
+                                         r"regular file \(a directory, device or named pipe\)"):
+      get_simulator(f"{tmp_path}/{name}:X")
+
+
 def test_a_module_here_that_cannot_be_imported_is_named_with_the_file_form(tmp_path, monkeypatch):
   """An installed command does not search the current directory: `--simulator=mysims:X` next to
   mysims.py failed with a bare ModuleNotFoundError."""

@@ -44,14 +44,19 @@ def load_observations(path: str, observation_dim: int, transform: str = "none") 
 
 
 def _check_readable(path: str) -> None:
-  """A clear error for a missing file, a dangling symlink or loop, or a directory."""
+  """A clear error for a missing file, a dangling symlink or loop, a directory, or anything else
+  that is not a regular file (a device such as /dev/zero, which never ends; a named pipe, whose
+  reading would wait for a writer)."""
   if os.path.islink(path) and not os.path.exists(path):
     raise FileNotFoundError(f"observations file {path} is a symbolic link to nothing (its target "
                             "is missing, or the links form a loop)")
   if not os.path.exists(path):
     raise FileNotFoundError(f"observations file {path} does not exist")
-  if not os.path.isfile(path):
+  if os.path.isdir(path):
     raise ValueError(f"observations file {path} is a directory, not a file")
+  if not os.path.isfile(path):
+    raise ValueError(f"observations file {path} is not a regular file (a device or a named "
+                     "pipe?); expected a .npy, .npz or .csv file")
 
 
 def _read_numpy(path: str) -> np.ndarray:

@@ -90,6 +90,9 @@ def _file_hint(error: Exception, module: str) -> str:
 
 def _import_file(path: str):
   path = os.path.abspath(path)
+  if os.path.exists(path) and not os.path.isfile(path):   # reading a named pipe would wait
+    raise ValueError(f"{path} is not a regular file (a directory, device or named pipe); "
+                     "expected a Python file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no file {path} (was it moved or deleted?)")
   name = "alfi_user_simulator_" + hashlib.sha1(path.encode()).hexdigest()[:12]
