@@ -30,6 +30,23 @@ def test_unreadable_numpy_files_are_named(tmp_path, name, content, message):
     load_observations(str(path), 1)
 
 
+def test_a_truncated_npy_file_is_named_before_its_declared_size_is_allocated(tmp_path):
+  path = tmp_path / "cut.npy"
+  np.save(path, np.arange(40.0).reshape(40, 1))
+  path.write_bytes(path.read_bytes()[:-8])   # one value short
+  with pytest.raises(ValueError, match=rf"{path}: truncated \.npy file: its header declares shape "
+                                       r"\(40, 1\) of float64 \(320 bytes\), but only 312 bytes "
+                                       r"follow it"):
+    load_observations(str(path), 1)
+  huge = tmp_path / "huge.npy"   # 745 GiB declared: refused, not an attempt to allocate it
+  with open(huge, "wb") as stream:
+    np.lib.format.write_array_header_1_0(stream, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": (10**6, 10**5, 1)})
+    stream.write(bytes(64))
+  with pytest.raises(ValueError, match="800,000,000,000 bytes"):
+    load_observations(str(huge), 1)
+
+
 def test_directory_named_npy(tmp_path):
   path = tmp_path / "x.npy"
   path.mkdir()

@@ -68,6 +68,7 @@ def _read_numpy(path: str) -> np.ndarray:
       if stream.read(len(NPY_MAGIC)) != NPY_MAGIC:
         raise ValueError(f"{path}: not a .npy file (it does not start with the NumPy header); "
                          "expected an array written by numpy.save")
+      _check_npy_size(path, stream)
     return np.load(path, allow_pickle=False)
   with np.load(path, allow_pickle=False) as archive:
     keys = list(archive.keys())
@@ -77,6 +78,22 @@ def _read_numpy(path: str) -> np.ndarray:
       return archive[keys[0]]
   raise ValueError(f"{path}: expected an array named 'observations' (or a single array), "
                    f"found {keys}")
+
+
+def _check_npy_size(path: str, stream) -> None:
+  """Refuses a `.npy` file whose header declares more data than the file holds (cut short while
+  copied, or corrupt), before numpy allocates what the header declares: possibly far more memory
+  than the machine has, which was reported as running out of memory."""
+  stream.seek(0)
+  version = np.lib.format.read_magic(stream)
+  read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                 else np.lib.format.read_array_header_2_0)
+  shape, _, dtype = read_header(stream)
+  declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+  held = os.fstat(stream.fileno()).st_size - stream.tell()
+  if not dtype.hasobject and declared > held:
+    raise ValueError(f"{path}: truncated .npy file: its header declares shape {tuple(shape)} of "
+                     f"{dtype} ({declared:,} bytes), but only {held:,} bytes follow it")
 
 
 def _read_csv(path: str) -> np.ndarray:
