@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import contextlib
 import re
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -519,7 +520,7 @@ class NumpySimulator(Simulator):
     """
     rng = np.random.default_rng(np.asarray(seed, np.int64).view(np.uint64))
     where = f"simulator {self.name or type(self).__name__!r}"
-    method = f"{type(self).__name__}.simulate_numpy" + ("" if design is None else "_at_design")
+    method = self._method_name(design is not None)
     try:
       theta64 = np.asarray(theta, np.float64)
       out = np.asarray(self.simulate_numpy(theta64, num_obs, rng) if design is None else
@@ -548,6 +549,10 @@ class NumpySimulator(Simulator):
         raise SimulatorError(str(error)) from None
     return out
 
+  def _method_name(self, at_design: bool) -> str:
+    """`MySimulator.simulate_numpy` (or `..._at_design`): the user's method, as messages name it."""
+    return f"{type(self).__name__}.simulate_numpy" + ("_at_design" if at_design else "")
+
   def simulate(self, theta: tf.Tensor, num_obs: int, seed: tf.Tensor,
                executor: Optional[concurrent.futures.Executor] = None) -> tf.Tensor:
     """`simulate_checked` as a TF op; with `executor`, the numpy code runs in its processes."""
@@ -568,31 +573,26 @@ class NumpySimulator(Simulator):
 
     @tf.autograph.experimental.do_not_convert   # plain Python, called by TF with numpy arrays
     def _call(theta_np: np.ndarray, seed_np: np.ndarray, *design_np: np.ndarray) -> np.ndarray:
-      if self.limits_its_own_calls:
-        return _simulate(theta_np, seed_np, *design_np)
-      method = (f"{type(self).__name__}.simulate_numpy"
-                + ("_at_design" if design_np else ""))
-      with calls.in_flight(self.name or type(self).__name__, method, theta_np,
-                           self.parameter_names):
-        return _simulate(theta_np, seed_np, *design_np)
-
-    def _simulate(theta_np: np.ndarray, seed_np: np.ndarray, *design_np: np.ndarray
-                  ) -> np.ndarray:
       design_np = design_np[0] if design_np else None
       rows = num_obs if design_np is None else design_np.shape[1]
-      if executor is None:
-        return self.simulate_checked(theta_np, rows, seed_np, design_np)
-      # Waiting on the worker releases the GIL, so tf.data's parallel calls run concurrently.
-      try:
-        return executor.submit(self.simulate_checked, theta_np, rows, seed_np,
-                               design_np).result()
-      except concurrent.futures.BrokenExecutor as error:
-        raise SimulatorError(
-            f"simulator {self.name or type(self).__name__!r}: a data worker process died while "
-            f"simulating (killed, out of memory, or the simulator's code exited the process) for "
-            f"{theta_np.shape[0]} parameter vector(s): "
-            f"{describe_parameters(theta_np, self.parameter_names)}; run with --data_workers=0 "
-            f"to simulate in this process and see its own error") from error
+      watched = (contextlib.nullcontext() if self.limits_its_own_calls else
+                 calls.in_flight(self.name or type(self).__name__,
+                                 self._method_name(design_np is not None), theta_np,
+                                 self.parameter_names))
+      with watched:
+        if executor is None:
+          return self.simulate_checked(theta_np, rows, seed_np, design_np)
+        # Waiting on the worker releases the GIL, so tf.data's parallel calls run concurrently.
+        try:
+          return executor.submit(self.simulate_checked, theta_np, rows, seed_np,
+                                 design_np).result()
+        except concurrent.futures.BrokenExecutor as error:
+          raise SimulatorError(
+              f"simulator {self.name or type(self).__name__!r}: a data worker process died "
+              f"while simulating (killed, out of memory, or the simulator's code exited the "
+              f"process) for {theta_np.shape[0]} parameter vector(s): "
+              f"{describe_parameters(theta_np, self.parameter_names)}; run with "
+              f"--data_workers=0 to simulate in this process and see its own error") from error
 
     inputs = [theta, tf.convert_to_tensor(seed, tf.int32)] + ([] if design is None else [design])
     out = tf.numpy_function(_call, inputs, tf.float32, stateful=False,

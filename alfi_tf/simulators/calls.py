@@ -40,9 +40,9 @@ class SimulatorCall(NamedTuple):
   parameter_names: Sequence[str]
   started: float
 
-  def seconds(self, now: Optional[float] = None) -> float:
+  def seconds(self) -> float:
     """How long it has been running."""
-    return (time.monotonic() if now is None else now) - self.started
+    return time.monotonic() - self.started
 
 
 _LOCK = threading.Lock()
